@@ -1,0 +1,3 @@
+from ftqueue.cli import main
+
+main()

@@ -1,0 +1,67 @@
+"""`ftqueue db`: create and upgrade the results schema."""
+
+from __future__ import annotations
+
+import click
+
+from ftqueue import db
+from ftqueue.cli.app import cli, echo_json, json_option
+
+
+@cli.group("db")
+def db_group() -> None:
+    """Create, upgrade and inspect the results database schema (Alembic)."""
+
+
+@db_group.command("upgrade")
+@click.option("--revision", default="head", show_default=True, help="Target Alembic revision.")
+def upgrade(revision: str) -> None:
+    """Create or upgrade the tables; safe to run any number of times.
+
+    \b
+    Example:
+      ftqueue db upgrade
+      FTQUEUE_DATABASE_URL=postgresql+psycopg://postgres@db/ftqueue ftqueue db upgrade
+    """
+    url = db.database_url()
+    before = db.current_revision(url)
+    db.upgrade(url, revision)
+    after = db.current_revision(url)
+    where = db.safe_url(url)
+    if before == after:
+        click.echo(f"{where} is already at revision {after}.")
+    else:
+        click.echo(f"{where} upgraded from {before or 'empty'} to {after}.")
+
+
+@db_group.command("downgrade")
+@click.argument("revision")
+def downgrade(revision: str) -> None:
+    """Downgrade the schema to REVISION (`base` drops every table and its data).
+
+    \b
+    Example:
+      ftqueue db downgrade base
+    """
+    url = db.database_url()
+    db.downgrade(url, revision)
+    click.echo(f"{db.safe_url(url)} is now at revision {db.current_revision(url) or 'base'}.")
+
+
+@db_group.command("current")
+@json_option
+def current(as_json: bool) -> None:
+    """Show the database URL and its schema revision.
+
+    \b
+    Example:
+      ftqueue db current --json
+    """
+    url = db.database_url()
+    rev = db.current_revision(url)
+    head = db.head_revision()
+    if as_json:
+        echo_json({"url": db.safe_url(url), "revision": rev, "head": head})
+        return
+    state = "up to date" if rev == head else "run `ftqueue db upgrade`"
+    click.echo(f"{db.safe_url(url)}: revision {rev or 'none'} (head {head}, {state})")

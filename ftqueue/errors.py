@@ -1,0 +1,68 @@
+"""The errors ftqueue raises on purpose; anything else is a bug."""
+
+from __future__ import annotations
+
+
+class FtqueueError(Exception):
+    """Base class: a problem the user can fix; its text says what happened and what to do."""
+
+    #: The CLI exit code for this kind of problem (2 for bad input, 1 for the rest).
+    exit_code = 1
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        #: The flag the problem is about (``--lr``), where there is one.
+        self.param = param
+
+
+class SpecError(FtqueueError, ValueError):
+    """Raised when a job spec has a value out of range or of the wrong kind."""
+
+    exit_code = 2
+
+
+class DatasetError(FtqueueError, ValueError):
+    """Raised when a dataset cannot be found, read or used as labelled text."""
+
+    exit_code = 2
+
+
+class ModelError(FtqueueError, ValueError):
+    """Raised when a model cannot be resolved or loaded."""
+
+    exit_code = 2
+
+
+class AdapterError(FtqueueError, ValueError):
+    """Raised when an adapter is missing, unsafe to load or does not fit its model."""
+
+    exit_code = 2
+
+
+class JobNotFound(FtqueueError, LookupError):
+    """Raised when a job id does not exist."""
+
+    exit_code = 2
+
+
+class FilterError(FtqueueError, ValueError):
+    """Raised when a list or report filter names an unknown column or operator."""
+
+    exit_code = 2
+
+
+class DatabaseError(FtqueueError):
+    """Raised when the results database cannot be reached or is not migrated."""
+
+
+class BrokerError(FtqueueError):
+    """Raised when the message broker cannot be reached."""
+
+
+class JobCancelled(FtqueueError):
+    """Raised inside a running job when its cancellation has been requested."""
+
+
+class JobSuperseded(FtqueueError):
+    """Raised inside a running job when another attempt has taken it over."""

@@ -1,0 +1,105 @@
+"""Settings from ``FTQUEUE_*`` environment variables, read once on first use."""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from ftqueue.errors import FtqueueError
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything configurable, with the environment variable that sets each field."""
+
+    #: FTQUEUE_HOME: where the default database, artifacts and caches live.
+    home: Path
+    #: FTQUEUE_DATABASE_URL: SQLAlchemy URL of the results database.
+    database_url: str
+    #: FTQUEUE_BROKER_URL: Celery broker URL (Redis).
+    broker_url: str
+    #: FTQUEUE_ARTIFACTS_DIR: adapters are written below it; shared by all workers.
+    artifacts_dir: Path
+    #: FTQUEUE_CACHE_DIR: tokenized datasets, reused across jobs.
+    cache_dir: Path
+    #: FTQUEUE_EAGER: run jobs in-process at submit time, with no broker.
+    eager: bool
+    #: FTQUEUE_TIME_LIMIT: hard limit of one job attempt, seconds.
+    time_limit: int
+    #: FTQUEUE_MAX_ATTEMPTS: attempts before a job whose worker keeps dying is failed.
+    max_attempts: int
+    #: FTQUEUE_LEASE_SECONDS: a running job whose heartbeat is older than this is re-queued.
+    lease_seconds: int
+
+    @property
+    def soft_time_limit(self) -> int:
+        """The soft limit leaves the job a minute (or a tenth) to fail cleanly."""
+        return max(1, self.time_limit - min(60, max(1, self.time_limit // 10)))
+
+    @property
+    def visibility_timeout(self) -> int:
+        """Redis redelivers unacked messages after this; it must exceed any job's run."""
+        return self.time_limit + max(300, self.time_limit // 10)
+
+
+def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name)
+    if raw is None:
+        return default
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise FtqueueError(f"{name}={raw!r} is not a yes/no value: use 1 or 0.")
+
+
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 1) -> int:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise FtqueueError(f"{name}={raw!r} is not a whole number.") from None
+    if value < minimum:
+        raise FtqueueError(f"{name}={value} is too small: use {minimum} or more.")
+    return value
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    """Build settings from ``env`` (default: the process environment)."""
+    env = os.environ if env is None else env
+    home = Path(env.get("FTQUEUE_HOME") or Path.home() / ".ftqueue").expanduser()
+    database_url = env.get("FTQUEUE_DATABASE_URL") or f"sqlite:///{home / 'ftqueue.db'}"
+    return Settings(
+        home=home,
+        database_url=database_url,
+        broker_url=env.get("FTQUEUE_BROKER_URL") or "redis://localhost:6379/0",
+        artifacts_dir=Path(env.get("FTQUEUE_ARTIFACTS_DIR") or home / "artifacts").expanduser(),
+        cache_dir=Path(env.get("FTQUEUE_CACHE_DIR") or home / "cache").expanduser(),
+        eager=_flag(env, "FTQUEUE_EAGER", False),
+        time_limit=_int(env, "FTQUEUE_TIME_LIMIT", 6 * 3600),
+        max_attempts=_int(env, "FTQUEUE_MAX_ATTEMPTS", 3),
+        lease_seconds=_int(env, "FTQUEUE_LEASE_SECONDS", 120, minimum=2),
+    )
+
+
+@functools.cache
+def get_settings() -> Settings:
+    """The process-wide settings, read from the environment on first call."""
+    return load_settings()
+
+
+def reset_settings() -> None:
+    """Forget cached settings (and what was built from them); for tests and long-lived shells."""
+    get_settings.cache_clear()
+
+
+ENV_VARS = {f.name: f"FTQUEUE_{f.name.upper()}" for f in fields(Settings)}

@@ -1,0 +1,93 @@
+"""Shared fixtures: an isolated FTQUEUE_HOME per test, real SQLite and PostgreSQL databases."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ftqueue import db
+from ftqueue.settings import reset_settings
+
+PG_SERVER = os.environ.get("FTQUEUE_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432")
+REDIS_URL = os.environ.get("FTQUEUE_TEST_REDIS", "redis://127.0.0.1:6379")
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def service_missing(what: str, why: object) -> None:
+    """A missing service skips on a laptop and fails under CI=true."""
+    message = f"{what} is not reachable ({why})"
+    if IN_CI:
+        pytest.fail(message + "; CI must provide it")
+    pytest.skip(message)
+
+
+@pytest.fixture(autouse=True)
+def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """Every test gets its own FTQUEUE_HOME, so nothing touches ~/.ftqueue."""
+    home = tmp_path / "ftqueue-home"
+    for name in list(os.environ):
+        if name.startswith("FTQUEUE_") and not name.startswith("FTQUEUE_TEST_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("FTQUEUE_HOME", str(home))
+    reset_settings()
+    db.dispose_engines()
+    yield home
+    reset_settings()
+    db.dispose_engines()
+
+
+@pytest.fixture
+def sqlite_url(isolated_home: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A migrated SQLite file, set as FTQUEUE_DATABASE_URL."""
+    url = f"sqlite:///{isolated_home / 'test.db'}"
+    monkeypatch.setenv("FTQUEUE_DATABASE_URL", url)
+    reset_settings()
+    db.upgrade(url)
+    return url
+
+
+def _pg_admin() -> object:
+    from sqlalchemy import create_engine
+
+    return create_engine(f"{PG_SERVER}/postgres", isolation_level="AUTOCOMMIT")
+
+
+@pytest.fixture
+def pg_empty_url() -> Iterator[str]:
+    """A new, empty PostgreSQL database on the running server, dropped afterwards."""
+    from sqlalchemy import text
+
+    admin = _pg_admin()
+    name = f"ftqueue_test_{uuid.uuid4().hex[:12]}"
+    try:
+        with admin.connect() as conn:  # type: ignore[attr-defined]
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+    except Exception as exc:
+        admin.dispose()  # type: ignore[attr-defined]
+        service_missing(f"PostgreSQL at {PG_SERVER}", exc)
+    url = f"{PG_SERVER}/{name}"
+    yield url
+    db.dispose_engines()
+    with admin.connect() as conn:  # type: ignore[attr-defined]
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+def pg_url(pg_empty_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A migrated PostgreSQL database, set as FTQUEUE_DATABASE_URL."""
+    monkeypatch.setenv("FTQUEUE_DATABASE_URL", pg_empty_url)
+    reset_settings()
+    db.upgrade(pg_empty_url)
+    return pg_empty_url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def any_db_url(request: pytest.FixtureRequest) -> str:
+    """Runs a test once on SQLite and once on PostgreSQL."""
+    name = "sqlite_url" if request.param == "sqlite" else "pg_url"
+    return str(request.getfixturevalue(name))

@@ -1,0 +1,64 @@
+from pathlib import Path
+
+import pytest
+
+from ftqueue.errors import FtqueueError
+from ftqueue.settings import ENV_VARS, get_settings, load_settings, reset_settings
+
+
+def test_defaults_live_under_home() -> None:
+    s = load_settings({"FTQUEUE_HOME": "/srv/ftq"})
+    assert s.database_url == "sqlite:////srv/ftq/ftqueue.db"
+    assert s.artifacts_dir == Path("/srv/ftq/artifacts")
+    assert s.cache_dir == Path("/srv/ftq/cache")
+    assert s.broker_url == "redis://localhost:6379/0"
+    assert s.eager is False
+
+
+def test_environment_overrides_each_setting() -> None:
+    s = load_settings(
+        {
+            "FTQUEUE_DATABASE_URL": "postgresql+psycopg://u@h/db",
+            "FTQUEUE_BROKER_URL": "redis://r:6380/2",
+            "FTQUEUE_ARTIFACTS_DIR": "/data/a",
+            "FTQUEUE_EAGER": "yes",
+            "FTQUEUE_TIME_LIMIT": "600",
+            "FTQUEUE_MAX_ATTEMPTS": "5",
+        }
+    )
+    assert s.database_url == "postgresql+psycopg://u@h/db"
+    assert s.broker_url == "redis://r:6380/2"
+    assert s.artifacts_dir == Path("/data/a")
+    assert s.eager is True
+    assert s.max_attempts == 5
+    # Redis must not redeliver a message while its job may still legally run.
+    assert s.visibility_timeout > s.time_limit > s.soft_time_limit
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "fragment"),
+    [
+        ("FTQUEUE_EAGER", "maybe", "yes/no"),
+        ("FTQUEUE_TIME_LIMIT", "ten", "whole number"),
+        ("FTQUEUE_MAX_ATTEMPTS", "0", "too small"),
+    ],
+)
+def test_bad_values_name_the_variable(name: str, value: str, fragment: str) -> None:
+    with pytest.raises(FtqueueError) as err:
+        load_settings({name: value})
+    assert name in err.value.message and fragment in err.value.message
+
+
+def test_settings_are_read_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FTQUEUE_BROKER_URL", "redis://first/0")
+    reset_settings()
+    assert get_settings().broker_url == "redis://first/0"
+    monkeypatch.setenv("FTQUEUE_BROKER_URL", "redis://second/0")
+    assert get_settings().broker_url == "redis://first/0"
+    reset_settings()
+    assert get_settings().broker_url == "redis://second/0"
+
+
+def test_every_setting_has_an_environment_variable() -> None:
+    assert ENV_VARS["database_url"] == "FTQUEUE_DATABASE_URL"
+    assert all(v.startswith("FTQUEUE_") for v in ENV_VARS.values())
