@@ -121,6 +121,8 @@ class Job(Base):
     stats: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow, server_default=func.now())
+    #: When the job last entered the queue (submitted or re-queued): lost-message detection.
+    queued_at: Mapped[dt.datetime | None]
     started_at: Mapped[dt.datetime | None]
     heartbeat_at: Mapped[dt.datetime | None]
     lease_expires_at: Mapped[dt.datetime | None]

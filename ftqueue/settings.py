@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -97,9 +97,19 @@ def get_settings() -> Settings:
     return load_settings()
 
 
+_RESET_HOOKS: list[Callable[[], None]] = []
+
+
+def on_reset(hook: Callable[[], None]) -> None:
+    """Call ``hook`` whenever settings are reset, to drop what was built from the old ones."""
+    _RESET_HOOKS.append(hook)
+
+
 def reset_settings() -> None:
     """Forget cached settings (and what was built from them); for tests and long-lived shells."""
     get_settings.cache_clear()
+    for hook in _RESET_HOOKS:
+        hook()
 
 
 ENV_VARS = {f.name: f"FTQUEUE_{f.name.upper()}" for f in fields(Settings)}

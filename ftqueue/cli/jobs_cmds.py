@@ -72,19 +72,79 @@ def list_cmd(
 
 @cli.command("status")
 @click.argument("job_id", type=int)
+@click.option("--follow", "-f", is_flag=True,
+              help="Follow the job with a progress bar until it ends; exit 0 succeeded, "
+              "1 failed, 3 cancelled.")  # fmt: skip
 @json_option
-def status_cmd(job_id: int, as_json: bool) -> None:
+def status_cmd(job_id: int, follow: bool, as_json: bool) -> None:
     """Show where one job is: status, progress, attempts, error.
 
     \b
     Examples:
       ftqueue status 12
+      ftqueue status 12 --follow
       ftqueue status 12 --json | jq .status
     """
     db.ensure_ready()
     with db.session_scope() as session:
         job = store.get_job(session, job_id)
+        if not follow:
+            if as_json:
+                echo_json(store.job_summary(job))
+            else:
+                console().print(job_details(job))
+            return
+    from ftqueue.cli.follow import exit_code
+    from ftqueue.cli.follow import follow as follow_jobs
+
+    out = console()
+    try:
+        statuses = follow_jobs([job_id], console=out)
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
+    with db.session_scope() as session:
+        job = store.get_job(session, job_id)
         if as_json:
             echo_json(store.job_summary(job))
-            return
-        console().print(job_details(job))
+        else:
+            out.print(job_details(job))
+    raise SystemExit(exit_code(list(statuses.values())))
+
+
+@cli.command("cancel")
+@click.argument("job_ids", type=int, nargs=-1)
+@click.option("--sweep", help="Cancel every unfinished job of this sweep.")
+@json_option
+def cancel_cmd(job_ids: tuple[int, ...], sweep: str | None, as_json: bool) -> None:
+    """Cancel jobs: a queued job never starts; a running one stops at its next step.
+
+    \b
+    Examples:
+      ftqueue cancel 12 13
+      ftqueue cancel --sweep 7f3a9c
+    """
+    from ftqueue import lifecycle
+
+    if not job_ids and not sweep:
+        raise click.UsageError("give job ids, or --sweep S")
+    db.ensure_ready()
+    ids = list(job_ids)
+    with db.session_scope() as session:
+        for jid in job_ids:
+            store.get_job(session, jid)
+        if sweep:
+            found = store.list_jobs(session, sweep=sweep, limit=None)
+            if not found:
+                raise click.ClickException(f"no jobs in sweep {sweep!r}: `ftqueue list` shows them")
+            ids += [job.id for job in found]
+    outcomes = lifecycle.cancel(sorted(set(ids)))
+    if as_json:
+        echo_json([{"id": o.job_id, "before": o.before, "after": o.after} for o in outcomes])
+        return
+    for o in outcomes:
+        if o.before == "queued":
+            click.echo(f"job {o.job_id}: cancelled (it had not started)")
+        elif o.before == "running":
+            click.echo(f"job {o.job_id}: cancel requested; it stops at its next step")
+        else:
+            click.echo(f"job {o.job_id}: already {o.before}, left as it is")

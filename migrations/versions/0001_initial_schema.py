@@ -56,6 +56,7 @@ def upgrade() -> None:
         sa.Column("total_params", sa.Integer(), nullable=True),
         sa.Column("stats", sa.JSON(), nullable=True),
         _when("created_at", now=True),
+        _when("queued_at"),
         _when("started_at"),
         _when("heartbeat_at"),
         _when("lease_expires_at"),

@@ -1,0 +1,96 @@
+"""Talking to the broker from outside a worker: reachability, publishing, what is pending."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from ftqueue.celery_app import QUEUES, app
+from ftqueue.errors import BrokerError
+from ftqueue.models import Job
+from ftqueue.settings import get_settings
+
+# kombu's Redis transport keeps one list per priority step, and delivered-but-unacked
+# messages in a hash; see kombu.transport.redis.
+_PRIORITY_STEPS = (0, 3, 6, 9)
+_PRIORITY_SEP = "\x06\x16"
+_UNACKED = "unacked"
+
+
+def _safe(url: str) -> str:
+    from kombu.utils.url import maybe_sanitize_url
+
+    return str(maybe_sanitize_url(url))
+
+
+def redis_client(url: str | None = None) -> Any:
+    import redis
+
+    return redis.Redis.from_url(
+        url or get_settings().broker_url, socket_connect_timeout=3, socket_timeout=10
+    )
+
+
+def check_broker() -> None:
+    """Fail with one line when the broker cannot be reached."""
+    url = get_settings().broker_url
+    try:
+        redis_client(url).ping()
+    except Exception as exc:
+        raise BrokerError(
+            f"cannot reach the broker at {_safe(url)} ({exc}): start Redis, fix "
+            "FTQUEUE_BROKER_URL, or set FTQUEUE_EAGER=1 to run jobs in this process."
+        ) from None
+
+
+def publish(jobs: Sequence[Job]) -> list[int]:
+    """Publish one message per job (carrying only its id); returns the ids published.
+
+    Stops at the first failure and raises BrokerError naming how many were sent.
+    """
+    from ftqueue.tasks import TASKS
+
+    sent: list[int] = []
+    try:
+        with app.producer_or_acquire() as producer:
+            for job in jobs:
+                TASKS[job.kind].apply_async((job.id,), task_id=job.task_id, producer=producer)
+                sent.append(job.id)
+    except Exception as exc:
+        error = BrokerError(
+            f"publishing to {_safe(get_settings().broker_url)} failed after {len(sent)} of "
+            f"{len(jobs)} jobs ({exc}); check Redis and submit again."
+        )
+        error.sent = sent  # type: ignore[attr-defined]
+        raise error from None
+    return sent
+
+
+def _message_task_id(raw: Any) -> str | None:
+    try:
+        message = json.loads(raw)
+        if isinstance(message, list):  # unacked entries are [message, exchange, routing key]
+            message = message[0]
+        return str(message["headers"]["id"])
+    except (ValueError, KeyError, TypeError, IndexError):
+        return None
+
+
+def pending_task_ids(queues: Iterable[str] = QUEUES) -> set[str]:
+    """Task ids of every message waiting in a queue or delivered and not yet acknowledged."""
+    client = redis_client()
+    keys = [
+        q if pri == 0 else f"{q}{_PRIORITY_SEP}{pri}" for q in queues for pri in _PRIORITY_STEPS
+    ]
+    found: set[str] = set()
+    pipe = client.pipeline(transaction=False)
+    for key in keys:
+        pipe.lrange(key, 0, -1)
+    pipe.hvals(_UNACKED)
+    for values in pipe.execute():
+        for raw in values:
+            task_id = _message_task_id(raw)
+            if task_id:
+                found.add(task_id)
+    return found

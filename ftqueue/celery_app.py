@@ -1,0 +1,73 @@
+"""The one Celery app. Its configuration is read from settings when first used, not at import."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+from kombu import Queue
+
+from ftqueue.settings import Settings, get_settings, on_reset
+
+#: One queue per kind of work, so evaluation can be given its own (smaller) workers.
+QUEUES = ("lora", "evaluate")
+TASK_ROUTES = {"ftqueue.lora": {"queue": "lora"}, "ftqueue.evaluate": {"queue": "evaluate"}}
+
+app = Celery("ftqueue", set_as_current=False, include=["ftqueue.tasks", "ftqueue.worker"])
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    """The Celery settings ftqueue relies on; see DESIGN.md "Decisions already taken"."""
+    # Redis re-delivers an unacknowledged message after visibility_timeout; with late acks it
+    # must exceed the longest a job may legally run, or a running job would be started twice.
+    transport = {"visibility_timeout": settings.visibility_timeout}
+    return {
+        "broker_url": settings.broker_url,
+        "broker_transport_options": transport,
+        "result_backend_transport_options": transport,
+        "broker_connection_retry_on_startup": True,
+        "broker_connection_timeout": 4,
+        "task_publish_retry_policy": {
+            "max_retries": 2,
+            "interval_start": 0,
+            "interval_step": 0.5,
+            "interval_max": 1,
+        },
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "result_accept_content": ["json"],
+        # The results table is the record; Celery's own result store would be a second one.
+        "task_ignore_result": True,
+        "task_store_errors_even_if_ignored": False,
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        "task_time_limit": settings.time_limit,
+        "task_soft_time_limit": settings.soft_time_limit,
+        "task_queues": [Queue(name, routing_key=name) for name in QUEUES],
+        "task_default_queue": QUEUES[0],
+        "task_routes": TASK_ROUTES,
+        "task_always_eager": settings.eager,
+        "task_eager_propagates": True,
+        "worker_hijack_root_logger": False,
+        "worker_redirect_stdouts": False,
+        "enable_utc": True,
+    }
+
+
+@app.on_configure.connect
+def _configure(sender: Celery, **_: Any) -> None:
+    sender.conf.update(celery_config(get_settings()))
+
+
+def _reconfigure() -> None:
+    # Settings changed (tests, long-lived shells): configure again on next use, and drop
+    # pooled broker connections that point at the old URL.
+    if app.configured:
+        app._pool = None
+        app.conf.update(celery_config(get_settings()))
+
+
+on_reset(_reconfigure)

@@ -1,0 +1,425 @@
+"""A job's life in SQL: queued -> running -> succeeded | failed | cancelled.
+
+Every transition is one conditional UPDATE (or one transaction holding the row), so two
+workers, a redelivered message, the reaper and `ftqueue cancel` can race without a job being
+run by two attempts at once or recorded twice. The attempt number is the fencing token: a
+worker may write to a job only while ``jobs.attempts`` still equals the attempt it claimed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import and_, or_, select, update
+from sqlalchemy.orm import Session
+
+from ftqueue.db import session_scope
+from ftqueue.models import Job, JobEvent, JobTag, Result, utcnow
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class NewJob:
+    """What `submit` asks for: one row to insert."""
+
+    kind: str
+    spec: dict[str, Any]
+    spec_hash: str
+    model: str
+    dataset: str
+    tags: Sequence[str] = ()
+    name: str | None = None
+    sweep_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Claim:
+    """The right of one attempt to run a job and record its result."""
+
+    job_id: int
+    attempt: int
+    worker: str
+    kind: str
+    spec: dict[str, Any]
+
+
+@dataclass
+class ProgressState:
+    """The latest progress a running attempt reported, written out by its heartbeat."""
+
+    phase: str | None = None
+    epoch: int | None = None
+    step: int | None = None
+    total: int | None = None
+    loss: float | None = None
+    dirty: bool = field(default=False, repr=False)
+
+
+@dataclass(frozen=True)
+class Measurement:
+    split: str
+    epoch: int
+    accuracy: float
+    loss: float
+    macro_f1: float
+    n_examples: int
+
+
+def _event(session: Session, job_id: int, status: str, attempt: int, worker: str | None,
+           detail: str | None = None) -> None:  # fmt: skip
+    session.add(JobEvent(job_id=job_id, status=status, attempt=attempt, worker=worker,
+                         detail=detail, at=utcnow()))  # fmt: skip
+
+
+def new_task_id() -> str:
+    return str(uuid.uuid4())
+
+
+def create_jobs(session: Session, jobs: Iterable[NewJob], *, max_attempts: int) -> list[Job]:
+    """Insert queued rows (each with the Celery task id it will be published under)."""
+    rows = []
+    now = utcnow()
+    for new in jobs:
+        job = Job(
+            kind=new.kind,
+            status="queued",
+            spec=new.spec,
+            spec_hash=new.spec_hash,
+            model=new.model,
+            dataset=new.dataset,
+            sweep_id=new.sweep_id,
+            name=new.name,
+            max_attempts=max_attempts,
+            task_id=new_task_id(),
+            created_at=now,
+            queued_at=now,
+            tags=[JobTag(tag=t) for t in dict.fromkeys(new.tags)],
+        )
+        session.add(job)
+        rows.append(job)
+    session.flush()
+    for job in rows:
+        _event(session, job.id, "queued", 0, None, "submitted")
+    return rows
+
+
+def find_same_spec(session: Session, spec_hashes: Iterable[str]) -> dict[str, Job]:
+    """For each spec hash, the best earlier job with it: succeeded first, else queued/running."""
+    hashes = list(set(spec_hashes))
+    found: dict[str, Job] = {}
+    rank = {"succeeded": 0, "running": 1, "queued": 2}
+    for start in range(0, len(hashes), 500):
+        chunk = hashes[start : start + 500]
+        query = (
+            select(Job)
+            .where(Job.spec_hash.in_(chunk), Job.status.in_(tuple(rank)))
+            .order_by(Job.id.desc())
+        )
+        for job in session.scalars(query):
+            best = found.get(job.spec_hash)
+            if best is None or rank[job.status] < rank[best.status]:
+                found[job.spec_hash] = job
+    return found
+
+
+def delete_unpublished(job_ids: Sequence[int]) -> None:
+    """Withdraw rows whose messages could not be published, so nothing waits forever."""
+    if not job_ids:
+        return
+    with session_scope(write=True) as session:
+        for job in session.scalars(select(Job).where(Job.id.in_(job_ids), Job.status == "queued")):
+            session.delete(job)
+
+
+def claim(
+    job_id: int, *, worker: str, lease_seconds: int, task_id: str | None = None
+) -> Claim | None:
+    """Take a job for a new attempt, or return None when this delivery has nothing to do.
+
+    A queued job is taken. A running job is taken over only when its lease has expired, or when
+    it is held by this same worker name (one job at a time per worker, so that holder is dead).
+    """
+    now = utcnow()
+    lease = now + dt.timedelta(seconds=lease_seconds)
+    takeover = and_(Job.status == "running", or_(Job.lease_expires_at < now, Job.worker == worker))
+    with session_scope(write=True) as session:
+        result = session.execute(
+            update(Job)
+            .where(
+                Job.id == job_id,
+                or_(Job.status == "queued", takeover),
+                Job.attempts < Job.max_attempts,
+                Job.cancel_requested.is_(False),
+            )
+            .values(
+                status="running",
+                attempts=Job.attempts + 1,
+                worker=worker,
+                started_at=now,
+                heartbeat_at=now,
+                lease_expires_at=lease,
+                progress_phase="starting",
+                progress_epoch=None,
+                progress_step=None,
+                progress_total=None,
+                progress_loss=None,
+                error_type=None,
+                error_message=None,
+            )
+            .execution_options(synchronize_session=False)
+        )
+        if result.rowcount == 1:  # type: ignore[attr-defined]
+            job = session.get(Job, job_id, populate_existing=True)
+            assert job is not None
+            detail = f"task {task_id}" if task_id else None
+            _event(session, job_id, "running", job.attempts, worker, detail)
+            return Claim(job_id, job.attempts, worker, job.kind, dict(job.spec))
+        job = session.get(Job, job_id)
+        if job is None:
+            log.warning("job %s: no such row; dropping its message", job_id)
+            return None
+        _explain_no_claim(session, job, worker, now)
+        return None
+
+
+def _explain_no_claim(session: Session, job: Job, worker: str, now: dt.datetime) -> None:
+    """Settle the cases a claim refused that must not stay as they are."""
+    if job.status == "queued" and job.cancel_requested:
+        job.status = "cancelled"
+        job.finished_at = now
+        _event(session, job.id, "cancelled", job.attempts, worker, "cancelled before it started")
+    elif job.status in ("queued", "running") and job.attempts >= job.max_attempts:
+        expired = job.status == "queued" or (
+            job.lease_expires_at is not None and job.lease_expires_at < now
+        )
+        if expired:
+            _fail_row(session, job, "WorkerLost",
+                      f"gave up after {job.attempts} attempts: the worker running it died "
+                      "each time", worker)  # fmt: skip
+    else:
+        log.info("job %s is %s (attempt %s on %s); nothing to do for this delivery",
+                 job.id, job.status, job.attempts, job.worker)  # fmt: skip
+
+
+def _fail_row(
+    session: Session, job: Job, error_type: str, message: str, worker: str | None
+) -> None:
+    job.status = "failed"
+    job.error_type = error_type
+    job.error_message = message
+    job.finished_at = utcnow()
+    job.lease_expires_at = None
+    _event(session, job.id, "failed", job.attempts, worker, f"{error_type}: {message}")
+
+
+def _owned(session: Session, claim: Claim, *, lock: bool = True) -> Job | None:
+    query = select(Job).where(
+        Job.id == claim.job_id, Job.attempts == claim.attempt, Job.status == "running"
+    )
+    if lock:
+        query = query.with_for_update()
+    return session.scalars(query).one_or_none()
+
+
+def heartbeat(claim: Claim, progress: ProgressState, *, lease_seconds: int) -> tuple[bool, bool]:
+    """Renew the lease and store progress; returns (still owned, cancel requested)."""
+    now = utcnow()
+    values: dict[str, Any] = {
+        "heartbeat_at": now,
+        "lease_expires_at": now + dt.timedelta(seconds=lease_seconds),
+    }
+    if progress.dirty:
+        values.update(
+            progress_phase=progress.phase,
+            progress_epoch=progress.epoch,
+            progress_step=progress.step,
+            progress_total=progress.total,
+            progress_loss=progress.loss,
+        )
+    with session_scope(write=True) as session:
+        result = session.execute(
+            update(Job)
+            .where(Job.id == claim.job_id, Job.attempts == claim.attempt, Job.status == "running")
+            .values(**values)
+            .execution_options(synchronize_session=False)
+        )
+        if result.rowcount != 1:  # type: ignore[attr-defined]
+            return False, False
+        cancel = session.scalar(select(Job.cancel_requested).where(Job.id == claim.job_id))
+    progress.dirty = False
+    return True, bool(cancel)
+
+
+def record_success(
+    claim: Claim,
+    measurements: Sequence[Measurement],
+    *,
+    stats: dict[str, Any],
+    publish: Callable[[], str | None] | None = None,
+) -> bool:
+    """Record results and mark the job succeeded, if this attempt still holds it.
+
+    ``publish`` moves the adapter into place and returns its path; it runs inside the
+    transaction, after the ownership check, so a superseded attempt never touches the adapter.
+    Returns False (and writes nothing) when another attempt or a cancel got there first.
+    """
+    with session_scope(write=True) as session:
+        job = _owned(session, claim)
+        if job is None:
+            return False
+        if job.cancel_requested:
+            _finish_cancelled(session, job, claim.worker)
+            return False
+        for m in measurements:
+            session.add(
+                Result(
+                    job_id=job.id,
+                    attempt=claim.attempt,
+                    split=m.split,
+                    epoch=m.epoch,
+                    accuracy=m.accuracy,
+                    loss=m.loss,
+                    macro_f1=m.macro_f1,
+                    n_examples=m.n_examples,
+                    recorded_at=utcnow(),
+                )
+            )
+        session.flush()  # a duplicate measurement fails here, before the adapter moves
+        if publish is not None:
+            job.adapter_path = publish()
+        job.status = "succeeded"
+        job.finished_at = utcnow()
+        job.lease_expires_at = None
+        job.progress_phase = "done"
+        job.stats = stats
+        job.train_seconds = stats.get("train_seconds")
+        job.samples_per_second = stats.get("samples_per_second")
+        job.peak_memory_mb = stats.get("peak_cuda_mb") or stats.get("peak_rss_mb")
+        job.trainable_params = stats.get("trainable_params")
+        job.total_params = stats.get("total_params")
+        _event(session, job.id, "succeeded", claim.attempt, claim.worker)
+        return True
+
+
+def record_failure(claim: Claim, error_type: str, message: str) -> bool:
+    """Mark the job failed with its error, if this attempt still holds it."""
+    with session_scope(write=True) as session:
+        job = _owned(session, claim)
+        if job is None:
+            return False
+        _fail_row(session, job, error_type, message[:4000], claim.worker)
+        return True
+
+
+def record_cancelled(claim: Claim) -> bool:
+    with session_scope(write=True) as session:
+        job = _owned(session, claim)
+        if job is None:
+            return False
+        _finish_cancelled(session, job, claim.worker)
+        return True
+
+
+def _finish_cancelled(session: Session, job: Job, worker: str | None) -> None:
+    job.status = "cancelled"
+    job.finished_at = utcnow()
+    job.lease_expires_at = None
+    job.adapter_path = None
+    _event(session, job.id, "cancelled", job.attempts, worker, "stopped at a step boundary")
+
+
+def fail_running(job_id: int, *, worker: str, error_type: str, message: str) -> bool:
+    """Fail a job that this worker holds, from outside the attempt (hard time limit)."""
+    with session_scope(write=True) as session:
+        job = session.scalars(
+            select(Job).where(Job.id == job_id, Job.status == "running", Job.worker == worker)
+            .with_for_update()
+        ).one_or_none()  # fmt: skip
+        if job is None:
+            return False
+        _fail_row(session, job, error_type, message, worker)
+        return True
+
+
+@dataclass(frozen=True)
+class CancelOutcome:
+    job_id: int
+    before: str
+    after: str
+
+
+def cancel(job_ids: Sequence[int]) -> list[CancelOutcome]:
+    """Cancel queued jobs at once; ask running ones to stop at their next step."""
+    outcomes = []
+    with session_scope(write=True) as session:
+        jobs = session.scalars(select(Job).where(Job.id.in_(job_ids)).with_for_update()).all()
+        for job in sorted(jobs, key=lambda j: j.id):
+            before = job.status
+            if job.status == "queued":
+                job.status = "cancelled"
+                job.cancel_requested = True
+                job.finished_at = utcnow()
+                _event(session, job.id, "cancelled", job.attempts, None, "cancelled while queued")
+            elif job.status == "running" and not job.cancel_requested:
+                job.cancel_requested = True
+                _event(session, job.id, "running", job.attempts, job.worker, "cancel requested")
+            outcomes.append(CancelOutcome(job.id, before, job.status))
+    return outcomes
+
+
+@dataclass
+class ReapReport:
+    requeued: list[Job] = field(default_factory=list)
+    failed: list[int] = field(default_factory=list)
+
+
+def reap_expired(*, now: dt.datetime | None = None) -> ReapReport:
+    """Re-queue running jobs whose worker stopped heart-beating; fail those out of attempts.
+
+    Re-queued jobs get a new task id; the caller publishes a message for each.
+    """
+    now = now or utcnow()
+    report = ReapReport()
+    with session_scope(write=True) as session:
+        expired = session.scalars(
+            select(Job)
+            .where(Job.status == "running", Job.lease_expires_at < now)
+            .with_for_update(skip_locked=True)
+        ).all()
+        for job in expired:
+            lost = f"worker {job.worker} stopped heart-beating (attempt {job.attempts})"
+            if job.cancel_requested:
+                _finish_cancelled(session, job, None)
+            elif job.attempts >= job.max_attempts:
+                _fail_row(session, job, "WorkerLost",
+                          f"gave up after {job.attempts} attempts: {lost}", None)  # fmt: skip
+                report.failed.append(job.id)
+            else:
+                job.status = "queued"
+                job.queued_at = now
+                job.task_id = new_task_id()
+                job.lease_expires_at = None
+                job.progress_phase = None
+                _event(session, job.id, "queued", job.attempts, None, f"re-queued: {lost}")
+                report.requeued.append(job)
+    return report
+
+
+def queued_without_message(pending_task_ids: set[str], *, older_than: dt.datetime) -> list[Job]:
+    """Queued jobs whose task id is in no broker queue: their message was lost."""
+    with session_scope(write=True) as session:
+        candidates = session.scalars(
+            select(Job).where(Job.status == "queued", Job.queued_at < older_than)
+        ).all()
+        lost = [job for job in candidates if job.task_id not in pending_task_ids]
+        for job in lost:
+            job.task_id = new_task_id()
+            job.queued_at = utcnow()
+            _event(session, job.id, "queued", job.attempts, None, "re-published: message lost")
+        return lost

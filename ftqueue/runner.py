@@ -1,0 +1,209 @@
+"""Running one job attempt: claim it, heart-beat while the work runs, record exactly once.
+
+This is the plain function every delivery path calls (a Celery worker, eager mode, tests); it
+holds no Celery state of its own.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ftqueue import lifecycle
+from ftqueue.errors import DatabaseError, FtqueueError, JobCancelled, JobSuperseded
+from ftqueue.settings import get_settings
+
+log = logging.getLogger(__name__)
+
+#: How long a finished attempt keeps trying to record while the database is unreachable.
+RECORD_RETRY_SECONDS = 300.0
+#: Errors that would fail the same way again: the job fails at once, without retries.
+DETERMINISTIC = ("OutOfMemoryError", "SoftTimeLimitExceeded")
+
+
+class Heartbeat:
+    """Renews a running job's lease and writes its progress from a background thread.
+
+    The work calls :meth:`on_progress`; it raises JobCancelled or JobSuperseded there once the
+    heartbeat learns that the job was cancelled or taken over, so the work stops at a step.
+    """
+
+    def __init__(self, claim: lifecycle.Claim, *, lease_seconds: int) -> None:
+        self.claim = claim
+        self.lease_seconds = lease_seconds
+        self.interval = min(1.0, lease_seconds / 4)
+        self.progress = lifecycle.ProgressState()
+        self.cancelled = threading.Event()
+        self.superseded = threading.Event()
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(
+            target=self._run, name=f"heartbeat-{claim.job_id}", daemon=True
+        )
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+            self._thread.join(timeout=30)
+
+    def on_progress(self, update: Any) -> None:
+        with self._lock:
+            p = self.progress
+            p.phase = getattr(update, "phase", p.phase)
+            p.epoch = getattr(update, "epoch", p.epoch)
+            p.step = getattr(update, "step", p.step)
+            p.total = getattr(update, "total_steps", p.total)
+            p.loss = getattr(update, "loss", p.loss)
+            p.dirty = True
+        self.check()
+
+    def check(self) -> None:
+        if self.superseded.is_set():
+            raise JobSuperseded(f"job {self.claim.job_id} was taken over by another attempt")
+        if self.cancelled.is_set():
+            raise JobCancelled(f"job {self.claim.job_id} was cancelled")
+
+    def beat(self) -> None:
+        with self._lock:
+            snapshot = lifecycle.ProgressState(**{
+                k: getattr(self.progress, k) for k in ("phase", "epoch", "step", "total", "loss")
+            })  # fmt: skip
+            snapshot.dirty = self.progress.dirty
+            self.progress.dirty = False
+        owned, cancel = lifecycle.heartbeat(self.claim, snapshot, lease_seconds=self.lease_seconds)
+        if not owned:
+            self.superseded.set()
+        elif cancel:
+            self.cancelled.set()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.beat()
+            except DatabaseError as exc:
+                # The lease may lapse while the database is away; ownership is checked again
+                # when the result is recorded, so this attempt cannot record over another.
+                log.warning("job %s: heartbeat failed: %s", self.claim.job_id, exc)
+            except Exception:
+                log.exception("job %s: heartbeat failed", self.claim.job_id)
+            if self.superseded.is_set():
+                return
+
+
+def run_job(job_id: int, *, worker: str, task_id: str | None = None) -> str:
+    """Claim and run one job; returns what happened (succeeded, failed, cancelled, skipped...)."""
+    settings = get_settings()
+    claim = lifecycle.claim(
+        job_id, worker=worker, lease_seconds=settings.lease_seconds, task_id=task_id
+    )
+    if claim is None:
+        return "skipped"
+    log.info("job %s: attempt %s on %s", job_id, claim.attempt, worker)
+    return execute(claim)
+
+
+def adapters_root() -> Path:
+    return get_settings().artifacts_dir / "adapters"
+
+
+def final_adapter_dir(job_id: int) -> Path:
+    return adapters_root() / f"job-{job_id}"
+
+
+def execute(claim: lifecycle.Claim) -> str:
+    """Run a claimed attempt to its end and record that end."""
+    from ftqueue import artifacts, work
+
+    settings = get_settings()
+    staging: Path | None = None
+    heartbeat = Heartbeat(claim, lease_seconds=settings.lease_seconds)
+    try:
+        with heartbeat:
+            if claim.kind == "lora":
+                adapters_root().mkdir(parents=True, exist_ok=True)
+                staging = artifacts.new_staging_dir(adapters_root(), f"job-{claim.job_id}")
+            outcome = work.perform(claim, staging=staging, on_progress=heartbeat.on_progress)
+        heartbeat.check()
+        final = final_adapter_dir(claim.job_id)
+        publish: Callable[[], str | None] | None = None
+        if staging is not None and outcome.adapter_dir is not None:
+            src = Path(outcome.adapter_dir)
+
+            def publish() -> str:
+                artifacts.publish_dir(src, final)
+                return str(final)
+
+        measurements = [lifecycle.Measurement(**vars(m)) for m in outcome.measurements]
+        recorded = _with_db_retry(
+            lambda: lifecycle.record_success(
+                claim, measurements, stats=outcome.stats, publish=publish
+            )
+        )
+        if recorded:
+            staging = None if publish is not None else staging
+            log.info("job %s: succeeded", claim.job_id)
+            return "succeeded"
+        log.warning("job %s: attempt %s no longer holds it; result discarded",
+                    claim.job_id, claim.attempt)  # fmt: skip
+        return "superseded"
+    except JobCancelled:
+        _with_db_retry(lambda: lifecycle.record_cancelled(claim))
+        return "cancelled"
+    except JobSuperseded:
+        return "superseded"
+    except BaseException as exc:
+        if not isinstance(exc, Exception) and type(exc).__name__ != "SoftTimeLimitExceeded":
+            raise  # KeyboardInterrupt, SystemExit: the process is going away
+        error_type, message = describe_failure(exc)
+        if isinstance(exc, FtqueueError) or type(exc).__name__ in DETERMINISTIC:
+            log.error("job %s failed: %s: %s", claim.job_id, error_type, message)
+        else:
+            log.exception("job %s failed", claim.job_id)
+        _with_db_retry(lambda: lifecycle.record_failure(claim, error_type, message))
+        return "failed"
+    finally:
+        if staging is not None and staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+        work.release()
+
+
+def describe_failure(exc: BaseException) -> tuple[str, str]:
+    name = type(exc).__name__
+    text = str(exc).strip() or repr(exc)
+    if name == "SoftTimeLimitExceeded":
+        limit = get_settings().soft_time_limit
+        return (
+            "TimeLimitExceeded",
+            f"the job ran past its time limit of {limit}s (FTQUEUE_TIME_LIMIT)",
+        )
+    if name == "OutOfMemoryError":
+        return "CudaOutOfMemory", (
+            f"{text.splitlines()[0]} - lower --batch-size or --max-length, or use a larger GPU"
+        )
+    return name, text
+
+
+def _with_db_retry(action: Callable[[], bool]) -> bool:
+    deadline = time.monotonic() + RECORD_RETRY_SECONDS
+    delay = 0.5
+    while True:
+        try:
+            return action()
+        except DatabaseError as exc:
+            if time.monotonic() > deadline:
+                raise
+            log.warning("database unavailable, retrying in %.1fs: %s", delay, exc)
+            time.sleep(delay)
+            delay = min(delay * 2, 15.0)

@@ -1,0 +1,171 @@
+"""Synthetic jobs: the model ``synthetic[:key=value,...]`` runs a timed stand-in for training.
+
+They exercise the queue itself (delivery, leases, retries, recording, adapters) without a
+model: for the queue's tests, fault drills and scale benchmarks. Their results are
+deterministic numbers derived from the spec, clearly not measurements of anything.
+
+Keys: ``seconds`` (sleep spread over the steps, default 0.5), ``steps`` (default 10),
+``fault``: ``raise`` (an exception), ``oom`` (a CUDA out-of-memory error), ``crash`` (the
+process kills itself), ``crash-first`` (only on the first attempt), ``hang`` (never ends).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ftqueue.errors import SpecError
+
+PREFIX = "synthetic"
+FAULTS = ("none", "raise", "oom", "crash", "crash-first", "hang")
+
+
+@dataclass(frozen=True)
+class SyntheticParams:
+    seconds: float = 0.5
+    steps: int = 10
+    fault: str = "none"
+
+
+@dataclass
+class SyntheticProgress:
+    phase: str
+    epoch: int
+    step: int
+    total_steps: int
+    loss: float | None
+
+
+@dataclass
+class SyntheticMeasurement:
+    split: str
+    epoch: int
+    accuracy: float
+    loss: float
+    macro_f1: float
+    n_examples: int
+
+
+@dataclass
+class SyntheticOutcome:
+    measurements: list[SyntheticMeasurement]
+    adapter_dir: Path | None
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+def is_synthetic(model: str) -> bool:
+    return model == PREFIX or model.startswith(PREFIX + ":")
+
+
+def parse(model: str) -> SyntheticParams:
+    """Parse ``synthetic:seconds=2,steps=20,fault=raise``; SpecError on anything else."""
+    values: dict[str, Any] = {}
+    _, _, rest = model.partition(":")
+    for item in filter(None, rest.split(",")):
+        key, sep, raw = item.partition("=")
+        try:
+            if not sep:
+                raise ValueError
+            if key == "seconds":
+                values[key] = float(raw)
+                if not 0 <= values[key] <= 86400:
+                    raise ValueError
+            elif key == "steps":
+                values[key] = int(raw)
+                if not 1 <= values[key] <= 100_000:
+                    raise ValueError
+            elif key == "fault" and raw in FAULTS:
+                values[key] = raw
+            else:
+                raise ValueError
+        except ValueError:
+            raise SpecError(
+                f"--model {model!r}: bad synthetic setting {item!r}; use seconds=0..86400, "
+                f"steps=1..100000, fault={'|'.join(FAULTS)}",
+                param="--model",
+            ) from None
+    return SyntheticParams(**values)
+
+
+def _score(spec: Any, salt: str) -> float:
+    digest = hashlib.sha256((spec.canonical_json() + salt).encode()).hexdigest()
+    return int(digest[:8], 16) / 0xFFFFFFFF
+
+
+def run(
+    spec: Any,
+    *,
+    attempt: int,
+    staging: Path | None,
+    on_progress: Callable[[Any], None],
+) -> SyntheticOutcome:
+    params = parse(spec.model)
+    started = time.perf_counter()
+    epochs = int(getattr(spec, "epochs", 1) or 1)
+    total = params.steps
+    pause = params.seconds / total
+    on_progress(SyntheticProgress("train", 1, 0, total, None))
+    step = 0
+    while step < total or params.fault == "hang":
+        time.sleep(pause if params.fault != "hang" else 0.2)
+        step = min(step + 1, total)
+        if step == max(1, total // 2):
+            _inject(params.fault, attempt)
+        epoch = 1 + (step * epochs - 1) // total
+        on_progress(SyntheticProgress("train", epoch, step, total, 1.0 / (1 + step)))
+    measurements = []
+    splits = [("validation", e) for e in range(1, epochs + 1)] if spec.kind == "lora" else []
+    splits.append((getattr(spec, "split", "test"), epochs if spec.kind == "lora" else 0))
+    for split, epoch in splits:
+        accuracy = round(0.5 + 0.45 * _score(spec, f"{split}{epoch}"), 6)
+        measurements.append(
+            SyntheticMeasurement(
+                split, epoch, accuracy, round(1.0 - accuracy, 6), round(accuracy - 0.01, 6), 1000
+            )  # fmt: skip
+        )
+    if staging is not None:
+        _write_adapter(staging, spec)
+    elapsed = time.perf_counter() - started
+    return SyntheticOutcome(
+        measurements,
+        staging,
+        {
+            "train_seconds": elapsed,
+            "samples_per_second": 1000 * epochs / max(elapsed, 1e-9),
+            "trainable_params": 1000,
+            "total_params": 100_000,
+            "synthetic": True,
+        },
+    )
+
+
+def _inject(fault: str, attempt: int) -> None:
+    if fault == "raise":
+        raise RuntimeError("synthetic failure requested by the job's model string")
+    if fault == "oom":
+        import torch
+
+        raise torch.cuda.OutOfMemoryError(
+            "CUDA out of memory. Tried to allocate 2.00 GiB (simulated by a synthetic job)"
+        )
+    if fault == "crash" or (fault == "crash-first" and attempt == 1):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _write_adapter(directory: Path, spec: Any) -> None:
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    directory.mkdir(parents=True, exist_ok=True)
+    save_file(
+        {"weight": np.zeros((2, 2), dtype=np.float32)}, directory / "adapter_model.safetensors"
+    )
+    (directory / "adapter_config.json").write_text(json.dumps({"synthetic": True}))
+    (directory / "ftqueue_adapter.json").write_text(json.dumps({"spec": spec.to_dict()}))

