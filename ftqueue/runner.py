@@ -132,8 +132,10 @@ def execute(claim: lifecycle.Claim) -> str:
     try:
         with heartbeat:
             if claim.kind == "lora":
-                adapters_root().mkdir(parents=True, exist_ok=True)
+                remove_stale_staging(claim.job_id)
                 staging = artifacts.new_staging_dir(adapters_root(), f"job-{claim.job_id}")
+                # mkdtemp makes it private; a shared artifacts directory needs it readable.
+                staging.chmod(0o755)
             outcome = work.perform(claim, staging=staging, on_progress=heartbeat.on_progress)
         heartbeat.check()
         final = final_adapter_dir(claim.job_id)
@@ -177,6 +179,15 @@ def execute(claim: lifecycle.Claim) -> str:
         if staging is not None and staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
         work.release()
+
+
+def remove_stale_staging(job_id: int) -> list[Path]:
+    """Delete staging directories left by earlier attempts of a job this attempt now holds."""
+    root = adapters_root()
+    stale = sorted(root.glob(f".staging-job-{job_id}-*")) if root.is_dir() else []
+    for path in stale:
+        shutil.rmtree(path, ignore_errors=True)
+    return stale
 
 
 def describe_failure(exc: BaseException) -> tuple[str, str]:

@@ -91,3 +91,21 @@ def any_db_url(request: pytest.FixtureRequest) -> str:
     """Runs a test once on SQLite and once on PostgreSQL."""
     name = "sqlite_url" if request.param == "sqlite" else "pg_url"
     return str(request.getfixturevalue(name))
+
+
+@pytest.fixture
+def redis_url(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A flushed Redis database on the running server, set as FTQUEUE_BROKER_URL."""
+    import redis
+
+    url = f"{REDIS_URL}/{os.environ.get('FTQUEUE_TEST_REDIS_DB', '13')}"
+    client = redis.Redis.from_url(url, socket_connect_timeout=2)
+    try:
+        client.flushdb()
+    except redis.RedisError as exc:
+        service_missing(f"Redis at {REDIS_URL}", exc)
+    monkeypatch.setenv("FTQUEUE_BROKER_URL", url)
+    reset_settings()
+    yield url
+    client.flushdb()
+    client.close()
