@@ -42,6 +42,9 @@ class Heartbeat:
         self.superseded = threading.Event()
         self._stop = threading.Event()
         self._lock = threading.Lock()
+        self.started = time.monotonic()
+        #: Seconds from the claim to the first training step: what a warm worker saves.
+        self.first_step_after: float | None = None
         self._thread = threading.Thread(
             target=self._run, name=f"heartbeat-{claim.job_id}", daemon=True
         )
@@ -67,6 +70,8 @@ class Heartbeat:
             p.total = getattr(update, "total_steps", p.total)
             p.loss = getattr(update, "loss", p.loss)
             p.dirty = True
+            if self.first_step_after is None and p.phase == "train" and (p.step or 0) >= 1:
+                self.first_step_after = time.monotonic() - self.started
         self.check()
 
     def check(self) -> None:
@@ -148,10 +153,9 @@ def execute(claim: lifecycle.Claim) -> str:
                 return str(final)
 
         measurements = [lifecycle.Measurement(**vars(m)) for m in outcome.measurements]
+        stats = {**outcome.stats, "seconds_to_first_step": heartbeat.first_step_after}
         recorded = _with_db_retry(
-            lambda: lifecycle.record_success(
-                claim, measurements, stats=outcome.stats, publish=publish
-            )
+            lambda: lifecycle.record_success(claim, measurements, stats=stats, publish=publish)
         )
         if recorded:
             staging = None if publish is not None else staging

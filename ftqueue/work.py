@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,8 @@ from ftqueue.lifecycle import Claim
 from ftqueue.models import Job
 from ftqueue.settings import get_settings
 from ftqueue.specs import EvaluateSpec, LoraSpec
+
+_TRAINED = threading.Event()
 
 SPEC_TYPES: dict[str, type[LoraSpec] | type[EvaluateSpec]] = {
     "lora": LoraSpec,
@@ -65,6 +68,7 @@ def perform(claim: Claim, *, staging: Path | None, on_progress: Callable[[Any], 
         return synthetic.run(spec, attempt=claim.attempt, staging=staging, on_progress=on_progress)
     from ftqueue import training
 
+    _TRAINED.set()
     if isinstance(spec, LoraSpec):
         assert staging is not None
         return training.run_lora(
@@ -79,5 +83,8 @@ def perform(claim: Claim, *, staging: Path | None, on_progress: Callable[[Any], 
 def release() -> None:
     """Give back accelerator memory between jobs, keeping what makes the next job fast."""
     training = sys.modules.get("ftqueue.training")
-    if training is not None:
+    # A full garbage collection costs a good part of a second once torch is loaded; only a
+    # job that trained has anything to give back.
+    if training is not None and _TRAINED.is_set():
+        _TRAINED.clear()
         training.release_memory()

@@ -1,0 +1,167 @@
+"""`ftqueue submit`: wiring in eager mode, grids, de-duplication, and bad input refused early."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from sqlalchemy import func, select
+
+from ftqueue import db
+from ftqueue.cli import cli
+from ftqueue.models import Job, JobEvent, Result
+from ftqueue.settings import reset_settings
+
+SYN = ["--model", "synthetic:seconds=0.05,steps=2", "--dataset", "movie-snippets"]
+
+
+@pytest.fixture
+def eager(sqlite_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setenv("FTQUEUE_EAGER", "1")
+    reset_settings()
+    return sqlite_url
+
+
+def run(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(cli, list(args))
+    if result.exception and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result.exit_code, result.output
+
+
+def job_count() -> int:
+    with db.session_scope() as session:
+        return int(session.scalar(select(func.count()).select_from(Job)) or 0)
+
+
+def test_eager_submit_runs_the_task_and_records(eager: str, isolated_home: Path) -> None:
+    code, out = run("submit", "lora", *SYN, "--epochs", "2", "--tag", "smoke", "--json")
+    assert code == 0, out
+    payload = json.loads(out)
+    [job] = payload["jobs"]
+    assert job["status"] == "succeeded"
+    with db.session_scope() as session:
+        row = session.get(Job, job["id"])
+        assert row is not None
+        assert row.worker and row.worker.startswith("eager@")
+        assert row.attempts == 1 and row.tag_names == ["smoke"]
+        splits = session.execute(
+            select(Result.split, Result.epoch).where(Result.job_id == row.id)
+        ).all()
+        events = session.scalars(select(JobEvent.status).where(JobEvent.job_id == row.id)).all()
+    assert sorted(splits) == [("test", 2), ("validation", 1), ("validation", 2)]
+    assert events == ["queued", "running", "succeeded"]
+    assert row.adapter_path == str(isolated_home / "artifacts" / "adapters" / f"job-{row.id}")
+    assert Path(row.adapter_path, "adapter_model.safetensors").is_file()
+
+
+def test_grid_expands_under_one_sweep(eager: str) -> None:
+    code, out = run("submit", "lora", *SYN, "--r", "8,16", "--lr", "1e-4,3e-4", "--seed", "0..1",
+                    "--json")  # fmt: skip
+    assert code == 0, out
+    payload = json.loads(out)
+    assert len(payload["jobs"]) == 8 and payload["sweep_id"]
+    combos = {(j["spec"]["r"], j["spec"]["lr"], j["spec"]["seed"]) for j in payload["jobs"]}
+    assert combos == {(r, lr, s) for r in (8, 16) for lr in (1e-4, 3e-4) for s in (0, 1)}
+    with db.session_scope() as session:
+        sweeps = session.scalars(select(Job.sweep_id).distinct()).all()
+    assert sweeps == [payload["sweep_id"]]
+
+
+def test_identical_spec_is_not_run_again_unless_forced(eager: str) -> None:
+    code, first = run("submit", "lora", *SYN, "--seed", "7", "--json")
+    assert code == 0
+    first_id = json.loads(first)["jobs"][0]["id"]
+    code, again = run("submit", "lora", *SYN, "--seed", "7")
+    assert code == 0
+    assert f"identical to job {first_id} (succeeded)" in again
+    assert job_count() == 1
+    code, forced = run("submit", "lora", *SYN, "--seed", "7", "--force", "--json")
+    assert code == 0 and json.loads(forced)["jobs"][0]["id"] != first_id
+    assert job_count() == 2
+
+
+def test_wait_exit_code_says_how_the_job_ended(eager: str) -> None:
+    code, out = run("submit", "lora", "--model", "synthetic:seconds=0.05,fault=raise",
+                    "--dataset", "movie-snippets")  # fmt: skip
+    assert code == 1, out
+    assert "synthetic failure" in out
+    code, _ = run("submit", "evaluate", *SYN)
+    assert code == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--lr", "nan"], "--lr"),
+        (["--lr", "0"], "--lr"),
+        (["--lr", "inf"], "--lr"),
+        (["--epochs", "0"], "--epochs"),
+        (["--epochs", "-3"], "--epochs"),
+        (["--epochs", "1000000"], "--epochs"),
+        (["--batch-size", "0"], "--batch-size"),
+        (["--batch-size", "100000"], "--batch-size"),
+        (["--r", "0"], "--r"),
+        (["--r", "5000"], "--r"),
+        (["--dropout", "1"], "--dropout"),
+        (["--dropout", "-0.1"], "--dropout"),
+        (["--tag", "../etc"], "--tag"),
+        (["--tag", "a/b"], "--tag"),
+        (["--name", "two\nlines"], "--name"),
+        (["--name", "nul\x00byte"], "--name"),
+    ],
+)
+def test_bad_values_are_refused_before_anything_is_written(
+    eager: str, args: list[str], needle: str
+) -> None:
+    code, out = run("submit", "lora", *SYN, *args)
+    assert code == 2, out
+    assert needle in out and "Traceback" not in out
+    assert job_count() == 0
+
+
+def test_unknown_model_and_dataset_file(eager: str, tmp_path: Path) -> None:
+    code, out = run("submit", "lora", "--model", "./no/such/dir", "--dataset", "movie-snippets")
+    assert code == 2 and "unknown model" in out
+    code, out = run("submit", "lora", *SYN[:2], "--dataset", str(tmp_path / "missing.csv"))
+    assert code == 2 and "missing.csv" in out
+    assert job_count() == 0
+
+
+def test_adapter_job_must_exist_and_have_succeeded(eager: str) -> None:
+    code, out = run("submit", "evaluate", "--adapter-job", "424242", *SYN)
+    assert code == 2 and "no such job" in out
+    code, failed = run("submit", "lora", "--model", "synthetic:seconds=0.05,fault=raise",
+                       "--dataset", "movie-snippets", "--json")  # fmt: skip
+    failed_id = json.loads(failed)["jobs"][0]["id"]
+    code, out = run("submit", "evaluate", "--adapter-job", str(failed_id), *SYN)
+    assert code == 2 and "not succeeded" in out
+    assert job_count() == 1
+
+
+def test_redis_down_at_submit_writes_nothing(sqlite_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FTQUEUE_BROKER_URL", "redis://127.0.0.1:1/0")
+    reset_settings()
+    code, out = run("submit", "lora", *SYN)
+    assert code == 1
+    assert "127.0.0.1:1" in out and "FTQUEUE_EAGER=1" in out
+    assert out.strip().count("\n") == 0
+    assert job_count() == 0
+
+
+def test_database_down_at_submit_publishes_nothing(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import redis
+
+    monkeypatch.setenv("FTQUEUE_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:1/none")
+    reset_settings()
+    code, out = run("submit", "lora", *SYN)
+    assert code == 1 and "127.0.0.1:1/none" in out
+    client = redis.Redis.from_url(redis_url)
+    assert client.llen("lora") == 0 and client.hlen("unacked") == 0
+
+
+def test_cancel_unknown_job(eager: str) -> None:
+    code, out = run("cancel", "999")
+    assert code == 2 and "no job 999" in out
