@@ -25,12 +25,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sqlalchemy import create_engine, select, text  # noqa: E402
+from sqlalchemy import create_engine, text
 
-from ftqueue import db  # noqa: E402
-from ftqueue.models import Job  # noqa: E402
-from ftqueue.settings import reset_settings  # noqa: E402
-from tests.procs import WorkerProcess, all_terminal, wait_for  # noqa: E402
+from ftqueue import db
+from ftqueue.models import Job
+from ftqueue.settings import reset_settings
+from tests.procs import WorkerProcess, all_terminal, wait_for
 
 PG_SERVER = os.environ.get("FTQUEUE_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432")
 REDIS = os.environ.get("FTQUEUE_TEST_REDIS", "redis://127.0.0.1:6379") + "/11"
@@ -67,8 +67,20 @@ def drop_pg(name: str) -> None:
 
 def time_submit(n: int) -> float:
     flush_redis()
-    cmd = [sys.executable, "-m", "ftqueue", "submit", "lora", "--model", "synthetic:seconds=0",
-           "--dataset", "movie-snippets", "--seed", f"0..{n - 1}", "--json"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "ftqueue",
+        "submit",
+        "lora",
+        "--model",
+        "synthetic:seconds=0",
+        "--dataset",
+        "movie-snippets",
+        "--seed",
+        f"0..{n - 1}",
+        "--json",
+    ]
     start = time.perf_counter()
     out = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ), check=True)
     elapsed = time.perf_counter() - start
@@ -83,8 +95,11 @@ def latencies(n: int) -> list[float]:
 
     found = []
     for i in range(n + 3):
-        spec = LoraSpec(model="synthetic:seconds=0,steps=1", data=DataSpec(dataset="movie-snippets"),
-                        seed=10_000 + i)  # fmt: skip
+        spec = LoraSpec(
+            model="synthetic:seconds=0,steps=1",
+            data=DataSpec(dataset="movie-snippets"),
+            seed=10_000 + i,
+        )
         [job] = submit([spec]).created
         wait_for(lambda jid=job.id: all_terminal([jid]), timeout=30, what=f"job {job.id}")
         with db.session_scope() as session:
@@ -111,7 +126,7 @@ def first_steps(work: Path) -> tuple[float, float]:
             wait_for(lambda jid=job.id: all_terminal([jid]), timeout=600, what=f"job {job.id}")
             with db.session_scope() as session:
                 row = session.get(Job, job.id)
-                assert row is not None and row.status == "succeeded", (row and row.error_message)
+                assert row is not None and row.status == "succeeded", row and row.error_message
                 times.append(float((row.stats or {})["seconds_to_first_step"]))
         return times[0], times[1]
     finally:
@@ -156,7 +171,9 @@ def main() -> None:
 
         if not args.skip_training:
             cold, warm = first_steps(work)
-            print("\n3. claim -> first training step, minilm on movie-snippets (PostgreSQL + Redis)")
+            print(
+                "\n3. claim -> first training step, minilm on movie-snippets (PostgreSQL + Redis)"
+            )
             print(f"{'cold s':>10}{'warm s':>10}{'cold/warm':>11}{'target':>16}")
             verdict = "ok" if warm <= 1 else "MISSED"
             print(f"{cold:>10.2f}{warm:>10.2f}{cold / warm:>10.1f}x{'warm <= 1 s':>16} {verdict}")

@@ -55,7 +55,15 @@ def publish(jobs: Sequence[Job]) -> list[int]:
     try:
         with app.producer_or_acquire() as producer:
             for job in jobs:
-                TASKS[job.kind].apply_async((job.id,), task_id=job.task_id, producer=producer)
+                # No time limits in the message: the worker's FTQUEUE_TIME_LIMIT governs, not
+                # whatever the submitting machine happens to have configured.
+                TASKS[job.kind].apply_async(
+                    (job.id,),
+                    task_id=job.task_id,
+                    producer=producer,
+                    time_limit=None,
+                    soft_time_limit=None,
+                )
                 sent.append(job.id)
     except Exception as exc:
         error = BrokerError(

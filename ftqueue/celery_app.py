@@ -20,7 +20,12 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     """The Celery settings ftqueue relies on; see DESIGN.md "Decisions already taken"."""
     # Redis re-delivers an unacknowledged message after visibility_timeout; with late acks it
     # must exceed the longest a job may legally run, or a running job would be started twice.
-    transport = {"visibility_timeout": settings.visibility_timeout}
+    transport: dict[str, Any] = {"visibility_timeout": settings.visibility_timeout}
+    if settings.visibility_timeout < 600:
+        # kombu looks for expired deliveries only every 10 x 10 s by default; a short timeout
+        # is only meaningful if it looks more often.
+        transport["unacked_restore_interval"] = max(1, settings.visibility_timeout // 2)
+        transport["unacked_restore_throttle"] = 1
     return {
         "broker_url": settings.broker_url,
         "broker_transport_options": transport,

@@ -192,6 +192,8 @@ def _to_split(rows: Any, where: str, spec: DataSpec) -> Split:
 
 
 def _label(value: Any, row: int, where: str) -> int:
+    if isinstance(value, str) and re.fullmatch(r"\s*-?\d+\s*", value):
+        value = int(value)  # a column with one bad cell is read as text, the rest still count
     if (
         isinstance(value, (float, np.floating))
         and math.isfinite(value)

@@ -36,6 +36,7 @@ class NewJob:
     tags: Sequence[str] = ()
     name: str | None = None
     sweep_id: str | None = None
+    output_dir: str | None = None
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,7 @@ class Claim:
     worker: str
     kind: str
     spec: dict[str, Any]
+    output_dir: str | None = None
 
 
 @dataclass
@@ -71,10 +73,19 @@ class Measurement:
     n_examples: int
 
 
-def _event(session: Session, job_id: int, status: str, attempt: int, worker: str | None,
-           detail: str | None = None) -> None:  # fmt: skip
-    session.add(JobEvent(job_id=job_id, status=status, attempt=attempt, worker=worker,
-                         detail=detail, at=utcnow()))  # fmt: skip
+def _event(
+    session: Session,
+    job_id: int,
+    status: str,
+    attempt: int,
+    worker: str | None,
+    detail: str | None = None,
+) -> None:
+    session.add(
+        JobEvent(
+            job_id=job_id, status=status, attempt=attempt, worker=worker, detail=detail, at=utcnow()
+        )
+    )
 
 
 def new_task_id() -> str:
@@ -95,6 +106,7 @@ def create_jobs(session: Session, jobs: Iterable[NewJob], *, max_attempts: int) 
             dataset=new.dataset,
             sweep_id=new.sweep_id,
             name=new.name,
+            output_dir=new.output_dir,
             max_attempts=max_attempts,
             task_id=new_task_id(),
             created_at=now,
@@ -179,7 +191,7 @@ def claim(
             assert job is not None
             detail = f"task {task_id}" if task_id else None
             _event(session, job_id, "running", job.attempts, worker, detail)
-            return Claim(job_id, job.attempts, worker, job.kind, dict(job.spec))
+            return Claim(job_id, job.attempts, worker, job.kind, dict(job.spec), job.output_dir)
         job = session.get(Job, job_id)
         if job is None:
             log.warning("job %s: no such row; dropping its message", job_id)
@@ -199,12 +211,21 @@ def _explain_no_claim(session: Session, job: Job, worker: str, now: dt.datetime)
             job.lease_expires_at is not None and job.lease_expires_at < now
         )
         if expired:
-            _fail_row(session, job, "WorkerLost",
-                      f"gave up after {job.attempts} attempts: the worker running it died "
-                      "each time", worker)  # fmt: skip
+            _fail_row(
+                session,
+                job,
+                "WorkerLost",
+                f"gave up after {job.attempts} attempts: the worker running it died each time",
+                worker,
+            )
     else:
-        log.info("job %s is %s (attempt %s on %s); nothing to do for this delivery",
-                 job.id, job.status, job.attempts, job.worker)  # fmt: skip
+        log.info(
+            "job %s is %s (attempt %s on %s); nothing to do for this delivery",
+            job.id,
+            job.status,
+            job.attempts,
+            job.worker,
+        )
 
 
 def _fail_row(
@@ -338,9 +359,10 @@ def fail_running(job_id: int, *, worker: str, error_type: str, message: str) -> 
     """Fail a job that this worker holds, from outside the attempt (hard time limit)."""
     with session_scope(write=True) as session:
         job = session.scalars(
-            select(Job).where(Job.id == job_id, Job.status == "running", Job.worker == worker)
+            select(Job)
+            .where(Job.id == job_id, Job.status == "running", Job.worker == worker)
             .with_for_update()
-        ).one_or_none()  # fmt: skip
+        ).one_or_none()
         if job is None:
             return False
         _fail_row(session, job, error_type, message, worker)
@@ -397,8 +419,13 @@ def reap_expired(*, now: dt.datetime | None = None) -> ReapReport:
             if job.cancel_requested:
                 _finish_cancelled(session, job, None)
             elif job.attempts >= job.max_attempts:
-                _fail_row(session, job, "WorkerLost",
-                          f"gave up after {job.attempts} attempts: {lost}", None)  # fmt: skip
+                _fail_row(
+                    session,
+                    job,
+                    "WorkerLost",
+                    f"gave up after {job.attempts} attempts: {lost}",
+                    None,
+                )
                 report.failed.append(job.id)
             else:
                 job.status = "queued"

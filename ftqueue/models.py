@@ -111,6 +111,8 @@ class Job(Base):
     error_type: Mapped[str | None] = mapped_column(String(128))
     error_message: Mapped[str | None] = mapped_column(Text)
     adapter_path: Mapped[str | None] = mapped_column(Text)
+    #: Where under the artifacts directory the adapter is published (as <dir>/job-<id>).
+    output_dir: Mapped[str | None] = mapped_column(String(512))
 
     # What the run cost, as columns so reports can sort and average them in SQL.
     train_seconds: Mapped[float | None] = mapped_column(Float)

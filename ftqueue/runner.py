@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ftqueue import lifecycle
+from ftqueue import lifecycle, paths
 from ftqueue.errors import DatabaseError, FtqueueError, JobCancelled, JobSuperseded
 from ftqueue.settings import get_settings
 
@@ -82,9 +82,12 @@ class Heartbeat:
 
     def beat(self) -> None:
         with self._lock:
-            snapshot = lifecycle.ProgressState(**{
-                k: getattr(self.progress, k) for k in ("phase", "epoch", "step", "total", "loss")
-            })  # fmt: skip
+            snapshot = lifecycle.ProgressState(
+                **{
+                    k: getattr(self.progress, k)
+                    for k in ("phase", "epoch", "step", "total", "loss")
+                }
+            )
             snapshot.dirty = self.progress.dirty
             self.progress.dirty = False
         owned, cancel = lifecycle.heartbeat(self.claim, snapshot, lease_seconds=self.lease_seconds)
@@ -119,12 +122,8 @@ def run_job(job_id: int, *, worker: str, task_id: str | None = None) -> str:
     return execute(claim)
 
 
-def adapters_root() -> Path:
-    return get_settings().artifacts_dir / "adapters"
-
-
-def final_adapter_dir(job_id: int) -> Path:
-    return adapters_root() / f"job-{job_id}"
+def final_adapter_dir(claim: lifecycle.Claim) -> Path:
+    return paths.adapter_dir(get_settings().artifacts_dir, claim.job_id, claim.output_dir)
 
 
 def execute(claim: lifecycle.Claim) -> str:
@@ -137,20 +136,21 @@ def execute(claim: lifecycle.Claim) -> str:
     try:
         with heartbeat:
             if claim.kind == "lora":
-                remove_stale_staging(claim.job_id)
-                staging = artifacts.new_staging_dir(adapters_root(), f"job-{claim.job_id}")
+                final = final_adapter_dir(claim)
+                remove_stale_staging(final)
+                staging = artifacts.new_staging_dir(final.parent, final.name)
                 # mkdtemp makes it private; a shared artifacts directory needs it readable.
                 staging.chmod(0o755)
             outcome = work.perform(claim, staging=staging, on_progress=heartbeat.on_progress)
         heartbeat.check()
-        final = final_adapter_dir(claim.job_id)
         publish: Callable[[], str | None] | None = None
         if staging is not None and outcome.adapter_dir is not None:
             src = Path(outcome.adapter_dir)
 
             def publish() -> str:
-                artifacts.publish_dir(src, final)
-                return str(final)
+                target = final_adapter_dir(claim)  # checked again: a symlink may be new
+                artifacts.publish_dir(src, target)
+                return str(target)
 
         measurements = [lifecycle.Measurement(**vars(m)) for m in outcome.measurements]
         stats = {**outcome.stats, "seconds_to_first_step": heartbeat.first_step_after}
@@ -161,8 +161,9 @@ def execute(claim: lifecycle.Claim) -> str:
             staging = None if publish is not None else staging
             log.info("job %s: succeeded", claim.job_id)
             return "succeeded"
-        log.warning("job %s: attempt %s no longer holds it; result discarded",
-                    claim.job_id, claim.attempt)  # fmt: skip
+        log.warning(
+            "job %s: attempt %s no longer holds it; result discarded", claim.job_id, claim.attempt
+        )
         return "superseded"
     except JobCancelled:
         _with_db_retry(lambda: lifecycle.record_cancelled(claim))
@@ -185,10 +186,10 @@ def execute(claim: lifecycle.Claim) -> str:
         work.release()
 
 
-def remove_stale_staging(job_id: int) -> list[Path]:
+def remove_stale_staging(final: Path) -> list[Path]:
     """Delete staging directories left by earlier attempts of a job this attempt now holds."""
-    root = adapters_root()
-    stale = sorted(root.glob(f".staging-job-{job_id}-*")) if root.is_dir() else []
+    root = final.parent
+    stale = sorted(root.glob(f".staging-{final.name}-*")) if root.is_dir() else []
     for path in stale:
         shutil.rmtree(path, ignore_errors=True)
     return stale

@@ -36,6 +36,9 @@ class Settings:
     max_attempts: int
     #: FTQUEUE_LEASE_SECONDS: a running job whose heartbeat is older than this is re-queued.
     lease_seconds: int
+    #: FTQUEUE_VISIBILITY_TIMEOUT: overrides the Redis redelivery timeout derived from the
+    #: time limit. Lower than a job's run time, a running job's message is delivered again.
+    visibility_timeout_override: int | None = None
 
     @property
     def soft_time_limit(self) -> int:
@@ -45,6 +48,8 @@ class Settings:
     @property
     def visibility_timeout(self) -> int:
         """Redis redelivers unacked messages after this; it must exceed any job's run."""
+        if self.visibility_timeout_override is not None:
+            return self.visibility_timeout_override
         return self.time_limit + max(300, self.time_limit // 10)
 
 
@@ -88,6 +93,11 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         time_limit=_int(env, "FTQUEUE_TIME_LIMIT", 6 * 3600),
         max_attempts=_int(env, "FTQUEUE_MAX_ATTEMPTS", 3),
         lease_seconds=_int(env, "FTQUEUE_LEASE_SECONDS", 120, minimum=2),
+        visibility_timeout_override=(
+            _int(env, "FTQUEUE_VISIBILITY_TIMEOUT", 0)
+            if env.get("FTQUEUE_VISIBILITY_TIMEOUT")
+            else None
+        ),
     )
 
 
@@ -112,4 +122,4 @@ def reset_settings() -> None:
         hook()
 
 
-ENV_VARS = {f.name: f"FTQUEUE_{f.name.upper()}" for f in fields(Settings)}
+ENV_VARS = {f.name: f"FTQUEUE_{f.name.removesuffix('_override').upper()}" for f in fields(Settings)}

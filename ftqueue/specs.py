@@ -182,7 +182,8 @@ def _common(spec: Any) -> None:
     spec._set("model", _text("model", spec.model))
     spec._set("data", _data(spec.data))
     spec._set("batch_size", _int("batch_size", spec.batch_size, 1, 8192))
-    spec._set("eval_batch_size", _int("eval_batch_size", spec.eval_batch_size, 1, 8192))
+    if spec.eval_batch_size is not None:
+        spec._set("eval_batch_size", _int("eval_batch_size", spec.eval_batch_size, 1, 8192))
     spec._set("max_length", _int("max_length", spec.max_length, 8, MAX_LENGTH_CAP))
     spec._set("seed", _int("seed", spec.seed, 0, 2**32 - 1))
     spec._set("head_lr", _float("head_lr", spec.head_lr, 0, 1, lo_open=True, hi_open=False))
@@ -193,7 +194,7 @@ class LoraSpec(_Spec):
     """A LoRA fine-tuning job; the defaults are tuned for small encoders on sentence polarity.
 
     The original script is ``r=32, alpha=4, dropout=0.01, target_modules=("query", "key",
-    "value"), pooling="pooler", lr=head_lr=5e-5, epochs=1, batch_size=16, warmup_ratio=0``.
+    "value"), model_dropout=None, pooling="pooler", batch_size=16, warmup_ratio=0``.
     """
 
     kind: ClassVar[str] = "lora"
@@ -202,9 +203,13 @@ class LoraSpec(_Spec):
     data: DataSpec
     r: int = 16
     alpha: float = 32.0
-    dropout: float = 0.1
+    #: LoRA dropout. Zero by default: dropout masks cost about a third of a CPU step here, and
+    #: neither it nor ``model_dropout`` improved accuracy on movie-snippets.
+    dropout: float = 0.0
     target_modules: tuple[str, ...] = ("query", "key", "value", "dense")
     bias: str = "none"
+    #: Dropout inside the pretrained body while training; None keeps its own (BERT: 0.1).
+    model_dropout: float | None = 0.0
     #: How a sentence vector is formed: mean of token states, first token, or the model's pooler.
     pooling: str = "mean"
     lr: float = 1e-3
@@ -212,7 +217,8 @@ class LoraSpec(_Spec):
     head_lr: float = 3e-3
     epochs: int = 3
     batch_size: int = 32
-    eval_batch_size: int = 256
+    #: None picks per device: 64 on a CPU (bigger batches run slower there), 512 on a GPU.
+    eval_batch_size: int | None = None
     max_length: int = 128
     warmup_ratio: float = 0.06
     weight_decay: float = 0.01
@@ -223,6 +229,11 @@ class LoraSpec(_Spec):
         self._set("r", _int("r", self.r, 1, 1024))
         self._set("alpha", _float("alpha", self.alpha, 0, 1e6, lo_open=True, hi_open=False))
         self._set("dropout", _float("dropout", self.dropout, 0, 1, lo_open=False, hi_open=True))
+        if self.model_dropout is not None:
+            body_dropout = _float(
+                "model_dropout", self.model_dropout, 0, 1, lo_open=False, hi_open=True
+            )
+            self._set("model_dropout", body_dropout)
         self._set("target_modules", _modules(self.target_modules))
         self._set("bias", _choice("bias", self.bias, BIASES))
         self._set("pooling", _choice("pooling", self.pooling, POOLINGS))
@@ -266,7 +277,8 @@ class EvaluateSpec(_Spec):
     pooling: str | None = None
     head_lr: float = 3e-3
     batch_size: int = 32
-    eval_batch_size: int = 256
+    #: None picks per device: 64 on a CPU (bigger batches run slower there), 512 on a GPU.
+    eval_batch_size: int | None = None
     max_length: int = 128
     seed: int = 0
     adapter_job: int | None = None

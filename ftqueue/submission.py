@@ -11,6 +11,7 @@ from typing import Any
 from ftqueue import db, lifecycle, synthetic
 from ftqueue.errors import BrokerError, SpecError
 from ftqueue.models import Job
+from ftqueue.paths import check_output_dir
 from ftqueue.settings import get_settings
 from ftqueue.specs import EvaluateSpec, LoraSpec
 
@@ -83,6 +84,7 @@ def submit(
     sweep: str | None = None,
     force: bool = False,
     validated: bool = False,
+    output_dir: str | None = None,
 ) -> Submission:
     """Queue one job per spec (identical specs already done or pending are not run again).
 
@@ -96,6 +98,8 @@ def submit(
         check_label(name, "--name")
     if sweep is not None:
         check_label(sweep, "--sweep")
+    if output_dir is not None:
+        output_dir = check_output_dir(output_dir, settings.artifacts_dir)
     if not validated:
         validate(specs)
     db.ensure_ready()
@@ -126,6 +130,7 @@ def submit(
                     tags=tags,
                     name=name,
                     sweep_id=submission.sweep_id,
+                    output_dir=output_dir if spec.kind == "lora" else None,
                 )
             )
         submission.created = lifecycle.create_jobs(session, new, max_attempts=settings.max_attempts)

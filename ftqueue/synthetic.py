@@ -6,7 +6,8 @@ deterministic numbers derived from the spec, clearly not measurements of anythin
 
 Keys: ``seconds`` (sleep spread over the steps, default 0.5), ``steps`` (default 10),
 ``fault``: ``raise`` (an exception), ``oom`` (a CUDA out-of-memory error), ``crash`` (the
-process kills itself), ``crash-first`` (only on the first attempt), ``hang`` (never ends).
+process kills itself), ``crash-first`` (only on the first attempt), ``hang`` (never ends),
+``stuck`` (never ends and ignores the soft time limit, like a job stuck in native code).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import Any
 from ftqueue.errors import SpecError
 
 PREFIX = "synthetic"
-FAULTS = ("none", "raise", "oom", "crash", "crash-first", "hang")
+FAULTS = ("none", "raise", "oom", "crash", "crash-first", "hang", "stuck")
 
 
 @dataclass(frozen=True)
@@ -113,8 +114,14 @@ def run(
     pause = params.seconds / total
     on_progress(SyntheticProgress("train", 1, 0, total, None))
     step = 0
-    while step < total or params.fault == "hang":
-        time.sleep(pause if params.fault != "hang" else 0.2)
+    endless = params.fault in ("hang", "stuck")
+    while step < total or endless:
+        try:
+            time.sleep(pause if not endless else 0.2)
+        except Exception as exc:
+            if params.fault == "stuck" and type(exc).__name__ == "SoftTimeLimitExceeded":
+                continue
+            raise
         step = min(step + 1, total)
         if step == max(1, total // 2):
             _inject(params.fault, attempt)
@@ -128,7 +135,7 @@ def run(
         measurements.append(
             SyntheticMeasurement(
                 split, epoch, accuracy, round(1.0 - accuracy, 6), round(accuracy - 0.01, 6), 1000
-            )  # fmt: skip
+            )
         )
     if staging is not None:
         _write_adapter(staging, spec)

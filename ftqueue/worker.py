@@ -45,9 +45,10 @@ def _pool_process_started(**_: Any) -> None:
 
 def _warm_imports() -> None:
     try:
-        import ftqueue.training  # noqa: F401
         import peft  # noqa: F401
         import transformers  # noqa: F401
+
+        import ftqueue.training  # noqa: F401
     except Exception:  # a broken install shows up, with its traceback, in the first job
         log.debug("warm-up import failed", exc_info=True)
 
@@ -122,27 +123,24 @@ def reap_once(*, lock_seconds: float = 10.0, grace_seconds: float | None = None)
     return summary
 
 
-def clean_staging(job_id: int | None = None) -> list[Path]:
+def clean_staging() -> list[Path]:
     """Remove staging directories of jobs that no attempt is writing to any more."""
-    root = get_settings().artifacts_dir / "adapters"
-    if not root.is_dir():
-        return []
     strays: dict[int, list[Path]] = {}
-    for entry in root.iterdir():
-        match = _STAGING_JOB.match(entry.name)
-        if match and (job_id is None or int(match.group(1)) == job_id):
-            strays.setdefault(int(match.group(1)), []).append(entry)
+    root = get_settings().artifacts_dir
+    for dirpath, dirnames, _ in os.walk(root) if root.is_dir() else ():
+        for name in list(dirnames):
+            match = _STAGING_JOB.match(name)
+            if match:
+                strays.setdefault(int(match.group(1)), []).append(Path(dirpath) / name)
+            if match or name.startswith("job-") or name.startswith("."):
+                dirnames.remove(name)  # published adapters and strays hold no staging dirs
     if not strays:
         return []
-    if job_id is not None:
-        removable = set(strays)  # the caller just claimed this job: older attempts are dead
-    else:
-        with db.session_scope() as session:
-            rows = session.execute(select(Job.id, Job.status).where(Job.id.in_(list(strays))))
-            live = {jid for jid, status in rows if status not in TERMINAL_STATUSES}
-        removable = set(strays) - live
+    with db.session_scope() as session:
+        rows = session.execute(select(Job.id, Job.status).where(Job.id.in_(list(strays))))
+        live = {jid for jid, status in rows if status not in TERMINAL_STATUSES}
     removed = []
-    for jid in removable:
+    for jid in set(strays) - live:
         for path in strays[jid]:
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)
@@ -162,8 +160,11 @@ def detect_gpus() -> list[str]:
     try:
         out = subprocess.run(
             ["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"],
-            capture_output=True, text=True, timeout=20, check=True,
-        ).stdout  # fmt: skip
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=True,
+        ).stdout
     except (OSError, subprocess.SubprocessError):
         return []
     return [line.strip() for line in out.splitlines() if line.strip()]
@@ -180,11 +181,25 @@ class Slot:
 
     def command(self, queues: list[str], loglevel: str) -> list[str]:
         return [
-            sys.executable, "-m", "celery", "-A", "ftqueue.celery_app:app", "worker",
-            "--pool", "prefork", "--concurrency", "1", "--queues", ",".join(queues),
-            "--hostname", self.name, "--loglevel", loglevel,
-            "--without-gossip", "--without-mingle",
-        ]  # fmt: skip
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "ftqueue.celery_app:app",
+            "worker",
+            "--pool",
+            "prefork",
+            "--concurrency",
+            "1",
+            "--queues",
+            ",".join(queues),
+            "--hostname",
+            self.name,
+            "--loglevel",
+            loglevel,
+            "--without-gossip",
+            "--without-mingle",
+        ]
 
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -230,8 +245,12 @@ def supervise(slots: list[Slot], *, queues: list[str], loglevel: str, max_restar
                 now = time.monotonic()
                 slot.restarts = [t for t in slot.restarts if now - t < 60] + [now]
                 if len(slot.restarts) > max_restarts:
-                    log.error("%s exited %s %d times in a minute; giving up", slot.name, code,
-                              len(slot.restarts))  # fmt: skip
+                    log.error(
+                        "%s exited %s %d times in a minute; giving up",
+                        slot.name,
+                        code,
+                        len(slot.restarts),
+                    )
                     stop(signal.SIGTERM, None)
                     status = 1
                     continue

@@ -19,8 +19,15 @@ from ftqueue.models import TERMINAL_STATUSES, Job
 class WorkerProcess:
     """`ftqueue worker` in its own process group, so a kill reaches its Celery children too."""
 
-    def __init__(self, name: str, *, env: dict[str, str], log_dir: Path, processes: int = 1,
-                 queues: str = "lora,evaluate") -> None:  # fmt: skip
+    def __init__(
+        self,
+        name: str,
+        *,
+        env: dict[str, str],
+        log_dir: Path,
+        processes: int = 1,
+        queues: str = "lora,evaluate",
+    ) -> None:
         self.name = name
         self.env = env
         self.log_path = log_dir / f"worker-{name}.log"
@@ -31,10 +38,25 @@ class WorkerProcess:
     def start(self) -> WorkerProcess:
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "ftqueue", "worker", "--name", self.name,
-             "--processes", str(self.processes), "--queues", self.queues, "--loglevel", "info"],
-            env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "ftqueue",
+                "worker",
+                "--name",
+                self.name,
+                "--processes",
+                str(self.processes),
+                "--queues",
+                self.queues,
+                "--loglevel",
+                "info",
+            ],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         return self
 
     def wait_ready(self, timeout: float = 60.0) -> WorkerProcess:
@@ -76,7 +98,9 @@ def child_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def wait_for(predicate: Callable[[], bool], *, timeout: float, what: str, poll: float = 0.1) -> None:
+def wait_for(
+    predicate: Callable[[], bool], *, timeout: float, what: str, poll: float = 0.1
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():

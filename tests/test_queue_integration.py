@@ -38,14 +38,17 @@ def workers(queue_env: dict[str, str], tmp_path: Path) -> Iterator[list[WorkerPr
         w.stop()
 
 
-def start_worker(pool: list[WorkerProcess], name: str, env: dict[str, str], tmp: Path,
-                 **kwargs: object) -> WorkerProcess:  # fmt: skip
+def start_worker(
+    pool: list[WorkerProcess], name: str, env: dict[str, str], tmp: Path, **kwargs: object
+) -> WorkerProcess:
     worker = WorkerProcess(name, env=env, log_dir=tmp, **kwargs).start()  # type: ignore[arg-type]
     pool.append(worker)
     return worker.wait_ready()
 
 
-def synthetic(seconds: float, *, seed: int = 0, fault: str | None = None, epochs: int = 1) -> LoraSpec:
+def synthetic(
+    seconds: float, *, seed: int = 0, fault: str | None = None, epochs: int = 1
+) -> LoraSpec:
     model = f"synthetic:seconds={seconds},steps=10" + (f",fault={fault}" if fault else "")
     return LoraSpec(model=model, data=DataSpec(dataset="movie-snippets"), seed=seed, epochs=epochs)
 
@@ -60,7 +63,9 @@ def results_of(job_id: int) -> list[tuple[str, int, int]]:
 
 def adapter_entries(home: Path, job_id: int) -> list[str]:
     root = home / "artifacts" / "adapters"
-    return sorted(p.name for p in root.iterdir() if f"job-{job_id}" in p.name) if root.exists() else []
+    return (
+        sorted(p.name for p in root.iterdir() if f"job-{job_id}" in p.name) if root.exists() else []
+    )
 
 
 def test_jobs_run_on_a_real_worker(workers, queue_env, tmp_path, isolated_home) -> None:  # type: ignore[no-untyped-def]
@@ -73,10 +78,14 @@ def test_jobs_run_on_a_real_worker(workers, queue_env, tmp_path, isolated_home) 
     for jid in ids:
         assert results_of(jid) == [("test", 2, 1), ("validation", 1, 1), ("validation", 2, 1)]
         assert adapter_entries(isolated_home, jid) == [f"job-{jid}"]
-        assert (isolated_home / "artifacts" / "adapters" / f"job-{jid}" / "adapter_model.safetensors").is_file()
+        assert (
+            isolated_home / "artifacts" / "adapters" / f"job-{jid}" / "adapter_model.safetensors"
+        ).is_file()
 
 
-def test_kill_9_during_a_job_records_it_exactly_once(workers, queue_env, tmp_path, isolated_home) -> None:  # type: ignore[no-untyped-def]
+def test_kill_9_during_a_job_records_it_exactly_once(
+    workers, queue_env, tmp_path, isolated_home
+) -> None:  # type: ignore[no-untyped-def]
     first = start_worker(workers, "victim", queue_env, tmp_path)
     [job] = submit([synthetic(8.0)]).created
     wait_for(lambda: statuses([job.id])[job.id] == "running", timeout=30, what="job to start")
@@ -89,7 +98,10 @@ def test_kill_9_during_a_job_records_it_exactly_once(workers, queue_env, tmp_pat
         row = session.get(Job, job.id)
         assert row is not None
         assert (row.status, row.attempts) == ("succeeded", 2)
-        events = [e.detail or "" for e in session.scalars(select(JobEvent).where(JobEvent.job_id == job.id))]
+        events = [
+            e.detail or ""
+            for e in session.scalars(select(JobEvent).where(JobEvent.job_id == job.id))
+        ]
     assert any("re-queued" in d or "task" in d for d in events)
     assert results_of(job.id) == [("test", 1, 2), ("validation", 1, 2)]
     assert adapter_entries(isolated_home, job.id) == [f"job-{job.id}"]  # no stray staging left
@@ -138,8 +150,9 @@ def test_cancel_queued_and_running(workers, queue_env, tmp_path, isolated_home) 
 
 def test_a_job_that_raises_fails_with_its_error(workers, queue_env, tmp_path) -> None:  # type: ignore[no-untyped-def]
     start_worker(workers, "raiser", queue_env, tmp_path)
-    sub = submit([synthetic(0.3, fault="raise"), synthetic(0.3, fault="oom", seed=3),
-                  synthetic(0.2, seed=4)])  # fmt: skip
+    sub = submit(
+        [synthetic(0.3, fault="raise"), synthetic(0.3, fault="oom", seed=3), synthetic(0.2, seed=4)]
+    )
     ids = [job.id for job in sub.created]
     wait_for(lambda: all_terminal(ids), timeout=60, what="jobs to end")
     with db.session_scope() as session:

@@ -58,8 +58,9 @@ def test_eager_submit_runs_the_task_and_records(eager: str, isolated_home: Path)
 
 
 def test_grid_expands_under_one_sweep(eager: str) -> None:
-    code, out = run("submit", "lora", *SYN, "--r", "8,16", "--lr", "1e-4,3e-4", "--seed", "0..1",
-                    "--json")  # fmt: skip
+    code, out = run(
+        "submit", "lora", *SYN, "--r", "8,16", "--lr", "1e-4,3e-4", "--seed", "0..1", "--json"
+    )
     assert code == 0, out
     payload = json.loads(out)
     assert len(payload["jobs"]) == 8 and payload["sweep_id"]
@@ -84,8 +85,14 @@ def test_identical_spec_is_not_run_again_unless_forced(eager: str) -> None:
 
 
 def test_wait_exit_code_says_how_the_job_ended(eager: str) -> None:
-    code, out = run("submit", "lora", "--model", "synthetic:seconds=0.05,fault=raise",
-                    "--dataset", "movie-snippets")  # fmt: skip
+    code, out = run(
+        "submit",
+        "lora",
+        "--model",
+        "synthetic:seconds=0.05,fault=raise",
+        "--dataset",
+        "movie-snippets",
+    )
     assert code == 1, out
     assert "synthetic failure" in out
     code, _ = run("submit", "evaluate", *SYN)
@@ -133,15 +140,24 @@ def test_unknown_model_and_dataset_file(eager: str, tmp_path: Path) -> None:
 def test_adapter_job_must_exist_and_have_succeeded(eager: str) -> None:
     code, out = run("submit", "evaluate", "--adapter-job", "424242", *SYN)
     assert code == 2 and "no such job" in out
-    code, failed = run("submit", "lora", "--model", "synthetic:seconds=0.05,fault=raise",
-                       "--dataset", "movie-snippets", "--json")  # fmt: skip
+    code, failed = run(
+        "submit",
+        "lora",
+        "--model",
+        "synthetic:seconds=0.05,fault=raise",
+        "--dataset",
+        "movie-snippets",
+        "--json",
+    )
     failed_id = json.loads(failed)["jobs"][0]["id"]
     code, out = run("submit", "evaluate", "--adapter-job", str(failed_id), *SYN)
     assert code == 2 and "not succeeded" in out
     assert job_count() == 1
 
 
-def test_redis_down_at_submit_writes_nothing(sqlite_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_redis_down_at_submit_writes_nothing(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("FTQUEUE_BROKER_URL", "redis://127.0.0.1:1/0")
     reset_settings()
     code, out = run("submit", "lora", *SYN)
@@ -151,7 +167,9 @@ def test_redis_down_at_submit_writes_nothing(sqlite_url: str, monkeypatch: pytes
     assert job_count() == 0
 
 
-def test_database_down_at_submit_publishes_nothing(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_database_down_at_submit_publishes_nothing(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import redis
 
     monkeypatch.setenv("FTQUEUE_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:1/none")

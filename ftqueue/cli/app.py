@@ -80,7 +80,7 @@ def cli() -> None:
 def _register() -> None:
     # Command modules import this one for `cli`; importing them here, after `cli` exists,
     # avoids an import cycle.
-    from ftqueue.cli import db_cmds, jobs_cmds, submit_cmd, worker_cmd  # noqa: F401
+    from ftqueue.cli import db_cmds, jobs_cmds, report_cmd, submit_cmd, worker_cmd  # noqa: F401
 
 
 _register()

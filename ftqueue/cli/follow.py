@@ -32,9 +32,19 @@ class Snapshot:
 
 
 def snapshot(job_ids: Sequence[int]) -> dict[int, Snapshot]:
-    cols = (Job.id, Job.kind, Job.status, Job.attempts, Job.worker, Job.progress_phase,
-            Job.progress_epoch, Job.progress_step, Job.progress_total, Job.progress_loss,
-            Job.error_message)  # fmt: skip
+    cols = (
+        Job.id,
+        Job.kind,
+        Job.status,
+        Job.attempts,
+        Job.worker,
+        Job.progress_phase,
+        Job.progress_epoch,
+        Job.progress_step,
+        Job.progress_total,
+        Job.progress_loss,
+        Job.error_message,
+    )
     with db.session_scope() as session:
         rows = session.execute(select(*cols).where(Job.id.in_(job_ids))).all()
     return {row[0]: Snapshot(*row) for row in rows}
@@ -106,8 +116,12 @@ def _follow_live(
 ) -> dict[int, str]:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TimeElapsedColumn())  # fmt: skip
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
     with Progress(*columns, console=console, transient=False) as progress:
         bars = {jid: progress.add_task(f"job {jid}", total=None) for jid in job_ids}
         while True:
@@ -116,8 +130,12 @@ def _follow_live(
                 done = s.status in TERMINAL_STATUSES
                 total = s.total or None
                 completed = (s.total or 1) if done else (s.step or 0)
-                progress.update(bars[jid], description=_describe(s), total=total or (1 if done else None),
-                                completed=completed)  # fmt: skip
+                progress.update(
+                    bars[jid],
+                    description=_describe(s),
+                    total=total or (1 if done else None),
+                    completed=completed,
+                )
                 if done:
                     progress.stop_task(bars[jid])
             if all(s.status in TERMINAL_STATUSES for s in snaps.values()) or not keep_going():
@@ -144,9 +162,13 @@ def summary_table(job_ids: Sequence[int]) -> Any:
             continue
         r = results.get(jid)
         table.add_row(
-            str(jid), s.kind, status_text(s.status),
-            r.split if r else "", f"{r.accuracy:.4f}" if r else "",
-            f"{r.macro_f1:.4f}" if r else "", f"{r.loss:.4f}" if r else "",
+            str(jid),
+            s.kind,
+            status_text(s.status),
+            r.split if r else "",
+            f"{r.accuracy:.4f}" if r else "",
+            f"{r.macro_f1:.4f}" if r else "",
+            f"{r.loss:.4f}" if r else "",
             (s.error or "")[:120],
-        )  # fmt: skip
+        )
     return table

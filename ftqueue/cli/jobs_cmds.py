@@ -72,9 +72,13 @@ def list_cmd(
 
 @cli.command("status")
 @click.argument("job_id", type=int)
-@click.option("--follow", "-f", is_flag=True,
-              help="Follow the job with a progress bar until it ends; exit 0 succeeded, "
-              "1 failed, 3 cancelled.")  # fmt: skip
+@click.option(
+    "--follow",
+    "-f",
+    is_flag=True,
+    help="Follow the job with a progress bar until it ends; exit 0 succeeded, "
+    "1 failed, 3 cancelled.",
+)
 @json_option
 def status_cmd(job_id: int, follow: bool, as_json: bool) -> None:
     """Show where one job is: status, progress, attempts, error.

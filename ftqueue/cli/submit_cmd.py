@@ -1,4 +1,4 @@
-"""`ftqueue submit lora|evaluate`: build specs from flags (grids expand), queue them, follow them."""
+"""`ftqueue submit lora|evaluate`: specs from flags (grids expand), queued, then followed."""
 
 from __future__ import annotations
 
@@ -46,8 +46,12 @@ class Grid(click.ParamType):
                     items.append(float(part))
             except ValueError:
                 what = "whole numbers" if self.kind is int else "numbers"
-                self.fail(f"{part!r} is not valid: give {what}, comma-separated (e.g. "
-                          f"{'8,16,32' if self.kind is int else '1e-4,3e-4'})", param, ctx)  # fmt: skip
+                self.fail(
+                    f"{part!r} is not valid: give {what}, comma-separated (e.g. "
+                    f"{'8,16,32' if self.kind is int else '1e-4,3e-4'})",
+                    param,
+                    ctx,
+                )
         return items
 
 
@@ -61,18 +65,29 @@ def _default(cls: type, name: str) -> Any:
 
 def data_options(func: F) -> F:
     options = [
-        click.option("--dataset", required=True, metavar="DATA",
-                     help="movie-snippets (offline), a hub id (rotten_tomatoes), a .csv/.jsonl/"
-                     ".parquet file, or train=a.csv,validation=b.csv,test=c.csv."),
+        click.option(
+            "--dataset",
+            required=True,
+            metavar="DATA",
+            help="movie-snippets (offline), a hub id (rotten_tomatoes), a .csv/.jsonl/"
+            ".parquet file, or train=a.csv,validation=b.csv,test=c.csv.",
+        ),
         click.option("--text-column", default="text", show_default=True),
-        click.option("--label-column", default="label", show_default=True,
-                     help="Integer labels 0..N-1."),
-        click.option("--split-seed", type=int, default=0, show_default=True,
-                     help="Seed of the deterministic split of files without named splits."),
+        click.option(
+            "--label-column", default="label", show_default=True, help="Integer labels 0..N-1."
+        ),
+        click.option(
+            "--split-seed",
+            type=int,
+            default=0,
+            show_default=True,
+            help="Seed of the deterministic split of files without named splits.",
+        ),
         click.option("--train-samples", type=int, help="Use only this many training rows."),
-        click.option("--eval-samples", type=int,
-                     help="Use only this many validation and test rows."),
-    ]  # fmt: skip
+        click.option(
+            "--eval-samples", type=int, help="Use only this many validation and test rows."
+        ),
+    ]
     for option in reversed(options):
         func = option(func)
     return func
@@ -83,13 +98,19 @@ def queue_options(func: F) -> F:
         click.option("--tag", "tags", multiple=True, help="Label the jobs (repeatable)."),
         click.option("--name", help="A name for the job(s)."),
         click.option("--sweep", help="Put the jobs in this sweep (default: a new id for a grid)."),
-        click.option("--force", is_flag=True,
-                     help="Run even if an identical job already succeeded or is pending."),
-        click.option("--wait", is_flag=True,
-                     help="Follow the jobs with a progress bar until they end; the exit code "
-                     "says how (0 succeeded, 1 failed, 3 cancelled)."),
+        click.option(
+            "--force",
+            is_flag=True,
+            help="Run even if an identical job already succeeded or is pending.",
+        ),
+        click.option(
+            "--wait",
+            is_flag=True,
+            help="Follow the jobs with a progress bar until they end; the exit code "
+            "says how (0 succeeded, 1 failed, 3 cancelled).",
+        ),
         json_option,
-    ]  # fmt: skip
+    ]
     for option in reversed(options):
         func = option(func)
     return func
@@ -126,8 +147,19 @@ def _build(cls: type[LoraSpec] | type[EvaluateSpec], rows: list[dict[str, Any]])
     return [cls(**{k: v for k, v in row.items() if v is not None}) for row in rows]
 
 
-LORA_GRID = ("r", "alpha", "dropout", "lr", "head_lr", "epochs", "batch_size", "max_length",
-             "warmup_ratio", "weight_decay", "seed")  # fmt: skip
+LORA_GRID = (
+    "r",
+    "alpha",
+    "dropout",
+    "lr",
+    "head_lr",
+    "epochs",
+    "batch_size",
+    "max_length",
+    "warmup_ratio",
+    "weight_decay",
+    "seed",
+)
 
 
 def _h(name: str, text: str) -> str:
@@ -135,18 +167,27 @@ def _h(name: str, text: str) -> str:
 
 
 @submit_group.command("lora")
-@click.option("--model", required=True,
-              help="minilm (offline), a hub id (bert-base-uncased) or a local model directory.")
+@click.option(
+    "--model",
+    required=True,
+    help="minilm (offline), a hub id (bert-base-uncased) or a local model directory.",
+)
 @data_options
 @click.option("--r", type=INTS, help=_h("r", "LoRA rank, 1..1024."))
 @click.option("--alpha", type=FLOATS, help=_h("alpha", "LoRA alpha (scale = alpha / r)."))
 @click.option("--dropout", type=FLOATS, help=_h("dropout", "LoRA dropout in [0, 1)."))
-@click.option("--target-modules", multiple=True,
-              help="Comma list of module names to adapt [default: query,key,value,dense]; repeat "
-              "the flag to compare several sets.")  # fmt: skip
+@click.option(
+    "--target-modules",
+    multiple=True,
+    help="Comma list of module names to adapt [default: query,key,value,dense]; repeat "
+    "the flag to compare several sets.",
+)
 @click.option("--bias", type=click.Choice(BIASES), help=_h("bias", "Which biases to train."))
-@click.option("--pooling", type=click.Choice(POOLINGS),
-              help=_h("pooling", "Sentence vector: mean of tokens, first token, or the pooler."))
+@click.option(
+    "--pooling",
+    type=click.Choice(POOLINGS),
+    help=_h("pooling", "Sentence vector: mean of tokens, first token, or the pooler."),
+)
 @click.option("--lr", type=FLOATS, help=_h("lr", "Learning rate of the adapter, in (0, 1]."))
 @click.option("--head-lr", type=FLOATS, help=_h("head_lr", "Learning rate of the new head."))
 @click.option("--epochs", type=INTS, help=_h("epochs", "Passes over the training data."))
@@ -156,6 +197,11 @@ def _h(name: str, text: str) -> str:
 @click.option("--warmup-ratio", type=FLOATS, help=_h("warmup_ratio", "Share of warm-up steps."))
 @click.option("--weight-decay", type=FLOATS, help=_h("weight_decay", "AdamW weight decay."))
 @click.option("--seed", type=INTS, help=_h("seed", "Random seed; 0..4 runs five seeds."))
+@click.option(
+    "--output-dir",
+    metavar="DIR",
+    help="Publish adapters as DIR/job-<id> under FTQUEUE_ARTIFACTS_DIR [default: adapters].",
+)
 @queue_options
 def submit_lora(**kw: Any) -> None:
     """Fine-tune LoRA adapters and record validation and test accuracy.
@@ -169,6 +215,7 @@ def submit_lora(**kw: Any) -> None:
           --r 8,16,32 --lr 1e-4,3e-4 --seed 0,1,2 --tag grid1               # 18 jobs
     """
     queue = {k: kw.pop(k) for k in ("tags", "name", "sweep", "force", "wait", "as_json")}
+    queue["output_dir"] = kw.pop("output_dir")
     data = _data(kw)
     modules = kw.pop("target_modules")
     fixed = {"model": kw.pop("model"), "data": data}
@@ -182,12 +229,17 @@ def submit_lora(**kw: Any) -> None:
 @click.option("--model", help="Model to evaluate; with --adapter-job, defaults to the adapter's.")
 @data_options
 @click.option("--split", type=click.Choice(SPLITS), default="test", show_default=True)
-@click.option("--adapter-job", type=INTS,
-              help="Evaluate the adapter of this succeeded LoRA job (a comma list evaluates "
-              "several), with no training.")  # fmt: skip
-@click.option("--head-epochs", type=INTS,
-              help="Epochs of head-only training (body frozen) before evaluating a bare model "
-              "[default: 1].")  # fmt: skip
+@click.option(
+    "--adapter-job",
+    type=INTS,
+    help="Evaluate the adapter of this succeeded LoRA job (a comma list evaluates "
+    "several), with no training.",
+)
+@click.option(
+    "--head-epochs",
+    type=INTS,
+    help="Epochs of head-only training (body frozen) before evaluating a bare model [default: 1].",
+)
 @click.option("--head-lr", type=FLOATS, help="Learning rate of the head [default: 3e-3].")
 @click.option("--pooling", type=click.Choice(POOLINGS), help="Sentence vector [default: mean].")
 @click.option("--batch-size", type=int, help="Head training batch size [default: 32].")
@@ -210,8 +262,12 @@ def submit_evaluate(**kw: Any) -> None:
     model = kw.pop("model") or _adapter_model(adapters)
     fixed = {"model": model, "data": data, "split": kw.pop("split")}
     fixed.update({k: kw.pop(k) for k in ("pooling", "batch_size", "eval_batch_size", "max_length")})
-    grid = {"adapter_job": adapters or None, "head_epochs": kw.pop("head_epochs"),
-            "head_lr": kw.pop("head_lr"), "seed": kw.pop("seed")}  # fmt: skip
+    grid = {
+        "adapter_job": adapters or None,
+        "head_epochs": kw.pop("head_epochs"),
+        "head_lr": kw.pop("head_lr"),
+        "seed": kw.pop("seed"),
+    }
     _submit(_build(EvaluateSpec, expand(fixed, grid)), **queue)
 
 
@@ -220,24 +276,40 @@ def _adapter_model(adapters: Sequence[int]) -> str:
     from ftqueue.models import Job
 
     if not adapters:
-        raise SpecError("give --model, or --adapter-job to evaluate a LoRA job's adapter",
-                        param="--model")  # fmt: skip
+        raise SpecError(
+            "give --model, or --adapter-job to evaluate a LoRA job's adapter", param="--model"
+        )
     db.ensure_ready()
     with db.session_scope() as session:
-        models = {session.get(Job, a).model for a in adapters if session.get(Job, a) is not None}
+        jobs = [session.get(Job, a) for a in adapters]
+        models = {job.model for job in jobs if job is not None}
     if len(models) != 1:
-        raise SpecError("the adapters given were trained on different (or unknown) models: give "
-                        "--model, or evaluate them separately", param="--adapter-job")  # fmt: skip
+        raise SpecError(
+            "the adapters given were trained on different (or unknown) models: give "
+            "--model, or evaluate them separately",
+            param="--adapter-job",
+        )
     return models.pop()
 
 
-def _submit(specs: list[Any], *, tags: tuple[str, ...], name: str | None, sweep: str | None,
-            force: bool, wait: bool, as_json: bool) -> None:  # fmt: skip
+def _submit(
+    specs: list[Any],
+    *,
+    tags: tuple[str, ...],
+    name: str | None,
+    sweep: str | None,
+    force: bool,
+    wait: bool,
+    as_json: bool,
+    output_dir: str | None = None,
+) -> None:
     from ftqueue import submission
     from ftqueue.settings import get_settings
 
     out = console()
-    sub = submission.submit(specs, tags=tags, name=name, sweep=sweep, force=force)
+    sub = submission.submit(
+        specs, tags=tags, name=name, sweep=sweep, force=force, output_dir=output_dir
+    )
     eager = get_settings().eager
     if as_json and not (wait or eager):
         echo_json(_payload(sub))
@@ -258,8 +330,9 @@ def _submit(specs: list[Any], *, tags: tuple[str, ...], name: str | None, sweep:
     if statuses or (wait and sub.duplicates):
         from ftqueue.cli.follow import exit_code
 
-        everything = list(statuses.values()) + [d.status for d in sub.duplicates
-                                                 if d.job_id not in statuses]  # fmt: skip
+        everything = list(statuses.values()) + [
+            d.status for d in sub.duplicates if d.job_id not in statuses
+        ]
         raise SystemExit(exit_code(everything))
 
 
@@ -269,8 +342,11 @@ def _wait(job_ids: list[int], out: Any, *, quiet: bool) -> dict[int, str]:
     try:
         return follow(job_ids, console=out if not quiet else _null_console())
     except KeyboardInterrupt:
-        click.echo(f"\nStopped following; the jobs go on. `ftqueue status {job_ids[0]} --follow` "
-                   "picks them up again.", err=True)  # fmt: skip
+        click.echo(
+            f"\nStopped following; the jobs go on. `ftqueue status {job_ids[0]} --follow` "
+            "picks them up again.",
+            err=True,
+        )
         raise SystemExit(130) from None
 
 
@@ -291,8 +367,9 @@ def _run_eager(sub: Any, out: Any, *, quiet: bool) -> dict[int, str]:
     runner.start()
     ids = [job.id for job in sub.created]
     try:
-        statuses = follow(ids, console=out if not quiet else _null_console(),
-                          keep_going=runner.is_alive)  # fmt: skip
+        statuses = follow(
+            ids, console=out if not quiet else _null_console(), keep_going=runner.is_alive
+        )
     except KeyboardInterrupt:
         lifecycle.cancel(ids)
         click.echo("\nCancelling: the running job stops at its next step.", err=True)
@@ -320,19 +397,35 @@ def _payload(sub: Any, statuses: dict[int, str] | None = None) -> dict[str, Any]
     statuses = statuses or {}
     return {
         "sweep_id": sub.sweep_id,
-        "jobs": [{"id": job.id, "kind": job.kind, "status": statuses.get(job.id, job.status),
-                  "spec_hash": job.spec_hash, "spec": job.spec} for job in sub.created],
-        "duplicates": [{"job_id": d.job_id, "status": statuses.get(d.job_id, d.status),
-                        "spec_hash": d.spec.spec_hash()} for d in sub.duplicates],
-    }  # fmt: skip
+        "jobs": [
+            {
+                "id": job.id,
+                "kind": job.kind,
+                "status": statuses.get(job.id, job.status),
+                "spec_hash": job.spec_hash,
+                "spec": job.spec,
+            }
+            for job in sub.created
+        ],
+        "duplicates": [
+            {
+                "job_id": d.job_id,
+                "status": statuses.get(d.job_id, d.status),
+                "spec_hash": d.spec.spec_hash(),
+            }
+            for d in sub.duplicates
+        ],
+    }
 
 
 def _print_submission(out: Any, sub: Any, *, eager: bool) -> None:
     from rich.table import Table
 
     specs = [(job.id, job.spec, "queued") for job in sub.created]
-    specs += [(d.job_id, d.spec.to_dict(), f"identical to job {d.job_id} ({d.status}), not re-run")
-              for d in sub.duplicates]  # fmt: skip
+    specs += [
+        (d.job_id, d.spec.to_dict(), f"identical to job {d.job_id} ({d.status}), not re-run")
+        for d in sub.duplicates
+    ]
     if len(specs) == 1 and not sub.duplicates:
         job = sub.created[0]
         where = "running it in this process (FTQUEUE_EAGER=1)" if eager else "queued"

@@ -9,15 +9,26 @@ from ftqueue.cli.app import cli
 
 @cli.command("worker")
 @click.option("--gpus", help="Comma list of GPU indices, one worker each [default: all visible].")
-@click.option("--processes", type=click.IntRange(1, 64), default=1, show_default=True,
-              help="Number of CPU workers when there is no GPU.")  # fmt: skip
-@click.option("--queues", default="lora,evaluate", show_default=True,
-              help="Queues to take jobs from.")  # fmt: skip
+@click.option(
+    "--processes",
+    type=click.IntRange(1, 64),
+    default=1,
+    show_default=True,
+    help="Number of CPU workers when there is no GPU.",
+)
+@click.option(
+    "--queues", default="lora,evaluate", show_default=True, help="Queues to take jobs from."
+)
 @click.option("--name", "prefix", help="Prefix of the worker names [default: gpu or cpu].")
-@click.option("--loglevel", default="info", show_default=True,
-              type=click.Choice(["debug", "info", "warning", "error"]))  # fmt: skip
-def worker_cmd(gpus: str | None, processes: int, queues: str, prefix: str | None,
-               loglevel: str) -> None:  # fmt: skip
+@click.option(
+    "--loglevel",
+    default="info",
+    show_default=True,
+    type=click.Choice(["debug", "info", "warning", "error"]),
+)
+def worker_cmd(
+    gpus: str | None, processes: int, queues: str, prefix: str | None, loglevel: str
+) -> None:
     """Run jobs: one worker process per GPU (CUDA_VISIBLE_DEVICES set), one job at a time each.
 
     Falls back to CPU workers where no GPU is visible. A worker keeps imports, tokenized data
@@ -37,8 +48,10 @@ def worker_cmd(gpus: str | None, processes: int, queues: str, prefix: str | None
     names = [q.strip() for q in queues.split(",") if q.strip()]
     unknown = sorted(set(names) - set(QUEUES))
     if not names or unknown:
-        raise click.BadParameter(f"unknown queue(s) {', '.join(unknown) or '(none)'}; known: "
-                                 f"{', '.join(QUEUES)}", param_hint="--queues")  # fmt: skip
+        raise click.BadParameter(
+            f"unknown queue(s) {', '.join(unknown) or '(none)'}; known: {', '.join(QUEUES)}",
+            param_hint="--queues",
+        )
     if prefix:
         check_label(prefix, "--name")
     db.ensure_ready()
@@ -47,8 +60,10 @@ def worker_cmd(gpus: str | None, processes: int, queues: str, prefix: str | None
     chosen = [g.strip() for g in gpus.split(",") if g.strip()] if gpus else visible
     missing = sorted(set(chosen) - set(visible)) if gpus and visible else []
     if missing:
-        raise click.BadParameter(f"GPU(s) {', '.join(missing)} not visible (visible: "
-                                 f"{', '.join(visible) or 'none'})", param_hint="--gpus")  # fmt: skip
+        raise click.BadParameter(
+            f"GPU(s) {', '.join(missing)} not visible (visible: {', '.join(visible) or 'none'})",
+            param_hint="--gpus",
+        )
     slots = worker.plan_slots(chosen, processes=processes, prefix=prefix)
     kind = "GPU" if chosen else "CPU"
     click.echo(f"starting {len(slots)} {kind} worker(s): {', '.join(s.name for s in slots)}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gc
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -46,14 +46,29 @@ class _Prepared:
 
     base: Base
     data: LoadedData
-    tokens: dict[str, Tokens]
     device: torch.device
     amp_dtype: torch.dtype | None
+    eval_batch_size: int
     cached: dict[str, bool]
+    tokens: dict[str, Tokens] = field(default_factory=dict)
+
+    @property
+    def pad_id(self) -> int:
+        return self.base.tokenizer.pad_token_id or 0
+
+    def predict(self, model: torch.nn.Module, split: str) -> torch.Tensor:
+        return predict(
+            model,
+            self.tokens[split],
+            batch_size=self.eval_batch_size,
+            pad_id=self.pad_id,
+            device=self.device,
+            amp_dtype=self.amp_dtype,
+        )
 
 
-def _prepare(
-    spec: LoraSpec | EvaluateSpec, data: LoadedData, cache_dir: Path, tracker: Tracker, model: str
+def _load(
+    spec: LoraSpec | EvaluateSpec, data: LoadedData, tracker: Tracker, model: str
 ) -> _Prepared:
     device = pick_device()
     configure_torch(device)
@@ -67,19 +82,19 @@ def _prepare(
             f"--max-length must be 8..{limit} for model {model}; got {spec.max_length}",
             param="--max-length",
         )
+    eval_batch_size = spec.eval_batch_size or (512 if device.type == "cuda" else 64)
+    cached = {"model_cached": model_cached}
+    return _Prepared(base, data, device, autocast_dtype(device), eval_batch_size, cached)
+
+
+def _tokenize(prep: _Prepared, max_length: int, cache_dir: Path, tracker: Tracker) -> None:
     with tracker.phase("tokenize"):
+        base = prep.base
         identity = tokenizer_identity(base.name, base.path, base.tokenizer)
-        tokens, tokens_cached = tokenize_splits(
-            data, base.tokenizer, identity, spec.max_length, cache_dir
+        prep.tokens, hit = tokenize_splits(
+            prep.data, base.tokenizer, identity, max_length, cache_dir
         )
-    return _Prepared(
-        base,
-        data,
-        tokens,
-        device,
-        autocast_dtype(device),
-        {"model_cached": model_cached, "tokens_cached": tokens_cached},
-    )
+    prep.cached["tokens_cached"] = hit
 
 
 def _stats(prep: _Prepared, tracker: Tracker, model: torch.nn.Module, seen: int) -> dict[str, Any]:
@@ -110,7 +125,12 @@ def _stats(prep: _Prepared, tracker: Tracker, model: torch.nn.Module, seen: int)
 
 def _lora_model(spec: LoraSpec, prep: _Prepared) -> PeftModel:
     classifier = build_classifier(
-        prep.base, prep.data.num_labels, spec.pooling, spec.seed, prep.device
+        prep.base,
+        prep.data.num_labels,
+        spec.pooling,
+        spec.seed,
+        prep.device,
+        model_dropout=spec.model_dropout,
     )
     config = LoraConfig(
         task_type=TaskType.SEQ_CLS,
@@ -142,8 +162,9 @@ def run_lora(
 ) -> Outcome:
     """Train a LoRA adapter and write it, metadata last, into the new ``adapter_dir``.
 
-    Inputs are validated before anything is written. The caller publishes ``adapter_dir`` (or
-    deletes it when this raises); nothing else is left behind except the tokenized-data cache.
+    Inputs (spec, model, data, target modules) are checked before anything is written. The
+    caller publishes ``adapter_dir``, or deletes it when this raises; nothing else is left
+    behind except complete files in the tokenized-data cache.
     """
     validate_against_model(spec)
     data = resolve_dataset(spec.data)
@@ -151,23 +172,18 @@ def run_lora(
         raise FtqueueError(f"adapter_dir {adapter_dir} must be new or empty; it is not")
     started = time.time()
     tracker = Tracker(on_progress)
-    prep = _prepare(spec, data, cache_dir, tracker, spec.model)
-    model = _lora_model(spec, prep)
+    prep = _load(spec, data, tracker, spec.model)
+    with tracker.phase("load"):
+        model = _lora_model(spec, prep)
+    _tokenize(prep, spec.max_length, cache_dir, tracker)
     optimizer = make_optimizer(
         model, lr=spec.lr, head_lr=spec.head_lr, weight_decay=spec.weight_decay
     )
-    pad_id = prep.base.tokenizer.pad_token_id or 0
-    predict_args = {
-        "batch_size": spec.eval_batch_size,
-        "pad_id": pad_id,
-        "device": prep.device,
-        "amp_dtype": prep.amp_dtype,
-    }
     measurements: list[Measurement] = []
 
     def evaluate(split: str, epoch: int) -> None:
         with tracker.phase("evaluate", epoch):
-            logits = predict(model, prep.tokens[split], **predict_args)  # type: ignore[arg-type]
+            logits = prep.predict(model, split)
             measurements.append(measure(split, epoch, logits, prep.tokens[split].labels))
 
     plan = FitPlan(
@@ -175,7 +191,7 @@ def run_lora(
         spec.batch_size,
         spec.warmup_ratio,
         spec.seed,
-        pad_id,
+        prep.pad_id,
         prep.device,
         prep.amp_dtype,
     )
@@ -212,7 +228,11 @@ def run_evaluate(
     adapter_dir: Path | None = None,
     on_progress: ProgressCallback | None = None,
 ) -> Outcome:
-    """Evaluate a split: a bare model after ``head_epochs`` of head-only training, or an adapter."""
+    """Evaluate a split: a bare model after ``head_epochs`` of head-only training, or an adapter.
+
+    Head-only training runs the frozen body once over train to get sentence vectors, then fits
+    the head on them for ``head_epochs``.
+    """
     if (adapter_dir is None) != (spec.adapter_job is None):
         raise SpecError(
             "an evaluate job with --adapter-job needs the adapter's directory, and one without "
@@ -220,38 +240,49 @@ def run_evaluate(
             param="--adapter-job",
         )
     validate_against_model(spec)
+    meta = check_adapter_dir(adapter_dir) if adapter_dir is not None else None
     data = resolve_dataset(spec.data)
     tracker = Tracker(on_progress)
-    if adapter_dir is not None:
-        return _evaluate_adapter(spec, data, adapter_dir, cache_dir, tracker)
-    prep = _prepare(spec, data, cache_dir, tracker, spec.model)
+    if adapter_dir is not None and meta is not None:
+        return _evaluate_adapter(spec, data, adapter_dir, meta, cache_dir, tracker)
     assert spec.pooling is not None and spec.head_epochs is not None
-    classifier = build_classifier(prep.base, data.num_labels, spec.pooling, spec.seed, prep.device)
-    pad_id = prep.base.tokenizer.pad_token_id or 0
-    args = {
-        "batch_size": spec.eval_batch_size,
-        "pad_id": pad_id,
-        "device": prep.device,
-        "amp_dtype": prep.amp_dtype,
-    }
+    prep = _load(spec, data, tracker, spec.model)
+    with tracker.phase("load"):
+        classifier = build_classifier(
+            prep.base, data.num_labels, spec.pooling, spec.seed, prep.device
+        )
+    _tokenize(prep, spec.max_length, cache_dir, tracker)
     with tracker.phase("train", 0):
-        features = pooled_features(classifier, prep.tokens["train"], **args)  # type: ignore[arg-type]
+        features = pooled_features(
+            classifier,
+            prep.tokens["train"],
+            batch_size=prep.eval_batch_size,
+            pad_id=prep.pad_id,
+            device=prep.device,
+            amp_dtype=prep.amp_dtype,
+        )
     optimizer = make_optimizer(
         classifier.classifier, lr=spec.head_lr, head_lr=spec.head_lr, weight_decay=0.0
     )
-    plan = FitPlan(spec.head_epochs, spec.batch_size, 0.0, spec.seed, pad_id, prep.device, None)
+    plan = FitPlan(
+        spec.head_epochs, spec.batch_size, 0.0, spec.seed, prep.pad_id, prep.device, None
+    )
     seen = fit_head(classifier, features, prep.tokens["train"].labels, optimizer, plan, tracker)
     with tracker.phase("evaluate", spec.head_epochs):
-        logits = predict(classifier, prep.tokens[spec.split], **args)  # type: ignore[arg-type]
+        logits = prep.predict(classifier, spec.split)
         result = measure(spec.split, spec.head_epochs, logits, prep.tokens[spec.split].labels)
     stats = _stats(prep, tracker, classifier, seen)
     return Outcome(measurements=[result], adapter_dir=None, stats=stats)
 
 
 def _evaluate_adapter(
-    spec: EvaluateSpec, data: LoadedData, adapter_dir: Path, cache_dir: Path, tracker: Tracker
+    spec: EvaluateSpec,
+    data: LoadedData,
+    adapter_dir: Path,
+    meta: dict[str, Any],
+    cache_dir: Path,
+    tracker: Tracker,
 ) -> Outcome:
-    meta = check_adapter_dir(adapter_dir)
     if resolve_model(str(meta["model"])) != resolve_model(spec.model):
         raise AdapterError(
             f"adapter {adapter_dir} was trained on model {meta['model']}, not {spec.model}: "
@@ -270,18 +301,12 @@ def _evaluate_adapter(
             "leave --pooling out or give that",
             param="--pooling",
         )
-    prep = _prepare(spec, data, cache_dir, tracker, str(meta["model"]))
+    prep = _load(spec, data, tracker, str(meta["model"]))
     with tracker.phase("load"):
         adapter = load_adapter(adapter_dir, device=prep.device)
+    _tokenize(prep, spec.max_length, cache_dir, tracker)
     with tracker.phase("evaluate", 0):
-        logits = predict(
-            adapter.model,
-            prep.tokens[spec.split],
-            batch_size=spec.eval_batch_size,
-            pad_id=prep.base.tokenizer.pad_token_id or 0,
-            device=prep.device,
-            amp_dtype=prep.amp_dtype,
-        )
+        logits = prep.predict(adapter.model, spec.split)
         result = measure(spec.split, 0, logits, prep.tokens[spec.split].labels)
     stats = _stats(prep, tracker, adapter.model, 0)
     stats["adapter_dataset_fingerprint"] = meta.get("dataset_fingerprint")

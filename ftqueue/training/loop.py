@@ -224,5 +224,5 @@ def fit_head(
                 step += 1
                 seen += len(rows)
                 if step % PROGRESS_EVERY == 0 or step % steps_per_epoch == 0:
-                    tracker.report(Progress("train", epoch, step, total, float(loss)))
+                    tracker.report(Progress("train", epoch, step, total, loss.item()))
     return seen

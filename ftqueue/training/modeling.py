@@ -166,11 +166,20 @@ class PooledClassifier(nn.Module):
 
 
 def build_classifier(
-    base: Base, num_labels: int, pooling: str, seed: int, device: torch.device
+    base: Base,
+    num_labels: int,
+    pooling: str,
+    seed: int,
+    device: torch.device,
+    model_dropout: float | None = None,
 ) -> PooledClassifier:
     """A fresh classifier on a private copy of the cached body (so no job sees another's)."""
     torch.manual_seed(seed)
     body = copy.deepcopy(base.body)
+    if model_dropout is not None:
+        for module in body.modules():
+            if isinstance(module, nn.Dropout):
+                module.p = model_dropout
     model = PooledClassifier(body, num_labels, pooling)
     return model.to(device)
 

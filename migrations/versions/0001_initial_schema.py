@@ -49,6 +49,7 @@ def upgrade() -> None:
         sa.Column("error_type", sa.String(128), nullable=True),
         sa.Column("error_message", sa.Text(), nullable=True),
         sa.Column("adapter_path", sa.Text(), nullable=True),
+        sa.Column("output_dir", sa.String(512), nullable=True),
         sa.Column("train_seconds", sa.Float(), nullable=True),
         sa.Column("samples_per_second", sa.Float(), nullable=True),
         sa.Column("peak_memory_mb", sa.Float(), nullable=True),

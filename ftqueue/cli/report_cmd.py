@@ -1,0 +1,296 @@
+"""`ftqueue report` (base model against its LoRA runs) and `ftqueue show` (one job, all of it)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ftqueue import db, store
+from ftqueue.cli.app import cli, console, echo_json, json_option
+from ftqueue.cli.render import duration, job_details
+from ftqueue.models import JOB_STATUSES, Job
+from ftqueue.specs import SPLITS
+
+
+@cli.command("report")
+@click.option("--model", "models", multiple=True, help="Only this model (repeatable).")
+@click.option("--dataset", "datasets", multiple=True, help="Only this dataset (repeatable).")
+@click.option("--sweep", "sweeps", multiple=True, help="Only LoRA runs of this sweep.")
+@click.option("--tag", "tags", multiple=True, help="Only LoRA runs with this tag (all must match).")
+@click.option(
+    "--status",
+    "statuses",
+    multiple=True,
+    type=click.Choice(JOB_STATUSES),
+    help="Count jobs in this status (repeatable)  [default: succeeded]",
+)
+@click.option(
+    "--since",
+    metavar="WHEN",
+    help="Only LoRA runs created since: 2025-05-01, 2025-05-01T13:00, or 30m/12h/2d/1w.",
+)
+@click.option("--until", metavar="WHEN", help="Only LoRA runs created before (same forms).")
+@click.option(
+    "--split",
+    "splits",
+    multiple=True,
+    type=click.Choice(SPLITS),
+    help="Split to report (repeatable)  [default: test]",
+)
+@click.option(
+    "--where",
+    "where",
+    multiple=True,
+    metavar="EXPR",
+    help="COLUMN OP VALUE, OP one of = != < <= > >=, on a hyper-parameter (r, alpha, "
+    "dropout, lr, head_lr, epochs, batch_size, max_length, pooling, target_modules, "
+    "seed, ...) or a row metric (accuracy, loss, delta, n, train_time, ...). "
+    "Repeatable: all must hold.",
+)
+@click.option(
+    "--group-by",
+    "group_by",
+    multiple=True,
+    metavar="COLS",
+    help="One row per distinct value of these hyper-parameters, e.g. r,lr.",
+)
+@click.option(
+    "--select-by",
+    type=click.Choice(("validation", "test")),
+    default="validation",
+    show_default=True,
+    help="Split whose mean accuracy picks the best configuration.",
+)
+@click.option(
+    "--sort",
+    metavar="KEY",
+    help="Sort rows by accuracy, loss, delta, n, train_time, trainable_share, "
+    "base_accuracy, model, dataset or a hyper-parameter.",
+)
+@click.option(
+    "--desc/--asc",
+    "descending",
+    default=None,
+    help="Sort direction  [default: best first: descending for accuracy, delta and n]",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(("table", "markdown", "csv", "json")),
+    default="table",
+    show_default=True,
+)
+@click.option(
+    "--plot",
+    type=click.Path(path_type=Path),
+    metavar="FILE.png",
+    help="Also draw accuracy per configuration and validation curves to this PNG.",
+)
+@click.option(
+    "--html",
+    "html_path",
+    type=click.Path(path_type=Path),
+    metavar="FILE",
+    help="Also write a self-contained HTML page with the table and the plot.",
+)
+def report_cmd(
+    fmt: str,
+    plot: Path | None,
+    html_path: Path | None,
+    statuses: tuple[str, ...],
+    splits: tuple[str, ...],
+    **filters: Any,
+) -> None:
+    """Compare each base model with its LoRA runs: accuracy, loss, spread over seeds.
+
+    One row per model, dataset and split: the base model (evaluate jobs without an adapter)
+    and the best LoRA configuration. A configuration is a spec without its seed; its runs
+    give the mean, the sample standard deviation and n. The best one is chosen by mean
+    final-epoch validation accuracy, so the test split plays no part in the choice
+    (--select-by test overrides that). An adapter evaluated with `submit evaluate
+    --adapter-job` counts as a LoRA run on the dataset it was evaluated on. Δ points is
+    100 x (LoRA accuracy - base accuracy). Filters on sweep, tag, time and hyper-parameters
+    pick the LoRA runs; the base model is compared with all its evaluations.
+
+    \b
+    Examples:
+      ftqueue report
+      ftqueue report --model minilm --split validation --split test --format markdown
+      ftqueue report --sweep 7f3a9c --group-by r,lr --sort accuracy
+      ftqueue report --where 'r>=16' --where 'accuracy>0.8' --format csv > runs.csv
+      ftqueue report --since 2d --plot report.png --html report.html
+    """
+    from ftqueue.report import ReportOptions, build_report, export, validation_curves
+    from ftqueue.report.options import check_output
+
+    opts = ReportOptions.from_text(
+        statuses=statuses or ("succeeded",), splits=splits or ("test",), **filters
+    )
+    plot_file = check_output(plot, "--plot")
+    html_file = check_output(html_path, "--html")
+    db.ensure_ready()
+    with db.session_scope() as session:
+        report = build_report(session, opts)
+        drawing = plot_file is not None or html_file is not None
+        curves = validation_curves(session, opts, opts.group_by) if drawing else {}
+    if fmt == "json":
+        click.echo(export.to_json(report))
+    elif fmt == "csv":
+        click.echo(export.to_csv(report), nl=False)
+    elif not report.rows:
+        click.echo("No results match. `ftqueue list --status succeeded` shows the finished jobs.")
+    elif fmt == "markdown":
+        click.echo(export.to_markdown(report), nl=False)
+    else:
+        console().print(export.rich_table(report))
+    if not drawing:
+        return
+    from ftqueue.report.plot import plot_png
+
+    png = plot_png(report, curves)
+    if plot_file is not None:
+        export.write_atomic(plot_file, lambda: png)
+        click.echo(f"wrote {plot_file}", err=True)
+    if html_file is not None:
+        export.write_atomic(html_file, lambda: export.to_html(report, png).encode("utf-8"))
+        click.echo(f"wrote {html_file}", err=True)
+
+
+@cli.command("show")
+@click.argument("job_id", type=int)
+@json_option
+def show_cmd(job_id: int, as_json: bool) -> None:
+    """Show everything about one job: spec, status history, results per epoch, timings, error.
+
+    \b
+    Examples:
+      ftqueue show 12
+      ftqueue show 12 --json | jq '.results[] | select(.split == "validation")'
+    """
+    db.ensure_ready()
+    with db.session_scope() as session:
+        job = store.get_job(session, job_id, with_results=True)
+        if as_json:
+            echo_json(show_payload(job))
+            return
+        out = console()
+        out.print(job_details(job))
+        for table in _show_tables(job):
+            out.print(table)
+
+
+def show_payload(job: Job) -> dict[str, Any]:
+    """``job_summary`` plus the stats, the status history and every result row."""
+    return {
+        **store.job_summary(job),
+        "queued_at": _iso(job.queued_at),
+        "stats": job.stats,
+        "events": [
+            {
+                "at": _iso(e.at),
+                "status": e.status,
+                "attempt": e.attempt,
+                "worker": e.worker,
+                "detail": e.detail,
+            }
+            for e in job.events
+        ],
+        "results": [
+            {
+                "split": r.split,
+                "epoch": r.epoch,
+                "accuracy": r.accuracy,
+                "loss": r.loss,
+                "macro_f1": r.macro_f1,
+                "n_examples": r.n_examples,
+                "attempt": r.attempt,
+                "recorded_at": _iso(r.recorded_at),
+            }
+            for r in job.results
+        ],
+    }
+
+
+def _iso(value: Any) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def _flatten(data: dict[str, Any], prefix: str = "") -> list[tuple[str, str]]:
+    """Nested dicts as dotted keys (data.dataset, phase_seconds.train), values as text."""
+    out: list[tuple[str, str]] = []
+    for key, value in data.items():
+        if isinstance(value, dict):
+            out += _flatten(value, f"{prefix}{key}.")
+        elif isinstance(value, list):
+            out.append((prefix + key, ",".join(map(str, value))))
+        elif isinstance(value, float):
+            out.append((prefix + key, f"{value:.6g}"))
+        else:
+            out.append((prefix + key, "" if value is None else str(value)))
+    return out
+
+
+def _show_tables(job: Job) -> list[Any]:
+    from rich.markup import escape
+    from rich.table import Table
+
+    tables = [_pairs("spec", _flatten(job.spec))]
+    if job.events:
+        history = Table(title="status history", title_justify="left", header_style="bold")
+        for name in ("at", "status", "attempt", "worker", "detail"):
+            history.add_column(name)
+        for e in job.events:
+            history.add_row(
+                f"{e.at:%Y-%m-%d %H:%M:%S}",
+                e.status,
+                str(e.attempt),
+                escape(e.worker or ""),
+                escape(e.detail or ""),
+            )
+        tables.append(history)
+    if job.results:
+        results = Table(title="results", title_justify="left", header_style="bold")
+        for name in ("split", "epoch", "accuracy", "macro F1", "loss", "examples", "attempt"):
+            results.add_column(name, justify="left" if name == "split" else "right")
+        for r in job.results:
+            results.add_row(
+                r.split,
+                str(r.epoch),
+                f"{r.accuracy:.4f}",
+                f"{r.macro_f1:.4f}",
+                f"{r.loss:.4f}",
+                str(r.n_examples),
+                str(r.attempt),
+            )
+        tables.append(results)
+    timings = []
+    if job.queued_at and job.started_at:
+        timings.append(("queued for", duration((job.started_at - job.queued_at).total_seconds())))
+    if job.train_seconds is not None:
+        timings.append(("training", duration(job.train_seconds)))
+    if job.finished_at:
+        timings.append(("finished", f"{job.finished_at:%Y-%m-%d %H:%M:%S} UTC"))
+    if job.trainable_share is not None:
+        share = 100 * job.trainable_share
+        timings.append(
+            ("trainable", f"{job.trainable_params:,} of {job.total_params:,} params ({share:.3g}%)")
+        )
+    if timings:
+        tables.append(_pairs("timings", timings))
+    if job.stats:
+        tables.append(_pairs("stats", _flatten(job.stats)))
+    return tables
+
+
+def _pairs(title: str, rows: list[tuple[str, str]]) -> Any:
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left", show_header=False)
+    table.add_column(style="bold")
+    table.add_column()
+    for key, value in rows:
+        table.add_row(key, escape(value))  # free text: no rich markup
+    return table

@@ -1,0 +1,242 @@
+"""The report as data: base model against its best LoRA configuration, or per chosen values."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from ftqueue.report import query
+from ftqueue.report.options import CONFIG_COLUMNS, HYPERPARAMS, ReportOptions
+from ftqueue.report.query import Group
+
+Where = tuple[str, str, str]  # model, dataset, split
+Candidate = dict[str, Group]  # one configuration's groups, by split
+
+
+@dataclass
+class ReportRow:
+    """One line of the report: a LoRA configuration (or group) against the base model."""
+
+    model: str
+    dataset: str
+    split: str
+    base: Group | None
+    lora: Group | None
+    #: Hyper-parameters: the whole configuration, or the --group-by values.
+    config: dict[str, Any] = field(default_factory=dict)
+    #: The split whose mean accuracy chose this configuration (None with --group-by).
+    selected_by: str | None = None
+    selection_accuracy: float | None = None
+    trained_on: str | None = None
+
+    @property
+    def delta_points(self) -> float | None:
+        if self.base is None or self.lora is None:
+            return None
+        return 100.0 * (self.lora.accuracy.mean - self.base.accuracy.mean)
+
+    def flat(self, params: Iterable[str]) -> dict[str, Any]:
+        """Plain values by column name, for CSV, JSON, --where and --sort."""
+        base, lora = self.base, self.lora
+        out: dict[str, Any] = {
+            "model": self.model,
+            "dataset": self.dataset,
+            "split": self.split,
+            "source": lora.source if lora else None,
+            "base_accuracy": base.accuracy.mean if base else None,
+            "base_accuracy_std": base.accuracy.std if base else None,
+            "base_loss": base.loss.mean if base else None,
+            "base_loss_std": base.loss.std if base else None,
+            "base_n": base.n if base else None,
+            "accuracy": lora.accuracy.mean if lora else None,
+            "accuracy_std": lora.accuracy.std if lora else None,
+            "loss": lora.loss.mean if lora else None,
+            "loss_std": lora.loss.std if lora else None,
+            "n": lora.n if lora else None,
+            "delta_points": self.delta_points,
+            "trainable_share": lora.trainable_share if lora else None,
+            "train_seconds": lora.train_seconds if lora else None,
+            "first_job": lora.first_job if lora else None,
+            "selected_by": self.selected_by,
+            "selection_accuracy": self.selection_accuracy,
+            "trained_on": self.trained_on,
+        }
+        for name in params:
+            value = self.config.get(name)
+            out[name] = ",".join(value) if isinstance(value, list) else value
+        return out
+
+
+@dataclass
+class Report:
+    options: ReportOptions
+    rows: list[ReportRow]
+    #: Every LoRA group of each (model, dataset, split), best first: what a plot shows.
+    ranked: dict[Where, list[Group]]
+    #: The hyper-parameters of the groups shown (rows, and the first groups of each ranking).
+    configs: dict[tuple[Any, ...], dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def params(self) -> tuple[str, ...]:
+        """The hyper-parameter columns the rows carry."""
+        return self.options.group_by or CONFIG_COLUMNS
+
+    @property
+    def columns(self) -> list[str]:
+        """Flat columns in output order; what chose a configuration only where one was chosen."""
+        names = list(ReportRow("", "", "", None, None).flat(self.params))
+        if self.options.group_by:
+            chosen = ("selected_by", "selection_accuracy", "trained_on")
+            names = [n for n in names if n not in chosen]
+        return names
+
+    def flat_rows(self) -> list[dict[str, Any]]:
+        columns = self.columns
+        return [{k: flat[k] for k in columns} for flat in (r.flat(self.params) for r in self.rows)]
+
+    def config(self, group: Group) -> dict[str, Any]:
+        return self.configs.get(group.key, {})
+
+
+def _number(value: Any) -> Any:
+    """3.0 -> 3 for display and JSON; other values unchanged."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def _values(names: Iterable[str], values: Iterable[Any]) -> dict[str, Any]:
+    """Hyper-parameter values as a user reads them: lists restored, 3.0 shown as 3."""
+    out = {}
+    for name, value in zip(names, values, strict=True):
+        if HYPERPARAMS[name].kind == "modules" and isinstance(value, str):
+            value = json.loads(value)
+        out[name] = _number(value)
+    return out
+
+
+def _spec_values(spec: dict[str, Any]) -> dict[str, Any]:
+    def lookup(path: tuple[str, ...]) -> Any:
+        node: Any = spec
+        for part in path:
+            node = node.get(part) if isinstance(node, dict) else None
+        return node
+
+    values = _values(CONFIG_COLUMNS, (lookup(HYPERPARAMS[n].path) for n in CONFIG_COLUMNS))
+    return {**values, "trained_on": lookup(("data", "dataset"))}
+
+
+def _candidates(groups: list[Group]) -> dict[tuple[str, str], list[Candidate]]:
+    """Groups of the same configuration on different splits, per (model, dataset)."""
+    by_config: dict[tuple[str, str, str, tuple[Any, ...]], Candidate] = defaultdict(dict)
+    for g in groups:
+        by_config[(g.model, g.dataset, g.source, g.key)][g.split] = g
+    out: dict[tuple[str, str], list[Candidate]] = defaultdict(list)
+    for (model, dataset, _, _), splits in by_config.items():
+        out[(model, dataset)].append(splits)
+    return out
+
+
+def rank(cands: list[Candidate], split: str, select_by: str) -> tuple[list[Candidate], str]:
+    """Configurations measured on ``split``, best first, and the split that ranked them.
+
+    Ranking by the final validation accuracy keeps the test split unseen by the choice; when
+    no configuration has validation results, the report split itself has to serve. Those
+    without them go last, unranked.
+    """
+    have = [c for c in cands if split in c]
+    pool = [c for c in have if select_by in c]
+    by = select_by if pool else split
+    if not pool:
+        pool, rest = have, []
+    else:
+        rest = [c for c in have if select_by not in c]
+    ordered = sorted(
+        pool, key=lambda c: (-c[by].accuracy.mean, c[by].loss.mean, c[split].first_job)
+    )
+    return ordered + rest, by
+
+
+def build_report(session: Session, opts: ReportOptions) -> Report:
+    """Aggregate the runs matching ``opts`` into report rows (see ``ReportOptions``)."""
+    query.tune(session)
+    splits = tuple(dict.fromkeys((*opts.splits, opts.select_by)))
+    base = _candidates(query.groups(session, opts, side="base", splits=splits))
+    lora_splits = opts.splits if opts.group_by else splits
+    lora = _candidates(
+        query.groups(session, opts, side="lora", splits=lora_splits, group_by=opts.group_by)
+    )
+    rows: list[ReportRow] = []
+    ranked: dict[Where, list[Group]] = {}
+    pairs = set(lora) if opts.picks_lora_runs else set(lora) | set(base)
+    for model, dataset in sorted(pairs):
+        for split in opts.splits:
+            best_base, _ = rank(base.get((model, dataset), []), split, opts.select_by)
+            base_group = best_base[0][split] if best_base else None
+            cands = lora.get((model, dataset), [])
+            if opts.group_by:
+                # Rows per value combination read best in the order of the values (r=4, 8, 16).
+                groups = sorted((c[split] for c in cands if split in c), key=_key_order)
+                ranked[(model, dataset, split)] = groups
+                rows += [ReportRow(model, dataset, split, base_group, g) for g in groups]
+                continue
+            ordered, by = rank(cands, split, opts.select_by)
+            ranked[(model, dataset, split)] = [c[split] for c in ordered]
+            if ordered:
+                best = ordered[0]
+                rows.append(ReportRow(model, dataset, split, base_group, best[split],
+                                      selected_by=by,
+                                      selection_accuracy=best[by].accuracy.mean))  # fmt: skip
+            elif base_group:
+                rows.append(ReportRow(model, dataset, split, base_group, None))
+    report = Report(opts, rows, ranked)
+    report.configs = _configs(session, report)
+    for row in rows:
+        if row.lora is not None:
+            config = dict(report.config(row.lora))
+            row.trained_on = config.pop("trained_on", None)
+            row.config = config
+    report.rows = _sorted([r for r in rows if _passes(r, opts)], opts)
+    return report
+
+
+def _configs(session: Session, report: Report) -> dict[tuple[Any, ...], dict[str, Any]]:
+    """Hyper-parameters of the groups on show, by group key.
+
+    With --group-by the key holds them. A configuration's key is only good for telling
+    configurations apart, so its values come from the spec of its first job.
+    """
+    shown = [r.lora for r in report.rows if r.lora is not None]
+    shown += [g for groups in report.ranked.values() for g in groups[: report.options.plot_top]]
+    group_by = report.options.group_by
+    if group_by:
+        return {g.key: _values(group_by, g.key) for g in shown}
+    specs = query.config_specs(session, sorted({g.first_job for g in shown}))
+    return {g.key: _spec_values(specs[g.first_job]) for g in shown}
+
+
+def _key_order(group: Group) -> tuple[tuple[bool, Any], ...]:
+    return tuple((v is None, 0 if v is None else v) for v in group.key)
+
+
+def _passes(row: ReportRow, opts: ReportOptions) -> bool:
+    if not opts.metric_conditions:
+        return True
+    flat = row.flat(())
+    return all(cond.matches(flat[cond.column]) for cond in opts.metric_conditions)
+
+
+def _sorted(rows: list[ReportRow], opts: ReportOptions) -> list[ReportRow]:
+    if opts.sort is None:
+        return rows  # already by model, dataset, split, then best first or by value
+    params = opts.group_by or CONFIG_COLUMNS
+    keyed = [(row.flat(params)[opts.sort], row) for row in rows]
+    present = [(v, r) for v, r in keyed if v is not None]
+    present.sort(key=lambda vr: vr[0], reverse=opts.is_descending)
+    # Rows without the value go last, whichever the direction.
+    return [r for _, r in present] + [r for v, r in keyed if v is None]

@@ -1,0 +1,186 @@
+"""Report renderings: a terminal table, Markdown, CSV, JSON and a self-contained HTML page."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import csv
+import html
+import io
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ftqueue.report.build import Report, ReportRow
+from ftqueue.report.query import Group
+
+#: What the configuration column shows; CSV and JSON carry every hyper-parameter.
+SHOWN = ("r", "alpha", "dropout", "target_modules", "lr", "head_lr", "epochs", "batch_size")
+BASE, LORA, CONFIG = "base acc / loss", "LoRA acc / loss", "best LoRA configuration"
+NUMERIC = (BASE, LORA, "Δ points", "trainable", "train time")
+MIN_WIDTH = {"model": 8, "dataset": 8, "split": 5, CONFIG: 16}
+
+
+def describe(report: Report) -> str:
+    """One sentence saying what the rows are, for titles and captions."""
+    opts = report.options
+    spread = "mean ± sample std over seeds (n runs)"
+    if opts.group_by:
+        return f"LoRA runs grouped by {', '.join(opts.group_by)}; {spread}."
+    return (
+        f"Base model vs its best LoRA configuration (by mean final-epoch {opts.select_by} "
+        f"accuracy); {spread}."
+    )
+
+
+def _value(value: Any) -> str:
+    if isinstance(value, list):
+        return ",".join(value)
+    if isinstance(value, float):
+        return f"{value:g}"
+    return "" if value is None else str(value)
+
+
+def _metrics(group: Group | None) -> list[str]:
+    """Accuracy ± std on one line, loss and n on the next."""
+    if group is None:
+        return [""]
+    acc = group.accuracy
+    first = f"{acc.mean:.4f}" if acc.std is None else f"{acc.mean:.4f} ± {acc.std:.4f}"
+    return [first, f"loss {group.loss.mean:.4f}, n={group.n}"]
+
+
+def _config(row: ReportRow, select_by: str) -> list[str]:
+    if row.lora is None:
+        return ["(no LoRA runs)"]
+    names = {"target_modules": "modules"}
+    lines = [" ".join(f"{names.get(k, k)}={_value(row.config.get(k))}" for k in SHOWN)]
+    if row.lora.source == "adapter":
+        lines.append(f"adapter trained on {row.trained_on}")
+    if row.selected_by != select_by:
+        lines.append(f"chosen by {row.selected_by}: no {select_by} results")
+    return lines
+
+
+def cells(report: Report) -> tuple[list[str], list[list[list[str]]]]:
+    """Headers, and each cell as its lines: shared by the terminal, Markdown and HTML."""
+    from ftqueue.cli.render import duration  # imported here: the CLI package imports this one
+
+    group_by = report.options.group_by
+    if group_by:
+        headers = ["model", "dataset", "split", *group_by, LORA, "Δ points", BASE]
+    else:
+        headers = ["model", "dataset", "split", BASE, CONFIG, LORA, "Δ points"]
+    headers += ["trainable", "train time"]
+    rows = []
+    for row in report.rows:
+        lora = row.lora
+        share = lora.trainable_share if lora else None
+        cell = {
+            "model": [row.model],
+            "dataset": [row.dataset],
+            "split": [row.split],
+            BASE: _metrics(row.base),
+            LORA: _metrics(lora),
+            "Δ points": ["" if row.delta_points is None else f"{row.delta_points:+.2f}"],
+            "trainable": ["" if share is None else f"{100 * share:.3g}%"],
+            "train time": [duration(lora.train_seconds) if lora else ""],
+            CONFIG: _config(row, report.options.select_by),
+        }
+        cell.update({name: [_value(row.config.get(name))] for name in group_by})
+        rows.append([cell[h] for h in headers])
+    return headers, rows
+
+
+def rich_table(report: Report) -> Any:
+    from rich.markup import escape
+    from rich.table import Table
+
+    headers, rows = cells(report)
+    table = Table(title=describe(report), header_style="bold", title_justify="left")
+    for header in headers:
+        right = header in NUMERIC or header in report.options.group_by
+        # Let rich share the width, but never squeeze a column below a readable minimum.
+        table.add_column(
+            header,
+            justify="right" if right else "left",
+            overflow="fold",
+            min_width=MIN_WIDTH.get(header),
+        )
+    for row in rows:
+        # Model names and paths are free text: escape rich markup so they print as they are.
+        table.add_row(*(escape("\n".join(lines)) for lines in row))
+    return table
+
+
+def to_markdown(report: Report) -> str:
+    headers, rows = cells(report)
+
+    def line(values: list[str]) -> str:
+        return "| " + " | ".join(v.replace("|", "\\|") for v in values) + " |"
+
+    rule = ["---:" if h in NUMERIC or h in report.options.group_by else "---" for h in headers]
+    body = [line(["; ".join(lines) for lines in row]) for row in rows]
+    return "\n".join([line(headers), "|" + "|".join(rule) + "|", *body]) + "\n"
+
+
+def to_csv(report: Report) -> str:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=report.columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(report.flat_rows())  # floats written by repr: they read back exactly
+    return out.getvalue()
+
+
+def to_json(report: Report) -> str:
+    return json.dumps(report.flat_rows(), indent=2)
+
+
+def to_html(report: Report, png: bytes | None) -> str:
+    """One page with no outside references: the table, and the plot as a data URL."""
+    headers, rows = cells(report)
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{'<br>'.join(map(html.escape, c))}</td>" for c in row) + "</tr>"
+        for row in rows
+    )
+    image = ""
+    if png is not None:
+        data = base64.b64encode(png).decode("ascii")
+        image = f'<img alt="accuracy per configuration" src="data:image/png;base64,{data}">'
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>ftqueue report</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2em; }}
+table {{ border-collapse: collapse; font-size: 0.9em; }}
+th, td {{ border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: left; }}
+th {{ background: #f3f3f3; }}
+img {{ max-width: 100%; margin-top: 1.5em; }}
+</style></head><body>
+<h1>ftqueue report</h1>
+<p>{html.escape(describe(report))}</p>
+<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>
+{image}
+</body></html>
+"""
+
+
+def write_atomic(path: Path, produce: Callable[[], bytes]) -> None:
+    """Write what ``produce`` returns to ``path`` via a temporary file and a rename, so a
+    failure part-way leaves the old file (or none), never half a file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(produce())
+        # mkstemp makes the file private; give it the mode a plain open() would have.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise

@@ -1,0 +1,354 @@
+"""The report's SQL: runs grouped by configuration (or chosen hyper-parameters) per split.
+
+The database does the heavy part (one GROUP BY over results joined to jobs), returning sums
+from which Python derives means and standard deviations for a few thousand groups at most.
+Every value from the user is a bound parameter; column names and operators come from the
+whitelists in ``options``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    ColumnElement,
+    Float,
+    Select,
+    Subquery,
+    Text,
+    and_,
+    case,
+    cast,
+    func,
+    literal,
+    literal_column,
+    select,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import Session, aliased
+
+from ftqueue.models import Job, JobTag, Result
+from ftqueue.report.options import HYPERPARAMS, OPERATORS, Column, Condition, ReportOptions
+
+#: Keys left out of a spec to make it a configuration: runs differing only in these are
+#: repeats (seeds), and an evaluation's split is the row's split, not part of its config.
+NOT_CONFIG = ("seed", "split")
+
+
+@dataclass(slots=True)
+class Stat:
+    """Mean and sample standard deviation (None for a single run) of one metric."""
+
+    mean: float
+    std: float | None
+    lo: float
+    hi: float
+
+    @classmethod
+    def from_sums(cls, n: int, total: float, squares: float, lo: float, hi: float) -> Stat:
+        mean = total / n
+        if n < 2:
+            return cls(mean, None, lo, hi)
+        if lo == hi:  # identical runs: exactly 0, not the rounding noise of the sums below
+            return cls(mean, 0.0, lo, hi)
+        # Sum of squares minus n*mean^2 loses a few digits to cancellation; metrics here are
+        # O(1) with spreads above 1e-6, which leaves far more precision than is ever shown.
+        variance = max(0.0, (squares - total * total / n) / (n - 1))
+        return cls(mean, math.sqrt(variance), lo, hi)
+
+
+@dataclass(slots=True)
+class Group:
+    """Runs sharing a configuration (or the --group-by values) on one model, dataset, split."""
+
+    model: str
+    dataset: str
+    split: str
+    #: ``base`` (a bare model), ``lora`` (a training run) or ``adapter`` (an adapter evaluated).
+    source: str
+    key: tuple[Any, ...]
+    n: int
+    accuracy: Stat
+    loss: Stat
+    train_seconds: float | None
+    trainable_share: float | None
+    first_job: int
+
+
+def _dialect(session: Session) -> str:
+    return session.get_bind().dialect.name
+
+
+def field(spec: ColumnElement[Any], column: Column) -> ColumnElement[Any]:
+    """A hyper-parameter of a spec JSON, typed the same way on SQLite and PostgreSQL."""
+    value = spec[column.path[0] if len(column.path) == 1 else column.path]
+    if column.kind == "number":
+        return value.as_float()
+    if column.kind == "modules":
+        # SQLite returns a JSON list without spaces, PostgreSQL as stored; make them agree.
+        return func.replace(value.as_string(), " ", "")
+    return value.as_string()
+
+
+def modules_text(modules: Sequence[str]) -> str:
+    """target_modules the way ``field`` renders them, for comparing and grouping."""
+    return "[" + ",".join(f'"{m}"' for m in modules) + "]"
+
+
+def config_key(spec: ColumnElement[Any], dialect: str, *, training: bool) -> ColumnElement[str]:
+    """The spec without seed and split, as text: equal text means the same configuration.
+
+    ``training`` says the specs are LoRA training specs, which have a seed but no split.
+    """
+    if dialect != "postgresql":
+        return func.json_remove(spec, *(f"$.{key}" for key in NOT_CONFIG))
+    if not training:  # few rows (base evaluations): the exact, slower way
+        stripped: ColumnElement[Any] = cast(spec, JSONB)
+        for key in NOT_CONFIG:
+            stripped = stripped.op("-")(literal_column(f"'{key}'"))
+        return cast(stripped, Text)
+    # The column is json, which is text: parsing it (jsonb, or a regular expression) for
+    # every run was most of the report's time at scale. The text around `"seed": 3` is the
+    # configuration, since to_dict writes one kind of spec in one key order; the quote
+    # before `seed` keeps "split_seed" and escaped quotes inside strings out of the match.
+    document = cast(spec, Text)
+    before = func.split_part(document, '"seed":', 1, type_=Text)
+    after = func.split_part(document, '"seed":', 2, type_=Text)
+    return before + func.ltrim(after, " -0123456789", type_=Text)
+
+
+def tune(session: Session) -> None:
+    """Settings for one analytic read on PostgreSQL, for this transaction only.
+
+    JIT compilation costs about half a second, more than the query it would speed up, and
+    the default 4 MB of work memory sends the sorts of 100,000 rows to disk.
+    """
+    if _dialect(session) == "postgresql":
+        session.execute(text("SET LOCAL jit = off"))
+        session.execute(text("SET LOCAL work_mem = '64MB'"))
+
+
+def _condition(spec: ColumnElement[Any], cond: Condition) -> ColumnElement[bool]:
+    column = HYPERPARAMS[cond.column]
+    value = cond.value
+    if column.kind == "modules":
+        assert isinstance(value, tuple)
+        value = modules_text(value)
+    # The operator functions build SQL expressions from columns; the value becomes a parameter.
+    compare: Any = OPERATORS[cond.op]
+    return compare(field(spec, column), value)
+
+
+def _final_metrics(splits: Sequence[str], jobs: Select[Any] | None) -> Subquery:
+    """Per job, accuracy and loss at the last epoch of each split, side by side (a0, l0, a1...).
+
+    A LoRA run records validation after every epoch and the report uses the last one. One
+    row per job keeps the configuration key, the costly part, to one computation per job.
+    """
+    later = aliased(Result, name="later")
+    superseded = (
+        select(later.id)
+        .where(
+            later.job_id == Result.job_id, later.split == Result.split, later.epoch > Result.epoch
+        )
+        .exists()
+    )
+    columns = []
+    for i, split in enumerate(splits):
+        on_split = Result.split == split
+        columns.append(func.max(case((on_split, Result.accuracy))).label(f"a{i}"))
+        columns.append(func.max(case((on_split, Result.loss))).label(f"l{i}"))
+    query = select(Result.job_id, *columns).where(Result.split.in_(splits), ~superseded)
+    if jobs is not None:
+        query = query.where(Result.job_id.in_(jobs))
+    return query.group_by(Result.job_id).subquery("metrics")
+
+
+def _runs(
+    session: Session,
+    opts: ReportOptions,
+    *,
+    side: str,
+    group_by: Sequence[str],
+    splits: Sequence[str] = (),
+) -> Select[Any]:
+    """One row per run: its group key, and with ``splits`` its final metrics on each.
+
+    ``side`` is ``base`` (evaluations of a bare model) or ``lora`` (training runs and
+    adapter evaluations, whose configuration is the adapter's training spec).
+    """
+    # Only evaluate jobs name an adapter; not parsing the spec of every LoRA job saves time.
+    adapter_ref = case((Job.kind == "evaluate", Job.spec["adapter_job"].as_integer()))
+    conditions: list[ColumnElement[bool]] = []
+    if opts.models:
+        conditions.append(Job.model.in_(opts.models))
+    if opts.datasets:
+        conditions.append(Job.dataset.in_(opts.datasets))
+    if opts.statuses:
+        conditions.append(Job.status.in_(opts.statuses))
+    spec: ColumnElement[Any]
+    trainable: ColumnElement[Any]
+    total: ColumnElement[Any]
+    seconds: ColumnElement[Any]
+    query = select().select_from(Job)
+    if side == "base":
+        spec = Job.spec.expression
+        conditions += [Job.kind == "evaluate", adapter_ref.is_(None)]
+        source: ColumnElement[str] = literal("base")
+        trainable, total = Job.trainable_params.expression, Job.total_params.expression
+        seconds = Job.train_seconds.expression
+    else:
+        adapter = aliased(Job, name="adapter")
+        query = query.outerjoin(adapter, adapter.id == adapter_ref)
+        spec = func.coalesce(adapter.spec, Job.spec, type_=JSON)
+        conditions.append((Job.kind == "lora") | adapter_ref.is_not(None))
+        source = case((Job.kind == "lora", "lora"), else_="adapter")
+        # An adapter evaluation costs what training the adapter cost.
+        trainable = func.coalesce(adapter.trainable_params, Job.trainable_params)
+        total = func.coalesce(adapter.total_params, Job.total_params)
+        seconds = func.coalesce(adapter.train_seconds, Job.train_seconds)
+        conditions += _lora_filters(opts, spec)
+    if group_by:
+        keys = [field(spec, HYPERPARAMS[name]).label(f"k{i}") for i, name in enumerate(group_by)]
+    else:
+        keys = [config_key(spec, _dialect(session), training=side != "base").label("k0")]
+    metrics: list[ColumnElement[Any]] = []
+    if splits:
+        evaluations = select(Job.id).where(Job.kind == "evaluate") if side == "base" else None
+        final = _final_metrics(splits, evaluations)
+        query = query.join(final, final.c.job_id == Job.id)
+        metrics = [c for c in final.c if c.name != "job_id"]
+    return query.add_columns(
+        Job.id.label("job_id"),
+        Job.model.label("model"),
+        Job.dataset.label("dataset"),
+        source.label("source"),
+        *keys,
+        *metrics,
+        seconds.label("train_seconds"),
+        (cast(trainable, Float) / cast(func.nullif(total, 0), Float)).label("share"),
+    ).where(*conditions)
+
+
+def _lora_filters(opts: ReportOptions, spec: ColumnElement[Any]) -> list[ColumnElement[bool]]:
+    out: list[ColumnElement[bool]] = []
+    if opts.sweeps:
+        out.append(Job.sweep_id.in_(opts.sweeps))
+    for tag in opts.tags:
+        out.append(Job.id.in_(select(JobTag.job_id).where(JobTag.tag == tag)))
+    if opts.since:
+        out.append(Job.created_at >= opts.since)
+    if opts.until:
+        out.append(Job.created_at < opts.until)
+    out += [_condition(spec, cond) for cond in opts.spec_conditions]
+    return out
+
+
+def groups(
+    session: Session,
+    opts: ReportOptions,
+    *,
+    side: str,
+    splits: Sequence[str],
+    group_by: Sequence[str] = (),
+) -> list[Group]:
+    """Aggregated runs per (model, dataset, source, key) and split."""
+    runs = _runs(session, opts, side=side, splits=splits, group_by=group_by).subquery("runs")
+    c = runs.c
+    keys = [c[f"k{i}"] for i in range(max(1, len(group_by)))]
+    dims = [c.model, c.dataset, c.source, *keys]
+    aggregates: list[ColumnElement[Any]] = []
+    for i in range(len(splits)):
+        acc, loss = c[f"a{i}"], c[f"l{i}"]
+        measured = acc.is_not(None)
+        aggregates += [
+            func.count(acc),
+            *(
+                agg
+                for m in (acc, loss)
+                for agg in (func.sum(m), func.sum(m * m), func.min(m), func.max(m))
+            ),
+            func.avg(case((measured, c.train_seconds))),
+            func.avg(case((measured, c.share))),
+            func.min(case((measured, c.job_id))),
+        ]
+    width, per_split = len(dims), len(aggregates) // max(1, len(splits))
+    out = []
+    for row in session.execute(select(*dims, *aggregates).group_by(*dims)):
+        model, dataset, source, *key = row[:width]
+        for i, split in enumerate(splits):
+            n, *acc_sums, loss_sum, loss_sq, loss_lo, loss_hi, seconds, share, first = row[
+                width + i * per_split : width + (i + 1) * per_split
+            ]
+            if not n:
+                continue
+            out.append(
+                Group(
+                    model=model,
+                    dataset=dataset,
+                    split=split,
+                    source=source,
+                    key=tuple(key),
+                    n=n,
+                    accuracy=Stat.from_sums(n, *acc_sums),
+                    loss=Stat.from_sums(n, loss_sum, loss_sq, loss_lo, loss_hi),
+                    train_seconds=None if seconds is None else float(seconds),
+                    trainable_share=None if share is None else float(share),
+                    first_job=first,
+                )
+            )
+    return out
+
+
+def config_specs(session: Session, job_ids: Sequence[int]) -> dict[int, dict[str, Any]]:
+    """The configuration spec of each job: its own, or for an adapter evaluation the adapter's."""
+    adapter = aliased(Job, name="adapter")
+    adapter_ref = case((Job.kind == "evaluate", Job.spec["adapter_job"].as_integer()))
+    out: dict[int, dict[str, Any]] = {}
+    for start in range(0, len(job_ids), 500):
+        query = (
+            select(Job.id, Job.spec, adapter.spec)
+            .outerjoin(adapter, adapter.id == adapter_ref)
+            .where(Job.id.in_(job_ids[start : start + 500]))
+        )
+        out.update({job_id: own or spec for job_id, spec, own in session.execute(query)})
+    return out
+
+
+@dataclass(frozen=True)
+class CurvePoint:
+    epoch: int
+    n: int
+    accuracy: Stat
+
+
+def validation_curves(
+    session: Session, opts: ReportOptions, group_by: Sequence[str] = ()
+) -> dict[tuple[str, str, tuple[Any, ...]], list[CurvePoint]]:
+    """Validation accuracy after each epoch of LoRA training runs, per (model, dataset, key)."""
+    runs = _runs(session, opts, side="lora", group_by=group_by).subquery("runs")
+    c = runs.c
+    keys = [c[f"k{i}"] for i in range(max(1, len(group_by)))]
+    dims = [c.model, c.dataset, *keys, Result.epoch]
+    acc = Result.accuracy
+    query = (
+        select(
+            *dims, func.count(), func.sum(acc), func.sum(acc * acc), func.min(acc), func.max(acc)
+        )
+        .join(Result, and_(Result.job_id == c.job_id, Result.split == "validation"))
+        .where(c.source == "lora")
+        .group_by(*dims)
+        .order_by(Result.epoch)
+    )
+    curves: dict[tuple[str, str, tuple[Any, ...]], list[CurvePoint]] = {}
+    width = len(keys)
+    for row in session.execute(query):
+        n, total, squares, lo, hi = row[3 + width :]
+        point = CurvePoint(row[2 + width], n, Stat.from_sums(n, total, squares, lo, hi))
+        curves.setdefault((row[0], row[1], tuple(row[2 : 2 + width])), []).append(point)
+    return curves
