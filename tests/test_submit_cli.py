@@ -183,3 +183,24 @@ def test_database_down_at_submit_publishes_nothing(
 def test_cancel_unknown_job(eager: str) -> None:
     code, out = run("cancel", "999")
     assert code == 2 and "no job 999" in out
+
+
+def test_output_dir_must_stay_inside_the_artifacts_directory(eager: str, isolated_home: Path,
+                                                               tmp_path: Path) -> None:  # fmt: skip
+    artifacts = isolated_home / "artifacts"
+    artifacts.mkdir(parents=True)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (artifacts / "linked").symlink_to(outside)
+    for bad, needle in [("../escape", "leaves"), ("/etc", "outside"), ("linked/x", "symlink")]:
+        code, out = run("submit", "lora", *SYN, "--output-dir", bad)
+        assert code == 2 and needle in out, out
+    assert job_count() == 0
+    code, out = run("submit", "lora", *SYN, "--output-dir", "experiments/rt", "--json")
+    assert code == 0, out
+    job_id = json.loads(out)["jobs"][0]["id"]
+    with db.session_scope() as session:
+        row = session.get(Job, job_id)
+        assert row is not None
+    assert row.adapter_path == str(artifacts / "experiments" / "rt" / f"job-{job_id}")
+    assert not list(outside.iterdir())  # nothing went through the link
