@@ -129,7 +129,8 @@ def run(
         on_progress(SyntheticProgress("train", epoch, step, total, 1.0 / (1 + step)))
     measurements = []
     splits = [("validation", e) for e in range(1, epochs + 1)] if spec.kind == "lora" else []
-    splits.append((getattr(spec, "split", "test"), epochs if spec.kind == "lora" else 0))
+    final_epoch = epochs if spec.kind == "lora" else int(getattr(spec, "head_epochs", 0) or 0)
+    splits.append((getattr(spec, "split", "test"), final_epoch))
     for split, epoch in splits:
         accuracy = round(0.5 + 0.45 * _score(spec, f"{split}{epoch}"), 6)
         measurements.append(

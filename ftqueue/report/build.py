@@ -12,10 +12,9 @@ from sqlalchemy.orm import Session
 
 from ftqueue.report import query
 from ftqueue.report.options import CONFIG_COLUMNS, HYPERPARAMS, ReportOptions
-from ftqueue.report.query import Group
+from ftqueue.report.query import Config, Group
 
 Where = tuple[str, str, str]  # model, dataset, split
-Candidate = dict[str, Group]  # one configuration's groups, by split
 
 
 @dataclass
@@ -76,7 +75,8 @@ class ReportRow:
 class Report:
     options: ReportOptions
     rows: list[ReportRow]
-    #: Every LoRA group of each (model, dataset, split), best first: what a plot shows.
+    #: The LoRA groups of each (model, dataset, split), best first (the first ``plot_top``
+    #: unless grouped by values): what a plot shows.
     ranked: dict[Where, list[Group]]
     #: The hyper-parameters of the groups shown (rows, and the first groups of each ranking).
     configs: dict[tuple[Any, ...], dict[str, Any]] = field(default_factory=dict)
@@ -131,34 +131,28 @@ def _spec_values(spec: dict[str, Any]) -> dict[str, Any]:
     return {**values, "trained_on": lookup(("data", "dataset"))}
 
 
-def _candidates(groups: list[Group]) -> dict[tuple[str, str], list[Candidate]]:
-    """Groups of the same configuration on different splits, per (model, dataset)."""
-    by_config: dict[tuple[str, str, str, tuple[Any, ...]], Candidate] = defaultdict(dict)
-    for g in groups:
-        by_config[(g.model, g.dataset, g.source, g.key)][g.split] = g
-    out: dict[tuple[str, str], list[Candidate]] = defaultdict(list)
-    for (model, dataset, _, _), splits in by_config.items():
-        out[(model, dataset)].append(splits)
+def _by_pair(configs: list[Config]) -> dict[tuple[str, str], list[Config]]:
+    out: dict[tuple[str, str], list[Config]] = defaultdict(list)
+    for config in configs:
+        out[(config.model, config.dataset)].append(config)
     return out
 
 
-def rank(cands: list[Candidate], split: str, select_by: str) -> tuple[list[Candidate], str]:
+def rank(cands: list[Config], split: str, select_by: str) -> tuple[list[Config], str]:
     """Configurations measured on ``split``, best first, and the split that ranked them.
 
     Ranking by the final validation accuracy keeps the test split unseen by the choice; when
     no configuration has validation results, the report split itself has to serve. Those
     without them go last, unranked.
     """
-    have = [c for c in cands if split in c]
-    pool = [c for c in have if select_by in c]
+    have = [c for c in cands if split in c.sums]
+    pool = [c for c in have if select_by in c.sums]
     by = select_by if pool else split
     if not pool:
         pool, rest = have, []
     else:
-        rest = [c for c in have if select_by not in c]
-    ordered = sorted(
-        pool, key=lambda c: (-c[by].accuracy.mean, c[by].loss.mean, c[split].first_job)
-    )
+        rest = [c for c in have if select_by not in c.sums]
+    ordered = sorted(pool, key=lambda c: (-c.accuracy(by), c.loss(by), c.first_job(split)))
     return ordered + rest, by
 
 
@@ -166,10 +160,10 @@ def build_report(session: Session, opts: ReportOptions) -> Report:
     """Aggregate the runs matching ``opts`` into report rows (see ``ReportOptions``)."""
     query.tune(session)
     splits = tuple(dict.fromkeys((*opts.splits, opts.select_by)))
-    base = _candidates(query.groups(session, opts, side="base", splits=splits))
+    base = _by_pair(query.configs(session, opts, side="base", splits=splits))
     lora_splits = opts.splits if opts.group_by else splits
-    lora = _candidates(
-        query.groups(session, opts, side="lora", splits=lora_splits, group_by=opts.group_by)
+    lora = _by_pair(
+        query.configs(session, opts, side="lora", splits=lora_splits, group_by=opts.group_by)
     )
     rows: list[ReportRow] = []
     ranked: dict[Where, list[Group]] = {}
@@ -177,21 +171,21 @@ def build_report(session: Session, opts: ReportOptions) -> Report:
     for model, dataset in sorted(pairs):
         for split in opts.splits:
             best_base, _ = rank(base.get((model, dataset), []), split, opts.select_by)
-            base_group = best_base[0][split] if best_base else None
+            base_group = best_base[0].group(split) if best_base else None
             cands = lora.get((model, dataset), [])
             if opts.group_by:
                 # Rows per value combination read best in the order of the values (r=4, 8, 16).
-                groups = sorted((c[split] for c in cands if split in c), key=_key_order)
+                groups = sorted((c.group(split) for c in cands if split in c.sums), key=_key_order)
                 ranked[(model, dataset, split)] = groups
                 rows += [ReportRow(model, dataset, split, base_group, g) for g in groups]
                 continue
             ordered, by = rank(cands, split, opts.select_by)
-            ranked[(model, dataset, split)] = [c[split] for c in ordered]
+            ranked[(model, dataset, split)] = [c.group(split) for c in ordered[: opts.plot_top]]
             if ordered:
                 best = ordered[0]
-                rows.append(ReportRow(model, dataset, split, base_group, best[split],
-                                      selected_by=by,
-                                      selection_accuracy=best[by].accuracy.mean))  # fmt: skip
+                row = ReportRow(model, dataset, split, base_group, best.group(split))
+                row.selected_by, row.selection_accuracy = by, best.accuracy(by)
+                rows.append(row)
             elif base_group:
                 rows.append(ReportRow(model, dataset, split, base_group, None))
     report = Report(opts, rows, ranked)

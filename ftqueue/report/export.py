@@ -22,6 +22,7 @@ SHOWN = ("r", "alpha", "dropout", "target_modules", "lr", "head_lr", "epochs", "
 BASE, LORA, CONFIG = "base acc / loss", "LoRA acc / loss", "best LoRA configuration"
 NUMERIC = (BASE, LORA, "Δ points", "trainable", "train time")
 MIN_WIDTH = {"model": 8, "dataset": 8, "split": 5, CONFIG: 16}
+RUNS = {"lora": "training", "adapter": "adapter eval"}
 
 
 def describe(report: Report) -> str:
@@ -70,8 +71,10 @@ def cells(report: Report) -> tuple[list[str], list[list[list[str]]]]:
     from ftqueue.cli.render import duration  # imported here: the CLI package imports this one
 
     group_by = report.options.group_by
+    # Adapter evaluations form their own groups; say which rows they are when there are any.
+    sources = ["runs"] if any(r.lora and r.lora.source == "adapter" for r in report.rows) else []
     if group_by:
-        headers = ["model", "dataset", "split", *group_by, LORA, "Δ points", BASE]
+        headers = ["model", "dataset", "split", *group_by, *sources, LORA, "Δ points", BASE]
     else:
         headers = ["model", "dataset", "split", BASE, CONFIG, LORA, "Δ points"]
     headers += ["trainable", "train time"]
@@ -89,6 +92,7 @@ def cells(report: Report) -> tuple[list[str], list[list[list[str]]]]:
             "trainable": ["" if share is None else f"{100 * share:.3g}%"],
             "train time": [duration(lora.train_seconds) if lora else ""],
             CONFIG: _config(row, report.options.select_by),
+            "runs": [RUNS.get(lora.source, "") if lora else ""],
         }
         cell.update({name: [_value(row.config.get(name))] for name in group_by})
         rows.append([cell[h] for h in headers])

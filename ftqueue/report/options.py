@@ -12,7 +12,7 @@ import operator
 import os
 import re
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -222,7 +222,7 @@ class ReportOptions:
     sort: str | None = None
     descending: bool | None = None
     #: Most configurations per row that a plot shows.
-    plot_top: int = field(default=10)
+    plot_top: int = 10
 
     def __post_init__(self) -> None:
         self._check("--status", self.statuses, JOB_STATUSES)

@@ -203,7 +203,9 @@ def _runs(
         trainable, total = Job.trainable_params.expression, Job.total_params.expression
         seconds = Job.train_seconds.expression
     else:
-        adapter = aliased(Job, name="adapter")
+        # Only the jobs some evaluation names: joining all jobs would hash every spec.
+        evaluated = select(adapter_ref).where(Job.kind == "evaluate").scalar_subquery()
+        adapter = aliased(Job, select(Job).where(Job.id.in_(evaluated)).subquery(), "adapter")
         query = query.outerjoin(adapter, adapter.id == adapter_ref)
         spec = func.coalesce(adapter.spec, Job.spec, type_=JSON)
         conditions.append((Job.kind == "lora") | adapter_ref.is_not(None))
@@ -249,15 +251,57 @@ def _lora_filters(opts: ReportOptions, spec: ColumnElement[Any]) -> list[ColumnE
     return out
 
 
-def groups(
+@dataclass(slots=True, eq=False)
+class Config:
+    """A configuration (or --group-by combination) of a model on a dataset: its sums per split.
+
+    Thousands of these come back at scale and only a few are shown, so the statistics of a
+    split are worked out on demand by ``group``.
+    """
+
+    model: str
+    dataset: str
+    source: str
+    key: tuple[Any, ...]
+    #: split -> (n, accuracy sum, sum of squares, min, max, the same for loss,
+    #: mean train seconds, mean trainable share, first job id)
+    sums: dict[str, tuple[Any, ...]]
+
+    def accuracy(self, split: str) -> float:
+        return float(self.sums[split][1] / self.sums[split][0])
+
+    def loss(self, split: str) -> float:
+        return float(self.sums[split][5] / self.sums[split][0])
+
+    def first_job(self, split: str) -> int:
+        return int(self.sums[split][11])
+
+    def group(self, split: str) -> Group:
+        n, *acc, loss_sum, loss_sq, loss_lo, loss_hi, seconds, share, first = self.sums[split]
+        return Group(
+            model=self.model,
+            dataset=self.dataset,
+            split=split,
+            source=self.source,
+            key=self.key,
+            n=n,
+            accuracy=Stat.from_sums(n, *acc),
+            loss=Stat.from_sums(n, loss_sum, loss_sq, loss_lo, loss_hi),
+            train_seconds=None if seconds is None else float(seconds),
+            trainable_share=None if share is None else float(share),
+            first_job=first,
+        )
+
+
+def configs(
     session: Session,
     opts: ReportOptions,
     *,
     side: str,
     splits: Sequence[str],
     group_by: Sequence[str] = (),
-) -> list[Group]:
-    """Aggregated runs per (model, dataset, source, key) and split."""
+) -> list[Config]:
+    """Runs aggregated per (model, dataset, source, key), with sums for each split."""
     runs = _runs(session, opts, side=side, splits=splits, group_by=group_by).subquery("runs")
     c = runs.c
     keys = [c[f"k{i}"] for i in range(max(1, len(group_by)))]
@@ -266,42 +310,24 @@ def groups(
     for i in range(len(splits)):
         acc, loss = c[f"a{i}"], c[f"l{i}"]
         measured = acc.is_not(None)
+        aggregates.append(func.count(acc))
+        for m in (acc, loss):
+            aggregates += [func.sum(m), func.sum(m * m), func.min(m), func.max(m)]
         aggregates += [
-            func.count(acc),
-            *(
-                agg
-                for m in (acc, loss)
-                for agg in (func.sum(m), func.sum(m * m), func.min(m), func.max(m))
-            ),
             func.avg(case((measured, c.train_seconds))),
             func.avg(case((measured, c.share))),
             func.min(case((measured, c.job_id))),
         ]
     width, per_split = len(dims), len(aggregates) // max(1, len(splits))
+    query = select(*dims, *aggregates).group_by(*dims)
     out = []
-    for row in session.execute(select(*dims, *aggregates).group_by(*dims)):
-        model, dataset, source, *key = row[:width]
+    for row in session.connection().execute(query).all():
+        sums = {}
         for i, split in enumerate(splits):
-            n, *acc_sums, loss_sum, loss_sq, loss_lo, loss_hi, seconds, share, first = row[
-                width + i * per_split : width + (i + 1) * per_split
-            ]
-            if not n:
-                continue
-            out.append(
-                Group(
-                    model=model,
-                    dataset=dataset,
-                    split=split,
-                    source=source,
-                    key=tuple(key),
-                    n=n,
-                    accuracy=Stat.from_sums(n, *acc_sums),
-                    loss=Stat.from_sums(n, loss_sum, loss_sq, loss_lo, loss_hi),
-                    train_seconds=None if seconds is None else float(seconds),
-                    trainable_share=None if share is None else float(share),
-                    first_job=first,
-                )
-            )
+            start = width + i * per_split
+            if row[start]:  # runs measured on this split
+                sums[split] = row[start : start + per_split]
+        out.append(Config(row[0], row[1], row[2], tuple(row[3:width]), sums))
     return out
 
 
