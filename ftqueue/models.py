@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import json
 from typing import Any
 
 from sqlalchemy import (
@@ -46,6 +48,23 @@ def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
+#: Spec keys that do not make a different configuration: repeats differ only in their seed,
+#: and an evaluation's split is where it was measured, not what was run.
+NOT_CONFIG = ("seed", "split")
+
+
+def config_hash(spec: dict[str, Any]) -> str:
+    """sha256 of a spec without seed and split: jobs that share it are repeats of one setup."""
+    kept = {k: v for k, v in spec.items() if k not in NOT_CONFIG}
+    return hashlib.sha256(
+        json.dumps(kept, sort_keys=True, separators=(",", ":")).encode()
+    ).hexdigest()
+
+
+def _config_hash_default(context: Any) -> str:
+    return config_hash(context.get_current_parameters()["spec"])
+
+
 class UTCDateTime(TypeDecorator[dt.datetime]):
     """Timezone-aware UTC on every backend (SQLite drops the zone; this puts it back)."""
 
@@ -84,6 +103,7 @@ class Job(Base):
         Index("ix_jobs_model_dataset_kind", "model", "dataset", "kind"),
         Index("ix_jobs_spec_hash_status", "spec_hash", "status"),
         Index("ix_jobs_sweep_id", "sweep_id"),
+        Index("ix_jobs_config_hash", "config_hash"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -91,6 +111,8 @@ class Job(Base):
     status: Mapped[str] = mapped_column(String(16), default="queued", server_default="queued")
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)
     spec_hash: Mapped[str] = mapped_column(String(64))
+    #: Groups repeats (seeds) of one configuration in reports without parsing JSON in SQL.
+    config_hash: Mapped[str] = mapped_column(String(64), default=_config_hash_default)
     model: Mapped[str] = mapped_column(String(512))
     dataset: Mapped[str] = mapped_column(String(1024))
     sweep_id: Mapped[str | None] = mapped_column(String(64))

@@ -19,25 +19,18 @@ from sqlalchemy import (
     Float,
     Select,
     Subquery,
-    Text,
     and_,
     case,
     cast,
     func,
     literal,
-    literal_column,
     select,
     text,
 )
-from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session, aliased
 
 from ftqueue.models import Job, JobTag, Result
 from ftqueue.report.options import HYPERPARAMS, OPERATORS, Column, Condition, ReportOptions
-
-#: Keys left out of a spec to make it a configuration: runs differing only in these are
-#: repeats (seeds), and an evaluation's split is the row's split, not part of its config.
-NOT_CONFIG = ("seed", "split")
 
 
 @dataclass(slots=True)
@@ -98,28 +91,6 @@ def field(spec: ColumnElement[Any], column: Column) -> ColumnElement[Any]:
 def modules_text(modules: Sequence[str]) -> str:
     """target_modules the way ``field`` renders them, for comparing and grouping."""
     return "[" + ",".join(f'"{m}"' for m in modules) + "]"
-
-
-def config_key(spec: ColumnElement[Any], dialect: str, *, training: bool) -> ColumnElement[str]:
-    """The spec without seed and split, as text: equal text means the same configuration.
-
-    ``training`` says the specs are LoRA training specs, which have a seed but no split.
-    """
-    if dialect != "postgresql":
-        return func.json_remove(spec, *(f"$.{key}" for key in NOT_CONFIG))
-    if not training:  # few rows (base evaluations): the exact, slower way
-        stripped: ColumnElement[Any] = cast(spec, JSONB)
-        for key in NOT_CONFIG:
-            stripped = stripped.op("-")(literal_column(f"'{key}'"))
-        return cast(stripped, Text)
-    # The column is json, which is text: parsing it (jsonb, or a regular expression) for
-    # every run was most of the report's time at scale. The text around `"seed": 3` is the
-    # configuration, since to_dict writes one kind of spec in one key order; the quote
-    # before `seed` keeps "split_seed" and escaped quotes inside strings out of the match.
-    document = cast(spec, Text)
-    before = func.split_part(document, '"seed":', 1, type_=Text)
-    after = func.split_part(document, '"seed":', 2, type_=Text)
-    return before + func.ltrim(after, " -0123456789", type_=Text)
 
 
 def tune(session: Session) -> None:
@@ -192,12 +163,14 @@ def _runs(
     if opts.statuses:
         conditions.append(Job.status.in_(opts.statuses))
     spec: ColumnElement[Any]
+    config: ColumnElement[Any]
     trainable: ColumnElement[Any]
     total: ColumnElement[Any]
     seconds: ColumnElement[Any]
     query = select().select_from(Job)
     if side == "base":
         spec = Job.spec.expression
+        config = Job.config_hash.expression
         conditions += [Job.kind == "evaluate", adapter_ref.is_(None)]
         source: ColumnElement[str] = literal("base")
         trainable, total = Job.trainable_params.expression, Job.total_params.expression
@@ -208,6 +181,7 @@ def _runs(
         adapter = aliased(Job, select(Job).where(Job.id.in_(evaluated)).subquery(), "adapter")
         query = query.outerjoin(adapter, adapter.id == adapter_ref)
         spec = func.coalesce(adapter.spec, Job.spec, type_=JSON)
+        config = func.coalesce(adapter.config_hash, Job.config_hash)
         conditions.append((Job.kind == "lora") | adapter_ref.is_not(None))
         source = case((Job.kind == "lora", "lora"), else_="adapter")
         # An adapter evaluation costs what training the adapter cost.
@@ -218,7 +192,7 @@ def _runs(
     if group_by:
         keys = [field(spec, HYPERPARAMS[name]).label(f"k{i}") for i, name in enumerate(group_by)]
     else:
-        keys = [config_key(spec, _dialect(session), training=side != "base").label("k0")]
+        keys = [config.label("k0")]
     metrics: list[ColumnElement[Any]] = []
     if splits:
         evaluations = select(Job.id).where(Job.kind == "evaluate") if side == "base" else None

@@ -32,6 +32,7 @@ def upgrade() -> None:
         sa.Column("status", sa.String(16), server_default="queued", nullable=False),
         sa.Column("spec", sa.JSON(), nullable=False),
         sa.Column("spec_hash", sa.String(64), nullable=False),
+        sa.Column("config_hash", sa.String(64), nullable=False),
         sa.Column("model", sa.String(512), nullable=False),
         sa.Column("dataset", sa.String(1024), nullable=False),
         sa.Column("sweep_id", sa.String(64), nullable=True),
@@ -73,6 +74,7 @@ def upgrade() -> None:
     op.create_index("ix_jobs_spec_hash_status", "jobs", ["spec_hash", "status"])
     op.create_index("ix_jobs_status_created_at", "jobs", ["status", "created_at"])
     op.create_index("ix_jobs_sweep_id", "jobs", ["sweep_id"])
+    op.create_index("ix_jobs_config_hash", "jobs", ["config_hash"])
 
     op.create_table(
         "job_events",
