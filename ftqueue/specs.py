@@ -125,7 +125,10 @@ class _Spec:
 
 @dataclass(frozen=True, kw_only=True)
 class DataSpec(_Spec):
-    """Where the labelled text comes from and which deterministic subset of it to use."""
+    """Where the labelled text comes from and which deterministic subset of it to use.
+
+    The column names apply to files and hub sets; the movie-snippets alias has fixed columns.
+    """
 
     dataset: str
     text_column: str = "text"
@@ -215,7 +218,7 @@ class LoraSpec(_Spec):
     lr: float = 1e-3
     #: The classification head starts from scratch, so it learns faster than the adapter.
     head_lr: float = 3e-3
-    epochs: int = 3
+    epochs: int = 2
     batch_size: int = 32
     #: None picks per device: 64 on a CPU (bigger batches run slower there), 512 on a GPU.
     eval_batch_size: int | None = None

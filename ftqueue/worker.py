@@ -201,10 +201,15 @@ class Slot:
             "--without-mingle",
         ]
 
+    threads: int | None = None
+
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
         # Each process sees exactly one GPU as cuda:0; a CPU worker sees none.
         env["CUDA_VISIBLE_DEVICES"] = self.gpu if self.gpu is not None else ""
+        if self.threads is not None and "OMP_NUM_THREADS" not in os.environ:
+            # CPU workers share the cores: each taking all of them makes every one slower.
+            env["OMP_NUM_THREADS"] = str(self.threads)
         return env
 
 
@@ -212,7 +217,8 @@ def plan_slots(gpus: list[str], *, processes: int, prefix: str | None) -> list[S
     host = socket.gethostname()
     if gpus:
         return [Slot(f"{prefix or 'gpu'}{g}@{host}", g) for g in gpus]
-    return [Slot(f"{prefix or 'cpu'}{i}@{host}", None) for i in range(processes)]
+    threads = max(1, (os.cpu_count() or 1) // processes)
+    return [Slot(f"{prefix or 'cpu'}{i}@{host}", None, threads=threads) for i in range(processes)]
 
 
 def supervise(slots: list[Slot], *, queues: list[str], loglevel: str, max_restarts: int = 5) -> int:

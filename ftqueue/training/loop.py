@@ -30,14 +30,17 @@ class Tracker:
     seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(PHASES, 0.0))
     peak_rss: int = 0
     _process: psutil.Process = field(default_factory=psutil.Process)
+    _announced: tuple[str, int] | None = None
 
     def sample_memory(self) -> None:
         self.peak_rss = max(self.peak_rss, self._process.memory_info().rss)
 
     @contextlib.contextmanager
     def phase(self, name: str, epoch: int = 0, total_steps: int = 0) -> Iterator[None]:
-        """Time a phase (re-entrant across epochs) and announce it."""
-        self.report(Progress(name, epoch, 0, total_steps, None))
+        """Time a phase (re-entrant across epochs) and announce it when it changes."""
+        if self._announced != (name, epoch):
+            self._announced = (name, epoch)
+            self.report(Progress(name, epoch, 0, total_steps, None))
         start = time.perf_counter()
         try:
             yield
