@@ -11,7 +11,7 @@ from sqlalchemy import func, select
 
 from ftqueue import broker, db, lifecycle
 from ftqueue.models import Job, JobEvent, Result
-from ftqueue.specs import DataSpec, LoraSpec
+from ftqueue.specs import DataSpec, EvaluateSpec, LoraSpec
 from ftqueue.submission import submit
 from tests.procs import WorkerProcess, all_terminal, child_env, statuses, wait_for
 
@@ -81,6 +81,35 @@ def test_jobs_run_on_a_real_worker(workers, queue_env, tmp_path, isolated_home) 
         assert (
             isolated_home / "artifacts" / "adapters" / f"job-{jid}" / "adapter_model.safetensors"
         ).is_file()
+
+
+def test_real_training_jobs_on_a_real_worker(workers, queue_env, tmp_path, isolated_home) -> None:  # type: ignore[no-untyped-def]
+    """minilm LoRA jobs and the base evaluation through Redis and a worker process."""
+    start_worker(workers, "trainer", queue_env, tmp_path)
+    data = DataSpec(dataset="movie-snippets", train_samples=96, eval_samples=48)
+    loras = [LoraSpec(model="minilm", data=data, epochs=1, batch_size=16, seed=s) for s in (1, 2)]
+    base = EvaluateSpec(model="minilm", data=data)
+    ids = [job.id for job in submit([*loras, base]).created]
+    wait_for(lambda: all_terminal(ids), timeout=600, what="training jobs to end")
+    assert set(statuses(ids).values()) == {"succeeded"}
+    for jid in ids[:2]:
+        assert results_of(jid) == [("test", 1, 1), ("validation", 1, 1)]
+        assert adapter_entries(isolated_home, jid) == [f"job-{jid}"]
+    assert results_of(ids[2]) == [("test", 1, 1)]
+    [evaluated] = submit([EvaluateSpec(model="minilm", data=data, adapter_job=ids[0])]).created
+    wait_for(lambda: all_terminal([evaluated.id]), timeout=300, what="the adapter evaluation")
+    assert results_of(evaluated.id) == [("test", 0, 1)]
+    with db.session_scope() as session:
+        jobs = {jid: session.get(Job, jid) for jid in [*ids, evaluated.id]}
+        n_test = session.scalar(
+            select(Result.n_examples).where(Result.job_id == ids[0], Result.split == "test")
+        )
+    assert n_test == 48
+    first, second = jobs[ids[0]], jobs[ids[1]]
+    assert first is not None and second is not None and jobs[evaluated.id] is not None
+    # The second job on the same model and data found both caches warm in the worker.
+    assert (second.stats or {}).get("model_cached") and (second.stats or {}).get("tokens_cached")
+    assert 0 < (first.trainable_params or 0) < (first.total_params or 0)
 
 
 def test_kill_9_during_a_job_records_it_exactly_once(
