@@ -129,7 +129,8 @@ def fit(
                 count += 1
                 step += 1
                 seen += len(batch.rows)
-                if count == PROGRESS_EVERY or step % steps_per_epoch == 0:
+                # The first step is reported too: it tells the queue training has started.
+                if count == PROGRESS_EVERY or step == 1 or step % steps_per_epoch == 0:
                     tracker.report(Progress("train", epoch, step, total, float(running) / count))
                     tracker.sample_memory()
                     running.zero_()
