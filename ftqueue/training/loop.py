@@ -130,7 +130,7 @@ def fit(
                 step += 1
                 seen += len(batch.rows)
                 # The first step is reported too: it tells the queue training has started.
-                if count == PROGRESS_EVERY or step == 1 or step % steps_per_epoch == 0:
+                if step == 1 or step % PROGRESS_EVERY == 0 or step % steps_per_epoch == 0:
                     tracker.report(Progress("train", epoch, step, total, float(running) / count))
                     tracker.sample_memory()
                     running.zero_()
