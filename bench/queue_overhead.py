@@ -20,53 +20,21 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sqlalchemy import create_engine, text
 
+from bench.common import drop_pg, flush_redis, scratch_pg, use
 from ftqueue import db
 from ftqueue.models import Job
-from ftqueue.settings import reset_settings
 from tests.procs import WorkerProcess, all_terminal, wait_for
 
-PG_SERVER = os.environ.get("FTQUEUE_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432")
 REDIS = os.environ.get("FTQUEUE_TEST_REDIS", "redis://127.0.0.1:6379") + "/11"
 
 
-def use(env: dict[str, str]) -> None:
-    os.environ.update(env)
-    reset_settings()
-    db.dispose_engines()
-
-
-def flush_redis() -> None:
-    import redis
-
-    redis.Redis.from_url(REDIS).flushdb()
-
-
-def scratch_pg() -> tuple[str, str]:
-    name = f"ftqueue_bench_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(f"{PG_SERVER}/postgres", isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    admin.dispose()
-    return f"{PG_SERVER}/{name}", name
-
-
-def drop_pg(name: str) -> None:
-    db.dispose_engines()
-    admin = create_engine(f"{PG_SERVER}/postgres", isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
-
-
 def time_submit(n: int) -> float:
-    flush_redis()
+    flush_redis(REDIS)
     cmd = [
         sys.executable,
         "-m",
@@ -85,7 +53,7 @@ def time_submit(n: int) -> float:
     out = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ), check=True)
     elapsed = time.perf_counter() - start
     assert len(json.loads(out.stdout)["jobs"]) == n, out.stdout[-500:]
-    flush_redis()
+    flush_redis(REDIS)
     return elapsed
 
 
@@ -143,7 +111,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="ftqueue-bench-"))
     base = {"FTQUEUE_HOME": str(work), "FTQUEUE_BROKER_URL": REDIS, "FTQUEUE_EAGER": "0"}
     sqlite_url = f"sqlite:///{work / 'bench.db'}"
-    pg_url, pg_name = scratch_pg()
+    pg_url, pg_name = scratch_pg("ftqueue_bench")
     try:
         rows = []
         for label, url in (("SQLite", sqlite_url), ("PostgreSQL", pg_url)):
@@ -178,7 +146,7 @@ def main() -> None:
             verdict = "ok" if warm <= 1 else "MISSED"
             print(f"{cold:>10.2f}{warm:>10.2f}{cold / warm:>10.1f}x{'warm <= 1 s':>16} {verdict}")
     finally:
-        flush_redis()
+        flush_redis(REDIS)
         drop_pg(pg_name)
 
 

@@ -31,7 +31,6 @@ import statistics
 import sys
 import tempfile
 import time
-import uuid
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,15 +38,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import psutil
-from sqlalchemy import create_engine, select, text
+from sqlalchemy import select
 
+from bench.common import drop_pg, flush_redis, scratch_pg, use
 from ftqueue import db
 from ftqueue.models import Job
-from ftqueue.settings import reset_settings
 from ftqueue.specs import DataSpec, LoraSpec
 from tests.procs import WorkerProcess, all_terminal, wait_for
 
-PG_SERVER = os.environ.get("FTQUEUE_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432")
 REDIS_SERVER = os.environ.get("FTQUEUE_TEST_REDIS", "redis://127.0.0.1:6379")
 TARGET = 0.9
 
@@ -71,35 +69,6 @@ class Run:
     @property
     def per_min_from_submit(self) -> float:
         return self.jobs / self.from_submit_s * 60
-
-
-def use(env: dict[str, str]) -> None:
-    os.environ.update(env)
-    reset_settings()
-    db.dispose_engines()
-
-
-def flush_redis(url: str) -> None:
-    import redis
-
-    redis.Redis.from_url(url).flushdb()
-
-
-def scratch_pg() -> tuple[str, str]:
-    name = f"ftqueue_scale_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(f"{PG_SERVER}/postgres", isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    admin.dispose()
-    return f"{PG_SERVER}/{name}", name
-
-
-def drop_pg(name: str) -> None:
-    db.dispose_engines()
-    admin = create_engine(f"{PG_SERVER}/postgres", isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
 
 
 def tree(pid: int) -> list[psutil.Process]:
@@ -250,7 +219,7 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="ftqueue-scale-"))
     redis_url = f"{REDIS_SERVER}/{args.redis_db}"
-    pg_url, pg_name = scratch_pg()
+    pg_url, pg_name = scratch_pg("ftqueue_scale")
     use({"FTQUEUE_HOME": str(work), "FTQUEUE_DATABASE_URL": pg_url,
          "FTQUEUE_BROKER_URL": redis_url, "FTQUEUE_EAGER": "0"})  # fmt: skip
     print(f"PostgreSQL {pg_url}, Redis {redis_url}, {os.cpu_count()} CPUs, logs in {work}")

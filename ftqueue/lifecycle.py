@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 
 from ftqueue.db import session_scope
 from ftqueue.models import Job, JobEvent, JobTag, Result, utcnow
+from ftqueue.training.outcome import Measurement
 
 log = logging.getLogger(__name__)
 
@@ -61,16 +62,6 @@ class ProgressState:
     total: int | None = None
     loss: float | None = None
     dirty: bool = field(default=False, repr=False)
-
-
-@dataclass(frozen=True)
-class Measurement:
-    split: str
-    epoch: int
-    accuracy: float
-    loss: float
-    macro_f1: float
-    n_examples: int
 
 
 def _event(

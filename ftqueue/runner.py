@@ -152,7 +152,7 @@ def execute(claim: lifecycle.Claim) -> str:
                 artifacts.publish_dir(src, target)
                 return str(target)
 
-        measurements = [lifecycle.Measurement(**vars(m)) for m in outcome.measurements]
+        measurements = list(outcome.measurements)
         stats = {**outcome.stats, "seconds_to_first_step": heartbeat.first_step_after}
         recorded = _with_db_retry(
             lambda: lifecycle.record_success(claim, measurements, stats=stats, publish=publish)

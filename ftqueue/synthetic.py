@@ -18,11 +18,12 @@ import os
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ftqueue.errors import SpecError
+from ftqueue.training.outcome import Measurement, Outcome, Progress
 
 PREFIX = "synthetic"
 FAULTS = ("none", "raise", "oom", "crash", "crash-first", "hang", "stuck")
@@ -33,32 +34,6 @@ class SyntheticParams:
     seconds: float = 0.5
     steps: int = 10
     fault: str = "none"
-
-
-@dataclass
-class SyntheticProgress:
-    phase: str
-    epoch: int
-    step: int
-    total_steps: int
-    loss: float | None
-
-
-@dataclass
-class SyntheticMeasurement:
-    split: str
-    epoch: int
-    accuracy: float
-    loss: float
-    macro_f1: float
-    n_examples: int
-
-
-@dataclass
-class SyntheticOutcome:
-    measurements: list[SyntheticMeasurement]
-    adapter_dir: Path | None
-    stats: dict[str, Any] = field(default_factory=dict)
 
 
 def is_synthetic(model: str) -> bool:
@@ -106,13 +81,13 @@ def run(
     attempt: int,
     staging: Path | None,
     on_progress: Callable[[Any], None],
-) -> SyntheticOutcome:
+) -> Outcome:
     params = parse(spec.model)
     started = time.perf_counter()
     epochs = int(getattr(spec, "epochs", 1) or 1)
     total = params.steps
     pause = params.seconds / total
-    on_progress(SyntheticProgress("train", 1, 0, total, None))
+    on_progress(Progress("train", 1, 0, total, None))
     step = 0
     endless = params.fault in ("hang", "stuck")
     while step < total or endless:
@@ -126,7 +101,7 @@ def run(
         if step == max(1, total // 2):
             _inject(params.fault, attempt)
         epoch = 1 + (step * epochs - 1) // total
-        on_progress(SyntheticProgress("train", epoch, step, total, 1.0 / (1 + step)))
+        on_progress(Progress("train", epoch, step, total, 1.0 / (1 + step)))
     measurements = []
     splits = [("validation", e) for e in range(1, epochs + 1)] if spec.kind == "lora" else []
     final_epoch = epochs if spec.kind == "lora" else int(getattr(spec, "head_epochs", 0) or 0)
@@ -134,14 +109,14 @@ def run(
     for split, epoch in splits:
         accuracy = round(0.5 + 0.45 * _score(spec, f"{split}{epoch}"), 6)
         measurements.append(
-            SyntheticMeasurement(
+            Measurement(
                 split, epoch, accuracy, round(1.0 - accuracy, 6), round(accuracy - 0.01, 6), 1000
             )
         )
     if staging is not None:
         _write_adapter(staging, spec)
     elapsed = time.perf_counter() - started
-    return SyntheticOutcome(
+    return Outcome(
         measurements,
         staging,
         {

@@ -9,8 +9,9 @@ from sqlalchemy import func, select
 
 from ftqueue import db, lifecycle
 from ftqueue.models import Job, Result, utcnow
+from ftqueue.training.outcome import Measurement
 
-M = lifecycle.Measurement("test", 1, 0.9, 0.3, 0.89, 100)
+M = Measurement("test", 1, 0.9, 0.3, 0.89, 100)
 
 
 def make_job(max_attempts: int = 3, spec_hash: str = "h") -> int:
