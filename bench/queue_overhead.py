@@ -28,27 +28,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import drop_pg, flush_redis, scratch_pg, use
 from ftqueue import db
 from ftqueue.models import Job
-from tests.procs import WorkerProcess, all_terminal, wait_for
+from tests.procs import WorkerProcess, all_terminal, submit_command, wait_for
 
 REDIS = os.environ.get("FTQUEUE_TEST_REDIS", "redis://127.0.0.1:6379") + "/11"
 
 
 def time_submit(n: int) -> float:
     flush_redis(REDIS)
-    cmd = [
-        sys.executable,
-        "-m",
-        "ftqueue",
-        "submit",
-        "lora",
-        "--model",
-        "synthetic:seconds=0",
-        "--dataset",
-        "movie-snippets",
-        "--seed",
-        f"0..{n - 1}",
-        "--json",
-    ]
+    cmd = submit_command("synthetic:seconds=0", "--seed", f"0..{n - 1}")
     start = time.perf_counter()
     out = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ), check=True)
     elapsed = time.perf_counter() - start

@@ -7,7 +7,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from ftqueue.celery_app import QUEUES, app
-from ftqueue.errors import BrokerError
+from ftqueue.errors import BrokerError, PublishError
 from ftqueue.models import Job
 from ftqueue.settings import get_settings
 
@@ -47,7 +47,7 @@ def check_broker() -> None:
 def publish(jobs: Sequence[Job]) -> list[int]:
     """Publish one message per job (carrying only its id); returns the ids published.
 
-    Stops at the first failure and raises BrokerError naming how many were sent.
+    Stops at the first failure and raises PublishError naming how many were sent.
     """
     from ftqueue.tasks import TASKS
 
@@ -66,12 +66,11 @@ def publish(jobs: Sequence[Job]) -> list[int]:
                 )
                 sent.append(job.id)
     except Exception as exc:
-        error = BrokerError(
+        raise PublishError(
             f"publishing to {_safe(get_settings().broker_url)} failed after {len(sent)} of "
-            f"{len(jobs)} jobs ({exc}); check Redis and submit again."
-        )
-        error.sent = sent  # type: ignore[attr-defined]
-        raise error from None
+            f"{len(jobs)} jobs ({exc}); check Redis and submit again.",
+            sent=sent,
+        ) from None
     return sent
 
 

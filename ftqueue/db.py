@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.resources
 import threading
 from collections.abc import Iterator
@@ -168,6 +169,7 @@ def _alembic_config(url: str) -> Any:
     return cfg
 
 
+@functools.cache
 def head_revision() -> str:
     from alembic.script import ScriptDirectory
 
@@ -218,8 +220,9 @@ def ensure_ready(url: str | None = None) -> None:
         raise DatabaseError(
             f"the database at {safe_url(target)} is not migrated: run `ftqueue db upgrade`."
         )
-    if current != head_revision():
+    head = head_revision()
+    if current != head:
         raise DatabaseError(
             f"the database at {safe_url(target)} is at revision {current}, this ftqueue needs "
-            f"{head_revision()}: run `ftqueue db upgrade`."
+            f"{head}: run `ftqueue db upgrade`."
         )

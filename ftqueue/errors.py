@@ -60,6 +60,14 @@ class BrokerError(FtqueueError):
     """Raised when the message broker cannot be reached."""
 
 
+class PublishError(BrokerError):
+    """Raised when publishing stops part-way; ``sent`` holds the job ids that did go out."""
+
+    def __init__(self, message: str, *, sent: list[int]) -> None:
+        super().__init__(message)
+        self.sent = sent
+
+
 class JobCancelled(FtqueueError):
     """Raised inside a running job when its cancellation has been requested."""
 

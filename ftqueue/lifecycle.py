@@ -24,6 +24,8 @@ from ftqueue.training.outcome import Measurement
 
 log = logging.getLogger(__name__)
 
+STOPPED = "stopped at a step boundary"
+
 
 @dataclass(frozen=True)
 class NewJob:
@@ -103,12 +105,11 @@ def create_jobs(session: Session, jobs: Iterable[NewJob], *, max_attempts: int) 
             created_at=now,
             queued_at=now,
             tags=[JobTag(tag=t) for t in dict.fromkeys(new.tags)],
+            events=[JobEvent(status="queued", attempt=0, detail="submitted", at=now)],
         )
         session.add(job)
         rows.append(job)
     session.flush()
-    for job in rows:
-        _event(session, job.id, "queued", 0, None, "submitted")
     return rows
 
 
@@ -194,9 +195,7 @@ def claim(
 def _explain_no_claim(session: Session, job: Job, worker: str, now: dt.datetime) -> None:
     """Settle the cases a claim refused that must not stay as they are."""
     if job.status == "queued" and job.cancel_requested:
-        job.status = "cancelled"
-        job.finished_at = now
-        _event(session, job.id, "cancelled", job.attempts, worker, "cancelled before it started")
+        _finish_cancelled(session, job, worker, "cancelled before it started")
     elif job.status in ("queued", "running") and job.attempts >= job.max_attempts:
         expired = job.status == "queued" or (
             job.lease_expires_at is not None and job.lease_expires_at < now
@@ -219,24 +218,35 @@ def _explain_no_claim(session: Session, job: Job, worker: str, now: dt.datetime)
         )
 
 
+def _end(session: Session, job: Job, status: str, worker: str | None, detail: str | None) -> None:
+    """Move a job to a terminal status (the one place that does)."""
+    job.status = status
+    job.finished_at = utcnow()
+    job.lease_expires_at = None
+    _event(session, job.id, status, job.attempts, worker, detail)
+
+
 def _fail_row(
     session: Session, job: Job, error_type: str, message: str, worker: str | None
 ) -> None:
-    job.status = "failed"
     job.error_type = error_type
     job.error_message = message
-    job.finished_at = utcnow()
-    job.lease_expires_at = None
-    _event(session, job.id, "failed", job.attempts, worker, f"{error_type}: {message}")
+    _end(session, job, "failed", worker, f"{error_type}: {message}")
 
 
-def _owned(session: Session, claim: Claim, *, lock: bool = True) -> Job | None:
-    query = select(Job).where(
-        Job.id == claim.job_id, Job.attempts == claim.attempt, Job.status == "running"
-    )
-    if lock:
-        query = query.with_for_update()
-    return session.scalars(query).one_or_none()
+def _finish_cancelled(session: Session, job: Job, worker: str | None, detail: str) -> None:
+    job.cancel_requested = True
+    job.adapter_path = None
+    _end(session, job, "cancelled", worker, detail)
+
+
+def _owned(session: Session, claim: Claim) -> Job | None:
+    """The job row, locked, if this attempt still holds it."""
+    return session.scalars(
+        select(Job)
+        .where(Job.id == claim.job_id, Job.attempts == claim.attempt, Job.status == "running")
+        .with_for_update()
+    ).one_or_none()
 
 
 def heartbeat(claim: Claim, progress: ProgressState, *, lease_seconds: int) -> tuple[bool, bool]:
@@ -255,15 +265,15 @@ def heartbeat(claim: Claim, progress: ProgressState, *, lease_seconds: int) -> t
             progress_loss=progress.loss,
         )
     with session_scope(write=True) as session:
-        result = session.execute(
+        cancel = session.execute(
             update(Job)
             .where(Job.id == claim.job_id, Job.attempts == claim.attempt, Job.status == "running")
             .values(**values)
+            .returning(Job.cancel_requested)
             .execution_options(synchronize_session=False)
-        )
-        if result.rowcount != 1:  # type: ignore[attr-defined]
-            return False, False
-        cancel = session.scalar(select(Job.cancel_requested).where(Job.id == claim.job_id))
+        ).scalar_one_or_none()
+    if cancel is None:
+        return False, False
     progress.dirty = False
     return True, bool(cancel)
 
@@ -286,7 +296,7 @@ def record_success(
         if job is None:
             return False
         if job.cancel_requested:
-            _finish_cancelled(session, job, claim.worker)
+            _finish_cancelled(session, job, claim.worker, STOPPED)
             return False
         for m in measurements:
             session.add(
@@ -305,9 +315,6 @@ def record_success(
         session.flush()  # a duplicate measurement fails here, before the adapter moves
         if publish is not None:
             job.adapter_path = publish()
-        job.status = "succeeded"
-        job.finished_at = utcnow()
-        job.lease_expires_at = None
         job.progress_phase = "done"
         job.stats = stats
         job.train_seconds = stats.get("train_seconds")
@@ -315,7 +322,7 @@ def record_success(
         job.peak_memory_mb = stats.get("peak_cuda_mb") or stats.get("peak_rss_mb")
         job.trainable_params = stats.get("trainable_params")
         job.total_params = stats.get("total_params")
-        _event(session, job.id, "succeeded", claim.attempt, claim.worker)
+        _end(session, job, "succeeded", claim.worker, None)
         return True
 
 
@@ -334,16 +341,8 @@ def record_cancelled(claim: Claim) -> bool:
         job = _owned(session, claim)
         if job is None:
             return False
-        _finish_cancelled(session, job, claim.worker)
+        _finish_cancelled(session, job, claim.worker, STOPPED)
         return True
-
-
-def _finish_cancelled(session: Session, job: Job, worker: str | None) -> None:
-    job.status = "cancelled"
-    job.finished_at = utcnow()
-    job.lease_expires_at = None
-    job.adapter_path = None
-    _event(session, job.id, "cancelled", job.attempts, worker, "stopped at a step boundary")
 
 
 def fail_running(job_id: int, *, worker: str, error_type: str, message: str) -> bool:
@@ -375,10 +374,7 @@ def cancel(job_ids: Sequence[int]) -> list[CancelOutcome]:
         for job in sorted(jobs, key=lambda j: j.id):
             before = job.status
             if job.status == "queued":
-                job.status = "cancelled"
-                job.cancel_requested = True
-                job.finished_at = utcnow()
-                _event(session, job.id, "cancelled", job.attempts, None, "cancelled while queued")
+                _finish_cancelled(session, job, None, "cancelled while queued")
             elif job.status == "running" and not job.cancel_requested:
                 job.cancel_requested = True
                 _event(session, job.id, "running", job.attempts, job.worker, "cancel requested")
@@ -408,7 +404,7 @@ def reap_expired(*, now: dt.datetime | None = None) -> ReapReport:
         for job in expired:
             lost = f"worker {job.worker} stopped heart-beating (attempt {job.attempts})"
             if job.cancel_requested:
-                _finish_cancelled(session, job, None)
+                _finish_cancelled(session, job, None, f"cancelled; {lost}")
             elif job.attempts >= job.max_attempts:
                 _fail_row(
                     session,
@@ -432,10 +428,18 @@ def reap_expired(*, now: dt.datetime | None = None) -> ReapReport:
 def queued_without_message(pending_task_ids: set[str], *, older_than: dt.datetime) -> list[Job]:
     """Queued jobs whose task id is in no broker queue: their message was lost."""
     with session_scope(write=True) as session:
-        candidates = session.scalars(
-            select(Job).where(Job.status == "queued", Job.queued_at < older_than)
+        # Many jobs may wait legitimately: compare task ids first, load only the lost rows.
+        waiting = session.execute(
+            select(Job.id, Job.task_id).where(Job.status == "queued", Job.queued_at < older_than)
         ).all()
-        lost = [job for job in candidates if job.task_id not in pending_task_ids]
+        lost_ids = [job_id for job_id, task_id in waiting if task_id not in pending_task_ids]
+        if not lost_ids:
+            return []
+        lost = list(
+            session.scalars(
+                select(Job).where(Job.id.in_(lost_ids), Job.status == "queued").with_for_update()
+            )
+        )
         for job in lost:
             job.task_id = new_task_id()
             job.queued_at = utcnow()

@@ -6,6 +6,7 @@ holds no Celery state of its own.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shutil
 import threading
@@ -22,8 +23,8 @@ log = logging.getLogger(__name__)
 
 #: How long a finished attempt keeps trying to record while the database is unreachable.
 RECORD_RETRY_SECONDS = 300.0
-#: Errors that would fail the same way again: the job fails at once, without retries.
-DETERMINISTIC = ("OutOfMemoryError", "SoftTimeLimitExceeded")
+#: Failures that are expected (the user's to fix): logged in one line, without a traceback.
+EXPECTED = ("OutOfMemoryError", "SoftTimeLimitExceeded")
 
 
 class Heartbeat:
@@ -82,13 +83,7 @@ class Heartbeat:
 
     def beat(self) -> None:
         with self._lock:
-            snapshot = lifecycle.ProgressState(
-                **{
-                    k: getattr(self.progress, k)
-                    for k in ("phase", "epoch", "step", "total", "loss")
-                }
-            )
-            snapshot.dirty = self.progress.dirty
+            snapshot = dataclasses.replace(self.progress)
             self.progress.dirty = False
         owned, cancel = lifecycle.heartbeat(self.claim, snapshot, lease_seconds=self.lease_seconds)
         if not owned:
@@ -158,7 +153,6 @@ def execute(claim: lifecycle.Claim) -> str:
             lambda: lifecycle.record_success(claim, measurements, stats=stats, publish=publish)
         )
         if recorded:
-            staging = None if publish is not None else staging
             log.info("job %s: succeeded", claim.job_id)
             return "succeeded"
         log.warning(
@@ -170,20 +164,20 @@ def execute(claim: lifecycle.Claim) -> str:
         return "cancelled"
     except JobSuperseded:
         return "superseded"
-    except BaseException as exc:
-        if not isinstance(exc, Exception) and type(exc).__name__ != "SoftTimeLimitExceeded":
-            raise  # KeyboardInterrupt, SystemExit: the process is going away
+    except Exception as exc:
+        # Any error inside a job ends it: retrying is for workers that die, not for code that
+        # raises (bad data, out of memory, the time limit would only happen again).
         error_type, message = describe_failure(exc)
-        if isinstance(exc, FtqueueError) or type(exc).__name__ in DETERMINISTIC:
+        if isinstance(exc, FtqueueError) or type(exc).__name__ in EXPECTED:
             log.error("job %s failed: %s: %s", claim.job_id, error_type, message)
         else:
             log.exception("job %s failed", claim.job_id)
         _with_db_retry(lambda: lifecycle.record_failure(claim, error_type, message))
         return "failed"
     finally:
+        # Still here only when the adapter was not published (failure, cancel, superseded).
         if staging is not None and staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
-        work.release()
 
 
 def remove_stale_staging(final: Path) -> list[Path]:

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ftqueue import db, lifecycle, synthetic
-from ftqueue.errors import BrokerError, SpecError
+from ftqueue.errors import PublishError, SpecError
 from ftqueue.models import Job
 from ftqueue.paths import check_output_dir
 from ftqueue.settings import get_settings
@@ -144,9 +144,8 @@ def _publish(jobs: list[Job]) -> None:
 
     try:
         broker.publish(jobs)
-    except BrokerError as exc:
-        sent = set(getattr(exc, "sent", []))
-        lifecycle.delete_unpublished([job.id for job in jobs if job.id not in sent])
+    except PublishError as exc:
+        lifecycle.delete_unpublished([job.id for job in jobs if job.id not in set(exc.sent)])
         raise
 
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ftqueue.artifacts import ADAPTER_CONFIG, ADAPTER_METADATA, ADAPTER_WEIGHTS, write_json_atomic
 from ftqueue.errors import SpecError
 from ftqueue.training.outcome import Measurement, Outcome, Progress
 
@@ -147,8 +148,7 @@ def _write_adapter(directory: Path, spec: Any) -> None:
     from safetensors.numpy import save_file
 
     directory.mkdir(parents=True, exist_ok=True)
-    save_file(
-        {"weight": np.zeros((2, 2), dtype=np.float32)}, directory / "adapter_model.safetensors"
-    )
-    (directory / "adapter_config.json").write_text(json.dumps({"synthetic": True}))
-    (directory / "ftqueue_adapter.json").write_text(json.dumps({"spec": spec.to_dict()}))
+    save_file({"weight": np.zeros((2, 2), dtype=np.float32)}, directory / ADAPTER_WEIGHTS)
+    (directory / ADAPTER_CONFIG).write_text(json.dumps({"synthetic": True}))
+    # Written last, like a real adapter's metadata.
+    write_json_atomic(directory / ADAPTER_METADATA, {"synthetic": True, "spec": spec.to_dict()})

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,8 +15,6 @@ from ftqueue.lifecycle import Claim
 from ftqueue.models import Job
 from ftqueue.settings import get_settings
 from ftqueue.specs import EvaluateSpec, LoraSpec
-
-_TRAINED = threading.Event()
 
 SPEC_TYPES: dict[str, type[LoraSpec] | type[EvaluateSpec]] = {
     "lora": LoraSpec,
@@ -68,23 +64,16 @@ def perform(claim: Claim, *, staging: Path | None, on_progress: Callable[[Any], 
         return synthetic.run(spec, attempt=claim.attempt, staging=staging, on_progress=on_progress)
     from ftqueue import training
 
-    _TRAINED.set()
-    if isinstance(spec, LoraSpec):
-        assert staging is not None
-        return training.run_lora(
-            spec, adapter_dir=staging, cache_dir=cache_dir, on_progress=on_progress
+    try:
+        if isinstance(spec, LoraSpec):
+            assert staging is not None
+            return training.run_lora(
+                spec, adapter_dir=staging, cache_dir=cache_dir, on_progress=on_progress
+            )
+        adapter = adapter_of(spec.adapter_job) if spec.adapter_job is not None else None
+        return training.run_evaluate(
+            spec, cache_dir=cache_dir, adapter_dir=adapter, on_progress=on_progress
         )
-    adapter = adapter_of(spec.adapter_job) if spec.adapter_job is not None else None
-    return training.run_evaluate(
-        spec, cache_dir=cache_dir, adapter_dir=adapter, on_progress=on_progress
-    )
-
-
-def release() -> None:
-    """Give back accelerator memory between jobs, keeping what makes the next job fast."""
-    training = sys.modules.get("ftqueue.training")
-    # A full garbage collection costs a good part of a second once torch is loaded; only a
-    # job that trained has anything to give back.
-    if training is not None and _TRAINED.is_set():
-        _TRAINED.clear()
+    finally:
+        # GPU memory goes back after each job; the cached base model and tokens stay.
         training.release_memory()

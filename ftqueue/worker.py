@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import os
@@ -18,9 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from celery import signals
+from redis.exceptions import LockError
 from sqlalchemy import select
 
-from ftqueue import db, lifecycle
+from ftqueue import artifacts, db, lifecycle
 from ftqueue.celery_app import QUEUES
 from ftqueue.models import TERMINAL_STATUSES, Job, utcnow
 from ftqueue.settings import get_settings
@@ -28,7 +30,8 @@ from ftqueue.settings import get_settings
 log = logging.getLogger(__name__)
 
 REAPER_LOCK = "ftqueue:reaper"
-_STAGING_JOB = re.compile(r"^\.staging-job-(\d+)-")
+# A stray's name carries its job: .staging-job-12-xxxx, or .replaced-job-12-xxxx from publish.
+_STRAY_JOB = re.compile(r"^\.(?:staging|replaced)-job-(\d+)-")
 
 
 # --- hooks run inside Celery worker processes ---------------------------------------------
@@ -94,9 +97,8 @@ def reap_once(*, lock_seconds: float = 10.0, grace_seconds: float | None = None)
     from ftqueue import broker
 
     summary = ReapSummary()
-    client = broker.redis_client()
-    token = f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}"
-    if not client.set(REAPER_LOCK, token, nx=True, px=max(1, int(lock_seconds * 1000))):
+    lock = broker.redis_client().lock(REAPER_LOCK, timeout=max(1.0, lock_seconds))
+    if not lock.acquire(blocking=False):
         return summary
     try:
         report = lifecycle.reap_expired()
@@ -115,8 +117,8 @@ def reap_once(*, lock_seconds: float = 10.0, grace_seconds: float | None = None)
             summary.republished = [job.id for job in lost]
         summary.cleaned = [str(p) for p in clean_staging()]
     finally:
-        if client.get(REAPER_LOCK) == token.encode():
-            client.delete(REAPER_LOCK)
+        with contextlib.suppress(LockError):  # expired meanwhile: another reaper may hold it
+            lock.release()
     for what in ("requeued", "failed", "republished", "cleaned"):
         if getattr(summary, what):
             log.warning("reaper %s: %s", what, getattr(summary, what))
@@ -124,16 +126,12 @@ def reap_once(*, lock_seconds: float = 10.0, grace_seconds: float | None = None)
 
 
 def clean_staging() -> list[Path]:
-    """Remove staging directories of jobs that no attempt is writing to any more."""
+    """Remove staging (and moved-aside) directories of jobs no attempt is writing to any more."""
     strays: dict[int, list[Path]] = {}
-    root = get_settings().artifacts_dir
-    for dirpath, dirnames, _ in os.walk(root) if root.is_dir() else ():
-        for name in list(dirnames):
-            match = _STAGING_JOB.match(name)
-            if match:
-                strays.setdefault(int(match.group(1)), []).append(Path(dirpath) / name)
-            if match or name.startswith("job-") or name.startswith("."):
-                dirnames.remove(name)  # published adapters and strays hold no staging dirs
+    for path in artifacts.find_stray_staging(get_settings().artifacts_dir):
+        match = _STRAY_JOB.match(path.name)
+        if match:
+            strays.setdefault(int(match.group(1)), []).append(path)
     if not strays:
         return []
     with db.session_scope() as session:

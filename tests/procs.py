@@ -127,3 +127,9 @@ def count_jobs(**filters: object) -> int:
         for key, value in filters.items():
             query = query.where(getattr(Job, key) == value)
         return int(session.scalar(query) or 0)
+
+
+def submit_command(model: str, *extra: str) -> list[str]:
+    """`ftqueue submit lora --json` on movie-snippets, as a subprocess command line."""
+    return [sys.executable, "-m", "ftqueue", "submit", "lora", "--model", model,
+            "--dataset", "movie-snippets", "--json", *extra]  # fmt: skip

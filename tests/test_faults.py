@@ -12,7 +12,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,7 +25,7 @@ from ftqueue.settings import reset_settings
 from ftqueue.specs import DataSpec, LoraSpec
 from ftqueue.submission import submit
 from tests.conftest import PG_SERVER, service_missing
-from tests.procs import WorkerProcess, all_terminal, child_env, statuses, wait_for
+from tests.procs import WorkerProcess, all_terminal, child_env, statuses, submit_command, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -309,18 +308,7 @@ def test_8_clis_submitting_at_once_on_sqlite_see_no_lock_error(
 ) -> None:  # type: ignore[no-untyped-def]
     env = child_env()
     launch(pool, "busy", env, tmp_path)  # heart-beats and records while the CLIs write
-    cmd = [
-        sys.executable,
-        "-m",
-        "ftqueue",
-        "submit",
-        "lora",
-        "--model",
-        "synthetic:seconds=0.05,steps=2",
-        "--dataset",
-        "movie-snippets",
-        "--json",
-    ]
+    cmd = submit_command("synthetic:seconds=0.05,steps=2")
     procs = [
         subprocess.Popen(
             [*cmd, "--seed", f"{i * 25}..{i * 25 + 24}"],

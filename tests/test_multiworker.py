@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import socket
 import subprocess
-import sys
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +18,7 @@ from sqlalchemy import create_engine, func, select
 
 from ftqueue import broker, db
 from ftqueue.models import Job, JobEvent, Result
-from tests.procs import WorkerProcess, all_terminal, child_env, wait_for
+from tests.procs import WorkerProcess, all_terminal, child_env, submit_command, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -46,9 +45,9 @@ def submit_from_two_clis(tmp_path: Path) -> list[dict[str, object]]:
     procs = []
     for i, seeds in enumerate(SEEDS):
         out = (tmp_path / f"submit-{i}.out").open("w+")
-        cmd = [sys.executable, "-m", "ftqueue", "submit", "lora",
-               "--model", "synthetic:seconds=0.3", "--dataset", "movie-snippets",
-               "--epochs", "1", "--seed", seeds, "--tag", "multiworker", "--json"]  # fmt: skip
+        cmd = submit_command(
+            "synthetic:seconds=0.3", "--epochs", "1", "--seed", seeds, "--tag", "multiworker"
+        )
         procs.append((subprocess.Popen(cmd, env=child_env(), stdout=out, stderr=subprocess.PIPE,
                                        text=True), out))  # fmt: skip
     outputs = []

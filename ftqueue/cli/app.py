@@ -48,9 +48,11 @@ def echo_json(payload: Any) -> None:
     click.echo(json.dumps(payload, indent=2, sort_keys=False, default=str))
 
 
-def console() -> Any:
+def console(*, quiet: bool = False) -> Any:
     from rich.console import Console
 
+    if quiet:
+        return Console(quiet=True)
     if sys.stdout.isatty():
         return Console()
     # Piped output is read by people later (logs, CI) or by grep: do not squeeze it to 80.

@@ -162,8 +162,14 @@ LORA_GRID = (
 )
 
 
-def _h(name: str, text: str) -> str:
-    return f"{text} [default: {_default(LoraSpec, name)}]"
+def _h(name: str, text: str, spec: type = LoraSpec) -> str:
+    """Help text with the spec's own default, so help and behaviour cannot drift apart."""
+    default = _default(spec, name)
+    return f"{text} [default: {'64 on CPU, 512 on GPU' if default is None else default}]"
+
+
+def _e(name: str, text: str) -> str:
+    return _h(name, text, EvaluateSpec)
 
 
 @submit_group.command("lora")
@@ -240,12 +246,16 @@ def submit_lora(**kw: Any) -> None:
     type=INTS,
     help="Epochs of head-only training (body frozen) before evaluating a bare model [default: 1].",
 )
-@click.option("--head-lr", type=FLOATS, help="Learning rate of the head [default: 3e-3].")
-@click.option("--pooling", type=click.Choice(POOLINGS), help="Sentence vector [default: mean].")
-@click.option("--batch-size", type=int, help="Head training batch size [default: 32].")
-@click.option("--eval-batch-size", type=int, help="Evaluation batch size [default: 256].")
-@click.option("--max-length", type=int, help="Tokens kept per text [default: 128].")
-@click.option("--seed", type=INTS, help="Random seed of head training [default: 0].")
+@click.option("--head-lr", type=FLOATS, help=_e("head_lr", "Learning rate of the head."))
+@click.option(
+    "--pooling",
+    type=click.Choice(POOLINGS),
+    help="Sentence vector [default: mean; an adapter's own with --adapter-job].",
+)
+@click.option("--batch-size", type=int, help=_e("batch_size", "Head training batch size."))
+@click.option("--eval-batch-size", type=int, help=_e("eval_batch_size", "Evaluation batch size."))
+@click.option("--max-length", type=int, help=_e("max_length", "Tokens kept per text."))
+@click.option("--seed", type=INTS, help=_e("seed", "Random seed of head training."))
 @queue_options
 def submit_evaluate(**kw: Any) -> None:
     """Evaluate a base model (head trained, body frozen) or an earlier LoRA job's adapter.
@@ -316,11 +326,13 @@ def _submit(
         return
     if not as_json:
         _print_submission(out, sub, eager=eager)
+    # With --json, progress goes nowhere: stdout is for the JSON document alone.
+    progress_out = console(quiet=True) if as_json else out
     statuses: dict[int, str] = {}
     if eager and sub.created:
-        statuses = _run_eager(sub, out, quiet=as_json)
+        statuses = _run_eager(sub, progress_out)
     elif wait and sub.to_follow:
-        statuses = _wait(sub.to_follow, out, quiet=as_json)
+        statuses = _wait(sub.to_follow, progress_out)
     if as_json:
         echo_json(_payload(sub, statuses))
     elif statuses:
@@ -336,11 +348,11 @@ def _submit(
         raise SystemExit(exit_code(everything))
 
 
-def _wait(job_ids: list[int], out: Any, *, quiet: bool) -> dict[int, str]:
+def _wait(job_ids: list[int], out: Any) -> dict[int, str]:
     from ftqueue.cli.follow import follow
 
     try:
-        return follow(job_ids, console=out if not quiet else _null_console())
+        return follow(job_ids, console=out)
     except KeyboardInterrupt:
         click.echo(
             f"\nStopped following; the jobs go on. `ftqueue status {job_ids[0]} --follow` "
@@ -350,10 +362,10 @@ def _wait(job_ids: list[int], out: Any, *, quiet: bool) -> dict[int, str]:
         raise SystemExit(130) from None
 
 
-def _run_eager(sub: Any, out: Any, *, quiet: bool) -> dict[int, str]:
+def _run_eager(sub: Any, out: Any) -> dict[int, str]:
     """Run the new jobs in a thread of this process and follow them from this one."""
     from ftqueue import lifecycle, submission
-    from ftqueue.cli.follow import follow
+    from ftqueue.cli.follow import follow, snapshot
 
     errors: list[BaseException] = []
 
@@ -367,30 +379,16 @@ def _run_eager(sub: Any, out: Any, *, quiet: bool) -> dict[int, str]:
     runner.start()
     ids = [job.id for job in sub.created]
     try:
-        statuses = follow(
-            ids, console=out if not quiet else _null_console(), keep_going=runner.is_alive
-        )
+        follow(ids, console=out, keep_going=runner.is_alive)
     except KeyboardInterrupt:
         lifecycle.cancel(ids)
         click.echo("\nCancelling: the running job stops at its next step.", err=True)
-        runner.join()
-        from ftqueue.cli.follow import snapshot
-
-        statuses = {jid: s.status for jid, s in snapshot(ids).items()}
     runner.join()
     if errors:
         raise errors[0]
-    from ftqueue.cli.follow import snapshot
-
-    return statuses | {jid: s.status for jid, s in snapshot(ids).items()}
-
-
-def _null_console() -> Any:
-    import io
-
-    from rich.console import Console
-
-    return Console(file=io.StringIO())
+    # Read once more after the runner ended: the follower may have stopped just before the
+    # last job recorded its end.
+    return {jid: s.status for jid, s in snapshot(ids).items()}
 
 
 def _payload(sub: Any, statuses: dict[int, str] | None = None) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from torch import nn
 from transformers import get_linear_schedule_with_warmup
 
 from ftqueue.training.outcome import PHASES, Measurement, Progress, ProgressCallback
-from ftqueue.training.tokens import Tokens, batches, eval_batches, train_batches
+from ftqueue.training.tokens import Batch, Tokens, batches, eval_batches, train_batches
 
 #: Steps between progress reports; each report costs a device sync for the loss.
 PROGRESS_EVERY = 10
@@ -139,6 +139,26 @@ def fit(
     return seen
 
 
+def _in_row_order(
+    compute: Callable[[Batch], torch.Tensor],
+    tokens: Tokens,
+    *,
+    batch_size: int,
+    pad_id: int,
+    device: torch.device,
+    into: torch.device,
+) -> torch.Tensor:
+    """``compute`` over length-sorted batches, its outputs put back in row order on ``into``."""
+    result: torch.Tensor | None = None
+    for batch in batches(tokens, eval_batches(tokens, batch_size), pad_id, device):
+        out = compute(batch).float()
+        if result is None:
+            result = torch.empty((len(tokens), out.shape[-1]), device=into)
+        result[torch.from_numpy(batch.rows).to(into)] = out.to(into)
+    assert result is not None, "cannot run a model on an empty split"
+    return result
+
+
 def predict(
     model: nn.Module,
     tokens: Tokens,
@@ -150,15 +170,15 @@ def predict(
 ) -> torch.Tensor:
     """Logits for every row, in row order (batches are length-sorted for speed)."""
     model.eval()
-    logits: torch.Tensor | None = None
     with torch.inference_mode(), autocast(device, amp_dtype):
-        for batch in batches(tokens, eval_batches(tokens, batch_size), pad_id, device):
-            out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-            if logits is None:
-                logits = torch.empty((len(tokens), out.shape[-1]), dtype=torch.float32)
-            logits[torch.from_numpy(batch.rows)] = out.float().cpu()
-    assert logits is not None, "cannot predict on an empty split"
-    return logits
+        return _in_row_order(
+            lambda b: model(input_ids=b.input_ids, attention_mask=b.attention_mask).logits,
+            tokens,
+            batch_size=batch_size,
+            pad_id=pad_id,
+            device=device,
+            into=torch.device("cpu"),
+        )
 
 
 def measure(split: str, epoch: int, logits: torch.Tensor, labels: np.ndarray) -> Measurement:
@@ -188,16 +208,16 @@ def pooled_features(
     """Sentence vectors from the frozen body, computed once so head epochs cost almost nothing."""
     model.eval()
     pool: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = model.pool  # type: ignore[assignment]
-    features: torch.Tensor | None = None
     # no_grad, not inference_mode: these tensors are inputs to a trained head later.
     with torch.no_grad(), autocast(device, amp_dtype):
-        for batch in batches(tokens, eval_batches(tokens, batch_size), pad_id, device):
-            out = pool(batch.input_ids, batch.attention_mask).float()
-            if features is None:
-                features = torch.empty((len(tokens), out.shape[-1]), device=device)
-            features[torch.from_numpy(batch.rows).to(device)] = out
-    assert features is not None
-    return features
+        return _in_row_order(
+            lambda b: pool(b.input_ids, b.attention_mask),
+            tokens,
+            batch_size=batch_size,
+            pad_id=pad_id,
+            device=device,
+            into=device,
+        )
 
 
 def fit_head(
