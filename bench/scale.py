@@ -5,8 +5,8 @@ the queue (delivery, claim, heartbeats, recording, adapter publication) and not 
 two cores: a perfect queue gives N x 60/S jobs/min with N workers. Part 2 runs real tiny
 training jobs (minilm on movie-snippets) with 1 and 2 workers; on a CPU-only machine those
 share the same cores, so they show what the cores allow, not what the queue allows. It runs
-twice: with each worker taking all cores for its torch threads (what a CPU worker does by
-itself) and with the cores split between the workers (OMP_NUM_THREADS = cores / N).
+twice: as `ftqueue worker` sets them up (the cores split, OMP_NUM_THREADS = cores / N) and,
+for comparison, with every worker taking all cores for its torch threads.
 
 Each run starts `ftqueue worker --processes N` (N Celery nodes, one job at a time each, as
 with one node per GPU), waits until its imports have settled, runs one warm-up job per worker,
@@ -205,9 +205,9 @@ def main() -> None:
     parser.add_argument("--train-workers", default="1,2")
     parser.add_argument("--train-jobs-per-worker", type=int, default=3)
     parser.add_argument(
-        "--train-threads", default="default,split",
-        help="default: each worker picks its torch threads itself (all cores); split: "
-        "OMP_NUM_THREADS = cores / workers, so that CPU workers do not oversubscribe the cores",
+        "--train-threads", default="split,all",
+        help="split: as `ftqueue worker --processes N` sets them (OMP_NUM_THREADS = cores / N); "
+        "all: every worker takes all cores (oversubscribed), for comparison",
     )  # fmt: skip
     parser.add_argument("--skip-synthetic", action="store_true")
     parser.add_argument("--skip-training", action="store_true")
@@ -248,7 +248,8 @@ def main() -> None:
                 runs = []
                 for n in (int(x) for x in args.train_workers.split(",")):
                     seed += 10_000
-                    env = {"OMP_NUM_THREADS": str(max(1, cpus // n))} if threads == "split" else {}
+                    # `ftqueue worker` splits the cores itself unless OMP_NUM_THREADS is set.
+                    env = {"OMP_NUM_THREADS": str(cpus)} if threads == "all" else {}
                     runs.append(measure(n, training, args.train_jobs_per_worker, work=work,
                                         seed_base=seed, timeout=1800, env=env))  # fmt: skip
                     print(f"  {n} worker(s), {threads} threads: {runs[-1].per_min:.2f} jobs/min",
