@@ -45,7 +45,8 @@ def time_submit(n: int) -> float:
 
 
 def latencies(n: int) -> list[float]:
-    from ftqueue.specs import DataSpec, LoraSpec
+    from ftqueue.kinds.lora import LoraSpec
+    from ftqueue.specs import DataSpec
     from ftqueue.submission import submit
 
     found = []
@@ -68,7 +69,8 @@ def latencies(n: int) -> list[float]:
 
 def first_steps(work: Path) -> tuple[float, float]:
     """Claim -> first training step, for a fresh worker's first job and its second job."""
-    from ftqueue.specs import DataSpec, LoraSpec
+    from ftqueue.kinds.lora import LoraSpec
+    from ftqueue.specs import DataSpec
     from ftqueue.submission import submit
 
     worker = WorkerProcess("cold", env=dict(os.environ), log_dir=work).start().wait_ready()

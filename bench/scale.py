@@ -42,8 +42,9 @@ from sqlalchemy import select
 
 from bench.common import drop_pg, flush_redis, scratch_pg, use
 from ftqueue import db
+from ftqueue.kinds.lora import LoraSpec
 from ftqueue.models import Job
-from ftqueue.specs import DataSpec, LoraSpec
+from ftqueue.specs import DataSpec
 from tests.procs import WorkerProcess, all_terminal, wait_for
 
 REDIS_SERVER = os.environ.get("FTQUEUE_TEST_REDIS", "redis://127.0.0.1:6379")

@@ -127,7 +127,7 @@ def baseline(model_path: str, data: Any, args: argparse.Namespace, out: Path) ->
 
 
 def ours(model: str, data_spec: Any, args: argparse.Namespace, out: Path) -> dict[str, float]:
-    from ftqueue.specs import LoraSpec
+    from ftqueue.kinds.lora import LoraSpec
     from ftqueue.training import run_lora
 
     spec = LoraSpec(model=model, data=data_spec, epochs=args.epochs, seed=args.seed)

@@ -12,15 +12,22 @@ from pathlib import Path
 from typing import Any
 
 from ftqueue.errors import AdapterError, FtqueueError
+from ftqueue.files import dir_mode
 
 STAGING_PREFIX = ".staging-"
 ASIDE_PREFIX = ".replaced-"
 
 
 def new_staging_dir(parent: Path, name: str) -> Path:
-    """Create and return a unique, empty ``.staging-<name>-*`` directory inside ``parent``."""
+    """Create and return a unique, empty ``.staging-<name>-*`` directory inside ``parent``.
+
+    mkdtemp makes it private; it gets the mode the umask allows instead, so that a shared
+    artifacts directory stays readable by the other users of it.
+    """
     parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{name}-", dir=parent))
+    staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{name}-", dir=parent))
+    staging.chmod(dir_mode())
+    return staging
 
 
 def _fsync_tree(root: Path) -> None:
@@ -112,7 +119,8 @@ def check_adapter_dir(path: Path) -> dict[str, Any]:
     """
     if not path.is_dir():
         raise AdapterError(
-            f"adapter directory {path} does not exist: give the id of a lora job that succeeded",
+            f"adapter directory {path} does not exist: give the id of a training job that "
+            "succeeded",
             param="--adapter-job",
         )
     pickles = sorted(p.name for p in path.rglob("*") if p.suffix.lower() in PICKLE_SUFFIXES)
@@ -127,34 +135,23 @@ def check_adapter_dir(path: Path) -> dict[str, Any]:
         if not (path / name).is_file():
             raise AdapterError(
                 f"adapter {path} is incomplete: {name} is missing (was it written by ftqueue "
-                "and published?); re-run the lora job",
+                "and published?); "
+                "re-run the job that trained it",
                 param="--adapter-job",
             )
     try:
         metadata = json.loads((path / ADAPTER_METADATA).read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise AdapterError(
-            f"adapter {path}: {ADAPTER_METADATA} is not valid JSON ({exc}); re-run the lora job",
+            f"adapter {path}: {ADAPTER_METADATA} is not valid JSON ({exc}); "
+            "re-run the job that trained it",
             param="--adapter-job",
         ) from None
     missing = [k for k in _METADATA_KEYS if not isinstance(metadata, dict) or k not in metadata]
     if missing:
         raise AdapterError(
-            f"adapter {path}: {ADAPTER_METADATA} lacks {', '.join(missing)}; re-run the lora job",
+            f"adapter {path}: {ADAPTER_METADATA} lacks {', '.join(missing)}; "
+            "re-run the job that trained it",
             param="--adapter-job",
         )
     return dict(metadata)
-
-
-def write_json_atomic(path: Path, payload: Any) -> None:
-    """Write JSON via a temporary sibling and a rename, so the file is whole or absent."""
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(payload, fh, indent=2, sort_keys=True)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -6,7 +6,8 @@ import json
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from ftqueue.celery_app import QUEUES, app
+from ftqueue import kinds
+from ftqueue.celery_app import app
 from ftqueue.errors import BrokerError, PublishError
 from ftqueue.models import Job
 from ftqueue.settings import get_settings
@@ -47,17 +48,17 @@ def check_broker() -> None:
 def publish(jobs: Sequence[Job]) -> list[int]:
     """Publish one message per job (carrying only its id); returns the ids published.
 
-    Stops at the first failure and raises PublishError naming how many were sent.
+    Stops at the first failure and raises PublishError naming how many were sent. Messages
+    go by task name, routed to the kind's queue; the tasks need not be imported here.
     """
-    from ftqueue.tasks import TASKS
-
     sent: list[int] = []
     try:
         with app.producer_or_acquire() as producer:
             for job in jobs:
                 # No time limits in the message: the worker's FTQUEUE_TIME_LIMIT governs, not
                 # whatever the submitting machine happens to have configured.
-                TASKS[job.kind].apply_async(
+                app.send_task(
+                    kinds.get(job.kind).task_name,
                     (job.id,),
                     task_id=job.task_id,
                     producer=producer,
@@ -84,8 +85,9 @@ def _message_task_id(raw: Any) -> str | None:
         return None
 
 
-def pending_task_ids(queues: Iterable[str] = QUEUES) -> set[str]:
+def pending_task_ids(queues: Iterable[str] | None = None) -> set[str]:
     """Task ids of every message waiting in a queue or delivered and not yet acknowledged."""
+    queues = kinds.queues() if queues is None else queues
     client = redis_client()
     keys = [
         q if pri == 0 else f"{q}{_PRIORITY_SEP}{pri}" for q in queues for pri in _PRIORITY_STEPS

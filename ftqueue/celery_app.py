@@ -7,17 +7,18 @@ from typing import Any
 from celery import Celery
 from kombu import Queue
 
+from ftqueue import kinds
 from ftqueue.settings import Settings, get_settings, on_reset
 
-#: One queue per kind of work, so evaluation can be given its own (smaller) workers.
-QUEUES = ("lora", "evaluate")
-TASK_ROUTES = {"ftqueue.lora": {"queue": "lora"}, "ftqueue.evaluate": {"queue": "evaluate"}}
-
-app = Celery("ftqueue", set_as_current=False, include=["ftqueue.tasks", "ftqueue.worker"])
+app = Celery("ftqueue", set_as_current=False, include=["ftqueue.tasks"])
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
-    """The Celery settings ftqueue relies on; see DESIGN.md "Decisions already taken"."""
+    """The Celery settings ftqueue relies on; see DESIGN.md "Decisions already taken".
+
+    One queue per kind of work (from the registry of kinds), so that evaluation can be given
+    its own, smaller workers.
+    """
     # Redis re-delivers an unacknowledged message after visibility_timeout; with late acks it
     # must exceed the longest a job may legally run, or a running job would be started twice.
     transport: dict[str, Any] = {"visibility_timeout": settings.visibility_timeout}
@@ -51,9 +52,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_cancel_long_running_tasks_on_connection_loss": True,
         "task_time_limit": settings.time_limit,
         "task_soft_time_limit": settings.soft_time_limit,
-        "task_queues": [Queue(name, routing_key=name) for name in QUEUES],
-        "task_default_queue": QUEUES[0],
-        "task_routes": TASK_ROUTES,
+        "task_queues": [Queue(name, routing_key=name) for name in kinds.queues()],
+        "task_default_queue": kinds.queues()[0],
+        "task_routes": {k.task_name: {"queue": k.queue} for k in kinds.all_kinds()},
         "task_always_eager": settings.eager,
         "task_eager_propagates": True,
         "worker_hijack_root_logger": False,

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from ftqueue.errors import DatasetError
+from ftqueue.errors import DatasetError, first_line
 from ftqueue.specs import DATASET_ALIASES, SPLITS, DataSpec
 
 # Hub dataset ids: `name` or `org/name` (no dots, so `notes.txt` is never mistaken for one).
@@ -165,9 +165,8 @@ def _read_table(path: Path) -> Any:
     except DatasetError:
         raise
     except Exception as exc:  # pandas/pyarrow raise many types for malformed files
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DatasetError(
-            f"cannot parse {path} as {suffix[1:]}: {first}", param="--dataset"
+            f"cannot parse {path} as {suffix[1:]}: {first_line(exc)}", param="--dataset"
         ) from None
 
 
@@ -228,10 +227,10 @@ def _hub(spec: DataSpec) -> tuple[dict[str, Split], list[str] | None]:
     try:
         loaded = datasets.load_dataset(spec.dataset)
     except (ConnectionError, OSError, FileNotFoundError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DatasetError(
             f"cannot load dataset {spec.dataset!r} from the Hugging Face hub (unreachable, or no "
-            f"such dataset: {first}): use a local .csv/.jsonl/.parquet file or movie-snippets",
+            f"such dataset: {first_line(exc)}): use a local .csv/.jsonl/.parquet file or "
+            "movie-snippets",
             param="--dataset",
         ) from None
     splits = {name: _to_split(loaded[name], f"{spec.dataset}[{name}]", spec) for name in loaded}

@@ -15,7 +15,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-from ftqueue.errors import DatabaseError
+from ftqueue.errors import DatabaseError, first_line
 from ftqueue.settings import get_settings
 
 SQLITE_BUSY_TIMEOUT_S = 60
@@ -136,7 +136,7 @@ def session_scope(*, write: bool = False, url: str | None = None) -> Iterator[Se
 
 
 def describe_operational_error(url: str, exc: BaseException) -> str:
-    detail = str(getattr(exc, "orig", exc)).strip().splitlines()[0] if str(exc) else ""
+    detail = first_line(getattr(exc, "orig", None) or exc)
     where = safe_url(url)
     if "no such table" in detail or ("does not exist" in detail and "relation" in detail):
         return f"the database at {where} is not migrated: run `ftqueue db upgrade`."

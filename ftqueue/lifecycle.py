@@ -1,4 +1,5 @@
-"""A job's life in SQL: queued -> running -> succeeded | failed | cancelled.
+"""A job's life in SQL: queued -> running -> succeeded | failed | cancelled; every write to
+a job row goes through here (reads are in store.py).
 
 Every transition is one conditional UPDATE (or one transaction holding the row), so two
 workers, a redelivered message, the reaper and `ftqueue cancel` can race without a job being
@@ -19,8 +20,10 @@ from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session
 
 from ftqueue.db import session_scope
+from ftqueue.kinds import registry as kinds
 from ftqueue.models import Job, JobEvent, JobTag, Result, utcnow
-from ftqueue.training.outcome import Measurement
+from ftqueue.outcome import Measurement, Progress
+from ftqueue.states import JobStatus, Phase
 
 log = logging.getLogger(__name__)
 
@@ -54,18 +57,6 @@ class Claim:
     output_dir: str | None = None
 
 
-@dataclass
-class ProgressState:
-    """The latest progress a running attempt reported, written out by its heartbeat."""
-
-    phase: str | None = None
-    epoch: int | None = None
-    step: int | None = None
-    total: int | None = None
-    loss: float | None = None
-    dirty: bool = field(default=False, repr=False)
-
-
 def _event(
     session: Session,
     job_id: int,
@@ -90,9 +81,10 @@ def create_jobs(session: Session, jobs: Iterable[NewJob], *, max_attempts: int) 
     rows = []
     now = utcnow()
     for new in jobs:
+        kinds.get(new.kind)  # the schema does not check kinds: the registry does
         job = Job(
             kind=new.kind,
-            status="queued",
+            status=JobStatus.QUEUED,
             spec=new.spec,
             spec_hash=new.spec_hash,
             model=new.model,
@@ -105,7 +97,7 @@ def create_jobs(session: Session, jobs: Iterable[NewJob], *, max_attempts: int) 
             created_at=now,
             queued_at=now,
             tags=[JobTag(tag=t) for t in dict.fromkeys(new.tags)],
-            events=[JobEvent(status="queued", attempt=0, detail="submitted", at=now)],
+            events=[JobEvent(status=JobStatus.QUEUED, attempt=0, detail="submitted", at=now)],
         )
         session.add(job)
         rows.append(job)
@@ -113,31 +105,13 @@ def create_jobs(session: Session, jobs: Iterable[NewJob], *, max_attempts: int) 
     return rows
 
 
-def find_same_spec(session: Session, spec_hashes: Iterable[str]) -> dict[str, Job]:
-    """For each spec hash, the best earlier job with it: succeeded first, else queued/running."""
-    hashes = list(set(spec_hashes))
-    found: dict[str, Job] = {}
-    rank = {"succeeded": 0, "running": 1, "queued": 2}
-    for start in range(0, len(hashes), 500):
-        chunk = hashes[start : start + 500]
-        query = (
-            select(Job)
-            .where(Job.spec_hash.in_(chunk), Job.status.in_(tuple(rank)))
-            .order_by(Job.id.desc())
-        )
-        for job in session.scalars(query):
-            best = found.get(job.spec_hash)
-            if best is None or rank[job.status] < rank[best.status]:
-                found[job.spec_hash] = job
-    return found
-
-
 def delete_unpublished(job_ids: Sequence[int]) -> None:
     """Withdraw rows whose messages could not be published, so nothing waits forever."""
     if not job_ids:
         return
     with session_scope(write=True) as session:
-        for job in session.scalars(select(Job).where(Job.id.in_(job_ids), Job.status == "queued")):
+        queued = select(Job).where(Job.id.in_(job_ids), Job.status == JobStatus.QUEUED)
+        for job in session.scalars(queued):
             session.delete(job)
 
 
@@ -151,24 +125,26 @@ def claim(
     """
     now = utcnow()
     lease = now + dt.timedelta(seconds=lease_seconds)
-    takeover = and_(Job.status == "running", or_(Job.lease_expires_at < now, Job.worker == worker))
+    takeover = and_(
+        Job.status == JobStatus.RUNNING, or_(Job.lease_expires_at < now, Job.worker == worker)
+    )
     with session_scope(write=True) as session:
         result = session.execute(
             update(Job)
             .where(
                 Job.id == job_id,
-                or_(Job.status == "queued", takeover),
+                or_(Job.status == JobStatus.QUEUED, takeover),
                 Job.attempts < Job.max_attempts,
                 Job.cancel_requested.is_(False),
             )
             .values(
-                status="running",
+                status=JobStatus.RUNNING,
                 attempts=Job.attempts + 1,
                 worker=worker,
                 started_at=now,
                 heartbeat_at=now,
                 lease_expires_at=lease,
-                progress_phase="starting",
+                progress_phase=Phase.STARTING,
                 progress_epoch=None,
                 progress_step=None,
                 progress_total=None,
@@ -182,7 +158,7 @@ def claim(
             job = session.get(Job, job_id, populate_existing=True)
             assert job is not None
             detail = f"task {task_id}" if task_id else None
-            _event(session, job_id, "running", job.attempts, worker, detail)
+            _event(session, job_id, JobStatus.RUNNING, job.attempts, worker, detail)
             return Claim(job_id, job.attempts, worker, job.kind, dict(job.spec), job.output_dir)
         job = session.get(Job, job_id)
         if job is None:
@@ -194,10 +170,10 @@ def claim(
 
 def _explain_no_claim(session: Session, job: Job, worker: str, now: dt.datetime) -> None:
     """Settle the cases a claim refused that must not stay as they are."""
-    if job.status == "queued" and job.cancel_requested:
+    if job.status == JobStatus.QUEUED and job.cancel_requested:
         _finish_cancelled(session, job, worker, "cancelled before it started")
-    elif job.status in ("queued", "running") and job.attempts >= job.max_attempts:
-        expired = job.status == "queued" or (
+    elif JobStatus(job.status).pending and job.attempts >= job.max_attempts:
+        expired = job.status == JobStatus.QUEUED or (
             job.lease_expires_at is not None and job.lease_expires_at < now
         )
         if expired:
@@ -218,7 +194,9 @@ def _explain_no_claim(session: Session, job: Job, worker: str, now: dt.datetime)
         )
 
 
-def _end(session: Session, job: Job, status: str, worker: str | None, detail: str | None) -> None:
+def _end(
+    session: Session, job: Job, status: JobStatus, worker: str | None, detail: str | None
+) -> None:
     """Move a job to a terminal status (the one place that does)."""
     job.status = status
     job.finished_at = utcnow()
@@ -231,32 +209,36 @@ def _fail_row(
 ) -> None:
     job.error_type = error_type
     job.error_message = message
-    _end(session, job, "failed", worker, f"{error_type}: {message}")
+    _end(session, job, JobStatus.FAILED, worker, f"{error_type}: {message}")
 
 
 def _finish_cancelled(session: Session, job: Job, worker: str | None, detail: str) -> None:
     job.cancel_requested = True
     job.adapter_path = None
-    _end(session, job, "cancelled", worker, detail)
+    _end(session, job, JobStatus.CANCELLED, worker, detail)
 
 
 def _owned(session: Session, claim: Claim) -> Job | None:
     """The job row, locked, if this attempt still holds it."""
     return session.scalars(
         select(Job)
-        .where(Job.id == claim.job_id, Job.attempts == claim.attempt, Job.status == "running")
+        .where(
+            Job.id == claim.job_id,
+            Job.attempts == claim.attempt,
+            Job.status == JobStatus.RUNNING,
+        )
         .with_for_update()
     ).one_or_none()
 
 
-def heartbeat(claim: Claim, progress: ProgressState, *, lease_seconds: int) -> tuple[bool, bool]:
-    """Renew the lease and store progress; returns (still owned, cancel requested)."""
+def heartbeat(claim: Claim, progress: Progress | None, *, lease_seconds: int) -> tuple[bool, bool]:
+    """Renew the lease and store progress (None: unchanged); returns (owned, cancel requested)."""
     now = utcnow()
     values: dict[str, Any] = {
         "heartbeat_at": now,
         "lease_expires_at": now + dt.timedelta(seconds=lease_seconds),
     }
-    if progress.dirty:
+    if progress is not None:
         values.update(
             progress_phase=progress.phase,
             progress_epoch=progress.epoch,
@@ -267,14 +249,17 @@ def heartbeat(claim: Claim, progress: ProgressState, *, lease_seconds: int) -> t
     with session_scope(write=True) as session:
         cancel = session.execute(
             update(Job)
-            .where(Job.id == claim.job_id, Job.attempts == claim.attempt, Job.status == "running")
+            .where(
+                Job.id == claim.job_id,
+                Job.attempts == claim.attempt,
+                Job.status == JobStatus.RUNNING,
+            )
             .values(**values)
             .returning(Job.cancel_requested)
             .execution_options(synchronize_session=False)
         ).scalar_one_or_none()
     if cancel is None:
         return False, False
-    progress.dirty = False
     return True, bool(cancel)
 
 
@@ -287,8 +272,8 @@ def record_success(
 ) -> bool:
     """Record results and mark the job succeeded, if this attempt still holds it.
 
-    ``publish`` moves the adapter into place and returns its path; it runs inside the
-    transaction, after the ownership check, so a superseded attempt never touches the adapter.
+    ``publish`` moves the job's directory into place and returns its path; it runs inside the
+    transaction, after the ownership check, so a superseded attempt never touches it.
     Returns False (and writes nothing) when another attempt or a cancel got there first.
     """
     with session_scope(write=True) as session:
@@ -315,14 +300,14 @@ def record_success(
         session.flush()  # a duplicate measurement fails here, before the adapter moves
         if publish is not None:
             job.adapter_path = publish()
-        job.progress_phase = "done"
+        job.progress_phase = Phase.DONE
         job.stats = stats
         job.train_seconds = stats.get("train_seconds")
         job.samples_per_second = stats.get("samples_per_second")
         job.peak_memory_mb = stats.get("peak_cuda_mb") or stats.get("peak_rss_mb")
         job.trainable_params = stats.get("trainable_params")
         job.total_params = stats.get("total_params")
-        _end(session, job, "succeeded", claim.worker, None)
+        _end(session, job, JobStatus.SUCCEEDED, claim.worker, None)
         return True
 
 
@@ -350,7 +335,7 @@ def fail_running(job_id: int, *, worker: str, error_type: str, message: str) -> 
     with session_scope(write=True) as session:
         job = session.scalars(
             select(Job)
-            .where(Job.id == job_id, Job.status == "running", Job.worker == worker)
+            .where(Job.id == job_id, Job.status == JobStatus.RUNNING, Job.worker == worker)
             .with_for_update()
         ).one_or_none()
         if job is None:
@@ -373,11 +358,13 @@ def cancel(job_ids: Sequence[int]) -> list[CancelOutcome]:
         jobs = session.scalars(select(Job).where(Job.id.in_(job_ids)).with_for_update()).all()
         for job in sorted(jobs, key=lambda j: j.id):
             before = job.status
-            if job.status == "queued":
+            if job.status == JobStatus.QUEUED:
                 _finish_cancelled(session, job, None, "cancelled while queued")
-            elif job.status == "running" and not job.cancel_requested:
+            elif job.status == JobStatus.RUNNING and not job.cancel_requested:
                 job.cancel_requested = True
-                _event(session, job.id, "running", job.attempts, job.worker, "cancel requested")
+                _event(
+                    session, job.id, JobStatus.RUNNING, job.attempts, job.worker, "cancel requested"
+                )
             outcomes.append(CancelOutcome(job.id, before, job.status))
     return outcomes
 
@@ -398,7 +385,7 @@ def reap_expired(*, now: dt.datetime | None = None) -> ReapReport:
     with session_scope(write=True) as session:
         expired = session.scalars(
             select(Job)
-            .where(Job.status == "running", Job.lease_expires_at < now)
+            .where(Job.status == JobStatus.RUNNING, Job.lease_expires_at < now)
             .with_for_update(skip_locked=True)
         ).all()
         for job in expired:
@@ -415,12 +402,12 @@ def reap_expired(*, now: dt.datetime | None = None) -> ReapReport:
                 )
                 report.failed.append(job.id)
             else:
-                job.status = "queued"
+                job.status = JobStatus.QUEUED
                 job.queued_at = now
                 job.task_id = new_task_id()
                 job.lease_expires_at = None
                 job.progress_phase = None
-                _event(session, job.id, "queued", job.attempts, None, f"re-queued: {lost}")
+                _event(session, job.id, JobStatus.QUEUED, job.attempts, None, f"re-queued: {lost}")
                 report.requeued.append(job)
     return report
 
@@ -430,18 +417,24 @@ def queued_without_message(pending_task_ids: set[str], *, older_than: dt.datetim
     with session_scope(write=True) as session:
         # Many jobs may wait legitimately: compare task ids first, load only the lost rows.
         waiting = session.execute(
-            select(Job.id, Job.task_id).where(Job.status == "queued", Job.queued_at < older_than)
+            select(Job.id, Job.task_id).where(
+                Job.status == JobStatus.QUEUED, Job.queued_at < older_than
+            )
         ).all()
         lost_ids = [job_id for job_id, task_id in waiting if task_id not in pending_task_ids]
         if not lost_ids:
             return []
         lost = list(
             session.scalars(
-                select(Job).where(Job.id.in_(lost_ids), Job.status == "queued").with_for_update()
+                select(Job)
+                .where(Job.id.in_(lost_ids), Job.status == JobStatus.QUEUED)
+                .with_for_update()
             )
         )
         for job in lost:
             job.task_id = new_task_id()
             job.queued_at = utcnow()
-            _event(session, job.id, "queued", job.attempts, None, "re-published: message lost")
+            _event(
+                session, job.id, JobStatus.QUEUED, job.attempts, None, "re-published: message lost"
+            )
         return lost

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
-import json
 from typing import Any
 
 from sqlalchemy import (
@@ -26,9 +24,8 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
-JOB_KINDS = ("evaluate", "lora")
-JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
-TERMINAL_STATUSES = ("succeeded", "failed", "cancelled")
+from ftqueue.specs import config_hash
+from ftqueue.states import STATUSES, JobStatus
 
 # Stable constraint names keep migrations identical on SQLite and PostgreSQL.
 NAMING = {
@@ -41,24 +38,11 @@ NAMING = {
 
 
 def _in(column: str, values: tuple[str, ...]) -> str:
-    return f"{column} IN ({', '.join(repr(v) for v in values)})"
+    return f"{column} IN ({', '.join(repr(str(v)) for v in values)})"
 
 
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
-
-
-#: Spec keys that do not make a different configuration: repeats differ only in their seed,
-#: and an evaluation's split is where it was measured, not what was run.
-NOT_CONFIG = ("seed", "split")
-
-
-def config_hash(spec: dict[str, Any]) -> str:
-    """sha256 of a spec without seed and split: jobs that share it are repeats of one setup."""
-    kept = {k: v for k, v in spec.items() if k not in NOT_CONFIG}
-    return hashlib.sha256(
-        json.dumps(kept, sort_keys=True, separators=(",", ":")).encode()
-    ).hexdigest()
 
 
 def _config_hash_default(context: Any) -> str:
@@ -93,12 +77,15 @@ class Base(DeclarativeBase):
 
 
 class Job(Base):
-    """One evaluate or LoRA run: its spec, where it is in its life, and what it cost."""
+    """One job of any kind: its spec, where it is in its life, and what it cost.
+
+    ``kind`` is checked against the registry of kinds (ftqueue.kinds) when a job is created,
+    not by the schema, so that adding a kind needs no migration.
+    """
 
     __tablename__ = "jobs"
     __table_args__ = (
-        CheckConstraint(_in("kind", JOB_KINDS), name="kind"),
-        CheckConstraint(_in("status", JOB_STATUSES), name="status"),
+        CheckConstraint(_in("status", STATUSES), name="status"),
         Index("ix_jobs_status_created_at", "status", "created_at"),
         Index("ix_jobs_model_dataset_kind", "model", "dataset", "kind"),
         Index("ix_jobs_spec_hash_status", "spec_hash", "status"),
@@ -108,7 +95,9 @@ class Job(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     kind: Mapped[str] = mapped_column(String(16))
-    status: Mapped[str] = mapped_column(String(16), default="queued", server_default="queued")
+    status: Mapped[str] = mapped_column(
+        String(16), default=JobStatus.QUEUED.value, server_default=JobStatus.QUEUED.value
+    )
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)
     spec_hash: Mapped[str] = mapped_column(String(64))
     #: Groups repeats (seeds) of one configuration in reports without parsing JSON in SQL.
@@ -133,7 +122,7 @@ class Job(Base):
     error_type: Mapped[str | None] = mapped_column(String(128))
     error_message: Mapped[str | None] = mapped_column(Text)
     adapter_path: Mapped[str | None] = mapped_column(Text)
-    #: Where under the artifacts directory the adapter is published (as <dir>/job-<id>).
+    #: Where under the artifacts directory the job's files are published (as <dir>/job-<id>).
     output_dir: Mapped[str | None] = mapped_column(String(512))
 
     # What the run cost, as columns so reports can sort and average them in SQL.

@@ -6,8 +6,6 @@ from pathlib import Path, PurePosixPath
 
 from ftqueue.errors import SpecError
 
-DEFAULT_OUTPUT_DIR = "adapters"
-
 
 def check_output_dir(value: str, artifacts_dir: Path, *, flag: str = "--output-dir") -> str:
     """A directory under ``artifacts_dir``, as a relative POSIX path; SpecError otherwise.
@@ -48,7 +46,11 @@ def check_output_dir(value: str, artifacts_dir: Path, *, flag: str = "--output-d
     return relative.as_posix()
 
 
-def adapter_dir(artifacts_dir: Path, job_id: int, output_dir: str | None) -> Path:
-    """The published adapter directory of a job, re-checked against symlinks made since submit."""
-    relative = check_output_dir(output_dir or DEFAULT_OUTPUT_DIR, artifacts_dir)
+def job_dir(artifacts_dir: Path, job_id: int, output_dir: str | None, default: str) -> Path:
+    """The published directory of a job, re-checked against symlinks made since submit.
+
+    ``default`` is the job kind's own directory (``adapters``, ``predictions``), used when the
+    job was submitted without ``--output-dir``.
+    """
+    relative = check_output_dir(output_dir or default, artifacts_dir)
     return artifacts_dir / relative / f"job-{job_id}"

@@ -1,4 +1,11 @@
-"""Job specs: frozen, validated descriptions of a LoRA or evaluate job (torch-free)."""
+"""Job specs: frozen dataclasses whose fields declare their own checks (torch-free).
+
+A field made with ``param(...)`` carries a ``Param``: its range or choices, its help text,
+whether the command line expands a comma list of it into a grid, and whether reports treat it
+as a hyper-parameter. The spec checks every such field on construction, the CLI builds its
+flags from the same ``Param`` (cli/options.py), and reports read the hyper-parameter list from
+it, so a range is written once. Each job kind's spec lives in its module under ``kinds/``.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +16,7 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar, Literal, Self
 
 from ftqueue.errors import ModelError, SpecError
 
@@ -19,6 +26,9 @@ SPLITS = ("train", "validation", "test")
 POOLINGS = ("mean", "cls", "pooler")
 BIASES = ("none", "all", "lora_only")
 MAX_LENGTH_CAP = 8192
+#: Spec keys that do not make a different configuration: repeats differ only in their seed,
+#: and an evaluation's split is where it was measured, not what was run.
+NOT_CONFIG = ("seed", "split")
 _MODULE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*$")
 # Hub ids: `name` or `org/name`, letters, digits, `-_.`, no `--` or `..` (the hub's own rules).
 _HUB_ID = re.compile(r"^(?!.*(--|\.\.))([A-Za-z0-9][\w.-]{0,95}/)?[A-Za-z0-9][\w.-]{0,95}$")
@@ -27,6 +37,102 @@ _HUB_ID = re.compile(r"^(?!.*(--|\.\.))([A-Za-z0-9][\w.-]{0,95}/)?[A-Za-z0-9][\w
 def flag(name: str) -> str:
     """The CLI flag for a spec field (``batch_size`` -> ``--batch-size``)."""
     return "--" + name.replace("_", "-")
+
+
+def canonical_json(payload: Any) -> str:
+    """Sorted-key compact JSON: equal values give equal text, and so equal hashes."""
+    return json.dumps(payload, sort_keys=True, separators=(",", ":"))
+
+
+def digest(payload: Any) -> str:
+    """sha256 of the canonical JSON of ``payload``."""
+    return hashlib.sha256(canonical_json(payload).encode()).hexdigest()
+
+
+def config_hash(spec: dict[str, Any]) -> str:
+    """sha256 of a spec without seed and split: jobs that share it are repeats of one setup."""
+    return digest({k: v for k, v in spec.items() if k not in NOT_CONFIG})
+
+
+ParamKind = Literal["int", "float", "choice", "modules", "text"]
+
+
+@dataclass(frozen=True)
+class Param:
+    """How one spec field is checked, offered as a flag, and shown in reports."""
+
+    kind: ParamKind
+    help: str
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False
+    hi_open: bool = False
+    choices: tuple[str, ...] = ()
+    #: None is allowed (it means "decided later", e.g. per device).
+    optional: bool = False
+    #: What the help text says the default is, where the field's own default does not say it.
+    default_text: str | None = None
+    #: A comma list on the command line expands into one job per value.
+    grid: bool = False
+    #: A hyper-parameter: a column of reports, usable in --where and --group-by.
+    hyper: bool = False
+    #: Offered as a flag of `ftqueue submit` (the kind's command may add its own instead).
+    cli: bool = True
+
+    def range_text(self) -> str:
+        """The allowed values the way the messages write them: ``1..1024``, ``(0, 1]``."""
+        if self.kind == "int":
+            lo = int(self.lo or 0)
+            return f"{lo}..{int(self.hi)}" if self.hi is not None else f"{lo} or more"
+        if self.kind == "float":
+            left, right = "(" if self.lo_open else "[", ")" if self.hi_open else "]"
+            return f"{left}{self.lo:g}, {self.hi:g}{right}"
+        if self.kind == "choice":
+            return ", ".join(self.choices)
+        return ""
+
+    def check(self, name: str, value: Any) -> Any:
+        """The normalised value (3.0 -> 3, " x " -> "x", list -> tuple), or SpecError."""
+        if value is None and self.optional:
+            return None
+        if self.kind == "int":
+            return _int(name, value, int(self.lo or 0), None if self.hi is None else int(self.hi))
+        if self.kind == "float":
+            assert self.lo is not None and self.hi is not None
+            return _float(name, value, self.lo, self.hi, lo_open=self.lo_open, hi_open=self.hi_open)
+        if self.kind == "choice":
+            if value not in self.choices:
+                raise SpecError(
+                    f"{flag(name)} must be one of {self.range_text()}; got {value!r}",
+                    param=flag(name),
+                )
+            return str(value)
+        if self.kind == "modules":
+            return _modules(value)
+        return _text(name, value)
+
+
+def param(default: Any, kind: ParamKind, help: str, **options: Any) -> Any:
+    """A spec field with its ``Param`` (see there for the options)."""
+    return dataclasses.field(default=default, metadata={"param": Param(kind, help, **options)})
+
+
+def required(kind: ParamKind, help: str, **options: Any) -> Any:
+    """A spec field without a default."""
+    return dataclasses.field(metadata={"param": Param(kind, help, **options)})
+
+
+def field_param(cls: type, name: str) -> Param | None:
+    for f in dataclasses.fields(cls):
+        if f.name == name:
+            found = f.metadata.get("param")
+            return found if isinstance(found, Param) else None
+    return None
+
+
+def spec_params(cls: type) -> list[tuple[dataclasses.Field[Any], Param]]:
+    """The fields of a spec class that carry a ``Param``, in declaration order."""
+    return [(f, f.metadata["param"]) for f in dataclasses.fields(cls) if "param" in f.metadata]
 
 
 def _int(name: str, value: Any, lo: int, hi: int | None = None) -> int:
@@ -57,24 +163,43 @@ def _float(name: str, value: Any, lo: float, hi: float, *, lo_open: bool, hi_ope
     return number
 
 
-def _choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
-    if value not in choices:
-        raise SpecError(
-            f"{flag(name)} must be one of {', '.join(choices)}; got {value!r}", param=flag(name)
-        )
-    return str(value)
-
-
 def _text(name: str, value: Any) -> str:
     if not isinstance(value, str) or not value.strip():
         raise SpecError(f"{flag(name)} must be a non-empty string; got {value!r}", param=flag(name))
     return value.strip()
 
 
-class _Spec:
-    """Shared dict/JSON/hash behaviour of the spec dataclasses."""
+def _modules(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [v.strip() for v in value.split(",")]
+    ok = isinstance(value, (list, tuple)) and value and all(isinstance(v, str) for v in value)
+    bad = [v for v in value if not _MODULE_NAME.match(v)] if ok else []
+    if not ok or bad or len(set(value)) != len(value):
+        raise SpecError(
+            "--target-modules must be one or more distinct module names such as "
+            f"query,key,value,dense; got {value!r}",
+            param="--target-modules",
+        )
+    return tuple(value)
+
+
+class Spec:
+    """Shared behaviour of the spec dataclasses: checks, dict/JSON round trips, hashing.
+
+    Subclasses are frozen keyword-only dataclasses; ``kind`` names the job kind they describe
+    (empty for nested specs such as ``DataSpec``). ``_after_check`` adds rules that tie
+    several fields together.
+    """
 
     kind: ClassVar[str] = ""
+
+    def __post_init__(self) -> None:
+        for f, p in spec_params(type(self)):
+            self._set(f.name, p.check(f.name, getattr(self, f.name)))
+        self._after_check()
+
+    def _after_check(self) -> None:
+        """Rules across fields; the single-field checks have run."""
 
     def _set(self, name: str, value: Any) -> None:
         # Normalising (str -> stripped, list -> tuple, 3.0 -> 3) keeps equal specs hash-equal.
@@ -85,7 +210,7 @@ class _Spec:
         out: dict[str, Any] = {}
         for f in dataclasses.fields(self):  # type: ignore[arg-type]
             value = getattr(self, f.name)
-            if isinstance(value, _Spec):
+            if isinstance(value, Spec):
                 value = value.to_dict()
             elif isinstance(value, tuple):
                 value = list(value)
@@ -114,9 +239,7 @@ class _Spec:
 
     def canonical_json(self) -> str:
         """Sorted-key compact JSON with the kind included, the input of ``spec_hash``."""
-        return json.dumps(
-            {"kind": self.kind, **self.to_dict()}, sort_keys=True, separators=(",", ":")
-        )
+        return canonical_json({"kind": self.kind, **self.to_dict()})
 
     def spec_hash(self) -> str:
         """sha256 of the canonical JSON; equal specs (after normalising) hash equal."""
@@ -124,28 +247,31 @@ class _Spec:
 
 
 @dataclass(frozen=True, kw_only=True)
-class DataSpec(_Spec):
+class DataSpec(Spec):
     """Where the labelled text comes from and which deterministic subset of it to use.
 
     The column names apply to files and hub sets; the movie-snippets alias has fixed columns.
     """
 
-    dataset: str
-    text_column: str = "text"
-    label_column: str = "label"
-    split_seed: int = 0
+    dataset: str = required(
+        "text",
+        "movie-snippets (offline), a hub id (rotten_tomatoes), a .csv/.jsonl/.parquet file, "
+        "or train=a.csv,validation=b.csv,test=c.csv.",
+    )
+    text_column: str = param("text", "text", "Column holding the text.")
+    label_column: str = param("label", "text", "Integer labels 0..N-1.")
+    split_seed: int = param(
+        0, "int", "Seed of the deterministic split of files without named splits.", hi=2**32 - 1
+    )
     #: Deterministic subsets (first rows after the seeded shuffle), for quick runs and tests.
-    train_samples: int | None = None
-    eval_samples: int | None = None
+    train_samples: int | None = param(
+        None, "int", "Use only this many training rows.", lo=2, hi=10**9, optional=True
+    )
+    eval_samples: int | None = param(
+        None, "int", "Use only this many validation and test rows.", lo=2, hi=10**9, optional=True
+    )
 
-    def __post_init__(self) -> None:
-        self._set("dataset", _text("dataset", self.dataset))
-        self._set("text_column", _text("text_column", self.text_column))
-        self._set("label_column", _text("label_column", self.label_column))
-        self._set("split_seed", _int("split_seed", self.split_seed, 0, 2**32 - 1))
-        for name in ("train_samples", "eval_samples"):
-            if getattr(self, name) is not None:
-                self._set(name, _int(name, getattr(self, name), 2, 10**9))
+    def _after_check(self) -> None:
         if "=" in self.dataset:
             self.named_splits()  # validates the syntax now, at submit time
 
@@ -172,147 +298,24 @@ class DataSpec(_Spec):
         return splits
 
 
-def _data(value: Any) -> DataSpec:
-    if isinstance(value, dict):
-        return DataSpec.from_dict(value)
-    if not isinstance(value, DataSpec):
-        raise SpecError(f"data must be a DataSpec; got {type(value).__name__}", param="--dataset")
-    return value
-
-
-def _common(spec: Any) -> None:
-    """Checks shared by both job kinds (model, data, batch sizes, length, seed)."""
-    spec._set("model", _text("model", spec.model))
-    spec._set("data", _data(spec.data))
-    spec._set("batch_size", _int("batch_size", spec.batch_size, 1, 8192))
-    if spec.eval_batch_size is not None:
-        spec._set("eval_batch_size", _int("eval_batch_size", spec.eval_batch_size, 1, 8192))
-    spec._set("max_length", _int("max_length", spec.max_length, 8, MAX_LENGTH_CAP))
-    spec._set("seed", _int("seed", spec.seed, 0, 2**32 - 1))
-    spec._set("head_lr", _float("head_lr", spec.head_lr, 0, 1, lo_open=True, hi_open=False))
-
-
-@dataclass(frozen=True, kw_only=True)
-class LoraSpec(_Spec):
-    """A LoRA fine-tuning job; the defaults are tuned for small encoders on sentence polarity.
-
-    The original script is ``r=32, alpha=4, dropout=0.01, target_modules=("query", "key",
-    "value"), model_dropout=None, pooling="pooler", batch_size=16, warmup_ratio=0``.
-    """
-
-    kind: ClassVar[str] = "lora"
+class ModelSpec(Spec):
+    """A spec of a job that runs a model on a dataset: ``model`` and ``data`` are checked."""
 
     model: str
     data: DataSpec
-    r: int = 16
-    alpha: float = 32.0
-    #: LoRA dropout. Zero by default: dropout masks cost about a third of a CPU step here, and
-    #: neither it nor ``model_dropout`` improved accuracy on movie-snippets.
-    dropout: float = 0.0
-    target_modules: tuple[str, ...] = ("query", "key", "value", "dense")
-    bias: str = "none"
-    #: Dropout inside the pretrained body while training; None keeps its own (BERT: 0.1).
-    model_dropout: float | None = 0.0
-    #: How a sentence vector is formed: mean of token states, first token, or the model's pooler.
-    pooling: str = "mean"
-    lr: float = 1e-3
-    #: The classification head starts from scratch, so it learns faster than the adapter.
-    head_lr: float = 3e-3
-    epochs: int = 2
-    batch_size: int = 32
-    #: None picks per device: 64 on a CPU (bigger batches run slower there), 512 on a GPU.
-    eval_batch_size: int | None = None
-    max_length: int = 128
-    warmup_ratio: float = 0.06
-    weight_decay: float = 0.01
-    seed: int = 0
+    max_length: int
+    #: None: decided per device where the job runs.
+    eval_batch_size: int | None
 
     def __post_init__(self) -> None:
-        _common(self)
-        self._set("r", _int("r", self.r, 1, 1024))
-        self._set("alpha", _float("alpha", self.alpha, 0, 1e6, lo_open=True, hi_open=False))
-        self._set("dropout", _float("dropout", self.dropout, 0, 1, lo_open=False, hi_open=True))
-        if self.model_dropout is not None:
-            body_dropout = _float(
-                "model_dropout", self.model_dropout, 0, 1, lo_open=False, hi_open=True
-            )
-            self._set("model_dropout", body_dropout)
-        self._set("target_modules", _modules(self.target_modules))
-        self._set("bias", _choice("bias", self.bias, BIASES))
-        self._set("pooling", _choice("pooling", self.pooling, POOLINGS))
-        self._set("lr", _float("lr", self.lr, 0, 1, lo_open=True, hi_open=False))
-        self._set("epochs", _int("epochs", self.epochs, 1, 1000))
-        warmup = _float("warmup_ratio", self.warmup_ratio, 0, 1, lo_open=False, hi_open=True)
-        self._set("warmup_ratio", warmup)
-        decay = _float("weight_decay", self.weight_decay, 0, 1, lo_open=False, hi_open=False)
-        self._set("weight_decay", decay)
-
-
-def _modules(value: Any) -> tuple[str, ...]:
-    if isinstance(value, str):
-        value = [v.strip() for v in value.split(",")]
-    ok = isinstance(value, (list, tuple)) and value and all(isinstance(v, str) for v in value)
-    bad = [v for v in value if not _MODULE_NAME.match(v)] if ok else []
-    if not ok or bad or len(set(value)) != len(value):
-        raise SpecError(
-            "--target-modules must be one or more distinct module names such as "
-            f"query,key,value,dense; got {value!r}",
-            param="--target-modules",
-        )
-    return tuple(value)
-
-
-@dataclass(frozen=True, kw_only=True)
-class EvaluateSpec(_Spec):
-    """Evaluate a model on a split: a bare model after training its head, or a LoRA adapter.
-
-    ``head_epochs`` and ``pooling`` default to None, resolved on construction: a bare model
-    gets 1 head epoch and mean pooling; an adapter brings its own head and pooling, so it gets
-    0 head epochs and keeps ``pooling`` None unless given (then it must match the adapter).
-    """
-
-    kind: ClassVar[str] = "evaluate"
-
-    model: str
-    data: DataSpec
-    split: str = "test"
-    head_epochs: int | None = None
-    pooling: str | None = None
-    head_lr: float = 3e-3
-    batch_size: int = 32
-    #: None picks per device: 64 on a CPU (bigger batches run slower there), 512 on a GPU.
-    eval_batch_size: int | None = None
-    max_length: int = 128
-    seed: int = 0
-    adapter_job: int | None = None
-
-    def __post_init__(self) -> None:
-        _common(self)
-        self._set("split", _choice("split", self.split, SPLITS))
-        if self.pooling is not None:
-            self._set("pooling", _choice("pooling", self.pooling, POOLINGS))
-        if self.adapter_job is not None:
-            self._set("adapter_job", _int("adapter_job", self.adapter_job, 1))
-            if self.head_epochs not in (None, 0):
-                raise SpecError(
-                    "--head-epochs trains a head on a bare model, but an adapter brings its own "
-                    "trained head: leave --head-epochs out with --adapter-job; "
-                    f"got {self.head_epochs!r}",
-                    param="--head-epochs",
-                )
-            self._set("head_epochs", 0)
-            return
-        if self.head_epochs is None:
-            self._set("head_epochs", 1)
-        elif self.head_epochs == 0:
+        self._set("model", _text("model", self.model))
+        if isinstance(self.data, dict):
+            self._set("data", DataSpec.from_dict(self.data))
+        elif not isinstance(self.data, DataSpec):
             raise SpecError(
-                "--head-epochs 0 is only allowed with --adapter-job: a bare model's head is "
-                "untrained, so use 1..1000",
-                param="--head-epochs",
+                f"data must be a DataSpec; got {type(self.data).__name__}", param="--dataset"
             )
-        self._set("head_epochs", _int("head_epochs", self.head_epochs, 1, 1000))
-        if self.pooling is None:
-            self._set("pooling", "mean")
+        super().__post_init__()
 
 
 def resolve_model(model: str) -> str:
@@ -358,7 +361,7 @@ def model_max_length(resolved: str) -> int | None:
     return value if isinstance(value, int) and value > 0 else None
 
 
-def validate_against_model(spec: LoraSpec | EvaluateSpec) -> str:
+def validate_against_model(spec: ModelSpec) -> str:
     """Resolve the spec's model and check ``max_length`` against it; returns the resolved model."""
     resolved = resolve_model(spec.model)
     limit = model_max_length(resolved)
@@ -371,10 +374,34 @@ def validate_against_model(spec: LoraSpec | EvaluateSpec) -> str:
     return resolved
 
 
+# Fields several kinds share, each declared once.
+def max_length_field() -> Any:
+    return param(
+        128, "int", "Tokens kept per text.", lo=8, hi=MAX_LENGTH_CAP, grid=True, hyper=True
+    )
+
+
+def eval_batch_size_field() -> Any:
+    return param(
+        None,
+        "int",
+        "Evaluation batch size.",
+        lo=1,
+        hi=8192,
+        optional=True,
+        default_text="64 on CPU, 512 on GPU",
+    )
+
+
+def seed_field(help: str = "Random seed; 0..4 runs five seeds.") -> Any:
+    return param(0, "int", help, hi=2**32 - 1, grid=True, hyper=True)
+
+
 __all__ = [
     "DataSpec",
-    "EvaluateSpec",
-    "LoraSpec",
+    "ModelSpec",
+    "Param",
+    "Spec",
     "flag",
     "resolve_model",
     "validate_against_model",

@@ -1,15 +1,26 @@
-"""Reading jobs: small keyword-only functions over a session, shared by CLI, worker and report."""
+"""Reading jobs: every query that reads job rows lives here (writes are in lifecycle.py).
+
+Small keyword-only functions over a session, shared by the CLI, the worker, the reaper and
+the kinds; and the one JSON form of a job that every `--json` prints.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import datetime as dt
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
-from ftqueue.errors import FilterError, JobNotFound
-from ftqueue.models import JOB_KINDS, JOB_STATUSES, Job, JobTag
+from ftqueue import db
+from ftqueue.errors import AdapterError, FilterError, JobNotFound
+from ftqueue.kinds import registry as kinds
+from ftqueue.models import Job, JobTag, Result
+from ftqueue.outcome import Progress
+from ftqueue.states import STATUSES, JobStatus
 
 
 def get_job(session: Session, job_id: int, *, with_results: bool = False) -> Job:
@@ -27,7 +38,7 @@ def list_jobs(
     session: Session,
     *,
     statuses: Sequence[str] = (),
-    kinds: Sequence[str] = (),
+    job_kinds: Sequence[str] = (),
     sweep: str | None = None,
     tags: Sequence[str] = (),
     model: str | None = None,
@@ -36,21 +47,18 @@ def list_jobs(
 ) -> list[Job]:
     """Jobs matching every filter given, newest first."""
     for status in statuses:
-        if status not in JOB_STATUSES:
+        if status not in STATUSES:
             raise FilterError(
-                f"unknown status {status!r}: use one of {', '.join(JOB_STATUSES)}.",
+                f"unknown status {status!r}: use one of {', '.join(STATUSES)}.",
                 param="--status",
             )
-    for kind in kinds:
-        if kind not in JOB_KINDS:
-            raise FilterError(
-                f"unknown kind {kind!r}: use one of {', '.join(JOB_KINDS)}.", param="--kind"
-            )
+    for kind in job_kinds:
+        kinds.get(kind)
     query = select(Job).order_by(Job.id.desc())
     if statuses:
         query = query.where(Job.status.in_(statuses))
-    if kinds:
-        query = query.where(Job.kind.in_(kinds))
+    if job_kinds:
+        query = query.where(Job.kind.in_(job_kinds))
     if sweep:
         query = query.where(Job.sweep_id == sweep)
     if model:
@@ -64,9 +72,144 @@ def list_jobs(
     return list(session.scalars(query))
 
 
-def job_summary(job: Job) -> dict[str, Any]:
-    """A JSON-safe dict of a job's columns, for `--json` output."""
+#: Which earlier job stands for a spec submitted again: a success, else one still pending.
+_SAME_SPEC_RANK = {JobStatus.SUCCEEDED: 0, JobStatus.RUNNING: 1, JobStatus.QUEUED: 2}
+
+
+def find_same_spec(session: Session, spec_hashes: Iterable[str]) -> dict[str, Job]:
+    """For each spec hash, the best earlier job with it: succeeded first, else queued/running."""
+    hashes = list(set(spec_hashes))
+    found: dict[str, Job] = {}
+    rank = _SAME_SPEC_RANK
+    for start in range(0, len(hashes), 500):
+        chunk = hashes[start : start + 500]
+        query = (
+            select(Job)
+            .where(Job.spec_hash.in_(chunk), Job.status.in_(tuple(rank)))
+            .order_by(Job.id.desc())
+        )
+        for job in session.scalars(query):
+            best = found.get(job.spec_hash)
+            if best is None or rank[JobStatus(job.status)] < rank[JobStatus(best.status)]:
+                found[job.spec_hash] = job
+    return found
+
+
+@dataclass(frozen=True)
+class JobState:
+    """What following a job needs: its status, attempts, worker, progress and error."""
+
+    id: int
+    kind: str
+    status: JobStatus
+    attempts: int
+    worker: str | None
+    progress: Progress
+    error: str | None
+
+    @property
+    def ended(self) -> bool:
+        return self.status.terminal
+
+
+def job_states(job_ids: Sequence[int]) -> dict[int, JobState]:
+    """The current state of each job (missing ids are left out)."""
+    cols = (
+        Job.id,
+        Job.kind,
+        Job.status,
+        Job.attempts,
+        Job.worker,
+        Job.progress_phase,
+        Job.progress_epoch,
+        Job.progress_step,
+        Job.progress_total,
+        Job.progress_loss,
+        Job.error_message,
+    )
+    with db.session_scope() as session:
+        rows = session.execute(select(*cols).where(Job.id.in_(job_ids))).all()
     return {
+        job_id: JobState(
+            job_id, kind, JobStatus(status), attempts, worker, Progress(*progress), error
+        )
+        for job_id, kind, status, attempts, worker, *progress, error in rows
+    }
+
+
+def final_results(job_ids: Sequence[int]) -> dict[int, Result]:
+    """Each job's headline measurement: its last test result, else its last result of any split."""
+    best: dict[int, Result] = {}
+    with db.session_scope() as session:
+        rows = session.scalars(
+            select(Result).where(Result.job_id.in_(job_ids)).order_by(Result.epoch, Result.id)
+        ).all()
+    for r in rows:
+        current = best.get(r.job_id)
+        if current is None or r.split == "test" or current.split != "test":
+            best[r.job_id] = r
+    return best
+
+
+def unfinished(job_ids: Iterable[int]) -> set[int]:
+    """Those of the jobs that exist and have not ended."""
+    ids = list(job_ids)
+    with db.session_scope() as session:
+        rows = session.execute(select(Job.id, Job.status).where(Job.id.in_(ids)))
+        return {job_id for job_id, status in rows if not JobStatus(status).terminal}
+
+
+_ADAPTERS_HINT = "`ftqueue list --status succeeded` shows the jobs that trained one."
+
+
+def adapter_dir_of(job_id: int) -> Path:
+    """The published adapter of an earlier training job, or AdapterError saying why not."""
+    with db.session_scope() as session:
+        row = session.execute(
+            select(Job.kind, Job.status, Job.adapter_path).where(Job.id == job_id)
+        ).one_or_none()
+    if row is None:
+        raise AdapterError(
+            f"--adapter-job {job_id}: no such job; {_ADAPTERS_HINT}", param="--adapter-job"
+        )
+    kind, status, path = row
+    if kind not in kinds.with_role(kinds.Role.RUN):
+        raise AdapterError(
+            f"--adapter-job {job_id} is an {kind} job, which trains no adapter; {_ADAPTERS_HINT}",
+            param="--adapter-job",
+        )
+    if status != JobStatus.SUCCEEDED or not path:
+        raise AdapterError(
+            f"--adapter-job {job_id} has status {status}, not succeeded, so it has no "
+            f"adapter; {_ADAPTERS_HINT}",
+            param="--adapter-job",
+        )
+    if not Path(path).is_dir():
+        raise AdapterError(
+            f"--adapter-job {job_id}: its adapter {path} is missing from this machine; check "
+            "that FTQUEUE_ARTIFACTS_DIR is the shared directory the job wrote to.",
+            param="--adapter-job",
+        )
+    return Path(path)
+
+
+def models_of(job_ids: Sequence[int]) -> dict[int, str]:
+    """The model of each job that exists."""
+    with db.session_scope() as session:
+        rows = session.execute(select(Job.id, Job.model).where(Job.id.in_(job_ids)))
+        return {job_id: model for job_id, model in rows}
+
+
+def _iso(value: dt.datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def job_summary(job: Job, *, detail: bool = False) -> dict[str, Any]:
+    """The JSON form of a job, for every `--json`; ``detail`` adds stats, history and results.
+
+    With ``detail`` the job must have been read with ``get_job(..., with_results=True)``.
+    """
+    out: dict[str, Any] = {
         "id": job.id,
         "kind": job.kind,
         "status": job.status,
@@ -102,7 +245,31 @@ def job_summary(job: Job) -> dict[str, Any]:
         "spec_hash": job.spec_hash,
         "spec": job.spec,
     }
-
-
-def _iso(value: Any) -> str | None:
-    return value.isoformat() if value is not None else None
+    if not detail:
+        return out
+    out["queued_at"] = _iso(job.queued_at)
+    out["stats"] = job.stats
+    out["events"] = [
+        {
+            "at": _iso(e.at),
+            "status": e.status,
+            "attempt": e.attempt,
+            "worker": e.worker,
+            "detail": e.detail,
+        }
+        for e in job.events
+    ]
+    out["results"] = [
+        {
+            "split": r.split,
+            "epoch": r.epoch,
+            "accuracy": r.accuracy,
+            "loss": r.loss,
+            "macro_f1": r.macro_f1,
+            "n_examples": r.n_examples,
+            "attempt": r.attempt,
+            "recorded_at": _iso(r.recorded_at),
+        }
+        for r in job.results
+    ]
+    return out

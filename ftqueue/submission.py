@@ -6,16 +6,14 @@ import re
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
-from ftqueue import db, lifecycle, synthetic
+from ftqueue import db, kinds, lifecycle, store, synthetic
 from ftqueue.errors import PublishError, SpecError
 from ftqueue.models import Job
 from ftqueue.paths import check_output_dir
 from ftqueue.settings import get_settings
-from ftqueue.specs import EvaluateSpec, LoraSpec
-
-Spec = LoraSpec | EvaluateSpec
+from ftqueue.specs import ModelSpec
+from ftqueue.states import JobStatus
 
 #: Tags, names and sweep ids end up in file names, URLs and shell commands.
 _LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:+=@-]{0,63}$")
@@ -36,7 +34,7 @@ def check_label(value: str, flag: str) -> str:
 class Duplicate:
     """A submitted spec identical to an earlier job, which is reported instead of re-run."""
 
-    spec: Spec
+    spec: ModelSpec
     job_id: int
     status: str
 
@@ -51,13 +49,16 @@ class Submission:
     def to_follow(self) -> list[int]:
         """Jobs whose end is still to come: the new ones and identical ones still running."""
         ids = [job.id for job in self.created]
-        ids += [d.job_id for d in self.duplicates if d.status in ("queued", "running")]
+        ids += [d.job_id for d in self.duplicates if JobStatus(d.status).pending]
         return sorted(set(ids))
 
 
-def validate(specs: Sequence[Spec]) -> None:
-    """Check model, data and adapters before anything is written (cached per distinct value)."""
-    from ftqueue import data, work
+def validate(specs: Sequence[ModelSpec]) -> None:
+    """Check models, data and each kind's own needs before anything is written.
+
+    Each distinct model and dataset is checked once, however many specs share it.
+    """
+    from ftqueue import data
     from ftqueue.specs import validate_against_model
 
     seen_models: set[tuple[str, int]] = set()
@@ -72,18 +73,18 @@ def validate(specs: Sequence[Spec]) -> None:
         if key not in seen_data:
             data.check_dataset(spec.data)
             seen_data.add(key)
-        if isinstance(spec, EvaluateSpec) and spec.adapter_job is not None:
-            work.adapter_of(spec.adapter_job)
+        check = kinds.get(spec.kind).check
+        if check is not None:
+            check(spec)
 
 
 def submit(
-    specs: Sequence[Spec],
+    specs: Sequence[ModelSpec],
     *,
     tags: Sequence[str] = (),
     name: str | None = None,
     sweep: str | None = None,
     force: bool = False,
-    validated: bool = False,
     output_dir: str | None = None,
 ) -> Submission:
     """Queue one job per spec (identical specs already done or pending are not run again).
@@ -100,8 +101,7 @@ def submit(
         check_label(sweep, "--sweep")
     if output_dir is not None:
         output_dir = check_output_dir(output_dir, settings.artifacts_dir)
-    if not validated:
-        validate(specs)
+    validate(specs)
     db.ensure_ready()
     if not settings.eager:
         from ftqueue import broker
@@ -109,11 +109,11 @@ def submit(
         broker.check_broker()
 
     submission = Submission(sweep_id=sweep or (uuid.uuid4().hex[:8] if len(specs) > 1 else None))
-    unique: dict[str, Spec] = {}
+    unique: dict[str, ModelSpec] = {}
     for spec in specs:
         unique.setdefault(spec.spec_hash(), spec)
     with db.session_scope(write=True) as session:
-        earlier = {} if force else lifecycle.find_same_spec(session, unique)
+        earlier = {} if force else store.find_same_spec(session, unique)
         new = []
         for spec_hash, spec in unique.items():
             if spec_hash in earlier:
@@ -130,7 +130,7 @@ def submit(
                     tags=tags,
                     name=name,
                     sweep_id=submission.sweep_id,
-                    output_dir=output_dir if spec.kind == "lora" else None,
+                    output_dir=output_dir if kinds.get(spec.kind).publishes else None,
                 )
             )
         submission.created = lifecycle.create_jobs(session, new, max_attempts=settings.max_attempts)
@@ -155,8 +155,3 @@ def run_eagerly(jobs: Sequence[Job]) -> None:
 
     for job in jobs:
         TASKS[job.kind].apply_async((job.id,), task_id=job.task_id)
-
-
-def spec_summary(spec: Spec, keys: Sequence[str]) -> dict[str, Any]:
-    data = spec.to_dict()
-    return {key: data.get(key) for key in keys}

@@ -17,14 +17,17 @@ import json
 import os
 import signal
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ftqueue.artifacts import ADAPTER_CONFIG, ADAPTER_METADATA, ADAPTER_WEIGHTS, write_json_atomic
+from ftqueue.artifacts import ADAPTER_CONFIG, ADAPTER_METADATA, ADAPTER_WEIGHTS
 from ftqueue.errors import SpecError
-from ftqueue.training.outcome import Measurement, Outcome, Progress
+from ftqueue.files import write_json_atomic
+from ftqueue.kinds.registry import JobContext, JobKind, Role
+from ftqueue.outcome import Measurement, Outcome, Progress
+from ftqueue.specs import ModelSpec
+from ftqueue.states import Phase
 
 PREFIX = "synthetic"
 FAULTS = ("none", "raise", "oom", "crash", "crash-first", "hang", "stuck")
@@ -71,41 +74,43 @@ def parse(model: str) -> SyntheticParams:
     return SyntheticParams(**values)
 
 
-def _score(spec: Any, salt: str) -> float:
+def _score(spec: ModelSpec, salt: str) -> float:
     digest = hashlib.sha256((spec.canonical_json() + salt).encode()).hexdigest()
     return int(digest[:8], 16) / 0xFFFFFFFF
 
 
-def run(
-    spec: Any,
-    *,
-    attempt: int,
-    staging: Path | None,
-    on_progress: Callable[[Any], None],
-) -> Outcome:
+def run(spec: ModelSpec, kind: JobKind[Any], ctx: JobContext) -> Outcome:
+    """Sleep through the steps, reporting progress, then record numbers derived from the spec.
+
+    A spec with ``epochs`` (a training run) records validation after each epoch and its split
+    (``test`` unless the spec names one) at the end; a run's kind gets a dummy adapter.
+    """
     params = parse(spec.model)
     started = time.perf_counter()
-    epochs = int(getattr(spec, "epochs", 1) or 1)
+    trained_epochs = getattr(spec, "epochs", None)
+    epochs = int(trained_epochs or 1)
     total = params.steps
     pause = params.seconds / total
-    on_progress(Progress("train", 1, 0, total, None))
+    ctx.on_progress(Progress(Phase.TRAIN, 1, 0, total, None))
     step = 0
     endless = params.fault in ("hang", "stuck")
     while step < total or endless:
         try:
             time.sleep(pause if not endless else 0.2)
         except Exception as exc:
-            if params.fault == "stuck" and type(exc).__name__ == "SoftTimeLimitExceeded":
+            from celery.exceptions import SoftTimeLimitExceeded
+
+            if params.fault == "stuck" and isinstance(exc, SoftTimeLimitExceeded):
                 continue
             raise
         step = min(step + 1, total)
         if step == max(1, total // 2):
-            _inject(params.fault, attempt)
+            _inject(params.fault, ctx.attempt)
         epoch = 1 + (step * epochs - 1) // total
-        on_progress(Progress("train", epoch, step, total, 1.0 / (1 + step)))
+        ctx.on_progress(Progress(Phase.TRAIN, epoch, step, total, 1.0 / (1 + step)))
     measurements = []
-    splits = [("validation", e) for e in range(1, epochs + 1)] if spec.kind == "lora" else []
-    final_epoch = epochs if spec.kind == "lora" else int(getattr(spec, "head_epochs", 0) or 0)
+    splits = [("validation", e) for e in range(1, epochs + 1)] if trained_epochs else []
+    final_epoch = epochs if trained_epochs else int(getattr(spec, "head_epochs", 0) or 0)
     splits.append((getattr(spec, "split", "test"), final_epoch))
     for split, epoch in splits:
         accuracy = round(0.5 + 0.45 * _score(spec, f"{split}{epoch}"), 6)
@@ -114,12 +119,12 @@ def run(
                 split, epoch, accuracy, round(1.0 - accuracy, 6), round(accuracy - 0.01, 6), 1000
             )
         )
-    if staging is not None:
-        _write_adapter(staging, spec)
+    if ctx.staging is not None:
+        _write_output(ctx.staging, spec, adapter=kind.role == Role.RUN)
     elapsed = time.perf_counter() - started
     return Outcome(
         measurements,
-        staging,
+        ctx.staging,
         {
             "train_seconds": elapsed,
             "samples_per_second": 1000 * epochs / max(elapsed, 1e-9),
@@ -143,12 +148,13 @@ def _inject(fault: str, attempt: int) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _write_adapter(directory: Path, spec: Any) -> None:
-    import numpy as np
-    from safetensors.numpy import save_file
-
+def _write_output(directory: Path, spec: ModelSpec, *, adapter: bool) -> None:
+    """A dummy adapter (weights, config, metadata last, like a real one), or just metadata."""
     directory.mkdir(parents=True, exist_ok=True)
-    save_file({"weight": np.zeros((2, 2), dtype=np.float32)}, directory / ADAPTER_WEIGHTS)
-    (directory / ADAPTER_CONFIG).write_text(json.dumps({"synthetic": True}))
-    # Written last, like a real adapter's metadata.
+    if adapter:
+        import numpy as np
+        from safetensors.numpy import save_file
+
+        save_file({"weight": np.zeros((2, 2), dtype=np.float32)}, directory / ADAPTER_WEIGHTS)
+        (directory / ADAPTER_CONFIG).write_text(json.dumps({"synthetic": True}))
     write_json_atomic(directory / ADAPTER_METADATA, {"synthetic": True, "spec": spec.to_dict()})

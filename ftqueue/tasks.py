@@ -1,17 +1,23 @@
-"""Celery tasks: thin adapters from a message carrying a job id to `runner.run_job`."""
+"""Celery tasks, one per job kind, and the hooks that run inside worker processes.
+
+A task is a few lines around `execution.run_job`: the message carries only a job id, and the
+database says what to do with it. Task names and queues come from the registry of kinds.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
 import socket
+import threading
 from typing import Any
 
-from celery import Task
+from celery import Task, signals
 from celery.worker.request import Request
 
-from ftqueue import lifecycle, runner
+from ftqueue import db, execution, lifecycle
 from ftqueue.celery_app import app
+from ftqueue.kinds import JobKind, all_kinds
 
 log = logging.getLogger(__name__)
 
@@ -48,14 +54,44 @@ def worker_name(request: Any) -> str:
     return f"eager@{socket.gethostname()}:{os.getpid()}"
 
 
-@app.task(name="ftqueue.lora", base=JobTask, bind=True)
-def lora(self: Task, job_id: int) -> str:
-    return runner.run_job(int(job_id), worker=worker_name(self.request), task_id=self.request.id)
+def _task_for(kind: JobKind[Any]) -> Task:
+    def run(self: Task, job_id: int) -> str:
+        request = self.request
+        return execution.run_job(int(job_id), worker=worker_name(request), task_id=request.id)
+
+    run.__name__ = run.__qualname__ = kind.name
+    task: Task = app.task(name=kind.task_name, base=JobTask, bind=True)(run)
+    return task
 
 
-@app.task(name="ftqueue.evaluate", base=JobTask, bind=True)
-def evaluate(self: Task, job_id: int) -> str:
-    return runner.run_job(int(job_id), worker=worker_name(self.request), task_id=self.request.id)
+#: The task of each kind, by kind name.
+TASKS: dict[str, Task] = {kind.name: _task_for(kind) for kind in all_kinds()}
 
 
-TASKS = {"lora": lora, "evaluate": evaluate}
+# --- hooks run inside Celery worker processes ---------------------------------------------
+
+
+@signals.worker_process_init.connect
+def _pool_process_started(**_: Any) -> None:
+    # Connections inherited through fork would be shared with the parent: start afresh.
+    db.dispose_engines()
+    # Import the training stack in the background so the first job does not wait for it;
+    # the pool gives a new process only a few seconds to report that it is alive.
+    threading.Thread(target=_warm_imports, name="warm-imports", daemon=True).start()
+
+
+def _warm_imports() -> None:
+    try:
+        import peft  # noqa: F401
+        import transformers  # noqa: F401
+
+        import ftqueue.training  # noqa: F401
+    except Exception:  # a broken install shows up, with its traceback, in the first job
+        log.debug("warm-up import failed", exc_info=True)
+
+
+@signals.worker_ready.connect
+def _worker_ready(sender: Any = None, **_: Any) -> None:
+    from ftqueue.reaper import Reaper
+
+    Reaper().start()

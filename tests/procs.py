@@ -12,8 +12,9 @@ from pathlib import Path
 
 from sqlalchemy import func, select
 
-from ftqueue import db
-from ftqueue.models import TERMINAL_STATUSES, Job
+from ftqueue import db, kinds
+from ftqueue.models import Job
+from ftqueue.states import TERMINAL
 
 
 class WorkerProcess:
@@ -26,13 +27,13 @@ class WorkerProcess:
         env: dict[str, str],
         log_dir: Path,
         processes: int = 1,
-        queues: str = "lora,evaluate",
+        queues: str | None = None,
     ) -> None:
         self.name = name
         self.env = env
         self.log_path = log_dir / f"worker-{name}.log"
         self.processes = processes
-        self.queues = queues
+        self.queues = queues or ",".join(kinds.queues())
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> WorkerProcess:
@@ -118,7 +119,7 @@ def statuses(job_ids: Iterable[int]) -> dict[int, str]:
 def all_terminal(job_ids: Iterable[int]) -> bool:
     ids = list(job_ids)
     found = statuses(ids)
-    return len(found) == len(ids) and all(s in TERMINAL_STATUSES for s in found.values())
+    return len(found) == len(ids) and all(s in TERMINAL for s in found.values())
 
 
 def count_jobs(**filters: object) -> int:

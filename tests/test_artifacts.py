@@ -17,9 +17,9 @@ from ftqueue.artifacts import (
     find_stray_staging,
     new_staging_dir,
     publish_dir,
-    write_json_atomic,
 )
 from ftqueue.errors import AdapterError, FtqueueError
+from ftqueue.files import write_json_atomic
 
 
 def test_staging_dirs_are_unique_hidden_siblings(tmp_path: Path) -> None:

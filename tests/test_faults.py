@@ -20,9 +20,10 @@ import pytest
 from sqlalchemy import create_engine, func, select, text
 
 from ftqueue import db
+from ftqueue.kinds.lora import LoraSpec
 from ftqueue.models import Job, Result, utcnow
 from ftqueue.settings import reset_settings
-from ftqueue.specs import DataSpec, LoraSpec
+from ftqueue.specs import DataSpec
 from ftqueue.submission import submit
 from tests.conftest import PG_SERVER, service_missing
 from tests.procs import WorkerProcess, all_terminal, child_env, statuses, submit_command, wait_for

@@ -9,7 +9,8 @@ from sqlalchemy import func, select
 
 from ftqueue import db, lifecycle
 from ftqueue.models import Job, Result, utcnow
-from ftqueue.training.outcome import Measurement
+from ftqueue.outcome import Measurement, Progress
+from ftqueue.states import Phase
 
 M = Measurement("test", 1, 0.9, 0.3, 0.89, 100)
 
@@ -65,7 +66,7 @@ def test_a_superseded_attempt_cannot_record(any_db_url: str) -> None:
     assert [j.id for j in report.requeued] == [job_id]
     second = lifecycle.claim(job_id, worker="b", lease_seconds=60)
     assert second is not None and second.attempt == 2
-    assert lifecycle.heartbeat(first, lifecycle.ProgressState(), lease_seconds=60) == (False, False)
+    assert lifecycle.heartbeat(first, None, lease_seconds=60) == (False, False)
     published: list[str] = []
     assert not lifecycle.record_success(first, [M], stats={}, publish=lambda: published.append("x"))
     assert published == [] and result_count(job_id) == 0
@@ -102,7 +103,7 @@ def test_cancel_queued_and_running(any_db_url: str) -> None:
     outcomes = {o.job_id: (o.before, o.after) for o in lifecycle.cancel([queued, running])}
     assert outcomes == {queued: ("queued", "cancelled"), running: ("running", "running")}
     assert lifecycle.claim(queued, worker="w", lease_seconds=60) is None
-    assert lifecycle.heartbeat(claim, lifecycle.ProgressState(), lease_seconds=60) == (True, True)
+    assert lifecycle.heartbeat(claim, None, lease_seconds=60) == (True, True)
     assert not lifecycle.record_success(claim, [M], stats={})  # a cancel beats a late result
     assert row(running).status == "cancelled" and result_count(running) == 0
 
@@ -111,11 +112,14 @@ def test_progress_is_stored_by_the_heartbeat(any_db_url: str) -> None:
     job_id = make_job()
     claim = lifecycle.claim(job_id, worker="w", lease_seconds=60)
     assert claim is not None
-    progress = lifecycle.ProgressState("train", 2, 30, 90, 0.41, dirty=True)
+    progress = Progress(Phase.TRAIN, 2, 30, 90, 0.41)
     assert lifecycle.heartbeat(claim, progress, lease_seconds=60) == (True, False)
     job = row(job_id)
     assert (job.progress_epoch, job.progress_step, job.progress_total) == (2, 30, 90)
-    assert job.progress_loss == 0.41 and not progress.dirty
+    assert job.progress_loss == 0.41 and job.progress_phase == "train"
+    # No new progress: the lease is renewed and the stored progress stays as it was.
+    assert lifecycle.heartbeat(claim, None, lease_seconds=60) == (True, False)
+    assert row(job_id).progress_step == 30
 
 
 def test_lost_messages_are_found_by_task_id(any_db_url: str) -> None:

@@ -10,8 +10,10 @@ import pytest
 from sqlalchemy import func, select
 
 from ftqueue import broker, db, lifecycle
+from ftqueue.kinds.evaluate import EvaluateSpec
+from ftqueue.kinds.lora import LoraSpec
 from ftqueue.models import Job, JobEvent, Result
-from ftqueue.specs import DataSpec, EvaluateSpec, LoraSpec
+from ftqueue.specs import DataSpec
 from ftqueue.submission import submit
 from tests.procs import WorkerProcess, all_terminal, child_env, statuses, wait_for
 

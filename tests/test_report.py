@@ -19,10 +19,12 @@ from click.testing import CliRunner
 
 from ftqueue import db
 from ftqueue.cli import cli
+from ftqueue.kinds.evaluate import EvaluateSpec
+from ftqueue.kinds.lora import LoraSpec
 from ftqueue.models import Job, JobTag, Result, utcnow
 from ftqueue.report.options import CONFIG_COLUMNS, HYPERPARAMS
 from ftqueue.settings import reset_settings
-from ftqueue.specs import DataSpec, EvaluateSpec, LoraSpec
+from ftqueue.specs import DataSpec
 
 SYNTH = "synthetic:seconds=0,steps=2"
 SNIPPETS = DataSpec(dataset="movie-snippets")

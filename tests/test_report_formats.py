@@ -15,8 +15,9 @@ from click.testing import CliRunner
 
 from ftqueue import db
 from ftqueue.cli import cli
-from ftqueue.report.export import write_atomic
-from ftqueue.specs import DataSpec, EvaluateSpec, LoraSpec
+from ftqueue.kinds.evaluate import EvaluateSpec
+from ftqueue.kinds.lora import LoraSpec
+from ftqueue.specs import DataSpec
 from tests.test_report import TINY, Filled, _insert, insert_rows, report_rows
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -154,15 +155,14 @@ def test_where_values_are_data_not_sql(inserted: Filled) -> None:
 
 
 def test_failed_writes_leave_no_partial_file(out_dir: Path) -> None:
+    from ftqueue.files import atomic_write, write_bytes_atomic
+
     target = out_dir / "out.png"
     target.write_bytes(b"previous")
-
-    def broken() -> bytes:
+    with pytest.raises(RuntimeError), atomic_write(target) as handle:
+        handle.write(b"half of a new")
         raise RuntimeError("rendering failed")
-
-    with pytest.raises(RuntimeError):
-        write_atomic(target, broken)
     assert target.read_bytes() == b"previous"
     assert [p.name for p in out_dir.iterdir()] == ["out.png"]
-    write_atomic(target, lambda: b"new")
+    write_bytes_atomic(target, b"new")
     assert target.read_bytes() == b"new" and [p.name for p in out_dir.iterdir()] == ["out.png"]

@@ -11,9 +11,10 @@ from click.testing import CliRunner
 
 from ftqueue import db
 from ftqueue.cli import cli
+from ftqueue.kinds.lora import LoraSpec
 from ftqueue.models import Job
 from ftqueue.settings import reset_settings
-from ftqueue.specs import DataSpec, LoraSpec
+from ftqueue.specs import DataSpec
 
 
 def run_jobs(monkeypatch: pytest.MonkeyPatch, *specs: LoraSpec) -> list[int]:

@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 
 from ftqueue.errors import ModelError, SpecError
-from ftqueue.specs import DataSpec, EvaluateSpec, LoraSpec, resolve_model, validate_against_model
+from ftqueue.kinds.evaluate import EvaluateSpec
+from ftqueue.kinds.lora import LoraSpec
+from ftqueue.specs import DataSpec, resolve_model, validate_against_model
 
 DATA = DataSpec(dataset="movie-snippets")
 

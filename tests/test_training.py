@@ -24,8 +24,11 @@ from ftqueue.errors import (
     ModelError,
     SpecError,
 )
-from ftqueue.specs import DataSpec, EvaluateSpec, LoraSpec
-from ftqueue.training import Outcome, Progress, load_adapter, run_evaluate, run_lora
+from ftqueue.kinds.evaluate import EvaluateSpec
+from ftqueue.kinds.lora import LoraSpec
+from ftqueue.outcome import Outcome, Progress
+from ftqueue.specs import DataSpec
+from ftqueue.training import load_adapter, run_evaluate, run_lora
 from ftqueue.training.loop import predict
 from ftqueue.training.modeling import build_classifier, clear_model_cache, load_base, pick_device
 from ftqueue.training.tokens import Tokens, tokenize_splits, tokenizer_identity
@@ -83,7 +86,7 @@ def test_progress_reports_phases_and_steps(trained: Trained) -> None:
     phases = [e.phase for e in trained.events]
     assert phases[:2] == ["load", "tokenize"] and phases[-1] == "save"
     steps = [e for e in trained.events if e.phase == "train" and e.step > 0]
-    assert steps[-1].step == steps[-1].total_steps == 24
+    assert steps[-1].step == steps[-1].total == 24
     assert all(e.loss is not None and e.loss > 0 for e in steps)
 
 
@@ -191,7 +194,7 @@ def test_head_only_evaluate_is_above_chance(tmp_path: Path) -> None:
     assert (m.split, m.epoch, m.n_examples) == ("test", 10, 200)
     assert m.accuracy >= ABOVE_CHANCE
     assert outcome.stats["trainable_params"] == 384 * 2 + 2
-    assert outcome.adapter_dir is None
+    assert outcome.artifact_dir is None
 
 
 def _csv(path: Path, rows: Sequence[tuple[str, object]]) -> Path:

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from ftqueue.celery_app import celery_config
 from ftqueue.cli import cli
 from ftqueue.settings import load_settings
-from ftqueue.worker import detect_gpus, plan_slots
+from ftqueue.supervisor import detect_gpus, plan_slots
 
 
 def test_one_process_per_visible_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -34,7 +34,10 @@ def test_cpu_workers_see_no_gpu_and_share_the_cores(monkeypatch: pytest.MonkeyPa
 
 
 def test_the_supervisor_never_imports_torch() -> None:
-    code = "import sys, ftqueue.worker, ftqueue.cli.worker_cmd; print('torch' in sys.modules)"
+    code = (
+        "import sys, ftqueue.supervisor, ftqueue.reaper, ftqueue.tasks, ftqueue.cli.worker_cmd; "
+        "print('torch' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

@@ -1,7 +1,50 @@
-"""The `ftqueue` command line: a thin shell over the package's Python API."""
+"""The `ftqueue` command line: a thin shell over the package's Python API.
+
+This module makes the root group and adds every command to it; the command modules import
+nothing from here.
+"""
 
 from __future__ import annotations
 
-from ftqueue.cli.app import cli, main
+import click
+
+from ftqueue import __version__
+from ftqueue.cli import db_cmds, jobs_cmds, report_cmd, submit_cmd, worker_cmd
+from ftqueue.cli.common import CONTEXT, FtqueueGroup
+
+
+@click.group(cls=FtqueueGroup, context_settings=CONTEXT)
+@click.version_option(__version__, "-V", "--version", prog_name="ftqueue")
+def cli() -> None:
+    """Queue LoRA fine-tuning and evaluation jobs, run them on GPU workers, compare results.
+
+    \b
+    Typical session:
+      ftqueue db upgrade                                  # create the results tables
+      ftqueue submit evaluate --model minilm --dataset movie-snippets
+      ftqueue submit lora --model minilm --dataset movie-snippets --wait
+      ftqueue report                                      # base model vs its LoRA runs
+
+    Settings come from FTQUEUE_* environment variables (see README): FTQUEUE_DATABASE_URL,
+    FTQUEUE_BROKER_URL, FTQUEUE_ARTIFACTS_DIR, FTQUEUE_EAGER=1 to run jobs in-process.
+    """
+
+
+for command in (
+    db_cmds.db_group,
+    submit_cmd.submit_group,
+    jobs_cmds.list_cmd,
+    jobs_cmds.status_cmd,
+    jobs_cmds.cancel_cmd,
+    report_cmd.report_cmd,
+    report_cmd.show_cmd,
+    worker_cmd.worker_cmd,
+):
+    cli.add_command(command)
+
+
+def main() -> None:
+    cli(prog_name="ftqueue")
+
 
 __all__ = ["cli", "main"]

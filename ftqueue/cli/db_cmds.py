@@ -5,10 +5,10 @@ from __future__ import annotations
 import click
 
 from ftqueue import db
-from ftqueue.cli.app import cli, echo_json, json_option
+from ftqueue.cli.common import echo_json, json_option
 
 
-@cli.group("db")
+@click.group("db")
 def db_group() -> None:
     """Create, upgrade and inspect the results database schema (Alembic)."""
 

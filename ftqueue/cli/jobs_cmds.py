@@ -1,25 +1,29 @@
-"""`ftqueue list` and `ftqueue status`: read jobs from the results database."""
+"""`ftqueue list`, `status` and `cancel`: read and change jobs in the results database."""
 
 from __future__ import annotations
 
 import click
 
-from ftqueue import db, store
-from ftqueue.cli.app import cli, console, echo_json, json_option
+from ftqueue import db, kinds, store
+from ftqueue.cli.common import console, echo_json, json_option
 from ftqueue.cli.render import job_details, jobs_table
-from ftqueue.models import JOB_KINDS, JOB_STATUSES
+from ftqueue.states import STATUSES, JobStatus
 
 
-@cli.command("list")
+@click.command("list")
 @click.option(
     "--status",
     "statuses",
     multiple=True,
-    type=click.Choice(JOB_STATUSES),
+    type=click.Choice(STATUSES),
     help="Only jobs in this status (repeatable).",
 )
 @click.option(
-    "--kind", "kinds", multiple=True, type=click.Choice(JOB_KINDS), help="evaluate or lora."
+    "--kind",
+    "job_kinds",
+    multiple=True,
+    type=click.Choice(kinds.names()),
+    help="Only jobs of this kind (repeatable).",
 )
 @click.option("--sweep", help="Only jobs of this sweep id.")
 @click.option(
@@ -32,7 +36,7 @@ from ftqueue.models import JOB_KINDS, JOB_STATUSES
 @json_option
 def list_cmd(
     statuses: tuple[str, ...],
-    kinds: tuple[str, ...],
+    job_kinds: tuple[str, ...],
     sweep: str | None,
     tags: tuple[str, ...],
     model: str | None,
@@ -54,7 +58,7 @@ def list_cmd(
         jobs = store.list_jobs(
             session,
             statuses=statuses,
-            kinds=kinds,
+            job_kinds=job_kinds,
             sweep=sweep,
             tags=tags,
             model=model,
@@ -70,7 +74,7 @@ def list_cmd(
         console().print(jobs_table(jobs))
 
 
-@cli.command("status")
+@click.command("status")
 @click.argument("job_id", type=int)
 @click.option(
     "--follow",
@@ -115,7 +119,7 @@ def status_cmd(job_id: int, follow: bool, as_json: bool) -> None:
     raise SystemExit(exit_code(list(statuses.values())))
 
 
-@cli.command("cancel")
+@click.command("cancel")
 @click.argument("job_ids", type=int, nargs=-1)
 @click.option("--sweep", help="Cancel every unfinished job of this sweep.")
 @json_option
@@ -146,9 +150,9 @@ def cancel_cmd(job_ids: tuple[int, ...], sweep: str | None, as_json: bool) -> No
         echo_json([{"id": o.job_id, "before": o.before, "after": o.after} for o in outcomes])
         return
     for o in outcomes:
-        if o.before == "queued":
+        if o.before == JobStatus.QUEUED:
             click.echo(f"job {o.job_id}: cancelled (it had not started)")
-        elif o.before == "running":
+        elif o.before == JobStatus.RUNNING:
             click.echo(f"job {o.job_id}: cancel requested; it stops at its next step")
         else:
             click.echo(f"job {o.job_id}: already {o.before}, left as it is")

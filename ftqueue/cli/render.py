@@ -2,37 +2,19 @@
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import Any
 
 from ftqueue.models import Job, utcnow
+from ftqueue.states import JobStatus
+from ftqueue.text import age, duration
 
-STATUS_STYLE = {
-    "queued": "cyan",
-    "running": "yellow",
-    "succeeded": "green",
-    "failed": "red",
-    "cancelled": "magenta",
+STATUS_STYLE: dict[str, str] = {
+    JobStatus.QUEUED: "cyan",
+    JobStatus.RUNNING: "yellow",
+    JobStatus.SUCCEEDED: "green",
+    JobStatus.FAILED: "red",
+    JobStatus.CANCELLED: "magenta",
 }
-
-
-def duration(seconds: float | None) -> str:
-    if seconds is None:
-        return ""
-    seconds = max(0.0, seconds)
-    if seconds < 60:
-        return f"{seconds:.1f}s"
-    minutes, secs = divmod(int(seconds), 60)
-    if minutes < 60:
-        return f"{minutes}m{secs:02d}s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m"
-
-
-def age(when: dt.datetime | None, now: dt.datetime | None = None) -> str:
-    if when is None:
-        return ""
-    return duration(((now or utcnow()) - when).total_seconds()) + " ago"
 
 
 def elapsed(job: Job) -> float | None:
@@ -43,7 +25,7 @@ def elapsed(job: Job) -> float | None:
 
 
 def progress_text(job: Job) -> str:
-    if job.status != "running" or not job.progress_total:
+    if job.status != JobStatus.RUNNING or not job.progress_total:
         return ""
     pct = 100.0 * (job.progress_step or 0) / job.progress_total
     loss = f" loss {job.progress_loss:.3f}" if job.progress_loss is not None else ""
@@ -101,9 +83,9 @@ def job_details(job: Job) -> Any:
     rows.append(("attempts", f"{job.attempts} of {job.max_attempts}"))
     if job.worker:
         rows.append(("worker", job.worker))
-    if job.status == "running":
+    if job.status == JobStatus.RUNNING:
         rows.append(("progress", progress_text(job) or (job.progress_phase or "starting")))
-    if job.cancel_requested and job.status == "running":
+    if job.cancel_requested and job.status == JobStatus.RUNNING:
         rows.append(("cancel", "requested; stops at its next step"))
     rows.append(("created", f"{job.created_at:%Y-%m-%d %H:%M:%S} UTC ({age(job.created_at)})"))
     if job.started_at:

@@ -8,13 +8,16 @@ from typing import Any
 import click
 
 from ftqueue import db, store
-from ftqueue.cli.app import cli, console, echo_json, json_option
-from ftqueue.cli.render import duration, job_details
-from ftqueue.models import JOB_STATUSES, Job
+from ftqueue.cli.common import console, echo_json, json_option
+from ftqueue.cli.render import job_details
+from ftqueue.files import write_bytes_atomic
+from ftqueue.models import Job
 from ftqueue.specs import SPLITS
+from ftqueue.states import STATUSES
+from ftqueue.text import duration
 
 
-@cli.command("report")
+@click.command("report")
 @click.option("--model", "models", multiple=True, help="Only this model (repeatable).")
 @click.option("--dataset", "datasets", multiple=True, help="Only this dataset (repeatable).")
 @click.option("--sweep", "sweeps", multiple=True, help="Only LoRA runs of this sweep.")
@@ -23,7 +26,7 @@ from ftqueue.specs import SPLITS
     "--status",
     "statuses",
     multiple=True,
-    type=click.Choice(JOB_STATUSES),
+    type=click.Choice(STATUSES),
     help="Count jobs in this status (repeatable)  [default: succeeded]",
 )
 @click.option(
@@ -151,14 +154,14 @@ def report_cmd(
 
     png = plot_png(report, curves)
     if plot_file is not None:
-        export.write_atomic(plot_file, lambda: png)
+        write_bytes_atomic(plot_file, png)
         click.echo(f"wrote {plot_file}", err=True)
     if html_file is not None:
-        export.write_atomic(html_file, lambda: export.to_html(report, png).encode("utf-8"))
+        write_bytes_atomic(html_file, export.to_html(report, png).encode("utf-8"))
         click.echo(f"wrote {html_file}", err=True)
 
 
-@cli.command("show")
+@click.command("show")
 @click.argument("job_id", type=int)
 @json_option
 def show_cmd(job_id: int, as_json: bool) -> None:
@@ -173,48 +176,12 @@ def show_cmd(job_id: int, as_json: bool) -> None:
     with db.session_scope() as session:
         job = store.get_job(session, job_id, with_results=True)
         if as_json:
-            echo_json(show_payload(job))
+            echo_json(store.job_summary(job, detail=True))
             return
         out = console()
         out.print(job_details(job))
         for table in _show_tables(job):
             out.print(table)
-
-
-def show_payload(job: Job) -> dict[str, Any]:
-    """``job_summary`` plus the stats, the status history and every result row."""
-    return {
-        **store.job_summary(job),
-        "queued_at": _iso(job.queued_at),
-        "stats": job.stats,
-        "events": [
-            {
-                "at": _iso(e.at),
-                "status": e.status,
-                "attempt": e.attempt,
-                "worker": e.worker,
-                "detail": e.detail,
-            }
-            for e in job.events
-        ],
-        "results": [
-            {
-                "split": r.split,
-                "epoch": r.epoch,
-                "accuracy": r.accuracy,
-                "loss": r.loss,
-                "macro_f1": r.macro_f1,
-                "n_examples": r.n_examples,
-                "attempt": r.attempt,
-                "recorded_at": _iso(r.recorded_at),
-            }
-            for r in job.results
-        ],
-    }
-
-
-def _iso(value: Any) -> str | None:
-    return value.isoformat() if value is not None else None
 
 
 def _flatten(data: dict[str, Any], prefix: str = "") -> list[tuple[str, str]]:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import click
 
-from ftqueue.cli.app import cli
+from ftqueue import kinds
 
 
-@cli.command("worker")
+@click.command("worker")
 @click.option("--gpus", help="Comma list of GPU indices, one worker each [default: all visible].")
 @click.option(
     "--processes",
@@ -17,7 +17,10 @@ from ftqueue.cli.app import cli
     help="Number of CPU workers when there is no GPU.",
 )
 @click.option(
-    "--queues", default="lora,evaluate", show_default=True, help="Queues to take jobs from."
+    "--queues",
+    default=",".join(kinds.queues()),
+    show_default=True,
+    help="Queues to take jobs from (one per job kind).",
 )
 @click.option("--name", "prefix", help="Prefix of the worker names [default: gpu or cpu].")
 @click.option(
@@ -40,23 +43,23 @@ def worker_cmd(
       ftqueue worker --gpus 0,1 --queues lora
       FTQUEUE_DATABASE_URL=postgresql+psycopg://ftq@db/ftq ftqueue worker --processes 2
     """
-    from ftqueue import db, worker
+    from ftqueue import db, supervisor
     from ftqueue.broker import check_broker
-    from ftqueue.celery_app import QUEUES
     from ftqueue.submission import check_label
 
     names = [q.strip() for q in queues.split(",") if q.strip()]
-    unknown = sorted(set(names) - set(QUEUES))
+    known = kinds.queues()
+    unknown = sorted(set(names) - set(known))
     if not names or unknown:
         raise click.BadParameter(
-            f"unknown queue(s) {', '.join(unknown) or '(none)'}; known: {', '.join(QUEUES)}",
+            f"unknown queue(s) {', '.join(unknown) or '(none)'}; known: {', '.join(known)}",
             param_hint="--queues",
         )
     if prefix:
         check_label(prefix, "--name")
     db.ensure_ready()
     check_broker()
-    visible = worker.detect_gpus()
+    visible = supervisor.detect_gpus()
     chosen = [g.strip() for g in gpus.split(",") if g.strip()] if gpus else visible
     missing = sorted(set(chosen) - set(visible)) if gpus and visible else []
     if missing:
@@ -64,7 +67,7 @@ def worker_cmd(
             f"GPU(s) {', '.join(missing)} not visible (visible: {', '.join(visible) or 'none'})",
             param_hint="--gpus",
         )
-    slots = worker.plan_slots(chosen, processes=processes, prefix=prefix)
+    slots = supervisor.plan_slots(chosen, processes=processes, prefix=prefix)
     kind = "GPU" if chosen else "CPU"
     click.echo(f"starting {len(slots)} {kind} worker(s): {', '.join(s.name for s in slots)}")
-    raise SystemExit(worker.supervise(slots, queues=names, loglevel=loglevel.upper()))
+    raise SystemExit(supervisor.supervise(slots, queues=names, loglevel=loglevel.upper()))

@@ -163,7 +163,7 @@ def build_report(session: Session, opts: ReportOptions) -> Report:
     base = _by_pair(query.configs(session, opts, side="base", splits=splits))
     lora_splits = opts.splits if opts.group_by else splits
     lora = _by_pair(
-        query.configs(session, opts, side="lora", splits=lora_splits, group_by=opts.group_by)
+        query.configs(session, opts, side="runs", splits=lora_splits, group_by=opts.group_by)
     )
     rows: list[ReportRow] = []
     ranked: dict[Where, list[Group]] = {}

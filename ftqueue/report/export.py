@@ -3,26 +3,21 @@
 from __future__ import annotations
 
 import base64
-import contextlib
 import csv
 import html
 import io
 import json
-import os
-import tempfile
-from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from ftqueue.report.build import Report, ReportRow
-from ftqueue.report.query import Group
+from ftqueue.report.query import ADAPTER, Group
+from ftqueue.text import duration
 
 #: What the configuration column shows; CSV and JSON carry every hyper-parameter.
 SHOWN = ("r", "alpha", "dropout", "target_modules", "lr", "head_lr", "epochs", "batch_size")
 BASE, LORA, CONFIG = "base acc / loss", "LoRA acc / loss", "best LoRA configuration"
 NUMERIC = (BASE, LORA, "Δ points", "trainable", "train time")
 MIN_WIDTH = {"model": 8, "dataset": 8, "split": 5, CONFIG: 16}
-RUNS = {"lora": "training", "adapter": "adapter eval"}
 
 
 def describe(report: Report) -> str:
@@ -59,7 +54,7 @@ def _config(row: ReportRow, select_by: str) -> list[str]:
         return ["(no LoRA runs)"]
     names = {"target_modules": "modules"}
     lines = [" ".join(f"{names.get(k, k)}={_value(row.config.get(k))}" for k in SHOWN)]
-    if row.lora.source == "adapter":
+    if row.lora.source == ADAPTER:
         lines.append(f"adapter trained on {row.trained_on}")
     if row.selected_by != select_by:
         lines.append(f"chosen by {row.selected_by}: no {select_by} results")
@@ -68,11 +63,9 @@ def _config(row: ReportRow, select_by: str) -> list[str]:
 
 def cells(report: Report) -> tuple[list[str], list[list[list[str]]]]:
     """Headers, and each cell as its lines: shared by the terminal, Markdown and HTML."""
-    from ftqueue.cli.render import duration  # imported here: the CLI package imports this one
-
     group_by = report.options.group_by
     # Adapter evaluations form their own groups; say which rows they are when there are any.
-    sources = ["runs"] if any(r.lora and r.lora.source == "adapter" for r in report.rows) else []
+    sources = ["runs"] if any(r.lora and r.lora.source == ADAPTER for r in report.rows) else []
     if group_by:
         headers = ["model", "dataset", "split", *group_by, *sources, LORA, "Δ points", BASE]
     else:
@@ -92,7 +85,7 @@ def cells(report: Report) -> tuple[list[str], list[list[list[str]]]]:
             "trainable": ["" if share is None else f"{100 * share:.3g}%"],
             "train time": [duration(lora.train_seconds) if lora else ""],
             CONFIG: _config(row, report.options.select_by),
-            "runs": [RUNS.get(lora.source, "") if lora else ""],
+            "runs": [("adapter eval" if lora.source == ADAPTER else "training") if lora else ""],
         }
         cell.update({name: [_value(row.config.get(name))] for name in group_by})
         rows.append([cell[h] for h in headers])
@@ -170,21 +163,3 @@ img {{ max-width: 100%; margin-top: 1.5em; }}
 {image}
 </body></html>
 """
-
-
-def write_atomic(path: Path, produce: Callable[[], bytes]) -> None:
-    """Write what ``produce`` returns to ``path`` via a temporary file and a rename, so a
-    failure part-way leaves the old file (or none), never half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(produce())
-        # mkstemp makes the file private; give it the mode a plain open() would have.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise

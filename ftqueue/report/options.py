@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from ftqueue.errors import FilterError
-from ftqueue.models import JOB_STATUSES
-from ftqueue.specs import SPLITS
+from ftqueue.kinds import Role, all_kinds
+from ftqueue.specs import SPLITS, DataSpec, Param, spec_params
+from ftqueue.states import STATUSES
 
-FORMATS = ("table", "markdown", "csv", "json")
 SELECT_BY = ("validation", "test")
 
 
@@ -34,26 +34,30 @@ class Column:
     kind: str
 
 
-HYPERPARAMS: dict[str, Column] = {
-    c.name: c
-    for c in (
-        Column("r", ("r",), "number"),
-        Column("alpha", ("alpha",), "number"),
-        Column("dropout", ("dropout",), "number"),
-        Column("target_modules", ("target_modules",), "modules"),
-        Column("bias", ("bias",), "text"),
-        Column("pooling", ("pooling",), "text"),
-        Column("lr", ("lr",), "number"),
-        Column("head_lr", ("head_lr",), "number"),
-        Column("epochs", ("epochs",), "number"),
-        Column("batch_size", ("batch_size",), "number"),
-        Column("max_length", ("max_length",), "number"),
-        Column("warmup_ratio", ("warmup_ratio",), "number"),
-        Column("weight_decay", ("weight_decay",), "number"),
-        Column("train_samples", ("data", "train_samples"), "number"),
-        Column("seed", ("seed",), "number"),
-    )
-}
+def _column(name: str, path: tuple[str, ...], param: Param) -> Column:
+    kinds = {"int": "number", "float": "number", "modules": "modules"}
+    return Column(name, path, kinds.get(param.kind, "text"))
+
+
+def _hyperparams() -> dict[str, Column]:
+    """The hyper-parameters of every run kind's spec (fields marked ``hyper``), then the
+    training subset size, then the seed: the columns a configuration is described by."""
+    columns: dict[str, Column] = {}
+    for kind in all_kinds():
+        if kind.role != Role.RUN:
+            continue
+        for f, p in spec_params(kind.spec_type):
+            if p.hyper:
+                columns.setdefault(f.name, _column(f.name, (f.name,), p))
+    seed = columns.pop("seed", None)
+    subset = next(p for f, p in spec_params(DataSpec) if f.name == "train_samples")
+    columns["train_samples"] = _column("train_samples", ("data", "train_samples"), subset)
+    if seed is not None:
+        columns["seed"] = seed
+    return columns
+
+
+HYPERPARAMS: dict[str, Column] = _hyperparams()
 #: What a configuration shows: every hyper-parameter but the seed, which it averages over.
 CONFIG_COLUMNS = tuple(name for name in HYPERPARAMS if name != "seed")
 
@@ -225,7 +229,7 @@ class ReportOptions:
     plot_top: int = 10
 
     def __post_init__(self) -> None:
-        self._check("--status", self.statuses, JOB_STATUSES)
+        self._check("--status", self.statuses, STATUSES)
         self._check("--split", self.splits, SPLITS)
         self._check("--select-by", (self.select_by,), SELECT_BY)
         self._check("--group-by", self.group_by, tuple(HYPERPARAMS))

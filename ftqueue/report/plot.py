@@ -11,7 +11,7 @@ from typing import Any
 
 from ftqueue.report.build import Report
 from ftqueue.report.options import CONFIG_COLUMNS
-from ftqueue.report.query import CurvePoint, Group
+from ftqueue.report.query import ADAPTER, CurvePoint, Group
 
 #: Most (model, dataset, split) panels in one figure; past that the figure is unreadable.
 MAX_PANELS = 8
@@ -64,7 +64,7 @@ def plot_png(
             y,
             [g.accuracy.mean for g in groups],
             xerr=[g.accuracy.std or 0.0 for g in groups],
-            color=["#4c72b0" if g.source == "lora" else "#dd8452" for g in groups],
+            color=["#dd8452" if g.source == ADAPTER else "#4c72b0" for g in groups],
             capsize=3,
         )
         bars.set_yticks(y, [f"{label} (n={g.n})" for label, g in zip(labels, groups, strict=True)])
@@ -104,7 +104,7 @@ def _curves(
 ) -> None:
     drawn = 0
     for group, label in zip(groups, labels, strict=True):
-        points = curves.get((model, dataset, group.key)) if group.source == "lora" else None
+        points = curves.get((model, dataset, group.key)) if group.source != ADAPTER else None
         if not points or drawn >= CURVES_PER_PANEL:
             continue
         epochs = [p.epoch for p in points]

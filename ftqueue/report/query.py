@@ -29,8 +29,13 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session, aliased
 
+from ftqueue.kinds import ADAPTER_FIELD, Role, with_role
 from ftqueue.models import Job, JobTag, Result
 from ftqueue.report.options import HYPERPARAMS, OPERATORS, Column, Condition, ReportOptions
+
+#: ``Group.source`` of the base line; runs have their kind's name, adapter evaluations ADAPTER.
+BASE = "base"
+ADAPTER = "adapter"
 
 
 @dataclass(slots=True)
@@ -62,7 +67,8 @@ class Group:
     model: str
     dataset: str
     split: str
-    #: ``base`` (a bare model), ``lora`` (a training run) or ``adapter`` (an adapter evaluated).
+    #: ``base`` (a bare model), a run kind's name (a training run, ``lora``) or ``adapter``
+    #: (an adapter evaluated).
     source: str
     key: tuple[Any, ...]
     n: int
@@ -140,6 +146,14 @@ def _final_metrics(splits: Sequence[str], jobs: Select[Any] | None) -> Subquery:
     return query.group_by(Result.job_id).subquery("metrics")
 
 
+def _adapter_ref() -> ColumnElement[Any]:
+    """The run an evaluation names (its spec's adapter_job), NULL for other jobs.
+
+    Only evaluations name an adapter; not parsing the spec of every run saves time.
+    """
+    return case((Job.kind.in_(with_role(Role.EVALUATION)), Job.spec[ADAPTER_FIELD].as_integer()))
+
+
 def _runs(
     session: Session,
     opts: ReportOptions,
@@ -150,11 +164,11 @@ def _runs(
 ) -> Select[Any]:
     """One row per run: its group key, and with ``splits`` its final metrics on each.
 
-    ``side`` is ``base`` (evaluations of a bare model) or ``lora`` (training runs and
+    ``side`` is ``base`` (evaluations of a bare model) or ``runs`` (training runs and
     adapter evaluations, whose configuration is the adapter's training spec).
     """
-    # Only evaluate jobs name an adapter; not parsing the spec of every LoRA job saves time.
-    adapter_ref = case((Job.kind == "evaluate", Job.spec["adapter_job"].as_integer()))
+    evaluations, runs = with_role(Role.EVALUATION), with_role(Role.RUN)
+    adapter_ref = _adapter_ref()
     conditions: list[ColumnElement[bool]] = []
     if opts.models:
         conditions.append(Job.model.in_(opts.models))
@@ -168,22 +182,22 @@ def _runs(
     total: ColumnElement[Any]
     seconds: ColumnElement[Any]
     query = select().select_from(Job)
-    if side == "base":
+    if side == BASE:
         spec = Job.spec.expression
         config = Job.config_hash.expression
-        conditions += [Job.kind == "evaluate", adapter_ref.is_(None)]
-        source: ColumnElement[str] = literal("base")
+        conditions += [Job.kind.in_(evaluations), adapter_ref.is_(None)]
+        source: ColumnElement[str] = literal(BASE)
         trainable, total = Job.trainable_params.expression, Job.total_params.expression
         seconds = Job.train_seconds.expression
     else:
         # Only the jobs some evaluation names: joining all jobs would hash every spec.
-        evaluated = select(adapter_ref).where(Job.kind == "evaluate").scalar_subquery()
+        evaluated = select(adapter_ref).where(Job.kind.in_(evaluations)).scalar_subquery()
         adapter = aliased(Job, select(Job).where(Job.id.in_(evaluated)).subquery(), "adapter")
         query = query.outerjoin(adapter, adapter.id == adapter_ref)
         spec = func.coalesce(adapter.spec, Job.spec, type_=JSON)
         config = func.coalesce(adapter.config_hash, Job.config_hash)
-        conditions.append((Job.kind == "lora") | adapter_ref.is_not(None))
-        source = case((Job.kind == "lora", "lora"), else_="adapter")
+        conditions.append(Job.kind.in_(runs) | adapter_ref.is_not(None))
+        source = case((Job.kind.in_(runs), Job.kind), else_=ADAPTER)
         # An adapter evaluation costs what training the adapter cost.
         trainable = func.coalesce(adapter.trainable_params, Job.trainable_params)
         total = func.coalesce(adapter.total_params, Job.total_params)
@@ -195,8 +209,8 @@ def _runs(
         keys = [config.label("k0")]
     metrics: list[ColumnElement[Any]] = []
     if splits:
-        evaluations = select(Job.id).where(Job.kind == "evaluate") if side == "base" else None
-        final = _final_metrics(splits, evaluations)
+        measured = select(Job.id).where(Job.kind.in_(evaluations)) if side == BASE else None
+        final = _final_metrics(splits, measured)
         query = query.join(final, final.c.job_id == Job.id)
         metrics = [c for c in final.c if c.name != "job_id"]
     return query.add_columns(
@@ -225,6 +239,47 @@ def _lora_filters(opts: ReportOptions, spec: ColumnElement[Any]) -> list[ColumnE
     return out
 
 
+@dataclass(slots=True, frozen=True)
+class Sums:
+    """Sum, sum of squares, minimum and maximum of one metric over a group's runs."""
+
+    total: float
+    squares: float
+    lo: float
+    hi: float
+
+    def stat(self, n: int) -> Stat:
+        return Stat.from_sums(n, self.total, self.squares, self.lo, self.hi)
+
+
+@dataclass(slots=True, frozen=True)
+class SplitSums:
+    """What the database sums up for one group on one split."""
+
+    n: int
+    accuracy: Sums
+    loss: Sums
+    #: Means over the runs measured on the split.
+    train_seconds: float | None
+    share: float | None
+    first_job: int
+
+    #: The order ``configs`` selects the aggregates in: n, 4 accuracy sums, 4 loss sums, rest.
+    WIDTH = 12
+
+    @classmethod
+    def from_row(cls, values: Sequence[Any]) -> SplitSums:
+        n, *acc = values[:5]
+        return cls(
+            n=int(n),
+            accuracy=Sums(*(float(v) for v in acc)),
+            loss=Sums(*(float(v) for v in values[5:9])),
+            train_seconds=None if values[9] is None else float(values[9]),
+            share=None if values[10] is None else float(values[10]),
+            first_job=int(values[11]),
+        )
+
+
 @dataclass(slots=True, eq=False)
 class Config:
     """A configuration (or --group-by combination) of a model on a dataset: its sums per split.
@@ -237,33 +292,33 @@ class Config:
     dataset: str
     source: str
     key: tuple[Any, ...]
-    #: split -> (n, accuracy sum, sum of squares, min, max, the same for loss,
-    #: mean train seconds, mean trainable share, first job id)
-    sums: dict[str, tuple[Any, ...]]
+    sums: dict[str, SplitSums]
 
     def accuracy(self, split: str) -> float:
-        return float(self.sums[split][1] / self.sums[split][0])
+        sums = self.sums[split]
+        return sums.accuracy.total / sums.n
 
     def loss(self, split: str) -> float:
-        return float(self.sums[split][5] / self.sums[split][0])
+        sums = self.sums[split]
+        return sums.loss.total / sums.n
 
     def first_job(self, split: str) -> int:
-        return int(self.sums[split][11])
+        return self.sums[split].first_job
 
     def group(self, split: str) -> Group:
-        n, *acc, loss_sum, loss_sq, loss_lo, loss_hi, seconds, share, first = self.sums[split]
+        sums = self.sums[split]
         return Group(
             model=self.model,
             dataset=self.dataset,
             split=split,
             source=self.source,
             key=self.key,
-            n=n,
-            accuracy=Stat.from_sums(n, *acc),
-            loss=Stat.from_sums(n, loss_sum, loss_sq, loss_lo, loss_hi),
-            train_seconds=None if seconds is None else float(seconds),
-            trainable_share=None if share is None else float(share),
-            first_job=first,
+            n=sums.n,
+            accuracy=sums.accuracy.stat(sums.n),
+            loss=sums.loss.stat(sums.n),
+            train_seconds=sums.train_seconds,
+            trainable_share=sums.share,
+            first_job=sums.first_job,
         )
 
 
@@ -292,7 +347,7 @@ def configs(
             func.avg(case((measured, c.share))),
             func.min(case((measured, c.job_id))),
         ]
-    width, per_split = len(dims), len(aggregates) // max(1, len(splits))
+    width, per_split = len(dims), SplitSums.WIDTH
     query = select(*dims, *aggregates).group_by(*dims)
     out = []
     for row in session.connection().execute(query).all():
@@ -300,7 +355,7 @@ def configs(
         for i, split in enumerate(splits):
             start = width + i * per_split
             if row[start]:  # runs measured on this split
-                sums[split] = row[start : start + per_split]
+                sums[split] = SplitSums.from_row(row[start : start + per_split])
         out.append(Config(row[0], row[1], row[2], tuple(row[3:width]), sums))
     return out
 
@@ -308,7 +363,7 @@ def configs(
 def config_specs(session: Session, job_ids: Sequence[int]) -> dict[int, dict[str, Any]]:
     """The configuration spec of each job: its own, or for an adapter evaluation the adapter's."""
     adapter = aliased(Job, name="adapter")
-    adapter_ref = case((Job.kind == "evaluate", Job.spec["adapter_job"].as_integer()))
+    adapter_ref = _adapter_ref()
     out: dict[int, dict[str, Any]] = {}
     for start in range(0, len(job_ids), 500):
         query = (
@@ -330,8 +385,8 @@ class CurvePoint:
 def validation_curves(
     session: Session, opts: ReportOptions, group_by: Sequence[str] = ()
 ) -> dict[tuple[str, str, tuple[Any, ...]], list[CurvePoint]]:
-    """Validation accuracy after each epoch of LoRA training runs, per (model, dataset, key)."""
-    runs = _runs(session, opts, side="lora", group_by=group_by).subquery("runs")
+    """Validation accuracy after each epoch of training runs, per (model, dataset, key)."""
+    runs = _runs(session, opts, side="runs", group_by=group_by).subquery("runs")
     c = runs.c
     keys = [c[f"k{i}"] for i in range(max(1, len(group_by)))]
     dims = [c.model, c.dataset, *keys, Result.epoch]
@@ -341,7 +396,7 @@ def validation_curves(
             *dims, func.count(), func.sum(acc), func.sum(acc * acc), func.min(acc), func.max(acc)
         )
         .join(Result, and_(Result.job_id == c.job_id, Result.split == "validation"))
-        .where(c.source == "lora")
+        .where(c.source.in_(with_role(Role.RUN)))
         .group_by(*dims)
         .order_by(Result.epoch)
     )

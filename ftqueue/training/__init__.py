@@ -1,15 +1,13 @@
 """The training core: the only package that imports torch, transformers and peft.
 
-Importing it is cheap: torch loads on first use of a job function, so the queue and CLI can
-import the result types freely.
+Importing it is cheap: torch loads on first use of a job function. The job kinds (kinds/)
+call into it from their ``perform``; nothing in the queue imports it.
 """
 
 from __future__ import annotations
 
 import importlib
 from typing import TYPE_CHECKING, Any
-
-from ftqueue.training.outcome import PHASES, Measurement, Outcome, Progress, ProgressCallback
 
 if TYPE_CHECKING:
     from ftqueue.training.adapters import LoadedAdapter, load_adapter
@@ -31,12 +29,7 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
-    "PHASES",
     "LoadedAdapter",
-    "Measurement",
-    "Outcome",
-    "Progress",
-    "ProgressCallback",
     "load_adapter",
     "release_memory",
     "run_evaluate",

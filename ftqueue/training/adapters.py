@@ -10,13 +10,9 @@ from typing import Any
 import torch
 from peft import PeftModel
 
-from ftqueue.artifacts import (
-    ADAPTER_METADATA,
-    ADAPTER_WEIGHTS,
-    check_adapter_dir,
-    write_json_atomic,
-)
-from ftqueue.errors import AdapterError
+from ftqueue.artifacts import ADAPTER_METADATA, ADAPTER_WEIGHTS, check_adapter_dir
+from ftqueue.errors import AdapterError, first_line
+from ftqueue.files import write_json_atomic
 from ftqueue.training.modeling import (
     Base,
     PooledClassifier,
@@ -76,9 +72,8 @@ def load_adapter(directory: Path, *, device: torch.device | None = None) -> Load
     try:
         model = PeftModel.from_pretrained(classifier, str(directory), is_trainable=False)
     except (OSError, ValueError, RuntimeError, KeyError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise AdapterError(
-            f"adapter {directory} does not fit model {metadata['model']}: {first}",
+            f"adapter {directory} does not fit model {metadata['model']}: {first_line(exc)}",
             param="--adapter-job",
         ) from None
     model.to(device).eval()

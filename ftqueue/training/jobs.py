@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import functools
 import gc
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import torch
 from peft import LoraConfig, PeftModel, TaskType, get_peft_model
 
 from ftqueue.artifacts import check_adapter_dir
 from ftqueue.data import LoadedData, resolve_dataset
-from ftqueue.errors import AdapterError, FtqueueError, SpecError
-from ftqueue.specs import EvaluateSpec, LoraSpec, resolve_model, validate_against_model
+from ftqueue.errors import AdapterError, FtqueueError, SpecError, first_line
+from ftqueue.outcome import Measurement, Outcome, ProgressCallback
+from ftqueue.specs import ModelSpec, resolve_model, validate_against_model
+from ftqueue.states import Phase
 from ftqueue.training.adapters import load_adapter, save_adapter
 from ftqueue.training.loop import (
     FitPlan,
@@ -36,8 +40,27 @@ from ftqueue.training.modeling import (
     max_positions,
     pick_device,
 )
-from ftqueue.training.outcome import Measurement, Outcome, ProgressCallback
 from ftqueue.training.tokens import Tokens, tokenize_splits, tokenizer_identity
+
+if TYPE_CHECKING:
+    from ftqueue.kinds.evaluate import EvaluateSpec
+    from ftqueue.kinds.lora import LoraSpec
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def releases_memory(job: Callable[P, R]) -> Callable[P, R]:
+    """After the job, however it ends, give GPU memory back; cached base models stay loaded."""
+
+    @functools.wraps(job)
+    def run(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return job(*args, **kwargs)
+        finally:
+            release_memory()
+
+    return run
 
 
 @dataclass
@@ -67,14 +90,12 @@ class _Prepared:
         )
 
 
-def _load(
-    spec: LoraSpec | EvaluateSpec, data: LoadedData, tracker: Tracker, model: str
-) -> _Prepared:
+def _load(spec: ModelSpec, data: LoadedData, tracker: Tracker, model: str) -> _Prepared:
     device = pick_device()
     configure_torch(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    with tracker.phase("load"):
+    with tracker.phase(Phase.LOAD):
         base, model_cached = load_base(model, device)
     limit = max_positions(base)
     if limit is not None and spec.max_length > limit:
@@ -88,7 +109,7 @@ def _load(
 
 
 def _tokenize(prep: _Prepared, max_length: int, cache_dir: Path, tracker: Tracker) -> None:
-    with tracker.phase("tokenize"):
+    with tracker.phase(Phase.TOKENIZE):
         base = prep.base
         identity = tokenizer_identity(base.name, base.path, base.tokenizer)
         prep.tokens, hit = tokenize_splits(
@@ -99,7 +120,7 @@ def _tokenize(prep: _Prepared, max_length: int, cache_dir: Path, tracker: Tracke
 
 def _stats(prep: _Prepared, tracker: Tracker, model: torch.nn.Module, seen: int) -> dict[str, Any]:
     trainable, total = count_params(model)
-    train_seconds = tracker.seconds["train"]
+    train_seconds = tracker.seconds[Phase.TRAIN]
     peak_cuda = (
         torch.cuda.max_memory_allocated(prep.device) / 2**20 if prep.device.type == "cuda" else None
     )
@@ -147,12 +168,13 @@ def _lora_model(spec: LoraSpec, prep: _Prepared) -> PeftModel:
         leaves = sorted({n.rsplit(".", 1)[-1] for n in names if not n.rsplit(".", 1)[-1].isdigit()})
         raise SpecError(
             f"--target-modules {','.join(spec.target_modules)} does not match layers of "
-            f"{spec.model} ({str(exc).splitlines()[0]}); its module names include: "
+            f"{spec.model} ({first_line(exc)}); its module names include: "
             f"{', '.join(leaves)}",
             param="--target-modules",
         ) from None
 
 
+@releases_memory
 def run_lora(
     spec: LoraSpec,
     *,
@@ -173,7 +195,7 @@ def run_lora(
     started = time.time()
     tracker = Tracker(on_progress)
     prep = _load(spec, data, tracker, spec.model)
-    with tracker.phase("load"):
+    with tracker.phase(Phase.LOAD):
         model = _lora_model(spec, prep)
     _tokenize(prep, spec.max_length, cache_dir, tracker)
     optimizer = make_optimizer(
@@ -182,7 +204,7 @@ def run_lora(
     measurements: list[Measurement] = []
 
     def evaluate(split: str, epoch: int) -> None:
-        with tracker.phase("evaluate", epoch):
+        with tracker.phase(Phase.EVALUATE, epoch):
             logits = prep.predict(model, split)
             measurements.append(measure(split, epoch, logits, prep.tokens[split].labels))
 
@@ -200,9 +222,9 @@ def run_lora(
     )
     evaluate("test", spec.epochs)
     stats = _stats(prep, tracker, model, seen)
-    with tracker.phase("save", spec.epochs):
+    with tracker.phase(Phase.SAVE, spec.epochs):
         metadata = {
-            "kind": "lora",
+            "kind": spec.kind,
             "spec": spec.to_dict(),
             "spec_hash": spec.spec_hash(),
             "model": spec.model,
@@ -218,9 +240,10 @@ def run_lora(
         }
         save_adapter(model, adapter_dir, metadata)
     stats["phase_seconds"] = dict(tracker.seconds)
-    return Outcome(measurements=measurements, adapter_dir=adapter_dir, stats=stats)
+    return Outcome(measurements=measurements, artifact_dir=adapter_dir, stats=stats)
 
 
+@releases_memory
 def run_evaluate(
     spec: EvaluateSpec,
     *,
@@ -247,12 +270,12 @@ def run_evaluate(
         return _evaluate_adapter(spec, data, adapter_dir, meta, cache_dir, tracker)
     assert spec.pooling is not None and spec.head_epochs is not None
     prep = _load(spec, data, tracker, spec.model)
-    with tracker.phase("load"):
+    with tracker.phase(Phase.LOAD):
         classifier = build_classifier(
             prep.base, data.num_labels, spec.pooling, spec.seed, prep.device
         )
     _tokenize(prep, spec.max_length, cache_dir, tracker)
-    with tracker.phase("train", 0):
+    with tracker.phase(Phase.TRAIN, 0):
         features = pooled_features(
             classifier,
             prep.tokens["train"],
@@ -268,11 +291,11 @@ def run_evaluate(
         spec.head_epochs, spec.batch_size, 0.0, spec.seed, prep.pad_id, prep.device, None
     )
     seen = fit_head(classifier, features, prep.tokens["train"].labels, optimizer, plan, tracker)
-    with tracker.phase("evaluate", spec.head_epochs):
+    with tracker.phase(Phase.EVALUATE, spec.head_epochs):
         logits = prep.predict(classifier, spec.split)
         result = measure(spec.split, spec.head_epochs, logits, prep.tokens[spec.split].labels)
     stats = _stats(prep, tracker, classifier, seen)
-    return Outcome(measurements=[result], adapter_dir=None, stats=stats)
+    return Outcome(measurements=[result], artifact_dir=None, stats=stats)
 
 
 def _evaluate_adapter(
@@ -302,16 +325,16 @@ def _evaluate_adapter(
             param="--pooling",
         )
     prep = _load(spec, data, tracker, str(meta["model"]))
-    with tracker.phase("load"):
+    with tracker.phase(Phase.LOAD):
         adapter = load_adapter(adapter_dir, device=prep.device)
     _tokenize(prep, spec.max_length, cache_dir, tracker)
-    with tracker.phase("evaluate", 0):
+    with tracker.phase(Phase.EVALUATE, 0):
         logits = prep.predict(adapter.model, spec.split)
         result = measure(spec.split, 0, logits, prep.tokens[spec.split].labels)
     stats = _stats(prep, tracker, adapter.model, 0)
     stats["adapter_dataset_fingerprint"] = meta.get("dataset_fingerprint")
     stats["adapter_label_names"] = meta.get("label_names")
-    return Outcome(measurements=[result], adapter_dir=None, stats=stats)
+    return Outcome(measurements=[result], artifact_dir=None, stats=stats)
 
 
 def release_memory() -> None:

@@ -14,7 +14,8 @@ from sklearn.metrics import accuracy_score, f1_score
 from torch import nn
 from transformers import get_linear_schedule_with_warmup
 
-from ftqueue.training.outcome import PHASES, Measurement, Progress, ProgressCallback
+from ftqueue.outcome import Measurement, Progress, ProgressCallback
+from ftqueue.states import TIMED_PHASES, Phase
 from ftqueue.training.tokens import Batch, Tokens, batches, eval_batches, train_batches
 
 #: Steps between progress reports; each report costs a device sync for the loss.
@@ -27,7 +28,7 @@ class Tracker:
     """Phase wall times, peak RSS and the progress callback, in one place."""
 
     on_progress: ProgressCallback | None
-    seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(PHASES, 0.0))
+    seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(TIMED_PHASES, 0.0))
     peak_rss: int = 0
     _process: psutil.Process = field(default_factory=psutil.Process)
     _announced: tuple[str, int] | None = None
@@ -36,7 +37,7 @@ class Tracker:
         self.peak_rss = max(self.peak_rss, self._process.memory_info().rss)
 
     @contextlib.contextmanager
-    def phase(self, name: str, epoch: int = 0, total_steps: int = 0) -> Iterator[None]:
+    def phase(self, name: Phase, epoch: int = 0, total_steps: int = 0) -> Iterator[None]:
         """Time a phase (re-entrant across epochs) and announce it when it changes."""
         if self._announced != (name, epoch):
             self._announced = (name, epoch)
@@ -45,7 +46,7 @@ class Tracker:
         try:
             yield
         finally:
-            self.seconds[name] += time.perf_counter() - start
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
             self.sample_memory()
 
     def report(self, progress: Progress) -> None:
@@ -108,7 +109,7 @@ def fit(
     params = [p for group in optimizer.param_groups for p in group["params"]]
     step = seen = 0
     for epoch in range(1, plan.epochs + 1):
-        with tracker.phase("train", epoch, total):
+        with tracker.phase(Phase.TRAIN, epoch, total):
             model.train()
             running, count = torch.zeros((), device=plan.device), 0
             for batch in batches(
@@ -131,7 +132,8 @@ def fit(
                 seen += len(batch.rows)
                 # The first step is reported too: it tells the queue training has started.
                 if step == 1 or step % PROGRESS_EVERY == 0 or step % steps_per_epoch == 0:
-                    tracker.report(Progress("train", epoch, step, total, float(running) / count))
+                    mean_loss = float(running) / count
+                    tracker.report(Progress(Phase.TRAIN, epoch, step, total, mean_loss))
                     tracker.sample_memory()
                     running.zero_()
                     count = 0
@@ -237,7 +239,7 @@ def fit_head(
     step = seen = 0
     model.train()
     for epoch in range(1, plan.epochs + 1):
-        with tracker.phase("train", epoch, total):
+        with tracker.phase(Phase.TRAIN, epoch, total):
             order = torch.from_numpy(rng.permutation(len(labels))).to(features.device)
             for rows in order.split(plan.batch_size):
                 loss = model(pooled=features[rows], labels=target[rows]).loss
@@ -248,5 +250,5 @@ def fit_head(
                 step += 1
                 seen += len(rows)
                 if step % PROGRESS_EVERY == 0 or step % steps_per_epoch == 0:
-                    tracker.report(Progress("train", epoch, step, total, loss.item()))
+                    tracker.report(Progress(Phase.TRAIN, epoch, step, total, loss.item()))
     return seen

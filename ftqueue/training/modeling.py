@@ -16,7 +16,7 @@ from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTo
 from transformers.modeling_outputs import SequenceClassifierOutput
 from transformers.utils import logging as hf_logging
 
-from ftqueue.errors import ModelError, SpecError
+from ftqueue.errors import ModelError, SpecError, first_line
 from ftqueue.specs import MODEL_ALIASES, resolve_model
 
 #: Base models kept in memory; a worker usually alternates between one or two.
@@ -73,7 +73,7 @@ def load_base(model: str, device: torch.device) -> tuple[Base, bool]:
         where = "local directory" if os.path.isdir(path) else "hub id"
         raise ModelError(
             f"cannot load model {model!r} ({where}): the Hugging Face hub is unreachable or the "
-            f"id is wrong ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
+            f"id is wrong ({first_line(exc)}); "
             "use a local directory with config.json or the alias minilm",
             param="--model",
         ) from None

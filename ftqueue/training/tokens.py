@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +12,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from ftqueue.data import LoadedData
+from ftqueue.files import atomic_write
 from ftqueue.specs import SPLITS
 
 #: Bumped when the cache layout changes, so old files are simply not found.
@@ -93,15 +92,8 @@ def tokenize_splits(
         f"{s}_{k}": getattr(t, k) for s, t in splits.items() for k in ("ids", "offsets", "labels")
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    # Write next to the target and rename, so a reader never sees half a file.
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as handle:
+        np.savez(handle, **arrays)
     return splits, False
 
 

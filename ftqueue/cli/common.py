@@ -1,4 +1,4 @@
-"""The root command group, its error handling, and options shared by several commands."""
+"""What every command shares: the root group's error handling, output helpers, --json."""
 
 from __future__ import annotations
 
@@ -6,14 +6,18 @@ import json
 import os
 import sys
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from ftqueue import __version__
 from ftqueue.errors import FtqueueError
 
+if TYPE_CHECKING:
+    from rich.console import Console
+
 F = TypeVar("F", bound=Callable[..., Any])
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
 class UserError(click.ClickException):
@@ -48,7 +52,7 @@ def echo_json(payload: Any) -> None:
     click.echo(json.dumps(payload, indent=2, sort_keys=False, default=str))
 
 
-def console(*, quiet: bool = False) -> Any:
+def console(*, quiet: bool = False) -> Console:
     from rich.console import Console
 
     if quiet:
@@ -57,36 +61,3 @@ def console(*, quiet: bool = False) -> Any:
         return Console()
     # Piped output is read by people later (logs, CI) or by grep: do not squeeze it to 80.
     return Console(width=int(os.environ.get("COLUMNS") or 160))
-
-
-CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
-
-
-@click.group(cls=FtqueueGroup, context_settings=CONTEXT)
-@click.version_option(__version__, "-V", "--version", prog_name="ftqueue")
-def cli() -> None:
-    """Queue LoRA fine-tuning and evaluation jobs, run them on GPU workers, compare results.
-
-    \b
-    Typical session:
-      ftqueue db upgrade                                  # create the results tables
-      ftqueue submit evaluate --model minilm --dataset movie-snippets
-      ftqueue submit lora --model minilm --dataset movie-snippets --wait
-      ftqueue report                                      # base model vs its LoRA runs
-
-    Settings come from FTQUEUE_* environment variables (see README): FTQUEUE_DATABASE_URL,
-    FTQUEUE_BROKER_URL, FTQUEUE_ARTIFACTS_DIR, FTQUEUE_EAGER=1 to run jobs in-process.
-    """
-
-
-def _register() -> None:
-    # Command modules import this one for `cli`; importing them here, after `cli` exists,
-    # avoids an import cycle.
-    from ftqueue.cli import db_cmds, jobs_cmds, report_cmd, submit_cmd, worker_cmd  # noqa: F401
-
-
-_register()
-
-
-def main() -> None:
-    cli(prog_name="ftqueue")

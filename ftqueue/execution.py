@@ -1,30 +1,31 @@
-"""Running one job attempt: claim it, heart-beat while the work runs, record exactly once.
+"""Running one attempt of a job: claim, heart-beat, perform, publish, record.
 
-This is the plain function every delivery path calls (a Celery worker, eager mode, tests); it
-holds no Celery state of its own.
+This is the one path every delivery takes (a Celery worker, eager mode, tests); it holds no
+Celery state. The attempt number from the claim fences every write: a heartbeat, the
+publication of the job's directory and its results go through only while this attempt still
+holds the job, so a superseded or cancelled attempt records nothing.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import shutil
+import sys
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-from ftqueue import lifecycle, paths
-from ftqueue.errors import DatabaseError, FtqueueError, JobCancelled, JobSuperseded
+from ftqueue import artifacts, kinds, lifecycle, paths, synthetic
+from ftqueue.errors import DatabaseError, FtqueueError, JobCancelled, JobSuperseded, first_line
+from ftqueue.outcome import Outcome, Progress
 from ftqueue.settings import get_settings
+from ftqueue.states import AttemptOutcome, Phase
 
 log = logging.getLogger(__name__)
 
 #: How long a finished attempt keeps trying to record while the database is unreachable.
 RECORD_RETRY_SECONDS = 300.0
-#: Failures that are expected (the user's to fix): logged in one line, without a traceback.
-EXPECTED = ("OutOfMemoryError", "SoftTimeLimitExceeded")
 
 
 class Heartbeat:
@@ -38,7 +39,8 @@ class Heartbeat:
         self.claim = claim
         self.lease_seconds = lease_seconds
         self.interval = min(1.0, lease_seconds / 4)
-        self.progress = lifecycle.ProgressState()
+        self.progress = Progress(Phase.STARTING)
+        self._dirty = False
         self.cancelled = threading.Event()
         self.superseded = threading.Event()
         self._stop = threading.Event()
@@ -62,16 +64,11 @@ class Heartbeat:
         if self._thread.is_alive() and threading.current_thread() is not self._thread:
             self._thread.join(timeout=30)
 
-    def on_progress(self, update: Any) -> None:
+    def on_progress(self, update: Progress) -> None:
         with self._lock:
-            p = self.progress
-            p.phase = getattr(update, "phase", p.phase)
-            p.epoch = getattr(update, "epoch", p.epoch)
-            p.step = getattr(update, "step", p.step)
-            p.total = getattr(update, "total_steps", p.total)
-            p.loss = getattr(update, "loss", p.loss)
-            p.dirty = True
-            if self.first_step_after is None and p.phase == "train" and (p.step or 0) >= 1:
+            self.progress = update
+            self._dirty = True
+            if self.first_step_after is None and update.phase == Phase.TRAIN and update.step:
                 self.first_step_after = time.monotonic() - self.started
         self.check()
 
@@ -83,9 +80,9 @@ class Heartbeat:
 
     def beat(self) -> None:
         with self._lock:
-            snapshot = dataclasses.replace(self.progress)
-            self.progress.dirty = False
-        owned, cancel = lifecycle.heartbeat(self.claim, snapshot, lease_seconds=self.lease_seconds)
+            update = self.progress if self._dirty else None
+            self._dirty = False
+        owned, cancel = lifecycle.heartbeat(self.claim, update, lease_seconds=self.lease_seconds)
         if not owned:
             self.superseded.set()
         elif cancel:
@@ -105,45 +102,60 @@ class Heartbeat:
                 return
 
 
-def run_job(job_id: int, *, worker: str, task_id: str | None = None) -> str:
-    """Claim and run one job; returns what happened (succeeded, failed, cancelled, skipped...)."""
+def run_job(job_id: int, *, worker: str, task_id: str | None = None) -> AttemptOutcome:
+    """Claim and run one job; returns how this delivery ended."""
     settings = get_settings()
     claim = lifecycle.claim(
         job_id, worker=worker, lease_seconds=settings.lease_seconds, task_id=task_id
     )
     if claim is None:
-        return "skipped"
+        return AttemptOutcome.SKIPPED
     log.info("job %s: attempt %s on %s", job_id, claim.attempt, worker)
     return execute(claim)
 
 
-def final_adapter_dir(claim: lifecycle.Claim) -> Path:
-    return paths.adapter_dir(get_settings().artifacts_dir, claim.job_id, claim.output_dir)
+def published_dir(claim: lifecycle.Claim) -> Path:
+    """Where this job's directory is published; re-checked against symlinks made since."""
+    default = kinds.get(claim.kind).artifacts
+    assert default is not None, f"{claim.kind} jobs publish nothing"
+    return paths.job_dir(get_settings().artifacts_dir, claim.job_id, claim.output_dir, default)
 
 
-def execute(claim: lifecycle.Claim) -> str:
+def perform(claim: lifecycle.Claim, *, staging: Path | None, heartbeat: Heartbeat) -> Outcome:
+    """Decode the job's spec and run its kind's work (or the synthetic stand-in)."""
+    kind = kinds.get(claim.kind)
+    spec = kind.spec(claim.spec)
+    context = kinds.JobContext(
+        job_id=claim.job_id,
+        attempt=claim.attempt,
+        staging=staging,
+        cache_dir=get_settings().cache_dir,
+        on_progress=heartbeat.on_progress,
+    )
+    if synthetic.is_synthetic(spec.model):
+        return synthetic.run(spec, kind, context)
+    return kind.perform(spec, context)
+
+
+def execute(claim: lifecycle.Claim) -> AttemptOutcome:
     """Run a claimed attempt to its end and record that end."""
-    from ftqueue import artifacts, work
-
     settings = get_settings()
     staging: Path | None = None
     heartbeat = Heartbeat(claim, lease_seconds=settings.lease_seconds)
     try:
         with heartbeat:
-            if claim.kind == "lora":
-                final = final_adapter_dir(claim)
+            if kinds.get(claim.kind).publishes:
+                final = published_dir(claim)
                 remove_stale_staging(final)
                 staging = artifacts.new_staging_dir(final.parent, final.name)
-                # mkdtemp makes it private; a shared artifacts directory needs it readable.
-                staging.chmod(0o755)
-            outcome = work.perform(claim, staging=staging, on_progress=heartbeat.on_progress)
+            outcome = perform(claim, staging=staging, heartbeat=heartbeat)
         heartbeat.check()
         publish: Callable[[], str | None] | None = None
-        if staging is not None and outcome.adapter_dir is not None:
-            src = Path(outcome.adapter_dir)
+        if staging is not None and outcome.artifact_dir is not None:
+            src = Path(outcome.artifact_dir)
 
             def publish() -> str:
-                target = final_adapter_dir(claim)  # checked again: a symlink may be new
+                target = published_dir(claim)  # checked again: a symlink may be new
                 artifacts.publish_dir(src, target)
                 return str(target)
 
@@ -154,28 +166,28 @@ def execute(claim: lifecycle.Claim) -> str:
         )
         if recorded:
             log.info("job %s: succeeded", claim.job_id)
-            return "succeeded"
+            return AttemptOutcome.SUCCEEDED
         log.warning(
             "job %s: attempt %s no longer holds it; result discarded", claim.job_id, claim.attempt
         )
-        return "superseded"
+        return AttemptOutcome.SUPERSEDED
     except JobCancelled:
         _with_db_retry(lambda: lifecycle.record_cancelled(claim))
-        return "cancelled"
+        return AttemptOutcome.CANCELLED
     except JobSuperseded:
-        return "superseded"
+        return AttemptOutcome.SUPERSEDED
     except Exception as exc:
         # Any error inside a job ends it: retrying is for workers that die, not for code that
         # raises (bad data, out of memory, the time limit would only happen again).
         error_type, message = describe_failure(exc)
-        if isinstance(exc, FtqueueError) or type(exc).__name__ in EXPECTED:
+        if isinstance(exc, FtqueueError) or _expected(exc):
             log.error("job %s failed: %s: %s", claim.job_id, error_type, message)
         else:
             log.exception("job %s failed", claim.job_id)
         _with_db_retry(lambda: lifecycle.record_failure(claim, error_type, message))
-        return "failed"
+        return AttemptOutcome.FAILED
     finally:
-        # Still here only when the adapter was not published (failure, cancel, superseded).
+        # Still here only when nothing was published (failure, cancel, superseded).
         if staging is not None and staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
 
@@ -183,26 +195,42 @@ def execute(claim: lifecycle.Claim) -> str:
 def remove_stale_staging(final: Path) -> list[Path]:
     """Delete staging directories left by earlier attempts of a job this attempt now holds."""
     root = final.parent
-    stale = sorted(root.glob(f".staging-{final.name}-*")) if root.is_dir() else []
+    stale = sorted(root.glob(f"{artifacts.STAGING_PREFIX}{final.name}-*")) if root.is_dir() else []
     for path in stale:
         shutil.rmtree(path, ignore_errors=True)
     return stale
 
 
+def _soft_time_limit(exc: BaseException) -> bool:
+    from celery.exceptions import SoftTimeLimitExceeded
+
+    return isinstance(exc, SoftTimeLimitExceeded)
+
+
+def _cuda_out_of_memory(exc: BaseException) -> bool:
+    # torch is only ever loaded by the jobs that need it; if it is not, no error came from it.
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(exc, torch.cuda.OutOfMemoryError)
+
+
+def _expected(exc: BaseException) -> bool:
+    """Failures that are the user's to fix: logged in one line, without a traceback."""
+    return _soft_time_limit(exc) or _cuda_out_of_memory(exc)
+
+
 def describe_failure(exc: BaseException) -> tuple[str, str]:
-    name = type(exc).__name__
-    text = str(exc).strip() or repr(exc)
-    if name == "SoftTimeLimitExceeded":
+    """The error type and message a failed job's row keeps."""
+    if _soft_time_limit(exc):
         limit = get_settings().soft_time_limit
         return (
             "TimeLimitExceeded",
             f"the job ran past its time limit of {limit}s (FTQUEUE_TIME_LIMIT)",
         )
-    if name == "OutOfMemoryError":
+    if _cuda_out_of_memory(exc):
         return "CudaOutOfMemory", (
-            f"{text.splitlines()[0]} - lower --batch-size or --max-length, or use a larger GPU"
+            f"{first_line(exc)} - lower --batch-size or --max-length, or use a larger GPU"
         )
-    return name, text
+    return type(exc).__name__, str(exc).strip() or repr(exc)
 
 
 def _with_db_retry(action: Callable[[], bool]) -> bool:

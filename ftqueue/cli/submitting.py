@@ -1,0 +1,169 @@
+"""Submitting from the command line: queue specs, print them, follow them to their end.
+
+Every `submit` command builds its specs and hands them here.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from ftqueue.cli.common import console, echo_json
+from ftqueue.specs import ModelSpec
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from ftqueue.submission import Submission
+
+
+def submit_specs(
+    specs: Sequence[ModelSpec],
+    *,
+    tags: tuple[str, ...],
+    name: str | None,
+    sweep: str | None,
+    force: bool,
+    wait: bool,
+    as_json: bool,
+    output_dir: str | None = None,
+) -> None:
+    """Queue the specs, print what happened, and follow the jobs when asked (or when eager).
+
+    Exits with the jobs' exit code (0 succeeded, 1 failed, 3 cancelled) when it followed them.
+    """
+    from ftqueue import submission
+    from ftqueue.settings import get_settings
+
+    out = console()
+    sub = submission.submit(
+        specs, tags=tags, name=name, sweep=sweep, force=force, output_dir=output_dir
+    )
+    eager = get_settings().eager
+    if as_json and not (wait or eager):
+        echo_json(_payload(sub))
+        return
+    if not as_json:
+        _print_submission(out, sub, eager=eager)
+    # With --json, progress goes nowhere: stdout is for the JSON document alone.
+    progress_out = console(quiet=True) if as_json else out
+    statuses: dict[int, str] = {}
+    if eager and sub.created:
+        statuses = _run_eager(sub, progress_out)
+    elif wait and sub.to_follow:
+        statuses = _wait(sub.to_follow, progress_out)
+    if as_json:
+        echo_json(_payload(sub, statuses))
+    elif statuses:
+        from ftqueue.cli.follow import summary_table
+
+        out.print(summary_table(sorted(statuses)))
+    if statuses or (wait and sub.duplicates):
+        from ftqueue.cli.follow import exit_code
+
+        everything = list(statuses.values()) + [
+            d.status for d in sub.duplicates if d.job_id not in statuses
+        ]
+        raise SystemExit(exit_code(everything))
+
+
+def _wait(job_ids: list[int], out: Console) -> dict[int, str]:
+    from ftqueue.cli.follow import follow
+
+    try:
+        return follow(job_ids, console=out)
+    except KeyboardInterrupt:
+        click.echo(
+            f"\nStopped following; the jobs go on. `ftqueue status {job_ids[0]} --follow` "
+            "picks them up again.",
+            err=True,
+        )
+        raise SystemExit(130) from None
+
+
+def _run_eager(sub: Submission, out: Console) -> dict[int, str]:
+    """Run the new jobs in a thread of this process and follow them from this one."""
+    from ftqueue import lifecycle, store, submission
+    from ftqueue.cli.follow import follow
+
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            submission.run_eagerly(sub.created)
+        except BaseException as exc:
+            errors.append(exc)
+
+    runner = threading.Thread(target=target, name="eager-jobs", daemon=True)
+    runner.start()
+    ids = [job.id for job in sub.created]
+    try:
+        follow(ids, console=out, keep_going=runner.is_alive)
+    except KeyboardInterrupt:
+        lifecycle.cancel(ids)
+        click.echo("\nCancelling: the running job stops at its next step.", err=True)
+    runner.join()
+    if errors:
+        raise errors[0]
+    # Read once more after the runner ended: the follower may have stopped just before the
+    # last job recorded its end.
+    return {jid: s.status for jid, s in store.job_states(ids).items()}
+
+
+def _payload(sub: Submission, statuses: dict[int, str] | None = None) -> dict[str, Any]:
+    from ftqueue import store
+
+    statuses = statuses or {}
+    return {
+        "sweep_id": sub.sweep_id,
+        "jobs": [
+            {**store.job_summary(job), "status": statuses.get(job.id, job.status)}
+            for job in sub.created
+        ],
+        "duplicates": [
+            {
+                "job_id": d.job_id,
+                "status": statuses.get(d.job_id, d.status),
+                "spec_hash": d.spec.spec_hash(),
+            }
+            for d in sub.duplicates
+        ],
+    }
+
+
+def _print_submission(out: Console, sub: Submission, *, eager: bool) -> None:
+    from rich.table import Table
+
+    specs = [(job.id, job.spec, "queued") for job in sub.created]
+    specs += [
+        (d.job_id, d.spec.to_dict(), f"identical to job {d.job_id} ({d.status}), not re-run")
+        for d in sub.duplicates
+    ]
+    if len(specs) == 1 and not sub.duplicates:
+        job = sub.created[0]
+        where = "running it in this process (FTQUEUE_EAGER=1)" if eager else "queued"
+        out.print(f"job {job.id} ({job.kind} {job.model} on {job.dataset}): {where}")
+        return
+    varying = _varying([spec for _, spec, _ in specs])
+    table = Table(title=f"sweep {sub.sweep_id}" if sub.sweep_id else None, header_style="bold")
+    table.add_column("job", justify="right")
+    for key in varying:
+        table.add_column(key)
+    table.add_column("state")
+    for jid, spec, state in specs:
+        table.add_row(str(jid), *[_fmt(spec.get(k)) for k in varying], state)
+    out.print(table)
+
+
+def _varying(specs: list[dict[str, Any]]) -> list[str]:
+    keys = [k for k in specs[0] if k != "data"] if specs else []
+    return [k for k in keys if len({repr(s.get(k)) for s in specs}) > 1] or keys[:1]
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, list):
+        return ",".join(map(str, value))
+    return f"{value:g}" if isinstance(value, float) else str(value)

@@ -1,0 +1,103 @@
+"""The ``evaluate`` kind: the base line (head trained, body frozen) or an adapter, measured."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ftqueue.errors import SpecError
+from ftqueue.kinds.registry import JobContext, JobKind, Role, register
+from ftqueue.outcome import Outcome
+from ftqueue.specs import (
+    POOLINGS,
+    SPLITS,
+    DataSpec,
+    ModelSpec,
+    eval_batch_size_field,
+    max_length_field,
+    param,
+    required,
+    seed_field,
+)
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvaluateSpec(ModelSpec):
+    """Evaluate a model on a split: a bare model after training its head, or a LoRA adapter.
+
+    ``head_epochs`` and ``pooling`` default to None, resolved on construction: a bare model
+    gets 1 head epoch and mean pooling; an adapter brings its own head and pooling, so it gets
+    0 head epochs and keeps ``pooling`` None unless given (then it must match the adapter).
+    """
+
+    kind = "evaluate"
+
+    model: str = required(
+        "text", "Model to evaluate; with --adapter-job, defaults to the adapter's.", cli=False
+    )
+    data: DataSpec
+    split: str = param("test", "choice", "Split to evaluate.", choices=SPLITS)
+    adapter_job: int | None = param(
+        None, "int", "Evaluate the adapter of this succeeded LoRA job (a comma list evaluates "
+        "several), with no training.", lo=1, optional=True, grid=True,
+    )  # fmt: skip
+    head_epochs: int | None = param(
+        None, "int", "Epochs of head-only training (body frozen) before evaluating a bare model.",
+        hi=1000, optional=True, default_text="1", grid=True,
+    )  # fmt: skip
+    pooling: str | None = param(
+        None, "choice", "Sentence vector.", choices=POOLINGS, optional=True,
+        default_text="mean; an adapter's own with --adapter-job",
+    )  # fmt: skip
+    head_lr: float = param(
+        3e-3, "float", "Learning rate of the head.", lo=0, hi=1, lo_open=True, grid=True
+    )
+    batch_size: int = param(32, "int", "Head training batch size.", lo=1, hi=8192)
+    eval_batch_size: int | None = eval_batch_size_field()
+    max_length: int = max_length_field()
+    seed: int = seed_field("Random seed of head training.")
+
+    def _after_check(self) -> None:
+        if self.adapter_job is not None:
+            if self.head_epochs not in (None, 0):
+                raise SpecError(
+                    "--head-epochs trains a head on a bare model, but an adapter brings its own "
+                    "trained head: leave --head-epochs out with --adapter-job; "
+                    f"got {self.head_epochs!r}",
+                    param="--head-epochs",
+                )
+            self._set("head_epochs", 0)
+            return
+        if self.head_epochs is None:
+            self._set("head_epochs", 1)
+        elif self.head_epochs == 0:
+            raise SpecError(
+                "--head-epochs 0 is only allowed with --adapter-job: a bare model's head is "
+                "untrained, so use 1..1000",
+                param="--head-epochs",
+            )
+        if self.pooling is None:
+            self._set("pooling", "mean")
+
+
+def check(spec: EvaluateSpec) -> None:
+    """The adapter to evaluate exists, succeeded, and is on this machine."""
+    if spec.adapter_job is not None:
+        from ftqueue import store
+
+        store.adapter_dir_of(spec.adapter_job)
+
+
+def perform(spec: EvaluateSpec, ctx: JobContext) -> Outcome:
+    from ftqueue import store, training
+
+    adapter = store.adapter_dir_of(spec.adapter_job) if spec.adapter_job is not None else None
+    return training.run_evaluate(
+        spec, cache_dir=ctx.cache_dir, adapter_dir=adapter, on_progress=ctx.on_progress
+    )
+
+
+KIND = register(
+    JobKind(
+        name="evaluate", spec_type=EvaluateSpec, perform=perform, role=Role.EVALUATION, check=check
+    )
+)

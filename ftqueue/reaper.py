@@ -1,0 +1,102 @@
+"""The reaper: re-queues jobs of dead workers and re-publishes queued jobs whose message was lost.
+
+Every worker's main process runs one (started when the worker is ready); a Redis lock lets
+one of them act at a time, so there is no coordinator process to lose.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import logging
+import re
+import shutil
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from redis.exceptions import LockError
+
+from ftqueue import artifacts, broker, lifecycle, store
+from ftqueue.models import utcnow
+from ftqueue.settings import get_settings
+
+log = logging.getLogger(__name__)
+
+REAPER_LOCK = "ftqueue:reaper"
+# A stray's name carries its job: .staging-job-12-xxxx, or .replaced-job-12-xxxx from publish.
+_STRAY_JOB = re.compile(r"^\.(?:staging|replaced)-job-(\d+)-")
+
+
+class Reaper(threading.Thread):
+    """Runs `reap_once` every half lease, until stopped."""
+
+    def __init__(self, interval: float | None = None) -> None:
+        super().__init__(name="ftqueue-reaper", daemon=True)
+        lease = get_settings().lease_seconds
+        self.interval = interval if interval is not None else max(1.0, lease / 2)
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopping.wait(self.interval):
+            try:
+                reap_once(lock_seconds=self.interval)
+            except Exception as exc:  # the broker or database may be away; try next time
+                log.warning("reaper: %s", exc)
+
+
+@dataclass
+class ReapSummary:
+    requeued: list[int] = field(default_factory=list)
+    failed: list[int] = field(default_factory=list)
+    republished: list[int] = field(default_factory=list)
+    cleaned: list[str] = field(default_factory=list)
+
+
+def reap_once(*, lock_seconds: float = 10.0, grace_seconds: float | None = None) -> ReapSummary:
+    """One reaper pass; returns what it did (nothing when another reaper holds the lock)."""
+    summary = ReapSummary()
+    lock = broker.redis_client().lock(REAPER_LOCK, timeout=max(1.0, lock_seconds))
+    if not lock.acquire(blocking=False):
+        return summary
+    try:
+        report = lifecycle.reap_expired()
+        summary.failed = report.failed
+        if report.requeued:
+            broker.publish(report.requeued)
+            summary.requeued = [job.id for job in report.requeued]
+        lease = get_settings().lease_seconds
+        grace = grace_seconds if grace_seconds is not None else max(10.0, float(lease))
+        pending = broker.pending_task_ids()
+        lost = lifecycle.queued_without_message(
+            pending, older_than=utcnow() - dt.timedelta(seconds=grace)
+        )
+        if lost:
+            broker.publish(lost)
+            summary.republished = [job.id for job in lost]
+        summary.cleaned = [str(p) for p in clean_staging()]
+    finally:
+        with contextlib.suppress(LockError):  # expired meanwhile: another reaper may hold it
+            lock.release()
+    for what in ("requeued", "failed", "republished", "cleaned"):
+        if getattr(summary, what):
+            log.warning("reaper %s: %s", what, getattr(summary, what))
+    return summary
+
+
+def clean_staging() -> list[Path]:
+    """Remove staging (and moved-aside) directories of jobs no attempt is writing to any more."""
+    strays: dict[int, list[Path]] = {}
+    for path in artifacts.find_stray_staging(get_settings().artifacts_dir):
+        match = _STRAY_JOB.match(path.name)
+        if match:
+            strays.setdefault(int(match.group(1)), []).append(path)
+    if not strays:
+        return []
+    live = store.unfinished(strays)
+    removed = []
+    for jid in set(strays) - live:
+        for path in strays[jid]:
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed

@@ -1,0 +1,26 @@
+"""Numbers and times written for people, the same in every table ftqueue prints."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+
+def duration(seconds: float | None) -> str:
+    """``12.3s``, ``4m05s``, ``2h10m``; empty for None."""
+    if seconds is None:
+        return ""
+    seconds = max(0.0, seconds)
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"
+
+
+def age(when: dt.datetime | None, now: dt.datetime | None = None) -> str:
+    """How long ago ``when`` was (``4m05s ago``); empty for None."""
+    if when is None:
+        return ""
+    return duration(((now or dt.datetime.now(dt.UTC)) - when).total_seconds()) + " ago"
