@@ -18,6 +18,7 @@ from pathlib import Path
 from redis.exceptions import LockError
 
 from ftqueue import artifacts, broker, lifecycle, store
+from ftqueue.errors import first_line
 from ftqueue.models import utcnow
 from ftqueue.settings import get_settings
 
@@ -38,11 +39,20 @@ class Reaper(threading.Thread):
         self.stopping = threading.Event()
 
     def run(self) -> None:
+        failing: str | None = None
         while not self.stopping.wait(self.interval):
             try:
                 reap_once(lock_seconds=self.interval)
             except Exception as exc:  # the broker or database may be away; try next time
-                log.warning("reaper: %s", exc)
+                # One line when a failure starts (or changes), not one per pass.
+                problem = first_line(exc)
+                if problem != failing:
+                    log.warning("reaper: %s (retrying every %.0fs)", problem, self.interval)
+                failing = problem
+                continue
+            if failing is not None:
+                log.warning("reaper: working again")
+            failing = None
 
 
 @dataclass

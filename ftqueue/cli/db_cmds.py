@@ -36,16 +36,30 @@ def upgrade(revision: str) -> None:
 
 @db_group.command("downgrade")
 @click.argument("revision")
-def downgrade(revision: str) -> None:
+@click.option("--yes", is_flag=True, help="Do not ask before a downgrade that drops every table.")
+def downgrade(revision: str, yes: bool) -> None:
     """Downgrade the schema to REVISION (`base` drops every table and its data).
 
+    A downgrade below the first revision says how many jobs and results it would drop and
+    asks first; `--yes` skips the question (for scripts).
+
     \b
-    Example:
-      ftqueue db downgrade base
+    Examples:
+      ftqueue db downgrade -1
+      ftqueue db downgrade base --yes
     """
     url = db.database_url()
+    where = db.safe_url(url)
+    loss = db.downgrade_loss(url, revision)
+    if loss is not None:
+        jobs, results = loss
+        what = f"drops every table of {where}: {jobs} jobs and {results} results"
+        if yes:
+            click.echo(f"Downgrading to {revision} {what}.")
+        else:
+            click.confirm(f"Downgrading to {revision} {what} would be lost. Continue?", abort=True)
     db.downgrade(url, revision)
-    click.echo(f"{db.safe_url(url)} is now at revision {db.current_revision(url) or 'base'}.")
+    click.echo(f"{where} is now at revision {db.current_revision(url) or 'base'}.")
 
 
 @db_group.command("current")
