@@ -209,6 +209,12 @@ def session_scope(*, write: bool = False, url: str | None = None) -> Iterator[Se
             session.close()
 
 
+def ping(url: str | None = None) -> None:
+    """Open a connection now (so that a SQLite file's identity is known from here on)."""
+    with session_scope(url=url) as session:
+        session.execute(text("SELECT 1"))
+
+
 def describe_operational_error(url: str, exc: BaseException) -> str:
     driver_error = getattr(exc, "orig", None) or exc
     detail = first_line(driver_error)
@@ -296,7 +302,10 @@ def _migration_lock(url: str) -> Iterator[Any]:
             if conn.dialect.name == "postgresql":
                 # Transaction-scoped: released by the commit below, or by any rollback.
                 conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_MIGRATION_LOCK})
-            yield conn
+                yield conn
+            else:
+                with _sqlite_foreign_keys_off(conn):
+                    yield conn
             conn.commit()
     except Timeout:
         raise DatabaseError(
@@ -305,26 +314,57 @@ def _migration_lock(url: str) -> Iterator[Any]:
         ) from None
 
 
-def _run_alembic(url: str, command_name: str, revision: str) -> None:
+@contextlib.contextmanager
+def _sqlite_foreign_keys_off(conn: Any) -> Iterator[None]:
+    """SQLite's procedure for altering tables: foreign keys off, then checked before commit.
+
+    SQLite alters a table by copying it (Alembic's batch mode) and dropping the old one; with
+    foreign keys on, that drop cascades into every row that refers to it (all results, events
+    and tags of the jobs table). The pragma is a no-op inside a transaction, so it goes to the
+    driver connection, which is in autocommit mode, before the migration's transaction begins.
+    """
+    driver = conn.connection.driver_connection
+    driver.execute("PRAGMA foreign_keys=OFF")
+    try:
+        yield
+        broken = conn.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+        if broken:
+            raise DatabaseError(
+                f"the migration left {len(broken)} rows whose foreign keys point nowhere "
+                f"(first: {tuple(broken[0])}); nothing was changed."
+            )
+        conn.commit()  # before the pragma below, which would be ignored inside a transaction
+    except BaseException:
+        conn.rollback()
+        raise
+    finally:
+        driver.execute("PRAGMA foreign_keys=ON")
+
+
+def _run_alembic(url: str, command_name: str, revision: str) -> str | None:
+    """Run an Alembic command under the migration lock; returns the revision it started from."""
     from alembic import command
+    from alembic.runtime.migration import MigrationContext
     from alembic.util.exc import CommandError
 
     cfg = _alembic_config(url)
     with _migration_lock(url) as conn:
+        before = MigrationContext.configure(conn).get_current_revision()
         cfg.attributes["connection"] = conn
         try:
             getattr(command, command_name)(cfg, revision)
         except CommandError as exc:
             raise RevisionError(f"{exc}; `ftqueue db current` shows the revision.") from None
+    return before
 
 
-def upgrade(url: str | None = None, revision: str = "head") -> None:
-    """Bring the schema up to ``revision``; a no-op when it is already there."""
-    _run_alembic(url or database_url(), "upgrade", revision)
+def upgrade(url: str | None = None, revision: str = "head") -> str | None:
+    """Bring the schema up to ``revision`` (a no-op when it is there); returns where it was."""
+    return _run_alembic(url or database_url(), "upgrade", revision)
 
 
-def downgrade(url: str | None = None, revision: str = "-1") -> None:
-    _run_alembic(url or database_url(), "downgrade", revision)
+def downgrade(url: str | None = None, revision: str = "-1") -> str | None:
+    return _run_alembic(url or database_url(), "downgrade", revision)
 
 
 def downgrade_loss(url: str, revision: str) -> tuple[int, int] | None:

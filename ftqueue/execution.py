@@ -282,16 +282,24 @@ def describe_failure(exc: BaseException) -> tuple[str, str]:
 
 
 def _with_db_retry(action: Callable[[], bool]) -> bool:
-    deadline = time.monotonic() + RECORD_RETRY_SECONDS
+    started = time.monotonic()
     delay = 0.5
+    failing = False
     while True:
         try:
-            return action()
+            done = action()
         except DatabaseReplaced:
             raise
         except DatabaseError as exc:
-            if time.monotonic() > deadline:
+            if time.monotonic() > started + RECORD_RETRY_SECONDS:
                 raise
-            log.warning("database unavailable, retrying in %.1fs: %s", delay, exc)
+            if not failing:
+                log.warning("database unavailable, retrying for up to %.0fs: %s",
+                            RECORD_RETRY_SECONDS, exc)  # fmt: skip
+            failing = True
             time.sleep(delay)
             delay = min(delay * 2, MAX_RETRY_DELAY)
+            continue
+        if failing:
+            log.warning("database back after %.0fs", time.monotonic() - started)
+        return done

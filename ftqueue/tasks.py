@@ -177,7 +177,7 @@ def _worker_ready(sender: Any = None, **_: Any) -> None:
 
     Reaper().start()
     if db.sqlite_path(db.database_url()) is not None:
-        db.current_revision()  # opens the file now, so that a replacement is seen from now on
+        db.ping()  # opens the file now, so that a replacement is seen from now on
         threading.Thread(target=_watch_database, name="ftqueue-db-watch", daemon=True).start()
 
 

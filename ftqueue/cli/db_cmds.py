@@ -24,8 +24,7 @@ def upgrade(revision: str) -> None:
       FTQUEUE_DATABASE_URL=postgresql+psycopg://postgres@db/ftqueue ftqueue db upgrade
     """
     url = db.database_url()
-    before = db.current_revision(url)
-    db.upgrade(url, revision)
+    before = db.upgrade(url, revision)  # read under the lock: a concurrent upgrade came first
     after = db.current_revision(url)
     where = db.safe_url(url)
     if before == after:
@@ -34,7 +33,8 @@ def upgrade(revision: str) -> None:
         click.echo(f"{where} upgraded from {before or 'empty'} to {after}.")
 
 
-@db_group.command("downgrade")
+# A relative revision (-1) looks like an option to click: let it through as the argument.
+@db_group.command("downgrade", context_settings={"ignore_unknown_options": True})
 @click.argument("revision")
 @click.option("--yes", is_flag=True, help="Do not ask before a downgrade that drops every table.")
 def downgrade(revision: str, yes: bool) -> None:
