@@ -94,6 +94,11 @@ class Heartbeat:
             self._dirty = False
         owned, cancel = lifecycle.heartbeat(self.claim, update, lease_seconds=self.lease_seconds)
         if not owned:
+            log.warning(
+                "job %s: attempt %s no longer holds it; stopping, nothing recorded",
+                self.claim.job_id,
+                self.claim.attempt,
+            )
             self.superseded.set()
         elif cancel:
             self.cancelled.set()
