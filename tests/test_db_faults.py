@@ -196,6 +196,7 @@ def test_a_sqlite_file_replaced_under_a_worker_is_seen_and_nothing_crosses_over(
     wait_for(lambda: statuses([old.id])[old.id] == "running", timeout=30, what="the old job")
 
     db.dispose_engines()
+    replaced_at = time.monotonic()
     for stale in path.parent.glob(path.name + "*"):  # the file, its WAL and shared memory
         stale.unlink()
     db.upgrade(sqlite_url)
@@ -203,6 +204,7 @@ def test_a_sqlite_file_replaced_under_a_worker_is_seen_and_nothing_crosses_over(
     assert new.id == old.id  # the same id names another job in the new file
 
     wait_for(lambda: all_terminal([new.id]), timeout=90, what="the new file's job")
+    print(f"file replaced: the new file's job ended {time.monotonic() - replaced_at:.1f}s later")
     with db.session_scope() as session:
         row = session.get(Job, new.id)
         assert row is not None and (row.status, row.attempts) == ("succeeded", 1)

@@ -39,7 +39,7 @@ pytestmark = pytest.mark.slow
 
 ROUNDS = 5
 LEASE_SECONDS = 3
-JOB_SECONDS = 2.5
+JOB_SECONDS = 3.0
 PG_SOCKET = "/var/run/postgresql/.s.PGSQL.5432"
 
 
@@ -59,7 +59,7 @@ def network(tmp_path: Path) -> Iterator[HostNetwork]:
 
 def spec(seed: int) -> LoraSpec:
     return LoraSpec(
-        model=f"synthetic:seconds={JOB_SECONDS},steps=10",
+        model=f"synthetic:seconds={JOB_SECONDS},steps=12",
         data=DataSpec(dataset="movie-snippets"),
         seed=seed,
         epochs=1,
@@ -133,13 +133,18 @@ def one_round(
     wait_for(lambda: _running_on(node, ids) is not None, timeout=30, what=f"a job on {node}")
     running = _running_on(node, ids)
     assert running is not None
-    job_id, attempt, started_at = running
-    time.sleep(rng.uniform(0.0, 1.5))  # the cut falls somewhere inside the job
+    job_id, attempt, started_at, task_id = running
+    # The cut falls at a random moment between 20% and 70% of the job's run after its claim
+    # (progress is seen only at a heartbeat, so the job may be seen late: then at once).
+    cut_target = started_at + dt.timedelta(seconds=rng.uniform(0.2, 0.7) * JOB_SECONDS)
+    time.sleep(max(0.0, (cut_target - utcnow()).total_seconds()))
     cut_at = utcnow()
     cut_into_job = (cut_at - started_at).total_seconds()
     t_cut = time.monotonic()
     network.cut(victim_host)  # type: ignore[arg-type]
     try:
+        state = _state(job_id)
+        assert state == ("running", attempt), f"job {job_id} was {state} when cut: cut too late"
         wait_for(
             lambda: _attempts(job_id) > attempt,
             timeout=30,
@@ -156,6 +161,9 @@ def one_round(
     ends = {
         f"job {job_id}: attempt {attempt} no longer holds it; result discarded": "result refused",
         f"job {job_id}: attempt {attempt} no longer holds it; stopping": "heartbeat refused",
+        # Celery ends a late-acked task whose worker lost Redis (worker_cancel_long_running_
+        # tasks_on_connection_loss) by killing its process: that attempt writes nothing either.
+        f"[{task_id}] cannot be acknowledged after a connection loss": "killed by Celery",
     }
     wait_for(
         lambda: any(line in victim.log() for line in ends),
@@ -202,10 +210,10 @@ def _check_every_job_ended_once(
     assert not [r for r in results if r.job_id == job_id and r.attempt == lost_attempt]
 
 
-def _running_on(node: str, ids: list[int]) -> tuple[int, int, dt.datetime] | None:
+def _running_on(node: str, ids: list[int]) -> tuple[int, int, dt.datetime, str] | None:
     with db.session_scope() as session:
         row = session.execute(
-            select(Job.id, Job.attempts, Job.started_at).where(
+            select(Job.id, Job.attempts, Job.started_at, Job.task_id).where(
                 Job.id.in_(ids),
                 Job.status == "running",
                 Job.worker == node,
@@ -215,7 +223,13 @@ def _running_on(node: str, ids: list[int]) -> tuple[int, int, dt.datetime] | Non
     if row is None:
         return None
     started = row.started_at if row.started_at.tzinfo else row.started_at.replace(tzinfo=dt.UTC)
-    return int(row.id), int(row.attempts), started
+    return int(row.id), int(row.attempts), started, str(row.task_id)
+
+
+def _state(job_id: int) -> tuple[str, int]:
+    with db.session_scope() as session:
+        row = session.execute(select(Job.status, Job.attempts).where(Job.id == job_id)).one()
+    return str(row.status), int(row.attempts)
 
 
 def _attempts(job_id: int) -> int:
