@@ -54,6 +54,8 @@ def set_aside(
 ) -> None:
     """Log one line for an entry that cannot be run and keep it in the dead-letter list."""
     data = raw if isinstance(raw, bytes) else raw.encode("utf-8", "surrogatepass")
+    # Reasons may quote the entry (Celery's own errors do): keep the line short.
+    reason = reason if len(reason) <= 2 * QUOTE else reason[: 2 * QUOTE] + "..."
     log.error(
         "set aside a message on queue %s that cannot be run: %s; entry %s (kept in Redis list %s)",
         queue,
@@ -81,6 +83,12 @@ def envelope_problem(payload: Any, channel: Any) -> str | None:
     """Why kombu could not turn a decoded queue entry into a message, or None when it can."""
     if not isinstance(payload, dict):
         return f"a JSON {type(payload).__name__} where a message envelope was expected"
+    props = payload.get("properties")
+    encoding = props.get("body_encoding") if isinstance(props, dict) else None
+    codecs = channel.codecs
+    known = isinstance(encoding, str) and (encoding.lower() == "utf-8" or encoding in codecs)
+    if encoding and not known:
+        return f"unknown body_encoding {quote(str(encoding))}"
     try:
         message = channel.Message(payload, channel=channel)
     except Exception as exc:
