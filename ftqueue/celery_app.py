@@ -29,6 +29,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         transport["unacked_restore_throttle"] = 1
     return {
         "broker_url": settings.broker_url,
+        # Workers survive any bytes on their queues: see poison.py.
+        "broker_transport": _screening_transport(settings.broker_url),
+        "worker_consumer": "ftqueue.poison:Consumer",
         "broker_transport_options": transport,
         "result_backend_transport_options": transport,
         "broker_connection_retry_on_startup": True,
@@ -61,6 +64,12 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_redirect_stdouts": False,
         "enable_utc": True,
     }
+
+
+def _screening_transport(broker_url: str) -> str | None:
+    """kombu's Redis transport with poison screening, for redis:// and rediss:// brokers."""
+    scheme = broker_url.split("://", 1)[0].lower()
+    return "ftqueue.poison:Transport" if scheme in ("redis", "rediss") else None
 
 
 @app.on_configure.connect

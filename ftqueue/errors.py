@@ -62,8 +62,22 @@ class DatabaseError(FtqueueError):
     """Raised when the results database cannot be reached or is not migrated."""
 
 
+class RevisionError(DatabaseError):
+    """Raised when a schema revision asked for does not exist or cannot be reached."""
+
+    exit_code = 2
+
+
+class DatabaseReplaced(DatabaseError):
+    """Raised when the SQLite file a process opened was deleted or replaced under it."""
+
+
 class BrokerError(FtqueueError):
     """Raised when the message broker cannot be reached."""
+
+
+class NameTaken(FtqueueError):
+    """Raised when a live worker already runs under the node name a new one asked for."""
 
 
 class PublishError(BrokerError):

@@ -17,7 +17,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ftqueue import artifacts, kinds, lifecycle, paths, synthetic
-from ftqueue.errors import DatabaseError, FtqueueError, JobCancelled, JobSuperseded, first_line
+from ftqueue.errors import (
+    DatabaseError,
+    DatabaseReplaced,
+    FtqueueError,
+    JobCancelled,
+    JobSuperseded,
+    first_line,
+)
 from ftqueue.outcome import Outcome, Progress
 from ftqueue.settings import get_settings
 from ftqueue.states import AttemptOutcome, Phase
@@ -26,6 +33,8 @@ log = logging.getLogger(__name__)
 
 #: How long a finished attempt keeps trying to record while the database is unreachable.
 RECORD_RETRY_SECONDS = 300.0
+#: The longest wait between two tries of an unavailable database.
+MAX_RETRY_DELAY = 10.0
 
 
 class Heartbeat:
@@ -43,6 +52,7 @@ class Heartbeat:
         self._dirty = False
         self.cancelled = threading.Event()
         self.superseded = threading.Event()
+        self.lost_because = f"job {claim.job_id} was taken over by another attempt"
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self.started = time.monotonic()
@@ -74,7 +84,7 @@ class Heartbeat:
 
     def check(self) -> None:
         if self.superseded.is_set():
-            raise JobSuperseded(f"job {self.claim.job_id} was taken over by another attempt")
+            raise JobSuperseded(self.lost_because)
         if self.cancelled.is_set():
             raise JobCancelled(f"job {self.claim.job_id} was cancelled")
 
@@ -84,18 +94,33 @@ class Heartbeat:
             self._dirty = False
         owned, cancel = lifecycle.heartbeat(self.claim, update, lease_seconds=self.lease_seconds)
         if not owned:
+            log.warning(
+                "job %s: attempt %s no longer holds it; stopping, nothing recorded",
+                self.claim.job_id,
+                self.claim.attempt,
+            )
             self.superseded.set()
         elif cancel:
             self.cancelled.set()
 
     def _run(self) -> None:
+        failing = False
         while not self._stop.wait(self.interval):
             try:
                 self.beat()
+                if failing:
+                    log.warning("job %s: heartbeat recorded again", self.claim.job_id)
+                failing = False
+            except DatabaseReplaced as exc:
+                self.lost_because = f"job {self.claim.job_id}: {exc.message}"
+                log.error("%s; this attempt stops and records nothing", self.lost_because)
+                self.superseded.set()
             except DatabaseError as exc:
                 # The lease may lapse while the database is away; ownership is checked again
                 # when the result is recorded, so this attempt cannot record over another.
-                log.warning("job %s: heartbeat failed: %s", self.claim.job_id, exc)
+                if not failing:
+                    log.warning("job %s: heartbeat failed: %s", self.claim.job_id, exc)
+                failing = True
             except Exception:
                 log.exception("job %s: heartbeat failed", self.claim.job_id)
             if self.superseded.is_set():
@@ -104,14 +129,39 @@ class Heartbeat:
 
 def run_job(job_id: int, *, worker: str, task_id: str | None = None) -> AttemptOutcome:
     """Claim and run one job; returns how this delivery ended."""
-    settings = get_settings()
-    claim = lifecycle.claim(
-        job_id, worker=worker, lease_seconds=settings.lease_seconds, task_id=task_id
-    )
+    claim = claim_when_writable(job_id, worker=worker, task_id=task_id)
     if claim is None:
         return AttemptOutcome.SKIPPED
     log.info("job %s: attempt %s on %s", job_id, claim.attempt, worker)
     return execute(claim)
+
+
+def claim_when_writable(
+    job_id: int, *, worker: str, task_id: str | None = None
+) -> lifecycle.Claim | None:
+    """Claim a job, waiting while the database is unavailable or read-only.
+
+    A worker takes no job it could not record: while it waits here its one slot stays taken,
+    so it fetches no other message, and this one stays unacknowledged in Redis.
+    """
+    delay, since = 0.5, None
+    while True:
+        try:
+            claim = lifecycle.claim(
+                job_id, worker=worker, lease_seconds=get_settings().lease_seconds, task_id=task_id
+            )
+        except DatabaseReplaced:
+            raise
+        except DatabaseError as exc:
+            if since is None:
+                since = time.monotonic()
+                log.warning("job %s: not claiming until the database is back: %s", job_id, exc)
+            time.sleep(delay)
+            delay = min(delay * 2, MAX_RETRY_DELAY)
+            continue
+        if since is not None:
+            log.warning("job %s: database back after %.0fs", job_id, time.monotonic() - since)
+        return claim
 
 
 def published_dir(claim: lifecycle.Claim) -> Path:
@@ -176,6 +226,9 @@ def execute(claim: lifecycle.Claim) -> AttemptOutcome:
         return AttemptOutcome.CANCELLED
     except JobSuperseded:
         return AttemptOutcome.SUPERSEDED
+    except DatabaseReplaced as exc:
+        log.error("job %s: %s; this attempt records nothing", claim.job_id, exc.message)
+        return AttemptOutcome.SUPERSEDED
     except Exception as exc:
         # Any error inside a job ends it: retrying is for workers that die, not for code that
         # raises (bad data, out of memory, the time limit would only happen again).
@@ -234,14 +287,24 @@ def describe_failure(exc: BaseException) -> tuple[str, str]:
 
 
 def _with_db_retry(action: Callable[[], bool]) -> bool:
-    deadline = time.monotonic() + RECORD_RETRY_SECONDS
+    started = time.monotonic()
     delay = 0.5
+    failing = False
     while True:
         try:
-            return action()
+            done = action()
+        except DatabaseReplaced:
+            raise
         except DatabaseError as exc:
-            if time.monotonic() > deadline:
+            if time.monotonic() > started + RECORD_RETRY_SECONDS:
                 raise
-            log.warning("database unavailable, retrying in %.1fs: %s", delay, exc)
+            if not failing:
+                log.warning("database unavailable, retrying for up to %.0fs: %s",
+                            RECORD_RETRY_SECONDS, exc)  # fmt: skip
+            failing = True
             time.sleep(delay)
-            delay = min(delay * 2, 15.0)
+            delay = min(delay * 2, MAX_RETRY_DELAY)
+            continue
+        if failing:
+            log.warning("database back after %.0fs", time.monotonic() - started)
+        return done

@@ -120,14 +120,12 @@ def claim(
 ) -> Claim | None:
     """Take a job for a new attempt, or return None when this delivery has nothing to do.
 
-    A queued job is taken. A running job is taken over only when its lease has expired, or when
-    it is held by this same worker name (one job at a time per worker, so that holder is dead).
+    A queued job is taken. A running job is taken over only when its lease has expired: a
+    live, heart-beating attempt is never superseded, whatever the claiming worker's name.
     """
     now = utcnow()
     lease = now + dt.timedelta(seconds=lease_seconds)
-    takeover = and_(
-        Job.status == JobStatus.RUNNING, or_(Job.lease_expires_at < now, Job.worker == worker)
-    )
+    takeover = and_(Job.status == JobStatus.RUNNING, Job.lease_expires_at < now)
     with session_scope(write=True) as session:
         result = session.execute(
             update(Job)

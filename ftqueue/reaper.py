@@ -18,6 +18,7 @@ from pathlib import Path
 from redis.exceptions import LockError
 
 from ftqueue import artifacts, broker, lifecycle, store
+from ftqueue.errors import first_line
 from ftqueue.models import utcnow
 from ftqueue.settings import get_settings
 
@@ -38,15 +39,26 @@ class Reaper(threading.Thread):
         self.stopping = threading.Event()
 
     def run(self) -> None:
+        failing: str | None = None
         while not self.stopping.wait(self.interval):
             try:
-                reap_once(lock_seconds=self.interval)
+                summary = reap_once(lock_seconds=self.interval)
             except Exception as exc:  # the broker or database may be away; try next time
-                log.warning("reaper: %s", exc)
+                # One line when a failure starts (or changes), not one per pass.
+                problem = first_line(exc)
+                if problem != failing:
+                    log.warning("reaper: %s (retrying every %.0fs)", problem, self.interval)
+                failing = problem
+                continue
+            if failing is not None and summary.ran:
+                log.warning("reaper: working again")
+                failing = None
 
 
 @dataclass
 class ReapSummary:
+    #: False when another reaper held the lock and this pass did nothing.
+    ran: bool = False
     requeued: list[int] = field(default_factory=list)
     failed: list[int] = field(default_factory=list)
     republished: list[int] = field(default_factory=list)
@@ -59,6 +71,7 @@ def reap_once(*, lock_seconds: float = 10.0, grace_seconds: float | None = None)
     lock = broker.redis_client().lock(REAPER_LOCK, timeout=max(1.0, lock_seconds))
     if not lock.acquire(blocking=False):
         return summary
+    summary.ran = True
     try:
         report = lifecycle.reap_expired()
         summary.failed = report.failed

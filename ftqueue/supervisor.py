@@ -19,6 +19,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from ftqueue.nodes import NAME_TAKEN_EXIT
+
 log = logging.getLogger(__name__)
 
 
@@ -119,6 +121,10 @@ def supervise(slots: list[Slot], *, queues: list[str], loglevel: str, max_restar
             for slot in slots:
                 code = slot.process.poll() if slot.process else None
                 if code is None or stopping.is_set():
+                    continue
+                if code == NAME_TAKEN_EXIT:  # it said why; restarting would only repeat it
+                    stop(signal.SIGTERM, None)
+                    status = 1
                     continue
                 now = time.monotonic()
                 slot.restarts = [t for t in slot.restarts if now - t < 60] + [now]

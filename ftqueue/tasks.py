@@ -6,24 +6,40 @@ database says what to do with it. Task names and queues come from the registry o
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import signal
 import socket
+import sys
 import threading
+import time
 from typing import Any
 
 from celery import Task, signals
+from celery.exceptions import Reject
 from celery.worker.request import Request
 
-from ftqueue import db, execution, lifecycle
+from ftqueue import broker, db, execution, lifecycle, nodes, poison
 from ftqueue.celery_app import app
+from ftqueue.errors import DatabaseReplaced, NameTaken
 from ftqueue.kinds import JobKind, all_kinds
+from ftqueue.states import AttemptOutcome
 
 log = logging.getLogger(__name__)
 
 
 class JobRequest(Request):
-    """Marks the job failed when the worker kills it at the hard time limit."""
+    """Marks the job failed when the worker kills it at the hard time limit.
+
+    Time limits carried by a message are ignored: the worker's FTQUEUE_TIME_LIMIT governs
+    (publish sends none), so a message cannot lift the limit, nor stall the pool with a value
+    Celery fails on only after taking the worker's one slot.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.time_limits = (None, None)
 
     def on_timeout(self, soft: bool, timeout: float) -> None:
         super().on_timeout(soft, timeout)
@@ -54,14 +70,56 @@ def worker_name(request: Any) -> str:
     return f"eager@{socket.gethostname()}:{os.getpid()}"
 
 
+#: Job ids are the jobs table's INTEGER key.
+MAX_JOB_ID = 2**31 - 1
+
+
+def job_id_of(args: tuple[Any, ...], kwargs: dict[str, Any]) -> int | None:
+    """The job id a message carries, or None when it carries anything else."""
+    if kwargs or len(args) != 1:
+        return None
+    value = args[0]
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= MAX_JOB_ID:
+        return None
+    return value
+
+
 def _task_for(kind: JobKind[Any]) -> Task:
-    def run(self: Task, job_id: int) -> str:
+    # Any arguments are accepted and checked here, so that a message carrying something else
+    # is set aside in one line instead of failing with a traceback in Celery's tracer.
+    def run(self: Task, *args: Any, **kwargs: Any) -> str:
         request = self.request
-        return execution.run_job(int(job_id), worker=worker_name(request), task_id=request.id)
+        job_id = job_id_of(args, kwargs)
+        if job_id is None:
+            _set_aside(request, args, kwargs)
+            return AttemptOutcome.SKIPPED
+        try:
+            return execution.run_job(job_id, worker=worker_name(request), task_id=request.id)
+        except DatabaseReplaced as exc:
+            if getattr(request, "is_eager", False):
+                raise
+            # The message belongs to whichever database is there now: hand it back for the
+            # restarted worker (the main process is shutting down, see _watch_database).
+            log.error("job %s: %s; message returned to the queue", job_id, exc.message)
+            time.sleep(1)
+            raise Reject(exc.message, requeue=True) from None
 
     run.__name__ = run.__qualname__ = kind.name
     task: Task = app.task(name=kind.task_name, base=JobTask, bind=True)(run)
     return task
+
+
+def _set_aside(request: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    if getattr(request, "is_eager", False):
+        raise ValueError(f"a job task takes one job id, not args={args!r} kwargs={kwargs!r}")
+    entry = json.dumps(
+        {"task": request.task, "id": request.id, "args": args, "kwargs": kwargs}, default=repr
+    )
+    queue = (request.delivery_info or {}).get("routing_key") or "?"
+    reason = "it carries no job id (one whole number from 1 up is expected)"
+    poison.set_aside(
+        broker.redis_client(), queue=queue, reason=reason, raw=entry, worker=request.hostname
+    )
 
 
 #: The task of each kind, by kind name.
@@ -90,8 +148,50 @@ def _warm_imports() -> None:
         log.debug("warm-up import failed", exc_info=True)
 
 
+_NODE_LEASE: list[nodes.NodeLease] = []
+
+
+@signals.celeryd_init.connect
+def _take_node_name(sender: Any = None, **_: Any) -> None:
+    # Before the pool starts or a message is taken: a second worker under a live worker's
+    # name must not start at all.
+    lease = nodes.NodeLease(broker.redis_client(), str(sender))
+    try:
+        lease.acquire()
+    except NameTaken as exc:
+        print(f"Error: {exc.message}", file=sys.stderr, flush=True)
+        raise SystemExit(nodes.NAME_TAKEN_EXIT) from None
+    lease.start_renewing()
+    _NODE_LEASE.append(lease)
+
+
+@signals.worker_shutdown.connect
+def _give_up_node_name(**_: Any) -> None:
+    while _NODE_LEASE:
+        _NODE_LEASE.pop().release()
+
+
 @signals.worker_ready.connect
 def _worker_ready(sender: Any = None, **_: Any) -> None:
     from ftqueue.reaper import Reaper
 
     Reaper().start()
+    if db.sqlite_path(db.database_url()) is not None:
+        db.ping()  # opens the file now, so that a replacement is seen from now on
+        threading.Thread(target=_watch_database, name="ftqueue-db-watch", daemon=True).start()
+
+
+def _watch_database(interval: float = 1.0) -> None:
+    """Stop this worker (warm shutdown) once its SQLite file is deleted or replaced.
+
+    The supervisor of `ftqueue worker` starts it again, on the new file; the attempt running
+    meanwhile sees the same and records nothing.
+    """
+    while True:
+        time.sleep(interval)
+        try:
+            db.check_file()
+        except DatabaseReplaced as exc:
+            log.critical("%s; stopping this worker", exc.message)
+            os.kill(os.getpid(), signal.SIGTERM)
+            return

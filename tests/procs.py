@@ -7,7 +7,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 from sqlalchemy import func, select
@@ -28,8 +28,11 @@ class WorkerProcess:
         log_dir: Path,
         processes: int = 1,
         queues: str | None = None,
+        prefix: Sequence[str] = (),
     ) -> None:
         self.name = name
+        #: Runs the worker inside something, e.g. `ip netns exec HOST` for a test host.
+        self.prefix = list(prefix)
         self.env = env
         self.log_path = log_dir / f"worker-{name}.log"
         self.processes = processes
@@ -40,6 +43,7 @@ class WorkerProcess:
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             [
+                *self.prefix,
                 sys.executable,
                 "-m",
                 "ftqueue",

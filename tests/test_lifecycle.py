@@ -77,12 +77,20 @@ def test_a_superseded_attempt_cannot_record(any_db_url: str) -> None:
     assert lifecycle.claim(job_id, worker="c", lease_seconds=60) is None  # done is done
 
 
-def test_same_worker_name_takes_over_its_own_dead_attempt(any_db_url: str) -> None:
+def test_a_live_attempt_is_never_superseded_even_by_its_own_name(any_db_url: str) -> None:
     job_id = make_job()
-    assert lifecycle.claim(job_id, worker="gpu0@h", lease_seconds=600) is not None
+    first = lifecycle.claim(job_id, worker="gpu0@h", lease_seconds=600)
+    assert first is not None
     assert lifecycle.claim(job_id, worker="gpu1@h", lease_seconds=600) is None  # lease is live
+    assert lifecycle.claim(job_id, worker="gpu0@h", lease_seconds=600) is None  # same name too
+    assert lifecycle.heartbeat(first, None, lease_seconds=1) == (True, False)
+    with db.session_scope(write=True) as session:  # the lease lapses: now it may be taken
+        job = session.get(Job, job_id)
+        assert job is not None
+        job.lease_expires_at = utcnow() - dt.timedelta(seconds=1)
     again = lifecycle.claim(job_id, worker="gpu0@h", lease_seconds=600)
     assert again is not None and again.attempt == 2
+    assert lifecycle.heartbeat(first, None, lease_seconds=60) == (False, False)
 
 
 def test_attempts_are_bounded(any_db_url: str) -> None:

@@ -24,8 +24,7 @@ def upgrade(revision: str) -> None:
       FTQUEUE_DATABASE_URL=postgresql+psycopg://postgres@db/ftqueue ftqueue db upgrade
     """
     url = db.database_url()
-    before = db.current_revision(url)
-    db.upgrade(url, revision)
+    before = db.upgrade(url, revision)  # read under the lock: a concurrent upgrade came first
     after = db.current_revision(url)
     where = db.safe_url(url)
     if before == after:
@@ -34,18 +33,33 @@ def upgrade(revision: str) -> None:
         click.echo(f"{where} upgraded from {before or 'empty'} to {after}.")
 
 
-@db_group.command("downgrade")
+# A relative revision (-1) looks like an option to click: let it through as the argument.
+@db_group.command("downgrade", context_settings={"ignore_unknown_options": True})
 @click.argument("revision")
-def downgrade(revision: str) -> None:
+@click.option("--yes", is_flag=True, help="Do not ask before a downgrade that drops every table.")
+def downgrade(revision: str, yes: bool) -> None:
     """Downgrade the schema to REVISION (`base` drops every table and its data).
 
+    A downgrade below the first revision says how many jobs and results it would drop and
+    asks first; `--yes` skips the question (for scripts).
+
     \b
-    Example:
-      ftqueue db downgrade base
+    Examples:
+      ftqueue db downgrade -1
+      ftqueue db downgrade base --yes
     """
     url = db.database_url()
+    where = db.safe_url(url)
+    loss = db.downgrade_loss(url, revision)
+    if loss is not None:
+        jobs, results = loss
+        what = f"drops every table of {where}: {jobs} jobs and {results} results"
+        if yes:
+            click.echo(f"Downgrading to {revision} {what}.")
+        else:
+            click.confirm(f"Downgrading to {revision} {what} would be lost. Continue?", abort=True)
     db.downgrade(url, revision)
-    click.echo(f"{db.safe_url(url)} is now at revision {db.current_revision(url) or 'base'}.")
+    click.echo(f"{where} is now at revision {db.current_revision(url) or 'base'}.")
 
 
 @db_group.command("current")

@@ -43,8 +43,8 @@ def worker_cmd(
       ftqueue worker --gpus 0,1 --queues lora
       FTQUEUE_DATABASE_URL=postgresql+psycopg://ftq@db/ftq ftqueue worker --processes 2
     """
-    from ftqueue import db, supervisor
-    from ftqueue.broker import check_broker
+    from ftqueue import db, nodes, supervisor
+    from ftqueue.broker import check_broker, redis_client
     from ftqueue.submission import check_label
 
     names = [q.strip() for q in queues.split(",") if q.strip()]
@@ -68,6 +68,7 @@ def worker_cmd(
             param_hint="--gpus",
         )
     slots = supervisor.plan_slots(chosen, processes=processes, prefix=prefix)
+    nodes.check_free(redis_client(), [slot.name for slot in slots])
     kind = "GPU" if chosen else "CPU"
     click.echo(f"starting {len(slots)} {kind} worker(s): {', '.join(s.name for s in slots)}")
     raise SystemExit(supervisor.supervise(slots, queues=names, loglevel=loglevel.upper()))
