@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import click
 
-from ftqueue import db, kinds, store
+from ftqueue import db, eager, kinds, store
 from ftqueue.cli.common import console, echo_json, json_option
 from ftqueue.cli.render import job_details, jobs_table
 from ftqueue.states import STATUSES, JobStatus
+from ftqueue.text import quote
 
 
 @click.command("list")
@@ -54,6 +55,7 @@ def list_cmd(
       ftqueue list --sweep 7f3a9c --json
     """
     db.ensure_ready()
+    eager.settle()
     with db.session_scope() as session:
         jobs = store.list_jobs(
             session,
@@ -94,6 +96,7 @@ def status_cmd(job_id: int, follow: bool, as_json: bool) -> None:
       ftqueue status 12 --json | jq .status
     """
     db.ensure_ready()
+    eager.settle([job_id])
     with db.session_scope() as session:
         job = store.get_job(session, job_id)
         if not follow:
@@ -143,7 +146,9 @@ def cancel_cmd(job_ids: tuple[int, ...], sweep: str | None, as_json: bool) -> No
         if sweep:
             found = store.list_jobs(session, sweep=sweep, limit=None)
             if not found:
-                raise click.ClickException(f"no jobs in sweep {sweep!r}: `ftqueue list` shows them")
+                raise click.ClickException(
+                    f"no jobs in sweep {quote(sweep)}: `ftqueue list` shows them"
+                )
             ids += [job.id for job in found]
     outcomes = lifecycle.cancel(sorted(set(ids)))
     if as_json:

@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from ftqueue import db, store
+from ftqueue import db, eager, store
 from ftqueue.cli.common import console, echo_json, json_option
 from ftqueue.cli.render import job_details
 from ftqueue.files import write_bytes_atomic
@@ -173,6 +173,7 @@ def show_cmd(job_id: int, as_json: bool) -> None:
       ftqueue show 12 --json | jq '.results[] | select(.split == "validation")'
     """
     db.ensure_ready()
+    eager.settle([job_id])
     with db.session_scope() as session:
         job = store.get_job(session, job_id, with_results=True)
         if as_json:

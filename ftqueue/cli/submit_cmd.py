@@ -85,7 +85,7 @@ def submit_evaluate(**kw: Any) -> None:
     """
     queue = pop_queue_options(kw)
     data = data_spec(kw)
-    model = kw.pop("model") or _adapter_model(kw.get("adapter_job") or [])
+    model = kw.pop("model") or _adapter_model(list(kw.get("adapter_job") or []))
     fixed, grid = split_grid(EvaluateSpec, kw)
     fixed.update(model=model, data=data)
     submit_specs(build_specs(EvaluateSpec, expand(fixed, grid)), **queue)

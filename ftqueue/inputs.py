@@ -1,0 +1,69 @@
+"""What a job reads, pinned when it is submitted: local data files and model directories become
+resolved absolute paths with a content fingerprint (torch-free).
+
+A pinned spec is what is hashed for de-duplication and what the worker re-reads, so the same
+relative name from another directory, or a file edited in place, is a new job rather than
+"identical to job N"; and the worker refuses to train on a file or a model directory whose
+content no longer matches (``data.resolve_dataset``, ``specs.validate_against_model``). Hub ids
+and the offline aliases are left as named.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import TypeVar
+
+from ftqueue import data, fingerprint, weights
+from ftqueue.errors import DatasetError
+from ftqueue.specs import DATASET_ALIASES, SPLITS, DataSpec, ModelSpec
+from ftqueue.text import clip
+
+S = TypeVar("S", bound=ModelSpec)
+
+
+def pin_data(spec: DataSpec) -> DataSpec:
+    """The data spec with its local files as absolute paths and their content fingerprint."""
+    files = data.local_files(spec)
+    if files is None:
+        return spec
+    for path in files.values():
+        data.check_file(path)
+    digests = {}
+    for name, path in files.items():
+        try:
+            digests[name] = fingerprint.file_digest(path)
+        except OSError as exc:
+            raise DatasetError(
+                f"cannot read {clip(path)}: {exc.strerror}", param="--dataset"
+            ) from None
+    absolute = {name: str(path.resolve()) for name, path in files.items()}
+    if "file" in absolute:
+        dataset = absolute["file"]
+    else:  # in the canonical split order, so the order given does not make another job
+        dataset = ",".join(f"{name}={absolute[name]}" for name in SPLITS if name in absolute)
+    return dataclasses.replace(spec, dataset=dataset, fingerprint=fingerprint.combine(digests))
+
+
+def pin_model(model: str) -> tuple[str, str | None]:
+    """A local model directory as its resolved path and fingerprint; other models as named."""
+    if not weights.is_local_model(model):
+        return model, None
+    resolved = weights.resolve_model(model)
+    return resolved, weights.model_fingerprint(Path(resolved))
+
+
+def pin(spec: S, *, model: tuple[str, str | None], data_spec: DataSpec) -> S:
+    """``spec`` with its model and data replaced by their pinned forms."""
+    name, model_fingerprint = model
+    changes: dict[str, object] = {"data": data_spec}
+    if model_fingerprint is not None:
+        changes.update(model=name, model_fingerprint=model_fingerprint)
+    return dataclasses.replace(spec, **changes)  # type: ignore[type-var]
+
+
+def hub_dataset(spec: DataSpec) -> str | None:
+    """The hub dataset id a data spec names, or None for local files and the alias."""
+    if spec.dataset in DATASET_ALIASES or data.local_files(spec) is not None:
+        return None
+    return spec.dataset
