@@ -59,19 +59,26 @@ def _check(repo_id: str, repo_type: RepoType) -> str | None:
     if why is not None:
         return _note(repo_id, repo_type, why)
     import httpx2
-    from huggingface_hub import HfApi
+    from huggingface_hub import constants, get_session, get_token
     from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
+    from huggingface_hub.utils import hf_raise_for_status
 
-    api = HfApi(endpoint=os.environ.get("HF_ENDPOINT") or None)
-    info = api.model_info if repo_type == "model" else api.dataset_info
+    endpoint = (os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
+    token = get_token()
+    # The library's own session and error mapping, without HfApi's user-agent headers: those
+    # fetch a registry from the hub first, which doubles the wait when the hub is silent.
+    headers = {"authorization": f"Bearer {token}"} if token else {}
     try:
-        info(repo_id, timeout=PROBE_SECONDS)
+        response = get_session().get(
+            f"{endpoint}/api/{repo_type}s/{repo_id}", headers=headers, timeout=PROBE_SECONDS
+        )
+        hf_raise_for_status(response)
     except GatedRepoError:
         return None  # it exists; access is the workers' token's business
     except RepositoryNotFoundError:
         error: type[FtqueueError] = ModelError if repo_type == "model" else DatasetError
         raise error(
-            f"no {repo_type} {quote(repo_id)} on the Hugging Face hub at {api.endpoint} (or it is "
+            f"no {repo_type} {quote(repo_id)} on the Hugging Face hub at {endpoint} (or it is "
             f"private and no token here can see it): check the id, or give {_INSTEAD[repo_type]}",
             param=_FLAG[repo_type],
         ) from None
@@ -81,7 +88,7 @@ def _check(repo_id: str, repo_type: RepoType) -> str | None:
     except (httpx2.HTTPError, OSError) as exc:
         # Unreachable (refused, timed out, no route, offline mode set at import): say so once
         # and do not wait again for the other ids of this submit.
-        _unreachable.append(f"{api.endpoint} is unreachable: {type(exc).__name__}")
+        _unreachable.append(f"{endpoint} is unreachable: {type(exc).__name__}")
         return _note(repo_id, repo_type, _unreachable[0])
     return None
 
