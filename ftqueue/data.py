@@ -7,6 +7,7 @@ import importlib.metadata
 import json
 import math
 import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ import numpy as np
 
 from ftqueue import fingerprint
 from ftqueue.errors import DatasetError, first_line
+from ftqueue.files import stat_or_none
 from ftqueue.specs import DATASET_ALIASES, SPLITS, DataSpec
 from ftqueue.text import clip, quote
 
@@ -123,13 +125,14 @@ def _read_text(path: Path) -> str:
 def check_file(path: Path) -> None:
     """Refuse a file before reading it: missing, directory, empty, too big, unknown kind."""
     where = clip(path)
-    if not path.exists():
+    st = stat_or_none(path)
+    if st is None:
         raise DatasetError(
             f"dataset file {where} does not exist: give an existing .csv/.jsonl/.json/.parquet "
             "file, a hub id, or the alias movie-snippets",
             param="--dataset",
         )
-    if path.is_dir():
+    if stat.S_ISDIR(st.st_mode):
         raise DatasetError(
             f"dataset {where} is a directory: give a file inside it (.csv/.jsonl/.json/.parquet)",
             param="--dataset",
@@ -140,7 +143,7 @@ def check_file(path: Path) -> None:
             f"use one of {', '.join(SUPPORTED_EXTENSIONS)}",
             param="--dataset",
         )
-    size = path.stat().st_size
+    size = st.st_size
     if size == 0:
         raise DatasetError(
             f"dataset file {where} is empty: it needs a header and rows", param="--dataset"
@@ -260,7 +263,7 @@ def local_files(spec: DataSpec) -> dict[str, Path] | None:
     if named is not None:
         return {name: Path(p).expanduser() for name, p in named.items()}
     path = Path(spec.dataset).expanduser()
-    if path.exists() or path.suffix or spec.dataset.startswith(("/", ".", "~")):
+    if stat_or_none(path) or path.suffix or spec.dataset.startswith(("/", ".", "~")):
         return {"file": path}
     if _HUB_ID.match(spec.dataset):
         return None

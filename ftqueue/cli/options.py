@@ -88,8 +88,15 @@ class Axis(Sequence[Any]):
     def __iter__(self) -> Iterator[Any]:
         return itertools.chain.from_iterable(self.parts)
 
-    def __getitem__(self, index: Any) -> Any:  # Sequence asks for it; grids only iterate
-        return list(self)[index]
+    def __getitem__(self, index: Any) -> Any:
+        if not isinstance(index, int):
+            raise TypeError("an Axis is indexed by int only")
+        position = index + len(self) if index < 0 else index
+        for part in self.parts:
+            if 0 <= position < len(part):
+                return part[position]
+            position -= len(part)
+        raise IndexError(index)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Sequence) and list(self) == list(other)
@@ -214,8 +221,19 @@ def expand(
             "check the ranges, or raise FTQUEUE_MAX_GRID",
             param=flag(max(sizes, key=lambda k: sizes[k])),
         )
-    combos = itertools.product(*axes.values()) if axes else iter([()])
-    return ({**fixed, **dict(zip(axes, combo, strict=True))} for combo in combos)
+    return (
+        {**fixed, **dict(zip(axes, combo, strict=True))} for combo in _product(list(axes.values()))
+    )
+
+
+def _product(axes: list[Sequence[Any]]) -> Iterator[tuple[Any, ...]]:
+    """itertools.product's order, without its copying every axis into a tuple first."""
+    if not axes:
+        yield ()
+        return
+    for value in axes[0]:
+        for rest in _product(axes[1:]):
+            yield (value, *rest)
 
 
 def split_grid(
