@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import TypeVar
 
 from ftqueue import data, fingerprint, weights
-from ftqueue.errors import DatasetError
+from ftqueue.errors import DatasetError, SpecError
+from ftqueue.files import stat_or_none
 from ftqueue.specs import DATASET_ALIASES, SPLITS, DataSpec, ModelSpec
 from ftqueue.text import clip
 
@@ -37,12 +38,34 @@ def pin_data(spec: DataSpec) -> DataSpec:
             raise DatasetError(
                 f"cannot read {clip(path)}: {exc.strerror}", param="--dataset"
             ) from None
+    return dataclasses.replace(
+        spec, dataset=_absolute(files), fingerprint=fingerprint.combine(digests)
+    )
+
+
+def _absolute(files: dict[str, Path]) -> str:
     absolute = {name: str(path.resolve()) for name, path in files.items()}
     if "file" in absolute:
-        dataset = absolute["file"]
-    else:  # in the canonical split order, so the order given does not make another job
-        dataset = ",".join(f"{name}={absolute[name]}" for name in SPLITS if name in absolute)
-    return dataclasses.replace(spec, dataset=dataset, fingerprint=fingerprint.combine(digests))
+        return absolute["file"]
+    # In the canonical split order, so that the order given does not make another job.
+    return ",".join(f"{name}={absolute[name]}" for name in SPLITS if name in absolute)
+
+
+def stored_dataset(value: str) -> str:
+    """A dataset named on the command line as job rows store it (local files pinned), for
+    filters such as ``list --dataset data.csv``."""
+    try:
+        files = data.local_files(DataSpec(dataset=value))
+    except (DatasetError, SpecError):
+        return value
+    if files is None or not all(stat_or_none(path) for path in files.values()):
+        return value
+    return _absolute(files)
+
+
+def stored_model(value: str) -> str:
+    """A model named on the command line as job rows store it (a local directory resolved)."""
+    return str(Path(value).expanduser().resolve()) if weights.is_local_model(value) else value
 
 
 def pin_model(model: str) -> tuple[str, str | None]:

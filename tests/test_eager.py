@@ -216,3 +216,31 @@ def test_a_workers_reaper_runs_what_a_dead_eager_process_left(
     assert [j.status for j in jobs] == ["succeeded"] * 3, worker.log()[-3000:]
     assert jobs[0].attempts == 2 and [j.attempts for j in jobs[1:]] == [1, 1]
     assert all(j.worker and not j.worker.startswith(eager.PREFIX) for j in jobs)
+
+
+def test_the_eager_holder_is_the_name_eager_attempts_claim_with() -> None:
+    from types import SimpleNamespace
+
+    from ftqueue.tasks import worker_name
+
+    assert worker_name(SimpleNamespace(hostname=None, is_eager=True)) == eager.holder()
+
+
+def test_held_jobs_are_not_republished_while_their_holder_lives(sqlite_url: str) -> None:
+    """The reaper's lost-message scan leaves a live eager process's waiting jobs alone."""
+    import datetime as dt
+
+    from ftqueue import lifecycle
+
+    new = lifecycle.NewJob(kind="lora", spec={}, spec_hash="h", model="m", dataset="d")
+    with db.session_scope(write=True) as session:
+        [held] = lifecycle.create_jobs(
+            session, [new], max_attempts=3, held_by=eager.holder(), lease_seconds=60
+        )
+    later = utcnow() + dt.timedelta(seconds=1)
+    assert lifecycle.queued_without_message(set(), older_than=later) == []
+    with db.session_scope(write=True) as session:
+        row = session.get(Job, held.id)
+        assert row is not None
+        row.lease_expires_at = utcnow() - dt.timedelta(seconds=1)
+    assert [j.id for j in lifecycle.queued_without_message(set(), older_than=later)] == [held.id]

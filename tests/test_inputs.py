@@ -74,6 +74,10 @@ def test_same_relative_name_in_two_directories_is_two_jobs(
     code, out = submit("--dataset", "./b/../b/data.csv")
     assert code == 0 and f"identical to job {second.id}" in out
     assert len(jobs()) == 2
+    # Filters take the name as typed here and match the stored absolute path.
+    monkeypatch.chdir(tmp_path / "a")
+    listed = CliRunner().invoke(cli, ["list", "--dataset", "data.csv", "--json"])
+    assert [j["id"] for j in json.loads(listed.output)] == [first.id]
 
 
 def test_a_file_edited_in_place_is_a_new_job_and_a_touch_is_not(eager: str, tmp_path: Path) -> None:

@@ -54,6 +54,8 @@ def list_cmd(
       ftqueue list --status running --status queued
       ftqueue list --sweep 7f3a9c --json
     """
+    from ftqueue.inputs import stored_dataset, stored_model
+
     db.ensure_ready()
     eager.settle()
     with db.session_scope() as session:
@@ -63,8 +65,8 @@ def list_cmd(
             job_kinds=job_kinds,
             sweep=sweep,
             tags=tags,
-            model=model,
-            dataset=dataset,
+            model=stored_model(model) if model else None,
+            dataset=stored_dataset(dataset) if dataset else None,
             limit=None if show_all else limit,
         )
         if as_json:

@@ -125,9 +125,13 @@ def report_cmd(
       ftqueue report --where 'r>=16' --where 'accuracy>0.8' --format csv > runs.csv
       ftqueue report --since 2d --plot report.png --html report.html
     """
+    from ftqueue.inputs import stored_dataset, stored_model
     from ftqueue.report import ReportOptions, build_report, export, validation_curves
     from ftqueue.report.options import check_output
 
+    # Local files and directories are stored as absolute paths: match them however named.
+    filters["models"] = tuple(map(stored_model, filters.get("models") or ()))
+    filters["datasets"] = tuple(map(stored_dataset, filters.get("datasets") or ()))
     opts = ReportOptions.from_text(
         statuses=statuses or ("succeeded",), splits=splits or ("test",), **filters
     )

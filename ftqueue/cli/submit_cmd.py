@@ -28,8 +28,9 @@ def submit_group() -> None:
     """Queue LoRA training, evaluation or prediction jobs.
 
     Flags shown as INTS or LIST take comma lists (and INTS ranges such as 0..4), which expand
-    into a grid: one job per combination, all under one sweep id. Identical jobs that already
-    succeeded are reported, not run again.
+    into a grid: one job per combination, all under one sweep id, at most FTQUEUE_MAX_GRID
+    (10,000) jobs. Identical jobs that already succeeded are reported, not run again; a local
+    data file or model directory is identified by its absolute path and its content.
     """
 
 
