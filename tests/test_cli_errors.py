@@ -67,6 +67,29 @@ def test_status_with_a_word_for_a_job_id() -> None:
     assert code == 2 and "'twelve' is not a valid integer" in assert_one_line(out)
 
 
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["status", "99999999999999999999999"],
+        ["show", "0"],
+        ["cancel", "1", "99999999999999999999999"],
+        ["list", "--limit", "99999999999999999999"],
+        ["submit", "evaluate", "--adapter-job", "99999999999999999999", "--dataset", "x.csv"],
+    ],
+)
+def test_numbers_past_a_database_integer_are_refused_as_input(
+    sqlite_url: str, args: list[str]
+) -> None:
+    code, out = invoke(*args)
+    assert code == 2 and "9223372036854775807" in assert_one_line(out)
+
+
+def test_a_twenty_digit_seed_is_quoted_exactly() -> None:
+    code, out = invoke("submit", "lora", "--model", "minilm", "--dataset", "movie-snippets",
+                       "--seed", "99999999999999999999")  # fmt: skip
+    assert code == 2 and "got 99999999999999999999" in assert_one_line(out)
+
+
 def test_a_database_url_that_is_no_url(tmp_path: Path) -> None:
     for url in ("notaurl", "postgresql+psycopg://me:s3cret@db:notaport/x"):
         env = child_env(FTQUEUE_DATABASE_URL=url)

@@ -21,6 +21,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 #: No error message is longer than this, whatever user data went into it.
 MESSAGE_LIMIT = 1000
+#: Job ids and counts fit a signed 64-bit SQL integer; larger numbers are refused as input.
+JOB_ID = click.IntRange(1, 2**63 - 1)
 
 
 class UserError(click.ClickException):

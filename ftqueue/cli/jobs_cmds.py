@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from ftqueue import db, eager, kinds, store
-from ftqueue.cli.common import console, echo_json, json_option
+from ftqueue.cli.common import JOB_ID, console, echo_json, json_option
 from ftqueue.cli.render import job_details, jobs_table
 from ftqueue.states import STATUSES, JobStatus
 from ftqueue.text import quote
@@ -32,7 +32,7 @@ from ftqueue.text import quote
 )
 @click.option("--model", help="Only jobs on this model.")
 @click.option("--dataset", help="Only jobs on this dataset.")
-@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
+@click.option("--limit", type=JOB_ID, default=50, show_default=True)
 @click.option("--all", "show_all", is_flag=True, help="No limit.")
 @json_option
 def list_cmd(
@@ -79,7 +79,7 @@ def list_cmd(
 
 
 @click.command("status")
-@click.argument("job_id", type=int)
+@click.argument("job_id", type=JOB_ID)
 @click.option(
     "--follow",
     "-f",
@@ -125,7 +125,7 @@ def status_cmd(job_id: int, follow: bool, as_json: bool) -> None:
 
 
 @click.command("cancel")
-@click.argument("job_ids", type=int, nargs=-1)
+@click.argument("job_ids", type=JOB_ID, nargs=-1)
 @click.option("--sweep", help="Cancel every unfinished job of this sweep.")
 @json_option
 def cancel_cmd(job_ids: tuple[int, ...], sweep: str | None, as_json: bool) -> None:

@@ -63,6 +63,9 @@ class Grid(click.ParamType):
                 return f"a range is written with two dots: {dashed.group(1)}..{dashed.group(2)}"
             if ".." in part:
                 return "a range is LOW..HIGH with whole numbers, e.g. 0..4"
+        if self.kind is int and re.fullmatch(r"[+-]?\d+", part):
+            parts.append([int(part)])  # exact: a float would round 20-digit numbers
+            return None
         try:
             number = float(part)
         except ValueError:

@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from ftqueue import db, eager, store
-from ftqueue.cli.common import console, echo_json, json_option
+from ftqueue.cli.common import JOB_ID, console, echo_json, json_option
 from ftqueue.cli.render import job_details
 from ftqueue.files import write_bytes_atomic
 from ftqueue.models import Job
@@ -166,7 +166,7 @@ def report_cmd(
 
 
 @click.command("show")
-@click.argument("job_id", type=int)
+@click.argument("job_id", type=JOB_ID)
 @json_option
 def show_cmd(job_id: int, as_json: bool) -> None:
     """Show everything about one job: spec, status history, results per epoch, timings, error.

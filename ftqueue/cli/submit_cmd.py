@@ -21,6 +21,7 @@ from ftqueue.cli.submitting import submit_specs
 from ftqueue.errors import SpecError
 from ftqueue.kinds.evaluate import EvaluateSpec
 from ftqueue.kinds.lora import LoraSpec
+from ftqueue.specs import field_param
 
 
 @click.group("submit")
@@ -100,6 +101,10 @@ def _adapter_model(adapters: Sequence[int]) -> str:
         raise SpecError(
             "give --model, or --adapter-job to evaluate a LoRA job's adapter", param="--model"
         )
+    bounds = field_param(EvaluateSpec, "adapter_job")
+    assert bounds is not None
+    for job_id in adapters:
+        bounds.check("adapter_job", job_id)  # the spec's own range, before any query
     db.ensure_ready()
     models = set(store.models_of(adapters).values())
     if len(models) != 1:

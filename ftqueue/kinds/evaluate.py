@@ -43,7 +43,7 @@ class EvaluateSpec(ModelSpec):
     split: str = param("test", "choice", "Split to evaluate.", choices=SPLITS)
     adapter_job: int | None = param(
         None, "int", "Evaluate the adapter of this succeeded LoRA job (a comma list evaluates "
-        "several), with no training.", lo=1, optional=True, grid=True,
+        "several), with no training.", lo=1, hi=2**63 - 1, optional=True, grid=True,
     )  # fmt: skip
     head_epochs: int | None = param(
         None, "int", "Epochs of head-only training (body frozen) before evaluating a bare model.",
