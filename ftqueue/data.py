@@ -156,12 +156,16 @@ def check_file(path: Path) -> None:
         )
 
 
-def _read_table(path: Path, data: bytes) -> Any:
-    """A pandas DataFrame of the file's bytes (read once, so what is checked is what is parsed)."""
+def _read_table(path: Path, data: bytes | None = None) -> Any:
+    """A pandas DataFrame of the file, from ``data`` when the caller read (and fingerprinted)
+    its bytes already, so that what is checked is what is parsed."""
     import io
 
     import pandas as pd
 
+    if data is None:
+        check_file(path)
+        data = _read_bytes(path)
     suffix = path.suffix.lower()
     try:
         if suffix == ".parquet":
