@@ -79,9 +79,10 @@ def pin_model(model: str) -> tuple[str, str | None]:
 def pin(spec: S, *, model: tuple[str, str | None], data_spec: DataSpec) -> S:
     """``spec`` with its model and data replaced by their pinned forms."""
     name, model_fingerprint = model
-    changes: dict[str, object] = {"data": data_spec}
-    if model_fingerprint is not None:
-        changes.update(model=name, model_fingerprint=model_fingerprint)
+    changes: dict[str, object] = {"data": data_spec, "model": name}
+    fields = {f.name for f in dataclasses.fields(spec)}  # type: ignore[arg-type]
+    if model_fingerprint is not None and "model_fingerprint" in fields:
+        changes["model_fingerprint"] = model_fingerprint
     return dataclasses.replace(spec, **changes)  # type: ignore[type-var]
 
 

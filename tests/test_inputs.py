@@ -285,3 +285,15 @@ def test_worker_refuses_inputs_that_changed_after_submit(
         assert job.status == "failed" and job.attempts == 1
         assert job.error_message and "changed since the job was submitted" in job.error_message
         assert what in job.error_message and "\n" not in job.error_message
+
+
+def test_every_kind_records_what_it_reads() -> None:
+    """A kind whose spec had no model_fingerprint would treat an edited model as the same job."""
+    import dataclasses
+
+    from ftqueue import kinds
+
+    for kind in kinds.all_kinds():
+        names = {f.name for f in dataclasses.fields(kind.spec_type)}
+        assert "model_fingerprint" in names, f"{kind.name}: add model_fingerprint_field()"
+    assert "fingerprint" in {f.name for f in dataclasses.fields(DataSpec)}
