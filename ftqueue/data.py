@@ -7,14 +7,18 @@ import importlib.metadata
 import json
 import math
 import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ftqueue import fingerprint
 from ftqueue.errors import DatasetError, first_line
+from ftqueue.files import stat_or_none
 from ftqueue.specs import DATASET_ALIASES, SPLITS, DataSpec
+from ftqueue.text import clip, quote
 
 # Hub dataset ids: `name` or `org/name` (no dots, so `notes.txt` is never mistaken for one).
 _HUB_ID = re.compile(r"^(?!.*--)([A-Za-z0-9][\w-]{0,95}/)?[A-Za-z0-9][\w-]{0,95}$")
@@ -60,7 +64,7 @@ class LoadedData:
     def split(self, name: str) -> Split:
         if name not in SPLITS:
             raise DatasetError(
-                f"unknown split {name!r}: use one of {', '.join(SPLITS)}", param="--split"
+                f"unknown split {quote(name)}: use one of {', '.join(SPLITS)}", param="--split"
             )
         split: Split = getattr(self, name)
         return split
@@ -96,68 +100,80 @@ def _movie_snippets() -> Split:
     return Split(texts, labels)
 
 
-def _read_text(path: Path) -> str:
+def _read_bytes(path: Path) -> bytes:
     try:
-        data = path.read_bytes()
+        return path.read_bytes()
     except OSError as exc:
-        raise DatasetError(f"cannot read {path}: {exc.strerror}", param="--dataset") from None
+        raise DatasetError(f"cannot read {clip(path)}: {exc.strerror}", param="--dataset") from None
+
+
+def _decode(data: bytes, path: Path) -> str:
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
         raise DatasetError(
-            f"{path} is not UTF-8 text (bad byte at line {line}): re-save it as UTF-8",
+            f"{clip(path)} is not UTF-8 text (bad byte at line {line}): re-save it as UTF-8",
             param="--dataset",
         ) from None
 
 
-def _check_file(path: Path) -> None:
+def _read_text(path: Path) -> str:
+    return _decode(_read_bytes(path), path)
+
+
+def check_file(path: Path) -> None:
     """Refuse a file before reading it: missing, directory, empty, too big, unknown kind."""
-    if not path.exists():
+    where = clip(path)
+    st = stat_or_none(path)
+    if st is None:
         raise DatasetError(
-            f"dataset file {path} does not exist: give an existing .csv/.jsonl/.json/.parquet "
+            f"dataset file {where} does not exist: give an existing .csv/.jsonl/.json/.parquet "
             "file, a hub id, or the alias movie-snippets",
             param="--dataset",
         )
-    if path.is_dir():
+    if stat.S_ISDIR(st.st_mode):
         raise DatasetError(
-            f"dataset {path} is a directory: give a file inside it (.csv/.jsonl/.json/.parquet)",
+            f"dataset {where} is a directory: give a file inside it (.csv/.jsonl/.json/.parquet)",
             param="--dataset",
         )
     if path.suffix.lower() not in SUPPORTED_EXTENSIONS:
         raise DatasetError(
-            f"dataset file {path} has unsupported extension {path.suffix!r}: "
+            f"dataset file {where} has unsupported extension {quote(path.suffix)}: "
             f"use one of {', '.join(SUPPORTED_EXTENSIONS)}",
             param="--dataset",
         )
-    size = path.stat().st_size
+    size = st.st_size
     if size == 0:
         raise DatasetError(
-            f"dataset file {path} is empty: it needs a header and rows", param="--dataset"
+            f"dataset file {where} is empty: it needs a header and rows", param="--dataset"
         )
     if size > MAX_FILE_BYTES:
         raise DatasetError(
-            f"dataset file {path} is {size / 1024**3:.1f} GiB, over the "
+            f"dataset file {where} is {size / 1024**3:.1f} GiB, over the "
             f"{MAX_FILE_BYTES // 1024**3} GiB limit: use a subset of it",
             param="--dataset",
         )
 
 
-def _read_table(path: Path) -> Any:
-    """A pandas DataFrame of the file; read from memory so nothing is cached on disk."""
+def _read_table(path: Path, data: bytes | None = None) -> Any:
+    """A pandas DataFrame of the file, from ``data`` when the caller read (and fingerprinted)
+    its bytes already, so that what is checked is what is parsed."""
     import io
 
     import pandas as pd
 
-    _check_file(path)
+    if data is None:
+        check_file(path)
+        data = _read_bytes(path)
     suffix = path.suffix.lower()
     try:
         if suffix == ".parquet":
-            return pd.read_parquet(path)
-        text = _read_text(path)
+            return pd.read_parquet(io.BytesIO(data))
+        text = _decode(data, path)
         if not text.strip():
             raise DatasetError(
-                f"dataset file {path} has no rows (only blank space)", param="--dataset"
+                f"dataset file {clip(path)} has no rows (only blank space)", param="--dataset"
             )
         if suffix == ".csv":
             return pd.read_csv(io.StringIO(text), keep_default_na=False, na_values=[""])
@@ -166,7 +182,8 @@ def _read_table(path: Path) -> Any:
         raise
     except Exception as exc:  # pandas/pyarrow raise many types for malformed files
         raise DatasetError(
-            f"cannot parse {path} as {suffix[1:]}: {first_line(exc)}", param="--dataset"
+            f"cannot parse {clip(path)} as {suffix[1:]}: {clip(first_line(exc))}",
+            param="--dataset",
         ) from None
 
 
@@ -179,7 +196,8 @@ def _to_split(rows: Any, where: str, spec: DataSpec) -> Split:
     ):
         if column not in columns:
             raise DatasetError(
-                f"{where} has no column {column!r} (columns: {', '.join(columns) or 'none'}): "
+                f"{where} has no column {quote(column)} "
+                f"(columns: {clip(', '.join(columns)) or 'none'}): "
                 f"name the right one with {option}",
                 param=option,
             )
@@ -191,7 +209,8 @@ def _to_split(rows: Any, where: str, spec: DataSpec) -> Split:
     for i, (text, label) in enumerate(zip(texts, raw_labels, strict=True), start=1):
         if not isinstance(text, str) or not text.strip():
             raise DatasetError(
-                f"{where} row {i}: text is empty or not a string ({text!r}); fill or drop the row",
+                f"{where} row {i}: text is empty or not a string ({quote(text)}); "
+                "fill or drop the row",
                 param="--text-column",
             )
         labels.append(_label(label, i, where))
@@ -209,8 +228,8 @@ def _label(value: Any, row: int, where: str) -> int:
         value = int(value)
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
         raise DatasetError(
-            f"{where} row {row}: label {value!r} is not an integer; labels must be class numbers "
-            "0..K-1 (map class names to numbers first)",
+            f"{where} row {row}: label {quote(value)} is not an integer; labels must be class "
+            "numbers 0..K-1 (map class names to numbers first)",
             param="--label-column",
         )
     if value < 0:
@@ -228,9 +247,9 @@ def _hub(spec: DataSpec) -> tuple[dict[str, Split], list[str] | None]:
         loaded = datasets.load_dataset(spec.dataset)
     except (ConnectionError, OSError, FileNotFoundError, ValueError) as exc:
         raise DatasetError(
-            f"cannot load dataset {spec.dataset!r} from the Hugging Face hub (unreachable, or no "
-            f"such dataset: {first_line(exc)}): use a local .csv/.jsonl/.parquet file or "
-            "movie-snippets",
+            f"cannot load dataset {quote(spec.dataset)} from the Hugging Face hub (unreachable, "
+            f"or no such dataset: {clip(first_line(exc))}): use a local .csv/.jsonl/.parquet "
+            "file or movie-snippets",
             param="--dataset",
         ) from None
     splits = {name: _to_split(loaded[name], f"{spec.dataset}[{name}]", spec) for name in loaded}
@@ -239,26 +258,63 @@ def _hub(spec: DataSpec) -> tuple[dict[str, Split], list[str] | None]:
     return splits, [str(n) for n in names] if names else None
 
 
+def local_files(spec: DataSpec) -> dict[str, Path] | None:
+    """The local files a dataset spec reads, by split (``file`` for a single source), or None
+    for the alias and hub ids; DatasetError for a name that is none of these."""
+    if spec.dataset in DATASET_ALIASES:
+        return None
+    named = spec.named_splits()
+    if named is not None:
+        return {name: Path(p).expanduser() for name, p in named.items()}
+    path = Path(spec.dataset).expanduser()
+    if stat_or_none(path) or path.suffix or spec.dataset.startswith(("/", ".", "~")):
+        return {"file": path}
+    if _HUB_ID.match(spec.dataset):
+        return None
+    raise DatasetError(
+        f"unknown dataset {quote(spec.dataset)}: give a .csv/.jsonl/.json/.parquet file, "
+        "train=a.csv,validation=b.csv,test=c.csv, a hub id, or the alias movie-snippets",
+        param="--dataset",
+    )
+
+
+def _load_file(name: str, path: Path, spec: DataSpec, digests: dict[str, str]) -> Split:
+    check_file(path)
+    data = _read_bytes(path)
+    digests[name] = fingerprint.bytes_digest(data)
+    return _to_split(_read_table(path, data), clip(path), spec)
+
+
+def _check_unchanged(spec: DataSpec, digests: dict[str, str], source: str) -> None:
+    """The bytes just read are those fingerprinted at submit (when the spec was pinned)."""
+    if spec.fingerprint is None:
+        return
+    current = fingerprint.combine(digests)
+    if current != spec.fingerprint:
+        raise DatasetError(
+            f"{clip(source)} changed since the job was submitted (content fingerprint "
+            f"{spec.fingerprint[:12]}, now {current[:12]}): submit the job again to train on "
+            "the new content, or put the submitted file back",
+            param="--dataset",
+        )
+
+
 def _load_splits(spec: DataSpec) -> tuple[dict[str, Split], list[str] | None, str]:
     """Splits as found in the source (maybe only train), their label names, and a description."""
     if spec.dataset in DATASET_ALIASES:
         return {"train": _movie_snippets()}, ["negative", "positive"], spec.dataset
-    named = spec.named_splits()
-    if named is not None:
-        splits = {
-            name: _to_split(_read_table(Path(p).expanduser()), p, spec) for name, p in named.items()
-        }
-        return splits, None, spec.dataset
-    path = Path(spec.dataset).expanduser()
-    if path.exists() or path.suffix or spec.dataset.startswith(("/", ".", "~")):
-        return {"train": _to_split(_read_table(path), str(path), spec)}, None, str(path)
-    if _HUB_ID.match(spec.dataset):
+    files = local_files(spec)
+    if files is None:
         return (*_hub(spec), spec.dataset)
-    raise DatasetError(
-        f"unknown dataset {spec.dataset!r}: give a .csv/.jsonl/.json/.parquet file, "
-        "train=a.csv,validation=b.csv,test=c.csv, a hub id, or the alias movie-snippets",
-        param="--dataset",
-    )
+    digests: dict[str, str] = {}
+    if "file" in files:
+        source = str(files["file"])
+        splits = {"train": _load_file("file", files["file"], spec, digests)}
+    else:
+        source = spec.dataset
+        splits = {name: _load_file(name, path, spec, digests) for name, path in files.items()}
+    _check_unchanged(spec, digests, source)
+    return splits, None, source
 
 
 def _carve(rows: Split, count: int, rng: np.random.Generator) -> tuple[Split, Split]:
@@ -313,6 +369,15 @@ def resolve_dataset(spec: DataSpec) -> LoadedData:
         order = subset_rng.permutation(len(splits[name]))
         if limit is not None and limit < len(order):
             splits[name] = splits[name].take(sorted(order[:limit]))
+    absent = set(range(num_labels)) - set(splits["train"].labels)
+    if absent:
+        cut = "--train-samples and the split" if spec.train_samples else "the split"
+        raise DatasetError(
+            f"{clip(source)}: after {cut}, the train split has no rows of class(es) "
+            f"{_classes(absent)}: use more training rows, or a source with more rows of "
+            "each class",
+            param="--train-samples" if spec.train_samples else "--label-column",
+        )
     return LoadedData(
         train=splits["train"],
         validation=splits["validation"],
@@ -323,16 +388,28 @@ def resolve_dataset(spec: DataSpec) -> LoadedData:
     )
 
 
-def _check_labels(splits: dict[str, Split], source: str, names: list[str] | None) -> int:
-    """The number of classes; train must have two or more, other splits only train's labels.
+def _classes(labels: set[int]) -> str:
+    """A few class numbers for a message: ``0, 7``, or ``1, 2, 3, 4, 5, 6, ..., 99 (99 in all)``."""
+    items = sorted(labels)
+    if len(items) <= 8:
+        return ", ".join(map(str, items))
+    return f"{', '.join(map(str, items[:6]))}, ..., {items[-1]} ({len(items)} in all)"
 
-    Runs on the splits as read, so row numbers are the source's data rows (1-based).
+
+def _check_labels(splits: dict[str, Split], source: str, names: list[str] | None) -> int:
+    """The number of classes N: labels are exactly 0..N-1, each one present in train, and the
+    other splits use only those.
+
+    Runs on the splits as read, so row numbers are the source's data rows (1-based). Numbering
+    from 1, or with gaps, would otherwise add classes with no rows (a phantom class 0, or
+    classes 1..6 of labels {0, 7}) that the head still predicts.
     """
+    source = clip(source)
     train_labels = set(splits["train"].labels)
     if len(train_labels) < 2:
         raise DatasetError(
             f"{source}: the train split has {len(train_labels)} class(es) "
-            f"({sorted(train_labels)}); classification needs at least 2",
+            f"({_classes(train_labels)}); classification needs at least 2",
             param="--label-column",
         )
     num_labels = len(names) if names else max(train_labels) + 1
@@ -340,6 +417,20 @@ def _check_labels(splits: dict[str, Split], source: str, names: list[str] | None
         raise DatasetError(
             f"{source}: label {max(train_labels)} implies over {MAX_CLASSES} classes; is "
             "--label-column a score or an id rather than a class?",
+            param="--label-column",
+        )
+    absent = set(range(num_labels)) - train_labels
+    if absent and not names and train_labels == set(range(1, num_labels)):
+        raise DatasetError(
+            f"{source}: labels run 1..{num_labels - 1}, but classes are numbered from 0: "
+            f"subtract 1 from every label (0..{num_labels - 2})",
+            param="--label-column",
+        )
+    if absent:
+        raise DatasetError(
+            f"{source}: labels must be 0..N-1 with every class in the train split, but class(es) "
+            f"{_classes(absent)} have no training rows (the train labels are "
+            f"{_classes(train_labels)}): renumber the classes 0..{len(train_labels) - 1}",
             param="--label-column",
         )
     for name, split in splits.items():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import stat
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -12,6 +13,19 @@ from pathlib import Path
 from typing import IO, Any
 
 _UMASK_LOCK = threading.Lock()
+
+
+def stat_or_none(path: Path) -> os.stat_result | None:
+    """``os.stat``, or None where nothing is, or nothing can be (a name too long, a NUL byte)."""
+    try:
+        return path.stat()
+    except (OSError, ValueError):
+        return None
+
+
+def is_dir(path: Path) -> bool:
+    st = stat_or_none(path)
+    return st is not None and stat.S_ISDIR(st.st_mode)
 
 
 def current_umask() -> int:

@@ -76,10 +76,22 @@ def new_task_id() -> str:
     return str(uuid.uuid4())
 
 
-def create_jobs(session: Session, jobs: Iterable[NewJob], *, max_attempts: int) -> list[Job]:
-    """Insert queued rows (each with the Celery task id it will be published under)."""
+def create_jobs(
+    session: Session,
+    jobs: Iterable[NewJob],
+    *,
+    max_attempts: int,
+    held_by: str | None = None,
+    lease_seconds: int | None = None,
+) -> list[Job]:
+    """Insert queued rows (each with the Celery task id it will be published under).
+
+    ``held_by`` (an eager process, which runs the jobs itself) holds them under a lease from
+    the start, so that they are ended, not left queued, if it dies before running them.
+    """
     rows = []
     now = utcnow()
+    lease = now + dt.timedelta(seconds=lease_seconds or 0) if held_by else None
     for new in jobs:
         kinds.get(new.kind)  # the schema does not check kinds: the registry does
         job = Job(
@@ -98,6 +110,8 @@ def create_jobs(session: Session, jobs: Iterable[NewJob], *, max_attempts: int) 
             queued_at=now,
             tags=[JobTag(tag=t) for t in dict.fromkeys(new.tags)],
             events=[JobEvent(status=JobStatus.QUEUED, attempt=0, detail="submitted", at=now)],
+            worker=held_by,
+            lease_expires_at=lease,
         )
         session.add(job)
         rows.append(job)
@@ -358,6 +372,9 @@ def cancel(job_ids: Sequence[int]) -> list[CancelOutcome]:
             before = job.status
             if job.status == JobStatus.QUEUED:
                 _finish_cancelled(session, job, None, "cancelled while queued")
+            elif job.status == JobStatus.RUNNING and _lapsed(job):
+                # No attempt is alive to stop at a step; fencing keeps a late one from writing.
+                _finish_cancelled(session, job, None, "cancelled; its attempt had stopped")
             elif job.status == JobStatus.RUNNING and not job.cancel_requested:
                 job.cancel_requested = True
                 _event(
@@ -416,7 +433,10 @@ def queued_without_message(pending_task_ids: set[str], *, older_than: dt.datetim
         # Many jobs may wait legitimately: compare task ids first, load only the lost rows.
         waiting = session.execute(
             select(Job.id, Job.task_id).where(
-                Job.status == JobStatus.QUEUED, Job.queued_at < older_than
+                Job.status == JobStatus.QUEUED,
+                Job.queued_at < older_than,
+                # Held by a live eager process, which runs it without a message.
+                or_(Job.lease_expires_at.is_(None), Job.lease_expires_at < utcnow()),
             )
         ).all()
         lost_ids = [job_id for job_id, task_id in waiting if task_id not in pending_task_ids]
@@ -436,3 +456,74 @@ def queued_without_message(pending_task_ids: set[str], *, older_than: dt.datetim
                 session, job.id, JobStatus.QUEUED, job.attempts, None, "re-published: message lost"
             )
         return lost
+
+
+def _lapsed(job: Job, now: dt.datetime | None = None) -> bool:
+    return job.lease_expires_at is not None and job.lease_expires_at < (now or utcnow())
+
+
+# --- jobs held by an eager process (FTQUEUE_EAGER=1) ----------------------------------------
+
+
+def renew_held(holder: str, *, lease_seconds: int) -> int:
+    """Renew the lease on the queued jobs ``holder`` holds; returns how many it still holds."""
+    now = utcnow()
+    with session_scope(write=True) as session:
+        result = session.execute(
+            update(Job)
+            .where(Job.worker == holder, Job.status == JobStatus.QUEUED)
+            .values(lease_expires_at=now + dt.timedelta(seconds=lease_seconds))
+            .execution_options(synchronize_session=False)
+        )
+        return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+def end_abandoned(job_ids: Sequence[int] | None = None, *, holder_prefix: str) -> list[int]:
+    """End the queued or running jobs held by processes named ``holder_prefix...`` whose lease
+    lapsed: their process died, and no worker will ever receive them. Returns their ids.
+
+    Cancelled when a cancel was asked for, else failed as WorkerLost. Reads first, so that a
+    command that finds nothing to end takes no write lock.
+    """
+    now = utcnow()
+    where = [
+        Job.status.in_((JobStatus.QUEUED, JobStatus.RUNNING)),
+        Job.worker.startswith(holder_prefix, autoescape=True),
+        Job.lease_expires_at < now,
+    ]
+    if job_ids is not None:
+        where.append(Job.id.in_(list(job_ids)))
+    with session_scope() as session:
+        found = list(session.scalars(select(Job.id).where(*where)))
+    if not found:
+        return []
+    ended = []
+    with session_scope(write=True) as session:
+        rows = session.scalars(select(Job).where(Job.id.in_(found), *where).with_for_update())
+        for job in rows:
+            if job.status == JobStatus.RUNNING:
+                lost = f"the process running it ({job.worker}) stopped heart-beating"
+            else:
+                lost = f"the process that was to run it ({job.worker}) died before it started"
+            if job.cancel_requested:
+                _finish_cancelled(session, job, None, f"cancelled; {lost}")
+            else:
+                _fail_row(session, job, "WorkerLost", f"{lost}: submit it again to run it", None)
+            ended.append(job.id)
+    return ended
+
+
+def end_held(holder: str, *, error_type: str, message: str) -> list[int]:
+    """End every queued or running job ``holder`` holds, because its process is stopping."""
+    with session_scope(write=True) as session:
+        rows = session.scalars(
+            select(Job)
+            .where(
+                Job.worker == holder,
+                Job.status.in_((JobStatus.QUEUED, JobStatus.RUNNING)),
+            )
+            .with_for_update()
+        ).all()
+        for job in rows:
+            _fail_row(session, job, error_type, message, holder)
+        return [job.id for job in rows]

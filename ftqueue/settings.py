@@ -9,6 +9,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from ftqueue.errors import FtqueueError
+from ftqueue.text import clip, quote
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
@@ -36,6 +37,8 @@ class Settings:
     max_attempts: int
     #: FTQUEUE_LEASE_SECONDS: a running job whose heartbeat is older than this is re-queued.
     lease_seconds: int
+    #: FTQUEUE_MAX_GRID: the most jobs one submit may expand into.
+    max_grid: int = 10_000
     #: FTQUEUE_VISIBILITY_TIMEOUT: overrides the Redis redelivery timeout derived from the
     #: time limit. Lower than a job's run time, a running job's message is delivered again.
     visibility_timeout_override: int | None = None
@@ -62,7 +65,7 @@ def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
         return True
     if value in _FALSE:
         return False
-    raise FtqueueError(f"{name}={raw!r} is not a yes/no value: use 1 or 0.")
+    raise FtqueueError(f"{name}={quote(raw)} is not a yes/no value: use 1 or 0.")
 
 
 def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 1) -> int:
@@ -72,17 +75,36 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 1) -> i
     try:
         value = int(raw)
     except ValueError:
-        raise FtqueueError(f"{name}={raw!r} is not a whole number.") from None
+        raise FtqueueError(f"{name}={quote(raw)} is not a whole number.") from None
     if value < minimum:
         raise FtqueueError(f"{name}={value} is too small: use {minimum} or more.")
     return value
+
+
+def _database_url(raw: str) -> str:
+    """The URL, if SQLAlchemy can parse it: a bad one is one line here, not a traceback later."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        make_url(raw)
+    except (ArgumentError, ValueError):
+        # The text may hold a password: show its scheme only.
+        scheme = raw.split("://", 1)[0] if "://" in raw else clip(raw, 40)
+        raise FtqueueError(
+            f"FTQUEUE_DATABASE_URL ({scheme}...) is not a SQLAlchemy URL: use e.g. "
+            "sqlite:////path/ftqueue.db or postgresql+psycopg://user:password@host/db"
+        ) from None
+    return raw
 
 
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """Build settings from ``env`` (default: the process environment)."""
     env = os.environ if env is None else env
     home = Path(env.get("FTQUEUE_HOME") or Path.home() / ".ftqueue").expanduser()
-    database_url = env.get("FTQUEUE_DATABASE_URL") or f"sqlite:///{home / 'ftqueue.db'}"
+    database_url = _database_url(
+        env.get("FTQUEUE_DATABASE_URL") or f"sqlite:///{home / 'ftqueue.db'}"
+    )
     return Settings(
         home=home,
         database_url=database_url,
@@ -93,6 +115,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         time_limit=_int(env, "FTQUEUE_TIME_LIMIT", 6 * 3600),
         max_attempts=_int(env, "FTQUEUE_MAX_ATTEMPTS", 3),
         lease_seconds=_int(env, "FTQUEUE_LEASE_SECONDS", 120, minimum=2),
+        max_grid=_int(env, "FTQUEUE_MAX_GRID", 10_000),
         visibility_timeout_override=(
             _int(env, "FTQUEUE_VISIBILITY_TIMEOUT", 0)
             if env.get("FTQUEUE_VISIBILITY_TIMEOUT")

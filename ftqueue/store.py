@@ -200,6 +200,13 @@ def models_of(job_ids: Sequence[int]) -> dict[int, str]:
         return {job_id: model for job_id, model in rows}
 
 
+def spec_of(job_id: int) -> dict[str, Any] | None:
+    """The stored spec of a job, or None when there is no such job."""
+    with db.session_scope() as session:
+        spec = session.scalar(select(Job.spec).where(Job.id == job_id))
+    return dict(spec) if spec is not None else None
+
+
 def _iso(value: dt.datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
 

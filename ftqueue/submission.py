@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from ftqueue import db, kinds, lifecycle, store, synthetic
+from ftqueue import db, eager, hub, inputs, kinds, lifecycle, store, synthetic
 from ftqueue.errors import PublishError, SpecError
 from ftqueue.models import Job
 from ftqueue.paths import check_output_dir
 from ftqueue.settings import get_settings
-from ftqueue.specs import ModelSpec
+from ftqueue.specs import MODEL_ALIASES, DataSpec, ModelSpec, is_local_model
 from ftqueue.states import JobStatus
+from ftqueue.text import quote
 
 #: Tags, names and sweep ids end up in file names, URLs and shell commands.
 _LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:+=@-]{0,63}$")
@@ -23,7 +24,7 @@ def check_label(value: str, flag: str) -> str:
     """A tag, name or sweep id: 1-64 of letters, digits and ``_.:+=@-``, no path parts."""
     if not _LABEL.match(value) or ".." in value:
         raise SpecError(
-            f"{flag} {value!r} is not allowed: use 1-64 letters, digits and _ . : + = @ - "
+            f"{flag} {quote(value)} is not allowed: use 1-64 letters, digits and _ . : + = @ - "
             "(no slashes, '..', spaces or control characters), starting with a letter or digit",
             param=flag,
         )
@@ -44,6 +45,8 @@ class Submission:
     created: list[Job] = field(default_factory=list)
     duplicates: list[Duplicate] = field(default_factory=list)
     sweep_id: str | None = None
+    #: What could not be checked (a hub id while the hub is unreachable), one line each.
+    notes: list[str] = field(default_factory=list)
 
     @property
     def to_follow(self) -> list[int]:
@@ -53,33 +56,76 @@ class Submission:
         return sorted(set(ids))
 
 
-def validate(specs: Sequence[ModelSpec]) -> None:
-    """Check models, data and each kind's own needs before anything is written.
+class Checker:
+    """Checks specs before anything is written, and pins what each one reads (see inputs).
 
-    Each distinct model and dataset is checked once, however many specs share it.
+    Each distinct model and dataset is checked, fingerprinted and looked up on the hub once,
+    however many specs of a grid share it.
     """
-    from ftqueue import data
-    from ftqueue.specs import validate_against_model
 
-    seen_models: set[tuple[str, int]] = set()
-    seen_data: set[str] = set()
-    for spec in specs:
-        if synthetic.is_synthetic(spec.model):
-            synthetic.parse(spec.model)
-        elif (spec.model, spec.max_length) not in seen_models:
-            validate_against_model(spec)
-            seen_models.add((spec.model, spec.max_length))
-        key = spec.data.canonical_json()
-        if key not in seen_data:
-            data.check_dataset(spec.data)
-            seen_data.add(key)
+    def __init__(self) -> None:
+        self.models: dict[tuple[str, int], tuple[str, str | None]] = {}
+        self.data: dict[str, DataSpec] = {}
+        self.notes: list[str] = []
+
+    def __call__(self, spec: ModelSpec) -> ModelSpec:
+        """The spec, checked and pinned; SpecError (or a sibling) saying what is wrong."""
+        from ftqueue import data
+        from ftqueue.specs import validate_against_model
+
+        key = (spec.model, spec.max_length)
+        if key not in self.models:
+            if synthetic.is_synthetic(spec.model):
+                synthetic.parse(spec.model)
+            else:
+                validate_against_model(spec)
+                if spec.model not in MODEL_ALIASES and not is_local_model(spec.model):
+                    self._note(hub.check(spec.model, "model"))
+            self.models[key] = inputs.pin_model(spec.model)
+        data_key = spec.data.canonical_json()
+        if data_key not in self.data:
+            pinned = inputs.pin_data(spec.data)
+            hub_id = inputs.hub_dataset(pinned)
+            note = hub.check(hub_id, "dataset") if hub_id else None
+            if note is None:
+                data.check_dataset(pinned)
+            self._note(note)
+            self.data[data_key] = pinned
+        spec = inputs.pin(spec, model=self.models[key], data_spec=self.data[data_key])
+        _check_stored_lengths(spec)
         check = kinds.get(spec.kind).check
         if check is not None:
             check(spec)
+        return spec
+
+    def _note(self, note: str | None) -> None:
+        if note is not None and note not in self.notes:
+            self.notes.append(note)
+
+
+def _check_stored_lengths(spec: ModelSpec) -> None:
+    """The job row keeps the model and dataset names in columns of a fixed width."""
+    for value, column, flag in (
+        (spec.model, Job.__table__.c.model, "--model"),
+        (spec.data.dataset, Job.__table__.c.dataset, "--dataset"),
+    ):
+        width = getattr(column.type, "length", None)
+        if width is not None and len(value) > width:
+            raise SpecError(
+                f"{flag} {quote(value)} is {len(value):,} characters as an absolute path; "
+                f"the results database keeps {width}: use a shorter path",
+                param=flag,
+            )
+
+
+def validate(specs: Iterable[ModelSpec]) -> list[ModelSpec]:
+    """Check specs before anything is written; returns them pinned (see ``Checker``)."""
+    checker = Checker()
+    return [checker(spec) for spec in specs]
 
 
 def submit(
-    specs: Sequence[ModelSpec],
+    specs: Iterable[ModelSpec],
     *,
     tags: Sequence[str] = (),
     name: str | None = None,
@@ -89,6 +135,7 @@ def submit(
 ) -> Submission:
     """Queue one job per spec (identical specs already done or pending are not run again).
 
+    ``specs`` is read once, each spec checked as it comes, and refused past FTQUEUE_MAX_GRID.
     Rows are committed before any message is published, so a worker never receives an id it
     cannot find; a publish that fails withdraws the rows it did not send.
     """
@@ -101,17 +148,28 @@ def submit(
         check_label(sweep, "--sweep")
     if output_dir is not None:
         output_dir = check_output_dir(output_dir, settings.artifacts_dir)
-    validate(specs)
+    checker = Checker()
+    unique: dict[str, ModelSpec] = {}
+    count = 0
+    for spec in specs:
+        count += 1
+        if count > settings.max_grid:
+            raise SpecError(
+                f"more than {settings.max_grid:,} jobs in one submit: submit fewer, or raise "
+                "FTQUEUE_MAX_GRID"
+            )
+        pinned = checker(spec)
+        unique.setdefault(pinned.spec_hash(), pinned)
     db.ensure_ready()
     if not settings.eager:
         from ftqueue import broker
 
         broker.check_broker()
 
-    submission = Submission(sweep_id=sweep or (uuid.uuid4().hex[:8] if len(specs) > 1 else None))
-    unique: dict[str, ModelSpec] = {}
-    for spec in specs:
-        unique.setdefault(spec.spec_hash(), spec)
+    sweep_id = sweep or (uuid.uuid4().hex[:8] if count > 1 else None)
+    submission = Submission(sweep_id=sweep_id, notes=checker.notes)
+    # A job whose eager process died would otherwise stand in for this spec forever.
+    eager.settle()
     with db.session_scope(write=True) as session:
         earlier = {} if force else store.find_same_spec(session, unique)
         new = []
@@ -133,7 +191,13 @@ def submit(
                     output_dir=output_dir if kinds.get(spec.kind).publishes else None,
                 )
             )
-        submission.created = lifecycle.create_jobs(session, new, max_attempts=settings.max_attempts)
+        submission.created = lifecycle.create_jobs(
+            session,
+            new,
+            max_attempts=settings.max_attempts,
+            held_by=eager.holder() if settings.eager else None,
+            lease_seconds=settings.lease_seconds,
+        )
     if submission.created and not settings.eager:
         _publish(submission.created)
     return submission
@@ -150,8 +214,12 @@ def _publish(jobs: list[Job]) -> None:
 
 
 def run_eagerly(jobs: Sequence[Job]) -> None:
-    """Run jobs in this process through the same Celery tasks a worker would (FTQUEUE_EAGER=1)."""
+    """Run jobs in this process through the same Celery tasks a worker would (FTQUEUE_EAGER=1).
+
+    The jobs not yet started stay held by this process (see eager.Keeper).
+    """
     from ftqueue.tasks import TASKS
 
-    for job in jobs:
-        TASKS[job.kind].apply_async((job.id,), task_id=job.task_id)
+    with eager.Keeper():
+        for job in jobs:
+            TASKS[job.kind].apply_async((job.id,), task_id=job.task_id)

@@ -24,3 +24,23 @@ def age(when: dt.datetime | None, now: dt.datetime | None = None) -> str:
     if when is None:
         return ""
     return duration(((now or dt.datetime.now(dt.UTC)) - when).total_seconds()) + " ago"
+
+
+#: The most characters of one piece of user data (a value, a cell, a path) a message quotes.
+QUOTE_LIMIT = 200
+
+
+def clip(value: object, limit: int = QUOTE_LIMIT) -> str:
+    """``str(value)`` cut to ``limit`` characters (saying how long it was), on one line."""
+    text = str(value)
+    if len(text) > limit:
+        text = f"{text[:limit]}... ({len(text):,} characters)"
+    return text.replace("\r", "\\r").replace("\n", "\\n")
+
+
+def quote(value: object, limit: int = QUOTE_LIMIT) -> str:
+    """``repr(value)`` for a message, cut to ``limit`` characters: user data never floods it."""
+    if isinstance(value, str) and len(value) > limit:
+        return f"{value[:limit]!r}... ({len(value):,} characters)"
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from ftqueue import db
+from ftqueue import db, hub
 from ftqueue.settings import reset_settings
 
 PG_SERVER = os.environ.get("FTQUEUE_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432")
@@ -33,6 +33,9 @@ def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[P
         if name.startswith("FTQUEUE_") and not name.startswith("FTQUEUE_TEST_"):
             monkeypatch.delenv(name)
     monkeypatch.setenv("FTQUEUE_HOME", str(home))
+    # No test may reach the real Hugging Face hub; tests of hub checks use a local endpoint.
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    hub.forget()
     reset_settings()
     db.dispose_engines()
     yield home

@@ -204,3 +204,50 @@ def test_checks_write_nothing(tmp_path: Path) -> None:
     before = sorted(tmp_path.rglob("*"))
     check_dataset(DataSpec(dataset=str(path)))
     assert sorted(tmp_path.rglob("*")) == before
+
+
+@pytest.mark.parametrize(
+    ("labels", "fragments"),
+    [
+        ([1, 2, 3], ["labels run 1..3", "subtract 1", "0..2"]),
+        ([1, 2], ["labels run 1..2", "subtract 1"]),
+        ([0, 7], ["class(es) 1, 2, 3, 4, 5, 6 have no training rows", "0, 7", "renumber"]),
+        ([0, 1, 3], ["class(es) 2 have no training rows"]),
+    ],
+)
+def test_labels_must_be_0_to_n_minus_1_with_every_class_in_train(
+    tmp_path: Path, labels: list[int], fragments: list[str]
+) -> None:
+    rows = [(f"sentence {i}", labels[i % len(labels)]) for i in range(60)]
+    _assert_refused(
+        DataSpec(dataset=str(_csv(tmp_path / "d.csv", rows))), *fragments, param="--label-column"
+    )
+
+
+def test_a_subset_that_drops_a_class_from_training_is_refused(tmp_path: Path) -> None:
+    # 3 rows of class 2 among 300: a 4-row training subset cannot hold every class.
+    rows = [(f"sentence {i}", i % 2) for i in range(297)] + [(f"rare {i}", 2) for i in range(3)]
+    path = _csv(tmp_path / "d.csv", rows)
+    check_dataset(DataSpec(dataset=str(path)))  # the whole file is fine
+    _assert_refused(
+        DataSpec(dataset=str(path), train_samples=4),
+        "no rows of class(es) 2",
+        param="--train-samples",
+    )
+
+
+def test_messages_quote_at_most_200_characters_of_a_huge_single_line_file(tmp_path: Path) -> None:
+    """A 10 MB one-line file: whatever is wrong with it, the message stays short."""
+    blob = "x" * 10_000_000
+    header_only = tmp_path / "header.csv"
+    header_only.write_text(blob + "\n")
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"text": "' + blob)
+    label = tmp_path / "label.jsonl"
+    label.write_text(json.dumps({"text": "fine", "label": blob}) + "\n")
+    text = tmp_path / "text.jsonl"
+    text.write_text(json.dumps({"text": 5, "label": 0, blob[:300]: 1}) + "\n")
+    for path in (header_only, broken, label, text):
+        with pytest.raises(DatasetError) as info:
+            check_dataset(DataSpec(dataset=str(path)))
+        assert len(info.value.message) < 700 and "\n" not in info.value.message, path

@@ -179,7 +179,13 @@ def test_max_length_above_the_model_limit() -> None:
 
 
 def test_local_model_directories(tmp_path: Path) -> None:
+    import numpy as np
+    from safetensors.numpy import save_file
+
     (tmp_path / "config.json").write_text(json.dumps({"max_position_embeddings": 64}))
+    save_file(
+        {"embeddings.weight": np.zeros((4, 2), dtype=np.float32)}, tmp_path / "model.safetensors"
+    )
     assert resolve_model(str(tmp_path)) == str(tmp_path.resolve())
     spec = LoraSpec(model=str(tmp_path), data=DATA, max_length=128)
     with pytest.raises(SpecError, match=r"8\.\.64"):

@@ -204,3 +204,92 @@ def test_output_dir_must_stay_inside_the_artifacts_directory(eager: str, isolate
         assert row is not None
     assert row.adapter_path == str(artifacts / "experiments" / "rt" / f"job-{job_id}")
     assert not list(outside.iterdir())  # nothing went through the link
+
+
+def test_a_huge_grid_is_refused_before_it_is_built(eager: str) -> None:
+    """The mistyped grid that once grew to 11.6 GB: refused from the axis lengths alone."""
+    import time
+    import tracemalloc
+
+    tracemalloc.start()
+    started = time.perf_counter()
+    code, out = run("submit", "lora", *SYN, "--seed", "0..10000", "--r", "1..1000",
+                    "--epochs", "1..1000")  # fmt: skip
+    seconds = time.perf_counter() - started
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert code == 2, out
+    assert "10,001,000,000 jobs" in out and "FTQUEUE_MAX_GRID" in out
+    assert out.strip().count("\n") == 0
+    assert peak < 20 * 1024**2 and seconds < 5, (peak, seconds)
+    assert job_count() == 0
+
+
+def test_the_grid_cap_is_configurable(eager: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FTQUEUE_MAX_GRID", "4")
+    reset_settings()
+    code, out = run("submit", "lora", *SYN, "--seed", "0..2", "--r", "8,16")
+    assert code == 2 and "6 jobs (2 --r x 3 --seed), over the limit of 4" in out, out
+    assert job_count() == 0
+    code, out = run("submit", "lora", *SYN, "--seed", "0..1", "--r", "8,16", "--json")
+    assert code == 0 and len(json.loads(out)["jobs"]) == 4
+
+
+def test_grid_expansion_is_lazy(monkeypatch: pytest.MonkeyPatch) -> None:
+    import itertools
+    import tracemalloc
+
+    from ftqueue.cli.options import INTS, build_specs, expand
+    from ftqueue.kinds.lora import LoraSpec
+    from ftqueue.specs import DataSpec
+
+    monkeypatch.setenv("FTQUEUE_MAX_GRID", str(10**15))
+    reset_settings()
+    tracemalloc.start()
+    seeds = INTS.convert("0..999999999", None, None)
+    ranks = INTS.convert("1..1000,2048", None, None)
+    assert (len(seeds), len(ranks)) == (10**9, 1001)
+    fixed = {"model": "minilm", "data": DataSpec(dataset="x.csv")}
+    specs = build_specs(LoraSpec, expand(fixed, {"seed": seeds, "r": ranks}))
+    first = list(itertools.islice(specs, 3))
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert [(s.seed, s.r) for s in first] == [(0, 1), (0, 2), (0, 3)]
+    assert peak < 5 * 1024**2, peak
+
+
+def test_submit_reads_its_specs_once_and_stops_at_the_cap(
+    eager: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ftqueue.errors import SpecError
+    from ftqueue.kinds.lora import LoraSpec
+    from ftqueue.specs import DataSpec
+    from ftqueue.submission import submit
+
+    monkeypatch.setenv("FTQUEUE_MAX_GRID", "10")
+    reset_settings()
+    made: list[int] = []
+
+    def specs():  # type: ignore[no-untyped-def]
+        for seed in range(10**6):
+            made.append(seed)
+            yield LoraSpec(model=SYN[1], data=DataSpec(dataset="movie-snippets"), seed=seed)
+
+    with pytest.raises(SpecError, match="more than 10 jobs in one submit"):
+        submit(specs())
+    assert len(made) == 11 and job_count() == 0
+
+
+def test_an_adapter_is_evaluated_only_with_its_own_base_model(eager: str) -> None:
+    code, out = run("submit", "lora", *SYN, "--json")
+    adapter_job = json.loads(out)["jobs"][0]["id"]
+    code, out = run(
+        "submit", "evaluate", "--adapter-job", str(adapter_job), "--model", "minilm",
+        "--dataset", "movie-snippets",
+    )  # fmt: skip
+    assert code == 2, out
+    assert f"--adapter-job {adapter_job} was trained on model {SYN[1]}, not minilm" in out
+    assert out.strip().count("\n") == 0 and job_count() == 1
+    code, out = run("submit", "evaluate", "--adapter-job", str(adapter_job),
+                    "--dataset", "movie-snippets")  # fmt: skip
+    assert code == 0, out

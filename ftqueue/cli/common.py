@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from ftqueue.errors import FtqueueError
+from ftqueue.text import clip
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -18,6 +19,10 @@ if TYPE_CHECKING:
 F = TypeVar("F", bound=Callable[..., Any])
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+#: No error message is longer than this, whatever user data went into it.
+MESSAGE_LIMIT = 1000
+#: Job ids and counts fit a signed 64-bit SQL integer; larger numbers are refused as input.
+JOB_ID = click.IntRange(1, 2**63 - 1)
 
 
 class UserError(click.ClickException):
@@ -32,14 +37,37 @@ class UserError(click.ClickException):
         return self.code
 
 
+def one_line_usage(exc: click.UsageError) -> click.UsageError:
+    """Click's usage error without its usage block: ``Error: ... (see 'ftqueue x -h')``."""
+    if isinstance(exc, click.exceptions.NoArgsIsHelpError):
+        return exc  # a bare group prints its help: that is no error to shorten
+    where = f" (see '{exc.ctx.command_path} -h')" if exc.ctx is not None else ""
+    return click.UsageError(clip(exc.format_message(), MESSAGE_LIMIT) + where)
+
+
 class FtqueueGroup(click.Group):
-    """Turns FtqueueError from any command into one line on stderr and a non-zero exit."""
+    """Every error of every command as one line on stderr and a non-zero exit: FtqueueError
+    with its exit code, usage errors (bad flags and values) with 2, never a usage block."""
+
+    def make_context(
+        self,
+        info_name: str | None,
+        args: list[str],
+        parent: click.Context | None = None,
+        **extra: Any,
+    ) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except click.UsageError as exc:
+            raise one_line_usage(exc) from None
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except FtqueueError as exc:
-            raise UserError(exc.message, exc.exit_code) from None
+            raise UserError(clip(exc.message, MESSAGE_LIMIT), exc.exit_code) from None
+        except click.UsageError as exc:
+            raise one_line_usage(exc) from None
 
 
 def json_option(func: F) -> F:

@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from ftqueue import store
+from ftqueue import eager, store
 from ftqueue.states import JobStatus
 from ftqueue.store import JobState
 
@@ -50,6 +50,7 @@ def follow(
         return _follow_live(job_ids, console=console, poll=poll, keep_going=keep_going)
     last: dict[int, str] = {}
     while True:
+        eager.settle(job_ids)  # a job whose eager process died would never end otherwise
         snaps = store.job_states(job_ids)
         for jid in job_ids:
             s = snaps.get(jid)
@@ -80,6 +81,7 @@ def _follow_live(
     with Progress(*columns, console=console, transient=False) as progress:
         bars = {jid: progress.add_task(f"job {jid}", total=None) for jid in job_ids}
         while True:
+            eager.settle(job_ids)
             snaps = store.job_states(job_ids)
             for jid, s in snaps.items():
                 done = s.ended

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import click
 
-from ftqueue import db, kinds, store
-from ftqueue.cli.common import console, echo_json, json_option
+from ftqueue import db, eager, kinds, store
+from ftqueue.cli.common import JOB_ID, console, echo_json, json_option
 from ftqueue.cli.render import job_details, jobs_table
 from ftqueue.states import STATUSES, JobStatus
+from ftqueue.text import quote
 
 
 @click.command("list")
@@ -31,7 +32,7 @@ from ftqueue.states import STATUSES, JobStatus
 )
 @click.option("--model", help="Only jobs on this model.")
 @click.option("--dataset", help="Only jobs on this dataset.")
-@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
+@click.option("--limit", type=JOB_ID, default=50, show_default=True)
 @click.option("--all", "show_all", is_flag=True, help="No limit.")
 @json_option
 def list_cmd(
@@ -53,7 +54,10 @@ def list_cmd(
       ftqueue list --status running --status queued
       ftqueue list --sweep 7f3a9c --json
     """
+    from ftqueue.inputs import stored_dataset, stored_model
+
     db.ensure_ready()
+    eager.settle()
     with db.session_scope() as session:
         jobs = store.list_jobs(
             session,
@@ -61,8 +65,8 @@ def list_cmd(
             job_kinds=job_kinds,
             sweep=sweep,
             tags=tags,
-            model=model,
-            dataset=dataset,
+            model=stored_model(model) if model else None,
+            dataset=stored_dataset(dataset) if dataset else None,
             limit=None if show_all else limit,
         )
         if as_json:
@@ -75,7 +79,7 @@ def list_cmd(
 
 
 @click.command("status")
-@click.argument("job_id", type=int)
+@click.argument("job_id", type=JOB_ID)
 @click.option(
     "--follow",
     "-f",
@@ -94,6 +98,7 @@ def status_cmd(job_id: int, follow: bool, as_json: bool) -> None:
       ftqueue status 12 --json | jq .status
     """
     db.ensure_ready()
+    eager.settle([job_id])
     with db.session_scope() as session:
         job = store.get_job(session, job_id)
         if not follow:
@@ -120,7 +125,7 @@ def status_cmd(job_id: int, follow: bool, as_json: bool) -> None:
 
 
 @click.command("cancel")
-@click.argument("job_ids", type=int, nargs=-1)
+@click.argument("job_ids", type=JOB_ID, nargs=-1)
 @click.option("--sweep", help="Cancel every unfinished job of this sweep.")
 @json_option
 def cancel_cmd(job_ids: tuple[int, ...], sweep: str | None, as_json: bool) -> None:
@@ -143,7 +148,9 @@ def cancel_cmd(job_ids: tuple[int, ...], sweep: str | None, as_json: bool) -> No
         if sweep:
             found = store.list_jobs(session, sweep=sweep, limit=None)
             if not found:
-                raise click.ClickException(f"no jobs in sweep {sweep!r}: `ftqueue list` shows them")
+                raise click.ClickException(
+                    f"no jobs in sweep {quote(sweep)}: `ftqueue list` shows them"
+                )
             ids += [job.id for job in found]
     outcomes = lifecycle.cancel(sorted(set(ids)))
     if as_json:

@@ -7,55 +7,105 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
-from collections.abc import Callable, Iterable
+import re
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, TypeVar
 
 import click
 
 from ftqueue.cli.common import json_option
+from ftqueue.errors import SpecError
+from ftqueue.settings import get_settings
 from ftqueue.specs import DataSpec, Param, Spec, flag, spec_params
+from ftqueue.text import quote
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-#: A grid larger than this is refused before it is built (a typo like 0..10000 x 1..1000).
-GRID_SPAN_LIMIT = 10_000
+_RANGE = re.compile(r"^([+-]?\d+)\.\.([+-]?\d+)$")
+_DASHED = re.compile(r"^(\d+)\s*-\s*(\d+)$")
 
 
 class Grid(click.ParamType):
-    """A comma list of numbers (``8,16,32``), or for integers a range (``0..4``)."""
+    """A comma list of numbers (``8,16,32``), or for integers a range (``0..4``).
+
+    The values are kept as ranges and lists, never expanded here: ``0..1000000`` is one range
+    object until the grid's size has been checked (see ``expand``).
+    """
 
     def __init__(self, kind: type) -> None:
         self.kind = kind
         self.name = "list" if kind is float else "ints"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        if isinstance(value, list):
+        if isinstance(value, Axis):
             return value
-        items: list[Any] = []
+        parts: list[Sequence[Any]] = []
         for part in str(value).split(","):
             part = part.strip()
-            try:
-                if self.kind is int and ".." in part:
-                    lo, hi = (int(x) for x in part.split("..", 1))
-                    if hi < lo or hi - lo > GRID_SPAN_LIMIT:
-                        raise ValueError
-                    items.extend(range(lo, hi + 1))
-                elif self.kind is int:
-                    number = float(part)
-                    if not math.isfinite(number) or not number.is_integer():
-                        raise ValueError
-                    items.append(int(number))
-                else:
-                    items.append(float(part))
-            except ValueError:
-                what = "whole numbers" if self.kind is int else "numbers"
-                self.fail(
-                    f"{part!r} is not valid: give {what}, comma-separated (e.g. "
-                    f"{'8,16,32' if self.kind is int else '1e-4,3e-4'})",
-                    param,
-                    ctx,
-                )
-        return items
+            problem = self._parse(part, parts)
+            if problem:
+                self.fail(f"{quote(part)} is not valid: {problem}", param, ctx)
+        return Axis(parts)
+
+    def _parse(self, part: str, parts: list[Sequence[Any]]) -> str | None:
+        """Appends the values of one comma item; returns what is wrong with it, if anything."""
+        example = "0..4 or 8,16,32" if self.kind is int else "1e-4,3e-4"
+        if self.kind is int:
+            span = _RANGE.match(part)
+            if span:
+                lo, hi = int(span.group(1)), int(span.group(2))
+                if hi < lo:
+                    return f"a range goes up: {hi}..{lo}"
+                parts.append(range(lo, hi + 1))
+                return None
+            dashed = _DASHED.match(part)
+            if dashed:
+                return f"a range is written with two dots: {dashed.group(1)}..{dashed.group(2)}"
+            if ".." in part:
+                return "a range is LOW..HIGH with whole numbers, e.g. 0..4"
+        if self.kind is int and re.fullmatch(r"[+-]?\d+", part):
+            parts.append([int(part)])  # exact: a float would round 20-digit numbers
+            return None
+        try:
+            number = float(part)
+        except ValueError:
+            number = math.nan
+        if not math.isfinite(number):
+            what = "whole numbers or ranges" if self.kind is int else "numbers"
+            return f"give {what}, comma-separated (e.g. {example})"
+        if self.kind is int and not number.is_integer():
+            return f"give whole numbers, comma-separated (e.g. {example})"
+        parts.append([int(number) if self.kind is int else number])
+        return None
+
+
+class Axis(Sequence[Any]):
+    """The values of one grid flag: lists and ranges, iterated in order, never copied out."""
+
+    def __init__(self, parts: Iterable[Sequence[Any]]) -> None:
+        self.parts = list(parts)
+
+    def __len__(self) -> int:
+        return sum(len(p) for p in self.parts)
+
+    def __iter__(self) -> Iterator[Any]:
+        return itertools.chain.from_iterable(self.parts)
+
+    def __getitem__(self, index: Any) -> Any:
+        if not isinstance(index, int):
+            raise TypeError("an Axis is indexed by int only")
+        position = index + len(self) if index < 0 else index
+        for part in self.parts:
+            if 0 <= position < len(part):
+                return part[position]
+            position -= len(part)
+        raise IndexError(index)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Sequence) and list(self) == list(other)
+
+    def __repr__(self) -> str:
+        return f"Axis({self.parts!r})"
 
 
 INTS = Grid(int)
@@ -155,19 +205,46 @@ def pop_queue_options(kw: dict[str, Any]) -> dict[str, Any]:
     return {k: kw.pop(k) for k in QUEUE_KEYS}
 
 
-def expand(fixed: dict[str, Any], grid: dict[str, list[Any] | None]) -> list[dict[str, Any]]:
-    """Every combination of the grid values given, each merged into the fixed arguments."""
+def expand(
+    fixed: dict[str, Any], grid: dict[str, Sequence[Any] | None]
+) -> Iterator[dict[str, Any]]:
+    """Every combination of the grid values given, each merged into the fixed arguments.
+
+    The size of the grid (the product of the axis lengths) is checked against FTQUEUE_MAX_GRID
+    before anything is built, and the combinations are made one at a time as they are read.
+    """
     axes = {k: v for k, v in grid.items() if v}
-    combos = itertools.product(*axes.values()) if axes else [()]
-    return [{**fixed, **dict(zip(axes, combo, strict=True))} for combo in combos]
+    sizes = {k: len(v) for k, v in axes.items()}
+    total = math.prod(sizes.values())
+    limit = get_settings().max_grid
+    if total > limit:
+        shape = " x ".join(f"{n:,} {flag(k)}" for k, n in sizes.items())
+        raise SpecError(
+            f"this grid is {total:,} jobs ({shape}), over the limit of {limit:,}: "
+            "check the ranges, or raise FTQUEUE_MAX_GRID",
+            param=flag(max(sizes, key=lambda k: sizes[k])),
+        )
+    return (
+        {**fixed, **dict(zip(axes, combo, strict=True))} for combo in _product(list(axes.values()))
+    )
+
+
+def _product(axes: list[Sequence[Any]]) -> Iterator[tuple[Any, ...]]:
+    """itertools.product's order, without its copying every axis into a tuple first."""
+    if not axes:
+        yield ()
+        return
+    for value in axes[0]:
+        for rest in _product(axes[1:]):
+            yield (value, *rest)
 
 
 def split_grid(
     spec_type: type[Spec], kw: dict[str, Any]
-) -> tuple[dict[str, Any], dict[str, list[Any] | None]]:
+) -> tuple[dict[str, Any], dict[str, Sequence[Any] | None]]:
     """The remaining spec options of a command, as fixed values and grid axes."""
     fixed: dict[str, Any] = {}
-    grid: dict[str, list[Any] | None] = {}
+    grid: dict[str, Sequence[Any] | None] = {}
     for f, p in spec_params(spec_type):
         if f.name not in kw:
             continue
@@ -179,6 +256,6 @@ def split_grid(
     return fixed, grid
 
 
-def build_specs(spec_type: type[Spec], rows: list[dict[str, Any]]) -> list[Any]:
-    """One spec per row; options left out (None) take the spec's default."""
-    return [spec_type(**{k: v for k, v in row.items() if v is not None}) for row in rows]
+def build_specs(spec_type: type[Spec], rows: Iterable[dict[str, Any]]) -> Iterator[Any]:
+    """One spec per row, built as it is read; options left out (None) take the spec's default."""
+    return (spec_type(**{k: v for k, v in row.items() if v is not None}) for row in rows)

@@ -7,8 +7,8 @@ from typing import Any
 
 import click
 
-from ftqueue import db, store
-from ftqueue.cli.common import console, echo_json, json_option
+from ftqueue import db, eager, store
+from ftqueue.cli.common import JOB_ID, console, echo_json, json_option
 from ftqueue.cli.render import job_details
 from ftqueue.files import write_bytes_atomic
 from ftqueue.models import Job
@@ -125,9 +125,13 @@ def report_cmd(
       ftqueue report --where 'r>=16' --where 'accuracy>0.8' --format csv > runs.csv
       ftqueue report --since 2d --plot report.png --html report.html
     """
+    from ftqueue.inputs import stored_dataset, stored_model
     from ftqueue.report import ReportOptions, build_report, export, validation_curves
     from ftqueue.report.options import check_output
 
+    # Local files and directories are stored as absolute paths: match them however named.
+    filters["models"] = tuple(map(stored_model, filters.get("models") or ()))
+    filters["datasets"] = tuple(map(stored_dataset, filters.get("datasets") or ()))
     opts = ReportOptions.from_text(
         statuses=statuses or ("succeeded",), splits=splits or ("test",), **filters
     )
@@ -162,7 +166,7 @@ def report_cmd(
 
 
 @click.command("show")
-@click.argument("job_id", type=int)
+@click.argument("job_id", type=JOB_ID)
 @json_option
 def show_cmd(job_id: int, as_json: bool) -> None:
     """Show everything about one job: spec, status history, results per epoch, timings, error.
@@ -173,6 +177,7 @@ def show_cmd(job_id: int, as_json: bool) -> None:
       ftqueue show 12 --json | jq '.results[] | select(.split == "validation")'
     """
     db.ensure_ready()
+    eager.settle([job_id])
     with db.session_scope() as session:
         job = store.get_job(session, job_id, with_results=True)
         if as_json:

@@ -21,6 +21,7 @@ from ftqueue.cli.submitting import submit_specs
 from ftqueue.errors import SpecError
 from ftqueue.kinds.evaluate import EvaluateSpec
 from ftqueue.kinds.lora import LoraSpec
+from ftqueue.specs import field_param
 
 
 @click.group("submit")
@@ -28,8 +29,9 @@ def submit_group() -> None:
     """Queue LoRA training, evaluation or prediction jobs.
 
     Flags shown as INTS or LIST take comma lists (and INTS ranges such as 0..4), which expand
-    into a grid: one job per combination, all under one sweep id. Identical jobs that already
-    succeeded are reported, not run again.
+    into a grid: one job per combination, all under one sweep id, at most FTQUEUE_MAX_GRID
+    (10,000) jobs. Identical jobs that already succeeded are reported, not run again; a local
+    data file or model directory is identified by its absolute path and its content.
     """
 
 
@@ -85,7 +87,7 @@ def submit_evaluate(**kw: Any) -> None:
     """
     queue = pop_queue_options(kw)
     data = data_spec(kw)
-    model = kw.pop("model") or _adapter_model(kw.get("adapter_job") or [])
+    model = kw.pop("model") or _adapter_model(list(kw.get("adapter_job") or []))
     fixed, grid = split_grid(EvaluateSpec, kw)
     fixed.update(model=model, data=data)
     submit_specs(build_specs(EvaluateSpec, expand(fixed, grid)), **queue)
@@ -99,6 +101,10 @@ def _adapter_model(adapters: Sequence[int]) -> str:
         raise SpecError(
             "give --model, or --adapter-job to evaluate a LoRA job's adapter", param="--model"
         )
+    bounds = field_param(EvaluateSpec, "adapter_job")
+    assert bounds is not None
+    for job_id in adapters:
+        bounds.check("adapter_job", job_id)  # the spec's own range, before any query
     db.ensure_ready()
     models = set(store.models_of(adapters).values())
     if len(models) != 1:

@@ -5,8 +5,12 @@ Every `submit` command builds its specs and hands them here.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -21,7 +25,7 @@ if TYPE_CHECKING:
 
 
 def submit_specs(
-    specs: Sequence[ModelSpec],
+    specs: Iterable[ModelSpec],
     *,
     tags: tuple[str, ...],
     name: str | None,
@@ -43,6 +47,8 @@ def submit_specs(
         specs, tags=tags, name=name, sweep=sweep, force=force, output_dir=output_dir
     )
     eager = get_settings().eager
+    for note in sub.notes:
+        click.echo(f"note: {note}", err=True)
     if as_json and not (wait or eager):
         echo_json(_payload(sub))
         return
@@ -84,8 +90,49 @@ def _wait(job_ids: list[int], out: Console) -> dict[int, str]:
         raise SystemExit(130) from None
 
 
+class _Stopping(Exception):
+    """Raised in the main thread when this process is told to stop (SIGHUP, SIGTERM)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def _stopping_signals() -> Iterator[None]:
+    """SIGHUP (terminal closed) and SIGTERM raise _Stopping instead of killing silently."""
+
+    def handler(signum: int, _frame: object) -> None:
+        raise _Stopping(signum)
+
+    wanted = (signal.SIGHUP, signal.SIGTERM)
+    previous = {sig: signal.signal(sig, handler) for sig in wanted}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def _stop_eager(signum: int) -> None:
+    """End this process's eager jobs at once, say so if anyone can hear, exit 128 + signal."""
+    from ftqueue import eager
+
+    name = signal.Signals(signum).name
+    ended = eager.end_own(f"the eager `ftqueue submit` running it received {name}")
+    with contextlib.suppress(OSError, ValueError):  # the terminal may be gone (SIGHUP)
+        click.echo(f"\n{name}: ended job(s) {', '.join(map(str, ended)) or 'none'}", err=True)
+        sys.stderr.flush()
+    # The job thread may be inside a step: leave without waiting for it (its writes are fenced).
+    os._exit(128 + signum)
+
+
 def _run_eager(sub: Submission, out: Console) -> dict[int, str]:
-    """Run the new jobs in a thread of this process and follow them from this one."""
+    """Run the new jobs in a thread of this process and follow them from this one.
+
+    Ctrl-C cancels them (they stop at their next step); SIGHUP and SIGTERM end them at once,
+    so that none is left running with no process behind it.
+    """
     from ftqueue import lifecycle, store, submission
     from ftqueue.cli.follow import follow
 
@@ -98,14 +145,18 @@ def _run_eager(sub: Submission, out: Console) -> dict[int, str]:
             errors.append(exc)
 
     runner = threading.Thread(target=target, name="eager-jobs", daemon=True)
-    runner.start()
     ids = [job.id for job in sub.created]
     try:
-        follow(ids, console=out, keep_going=runner.is_alive)
-    except KeyboardInterrupt:
-        lifecycle.cancel(ids)
-        click.echo("\nCancelling: the running job stops at its next step.", err=True)
-    runner.join()
+        with _stopping_signals():
+            runner.start()
+            try:
+                follow(ids, console=out, keep_going=runner.is_alive)
+            except KeyboardInterrupt:
+                lifecycle.cancel(ids)
+                click.echo("\nCancelling: the running job stops at its next step.", err=True)
+            runner.join()
+    except _Stopping as stop:
+        _stop_eager(stop.signum)
     if errors:
         raise errors[0]
     # Read once more after the runner ended: the follower may have stopped just before the
@@ -119,6 +170,7 @@ def _payload(sub: Submission, statuses: dict[int, str] | None = None) -> dict[st
     statuses = statuses or {}
     return {
         "sweep_id": sub.sweep_id,
+        "notes": sub.notes,
         "jobs": [
             {**store.job_summary(job), "status": statuses.get(job.id, job.status)}
             for job in sub.created

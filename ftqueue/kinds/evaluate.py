@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
-from ftqueue.errors import SpecError
+from ftqueue.errors import AdapterError, ModelError, SpecError
 from ftqueue.kinds.registry import JobContext, JobKind, Role, register
 from ftqueue.outcome import Outcome
 from ftqueue.specs import (
@@ -14,10 +15,13 @@ from ftqueue.specs import (
     ModelSpec,
     eval_batch_size_field,
     max_length_field,
+    model_fingerprint_field,
     param,
     required,
+    resolve_model,
     seed_field,
 )
+from ftqueue.text import clip
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -35,10 +39,11 @@ class EvaluateSpec(ModelSpec):
         "text", "Model to evaluate; with --adapter-job, defaults to the adapter's.", cli=False
     )
     data: DataSpec
+    model_fingerprint: str | None = model_fingerprint_field()
     split: str = param("test", "choice", "Split to evaluate.", choices=SPLITS)
     adapter_job: int | None = param(
         None, "int", "Evaluate the adapter of this succeeded LoRA job (a comma list evaluates "
-        "several), with no training.", lo=1, optional=True, grid=True,
+        "several), with no training.", lo=1, hi=2**63 - 1, optional=True, grid=True,
     )  # fmt: skip
     head_epochs: int | None = param(
         None, "int", "Epochs of head-only training (body frozen) before evaluating a bare model.",
@@ -80,11 +85,41 @@ class EvaluateSpec(ModelSpec):
 
 
 def check(spec: EvaluateSpec) -> None:
-    """The adapter to evaluate exists, succeeded, and is on this machine."""
+    """The adapter to evaluate exists, succeeded, is on this machine, and was trained on the
+    model given (the same directory content, where it is a local one)."""
     if spec.adapter_job is not None:
         from ftqueue import store
 
         store.adapter_dir_of(spec.adapter_job)
+        check_base_model(spec, store.spec_of(spec.adapter_job) or {})
+
+
+def check_base_model(spec: EvaluateSpec, trained_spec: dict[str, Any]) -> None:
+    """AdapterError unless the adapter's job (its stored spec) trained on ``spec.model``."""
+    trained = str(trained_spec.get("model"))
+    if not _same_model(trained, spec.model):
+        raise AdapterError(
+            f"--adapter-job {spec.adapter_job} was trained on model {clip(trained)}, not "
+            f"{clip(spec.model)}: leave --model out (it defaults to the adapter's model)",
+            param="--model",
+        )
+    was = trained_spec.get("model_fingerprint")
+    if was is not None and spec.model_fingerprint not in (None, was):
+        raise AdapterError(
+            f"model directory {clip(spec.model)} changed since --adapter-job "
+            f"{spec.adapter_job} was trained on it (fingerprint {str(was)[:12]}, now "
+            f"{spec.model_fingerprint[:12]}): the adapter no longer fits it",
+            param="--model",
+        )
+
+
+def _same_model(a: str, b: str) -> bool:
+    if a == b:
+        return True
+    try:
+        return resolve_model(a) == resolve_model(b)
+    except ModelError:
+        return False
 
 
 def perform(spec: EvaluateSpec, ctx: JobContext) -> Outcome:

@@ -13,6 +13,7 @@ from ftqueue.specs import (
     ModelSpec,
     eval_batch_size_field,
     max_length_field,
+    model_fingerprint_field,
     param,
     required,
     seed_field,
@@ -33,6 +34,7 @@ class LoraSpec(ModelSpec):
         "text", "minilm (offline), a hub id (bert-base-uncased) or a local model directory."
     )
     data: DataSpec
+    model_fingerprint: str | None = model_fingerprint_field()
     r: int = param(16, "int", "LoRA rank.", lo=1, hi=1024, grid=True, hyper=True)
     alpha: float = param(
         32.0, "float", "LoRA alpha (scale = alpha / r).", lo=0, hi=1e6, lo_open=True, grid=True,

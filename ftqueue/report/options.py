@@ -20,6 +20,7 @@ from ftqueue.errors import FilterError
 from ftqueue.kinds import Role, all_kinds
 from ftqueue.specs import SPLITS, DataSpec, Param, spec_params
 from ftqueue.states import STATUSES
+from ftqueue.text import quote
 
 SELECT_BY = ("validation", "test")
 
@@ -124,7 +125,7 @@ class Condition:
         name = _canonical(match.group(1)) if match else ""
         if not match or name not in (*HYPERPARAMS, *METRICS):
             raise FilterError(
-                f"--where {text!r}: unknown column; use one of {', '.join(where_columns())}, "
+                f"--where {quote(text)}: unknown column; use one of {', '.join(where_columns())}, "
                 "as in --where 'r>=16'",
                 param="--where",
             )
@@ -133,14 +134,14 @@ class Condition:
         raw = rest[len(op) :].strip() if op else ""
         if op is None or not raw:
             raise FilterError(
-                f"--where {text!r}: expected COLUMN OP VALUE with OP one of "
+                f"--where {quote(text)}: expected COLUMN OP VALUE with OP one of "
                 f"{' '.join(OPERATORS)}, as in --where 'lr<=0.001'",
                 param="--where",
             )
         kind = HYPERPARAMS[name].kind if name in HYPERPARAMS else "number"
         if kind != "number" and op not in ("=", "!="):
             raise FilterError(
-                f"--where {text!r}: {name} is text; compare it with = or !=", param="--where"
+                f"--where {quote(text)}: {name} is text; compare it with = or !=", param="--where"
             )
         if kind == "modules":
             return cls(name, op, tuple(m.strip() for m in raw.split(",")))
@@ -152,7 +153,7 @@ class Condition:
             number = math.nan
         if not math.isfinite(number):
             raise FilterError(
-                f"--where {text!r}: {name} is a number; got {raw!r}", param="--where"
+                f"--where {quote(text)}: {name} is a number; got {quote(raw)}", param="--where"
             ) from None
         return cls(name, op, number)
 
@@ -162,13 +163,20 @@ def parse_time(text: str, flag: str, *, now: dt.datetime | None = None) -> dt.da
     value = text.strip()
     relative = _RELATIVE.match(value)
     if relative:
-        delta = dt.timedelta(**{_UNITS[relative.group(2)]: float(relative.group(1))})
-        return (now or dt.datetime.now(dt.UTC)) - delta
+        try:
+            delta = dt.timedelta(**{_UNITS[relative.group(2)]: float(relative.group(1))})
+            return (now or dt.datetime.now(dt.UTC)) - delta
+        except OverflowError:
+            raise FilterError(
+                f"{flag} {quote(text)} reaches before the year 1: give an age of at most a few "
+                "thousand years (e.g. 52w), or a date",
+                param=flag,
+            ) from None
     try:
         when = dt.datetime.fromisoformat(value)
     except ValueError:
         raise FilterError(
-            f"{flag} {text!r} is not a time: use an ISO date or time such as 2025-05-01 or "
+            f"{flag} {quote(text)} is not a time: use an ISO date or time such as 2025-05-01 or "
             "2025-05-01T13:00, or an age such as 30m, 12h, 2d, 1w",
             param=flag,
         ) from None
@@ -192,7 +200,7 @@ def check_output(path: str | Path | None, flag: str) -> Path | None:
         problem = "is not writable"
     if problem:
         raise FilterError(
-            f"{flag} {str(path)!r} {problem}: give a file path in a writable directory",
+            f"{flag} {quote(str(path))} {problem}: give a file path in a writable directory",
             param=flag,
         )
     return target
@@ -250,7 +258,7 @@ class ReportOptions:
         for value in values:
             if value not in allowed:
                 raise FilterError(
-                    f"{flag} {value!r} is not known: use one of {', '.join(shown or allowed)}",
+                    f"{flag} {quote(value)} is not known: use one of {', '.join(shown or allowed)}",
                     param=flag,
                 )
 

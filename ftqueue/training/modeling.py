@@ -7,6 +7,7 @@ import os
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -16,8 +17,10 @@ from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTo
 from transformers.modeling_outputs import SequenceClassifierOutput
 from transformers.utils import logging as hf_logging
 
+from ftqueue import weights
 from ftqueue.errors import ModelError, SpecError, first_line
 from ftqueue.specs import MODEL_ALIASES, resolve_model
+from ftqueue.text import clip
 
 #: Base models kept in memory; a worker usually alternates between one or two.
 MODEL_CACHE_SIZE = 2
@@ -34,6 +37,8 @@ class Base:
     body: PreTrainedModel
     tokenizer: PreTrainedTokenizerBase
     revision: str | None
+    #: The checkpoint had no pooler weights (so ``pooling="pooler"`` would train a random one).
+    untrained_pooler: bool = False
 
 
 def pick_device() -> torch.device:
@@ -60,7 +65,9 @@ def configure_torch(device: torch.device) -> None:
 def load_base(model: str, device: torch.device) -> tuple[Base, bool]:
     """The cached base model for ``model`` (loading it on a miss) and whether it was cached."""
     path = resolve_model(model)
-    key = f"{path}@{device}"
+    # A directory edited in place is another model: the cache must not answer with the old one.
+    content = weights.model_fingerprint(Path(path)) if weights.is_local_model(model) else ""
+    key = f"{path}@{device}@{content}"
     with _cache_lock:
         if key in _cache:
             _cache.move_to_end(key)
@@ -68,18 +75,33 @@ def load_base(model: str, device: torch.device) -> tuple[Base, bool]:
     hf_logging.disable_progress_bar()
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
-        body = AutoModel.from_pretrained(path, trust_remote_code=False, dtype=torch.float32)
+        body, info = AutoModel.from_pretrained(
+            path,
+            trust_remote_code=False,
+            dtype=torch.float32,
+            use_safetensors=True,
+            output_loading_info=True,
+        )
     except OSError as exc:
         where = "local directory" if os.path.isdir(path) else "hub id"
         raise ModelError(
-            f"cannot load model {model!r} ({where}): the Hugging Face hub is unreachable or the "
-            f"id is wrong ({first_line(exc)}); "
-            "use a local directory with config.json or the alias minilm",
+            f"cannot load model {clip(model)} ({where}): the Hugging Face hub is unreachable, "
+            f"the id is wrong, or it has no safetensors weights ({clip(first_line(exc))}); "
+            "use a local directory with model.safetensors or the alias minilm",
             param="--model",
         ) from None
+    missing = [k for k in info["missing_keys"] if not k.startswith("pooler.")]
+    if missing:
+        raise ModelError(
+            f"model {clip(model)}: {len(missing)} weights of its body are not in its checkpoint "
+            f"(e.g. {clip(missing[0])}), so they would start from random values: give a "
+            "complete model",
+            param="--model",
+        )
     body.to(device).eval()
     body.requires_grad_(False)
-    base = Base(model, path, body, tokenizer, _revision(model, body))
+    untrained_pooler = any(k.startswith("pooler.") for k in info["missing_keys"])
+    base = Base(model, path, body, tokenizer, _revision(model, body), untrained_pooler)
     with _cache_lock:
         _cache[key] = base
         while len(_cache) > MODEL_CACHE_SIZE:
@@ -174,6 +196,12 @@ def build_classifier(
     model_dropout: float | None = None,
 ) -> PooledClassifier:
     """A fresh classifier on a private copy of the cached body (so no job sees another's)."""
+    if pooling == "pooler" and base.untrained_pooler:
+        raise SpecError(
+            f"--pooling pooler: model {clip(base.name)} has no pooler weights in its checkpoint; "
+            "use --pooling mean or cls",
+            param="--pooling",
+        )
     torch.manual_seed(seed)
     body = copy.deepcopy(base.body)
     if model_dropout is not None:

@@ -1,0 +1,99 @@
+"""Hub ids checked at submit: an id that does not exist is refused while the Hugging Face hub
+is reachable; when it is not (offline mode, no network), one line says the id could not be
+checked, after one short request rather than a download's retries (torch-free).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Literal
+
+from ftqueue.errors import DatasetError, FtqueueError, ModelError
+from ftqueue.text import clip, quote
+
+#: One request, this long at most: a reachable hub answers in well under a second.
+PROBE_SECONDS = 3.0
+_TRUE = {"1", "true", "yes", "on"}
+
+RepoType = Literal["model", "dataset"]
+_FLAG: dict[RepoType, str] = {"model": "--model", "dataset": "--dataset"}
+_INSTEAD: dict[RepoType, str] = {
+    "model": "a local directory or the alias minilm",
+    "dataset": "a local .csv/.jsonl/.parquet file or the alias movie-snippets",
+}
+
+#: Per process: each id's note (None: it exists), and why the hub was found unreachable.
+_checked: dict[tuple[RepoType, str], str | None] = {}
+_unreachable: list[str] = []
+
+
+def offline_reason() -> str | None:
+    """Why huggingface_hub will not make requests (its offline switches), or None."""
+    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        if os.environ.get(name, "").strip().lower() in _TRUE:
+            return f"{name} is set"
+    return None
+
+
+def check(repo_id: str, repo_type: RepoType) -> str | None:
+    """None when ``repo_id`` exists on the hub; a one-line note when that cannot be checked.
+
+    Raises ModelError or DatasetError (exit 2) when the hub answers that there is no such
+    repository, or that it is private or gated and no token lets this machine see it.
+    """
+    key = (repo_type, repo_id)
+    if key not in _checked:
+        _checked[key] = _check(repo_id, repo_type)
+    return _checked[key]
+
+
+def _note(repo_id: str, repo_type: RepoType, why: str) -> str:
+    return (
+        f"cannot check {repo_type} {quote(repo_id)} on the Hugging Face hub ({clip(why)}): "
+        "queued unchecked; a worker that cannot load it fails the job"
+    )
+
+
+def _check(repo_id: str, repo_type: RepoType) -> str | None:
+    why = offline_reason() or (_unreachable[0] if _unreachable else None)
+    if why is not None:
+        return _note(repo_id, repo_type, why)
+    import httpx2
+    from huggingface_hub import constants, get_session, get_token
+    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
+    from huggingface_hub.utils import hf_raise_for_status
+
+    endpoint = (os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
+    token = get_token()
+    # The library's own session and error mapping, without HfApi's user-agent headers: those
+    # fetch a registry from the hub first, which doubles the wait when the hub is silent.
+    headers = {"authorization": f"Bearer {token}"} if token else {}
+    try:
+        response = get_session().get(
+            f"{endpoint}/api/{repo_type}s/{repo_id}", headers=headers, timeout=PROBE_SECONDS
+        )
+        hf_raise_for_status(response)
+    except GatedRepoError:
+        return None  # it exists; access is the workers' token's business
+    except RepositoryNotFoundError:
+        error: type[FtqueueError] = ModelError if repo_type == "model" else DatasetError
+        raise error(
+            f"no {repo_type} {quote(repo_id)} on the Hugging Face hub at {endpoint} (or it is "
+            f"private and no token here can see it): check the id, or give {_INSTEAD[repo_type]}",
+            param=_FLAG[repo_type],
+        ) from None
+    except HfHubHTTPError as exc:
+        status = exc.response.status_code if exc.response is not None else "an error"
+        return _note(repo_id, repo_type, f"the hub answered {status}")
+    except (httpx2.HTTPError, OSError) as exc:
+        # Unreachable (refused, timed out, no route, offline mode set at import): say so once
+        # and do not wait again for the other ids of this submit.
+        _unreachable.append(f"{endpoint} is unreachable: {type(exc).__name__}")
+        return _note(repo_id, repo_type, _unreachable[0])
+    return None
+
+
+def forget() -> None:
+    """Check again on next use (tests, long-lived shells)."""
+    _checked.clear()
+    _unreachable.clear()
