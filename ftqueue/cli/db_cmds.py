@@ -48,6 +48,9 @@ def downgrade(revision: str, yes: bool) -> None:
       ftqueue db downgrade -1
       ftqueue db downgrade base --yes
     """
+    if revision.startswith("--"):
+        # Unknown options pass as arguments here so that `-1` can; a flag is still a mistake.
+        raise click.NoSuchOption(revision, ctx=click.get_current_context())
     url = db.database_url()
     where = db.safe_url(url)
     loss = db.downgrade_loss(url, revision)
