@@ -12,7 +12,7 @@ from ftqueue.errors import PublishError, SpecError
 from ftqueue.models import Job
 from ftqueue.paths import check_output_dir
 from ftqueue.settings import get_settings
-from ftqueue.specs import ModelSpec
+from ftqueue.specs import JobSpec
 from ftqueue.states import JobStatus
 
 #: Tags, names and sweep ids end up in file names, URLs and shell commands.
@@ -34,7 +34,7 @@ def check_label(value: str, flag: str) -> str:
 class Duplicate:
     """A submitted spec identical to an earlier job, which is reported instead of re-run."""
 
-    spec: ModelSpec
+    spec: JobSpec
     job_id: int
     status: str
 
@@ -53,10 +53,11 @@ class Submission:
         return sorted(set(ids))
 
 
-def validate(specs: Sequence[ModelSpec]) -> None:
-    """Check models, data and each kind's own needs before anything is written.
+def validate(specs: Sequence[JobSpec]) -> None:
+    """Check models, labelled data and each kind's own needs before anything is written.
 
-    Each distinct model and dataset is checked once, however many specs share it.
+    Each distinct model and labelled dataset is checked once, however many specs share it; a
+    kind whose input is something else checks it in its ``check``.
     """
     from ftqueue import data
     from ftqueue.specs import validate_against_model
@@ -69,17 +70,17 @@ def validate(specs: Sequence[ModelSpec]) -> None:
         elif (spec.model, spec.max_length) not in seen_models:
             validate_against_model(spec)
             seen_models.add((spec.model, spec.max_length))
-        key = spec.data.canonical_json()
-        if key not in seen_data:
-            data.check_dataset(spec.data)
-            seen_data.add(key)
+        labelled = spec.labelled_data()
+        if labelled is not None and labelled.canonical_json() not in seen_data:
+            data.check_dataset(labelled)
+            seen_data.add(labelled.canonical_json())
         check = kinds.get(spec.kind).check
         if check is not None:
             check(spec)
 
 
 def submit(
-    specs: Sequence[ModelSpec],
+    specs: Sequence[JobSpec],
     *,
     tags: Sequence[str] = (),
     name: str | None = None,
@@ -109,7 +110,7 @@ def submit(
         broker.check_broker()
 
     submission = Submission(sweep_id=sweep or (uuid.uuid4().hex[:8] if len(specs) > 1 else None))
-    unique: dict[str, ModelSpec] = {}
+    unique: dict[str, JobSpec] = {}
     for spec in specs:
         unique.setdefault(spec.spec_hash(), spec)
     with db.session_scope(write=True) as session:
@@ -126,7 +127,7 @@ def submit(
                     spec=spec.to_dict(),
                     spec_hash=spec_hash,
                     model=spec.model,
-                    dataset=spec.data.dataset,
+                    dataset=spec.source(),
                     tags=tags,
                     name=name,
                     sweep_id=submission.sweep_id,

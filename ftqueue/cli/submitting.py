@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from ftqueue.cli.common import console, echo_json
-from ftqueue.specs import ModelSpec
+from ftqueue.specs import JobSpec
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 
 def submit_specs(
-    specs: Sequence[ModelSpec],
+    specs: Sequence[JobSpec],
     *,
     tags: tuple[str, ...],
     name: str | None,
