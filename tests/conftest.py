@@ -118,8 +118,8 @@ def redis_url(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
 
 @dataclass
 class TrainedAdapter:
-    """An adapter of the default recipe (head, pooling, LoRA layout) on a slice of
-    movie-snippets: 1 epoch, with the bolder learning rates a dozen steps need."""
+    """An adapter of the default recipe on a slice of movie-snippets: 1 epoch, with the bolder
+    adapter learning rate a dozen steps need."""
 
     spec: Any
     directory: Path
@@ -140,7 +140,7 @@ def default_adapter(tmp_path_factory: pytest.TempPathFactory) -> TrainedAdapter:
 
     root = tmp_path_factory.mktemp("default-adapter")
     data = DataSpec(dataset="movie-snippets", train_samples=384, eval_samples=200)
-    spec = LoraSpec(model="minilm", data=data, epochs=1, lr=2e-3, head_lr=1e-2)
+    spec = LoraSpec(model="minilm", data=data, epochs=1, lr=2e-3)
     previous = os.umask(0o022)
     try:
         staging = new_staging_dir(root / "adapters", "job-1")

@@ -70,9 +70,10 @@ class LoraSpec(ModelSpec):
         1e-3, "float", "Learning rate of the adapter.", lo=0, hi=1, lo_open=True, grid=True,
         hyper=True,
     )  # fmt: skip
-    #: The classification head starts from scratch, so it learns faster than the adapter.
+    #: The classification head starts from scratch (and MiniLM's pooler was never trained), so
+    #: it learns faster than the adapter: 1e-2 beat 3e-3 on movie-snippets validation.
     head_lr: float = param(
-        3e-3, "float", "Learning rate of the new head.", lo=0, hi=1, lo_open=True, grid=True,
+        1e-2, "float", "Learning rate of the new head.", lo=0, hi=1, lo_open=True, grid=True,
         hyper=True,
     )  # fmt: skip
     epochs: int = param(

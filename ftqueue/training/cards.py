@@ -69,7 +69,7 @@ def write_adapter_card(directory: Path, metadata: dict[str, Any], base: str | No
         )
     body = (
         f"# LoRA adapter for text classification on {name}\n\n"
-        f"Trained by ftqueue ({metadata.get('kind', 'lora')} job). {_summary(metadata, name)}\n"
+        f"Trained by ftqueue. {_summary(metadata, name)}\n"
         f"{load}{_metrics(metadata)}"
     )
     ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}").save(directory / "README.md")
