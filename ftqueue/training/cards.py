@@ -53,12 +53,15 @@ def write_adapter_card(directory: Path, metadata: dict[str, Any], base: str | No
     )
     stock = metadata.get("stock_class")
     if stock:
+        labels = [str(n) for n in metadata["label_names"]]
+        id2label = dict(enumerate(labels))
+        label2id = {n: i for i, n in enumerate(labels)}
         load = (
-            'It loads with stock peft and transformers (see the ftqueue README, "Using '
-            'adapters outside ftqueue"):\n\n```python\n'
+            "It loads with stock peft and transformers, no ftqueue needed:\n\n```python\n"
             "from peft import AutoPeftModelForSequenceClassification\n"
             "from transformers import AutoTokenizer\n\n"
-            'model = AutoPeftModelForSequenceClassification.from_pretrained("THIS_DIR")\n'
+            "model = AutoPeftModelForSequenceClassification.from_pretrained(\n"
+            f'    "THIS_DIR", id2label={id2label!r}, label2id={label2id!r}\n)\n'
             'tokenizer = AutoTokenizer.from_pretrained("THIS_DIR")\n```\n'
         )
     else:
