@@ -11,7 +11,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from ftqueue.errors import AdapterError, FtqueueError
+from ftqueue.errors import AdapterError, FtqueueError, SpecError
 from ftqueue.files import dir_mode
 
 STAGING_PREFIX = ".staging-"
@@ -155,3 +155,33 @@ def check_adapter_dir(path: Path) -> dict[str, Any]:
             param="--adapter-job",
         )
     return dict(metadata)
+
+
+def check_exportable(metadata: dict[str, Any], job_id: int) -> None:
+    """Refuse, in one line, an adapter whose head no stock transformers class computes.
+
+    Adapters of format 2 record the stock class (or None); older ones only their pooling.
+    """
+    pooling = metadata.get("pooling")
+    if pooling == "pooler" and (int(metadata.get("format", 1)) < 2 or metadata.get("stock_class")):
+        return
+    if pooling == "pooler":
+        why = f"its {metadata.get('model_type')} model's stock head is not the pooler head"
+    else:
+        why = f"it was trained with --pooling {pooling}, which no stock transformers class computes"
+    raise AdapterError(
+        f"job {job_id}'s adapter cannot be exported as a standard model: {why}; train with "
+        "--pooling pooler (the default) on a BERT-style model to export one, or use this one "
+        f"as it is with `ftqueue predict {job_id} TEXT` or `ftqueue submit predict "
+        f"--adapter-job {job_id}`"
+    )
+
+
+def check_new_dir(path: Path, *, param: str = "DIRECTORY") -> None:
+    """A directory to write a whole new output into: absent, or empty. Never overwritten."""
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise SpecError(
+            f"{path} exists and is not an empty directory: give a new directory (an export "
+            "never overwrites anything)",
+            param=param,
+        )

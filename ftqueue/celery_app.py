@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Celery
-from kombu import Queue
+from kombu import Exchange, Queue
 
 from ftqueue import kinds
 from ftqueue.settings import Settings, get_settings, on_reset
@@ -55,7 +55,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_cancel_long_running_tasks_on_connection_loss": True,
         "task_time_limit": settings.time_limit,
         "task_soft_time_limit": settings.soft_time_limit,
-        "task_queues": [Queue(name, routing_key=name) for name in kinds.queues()],
+        # Each queue on a direct exchange of its own name: what a queue is bound to does not
+        # depend on the order in which kinds happen to be registered.
+        "task_queues": [
+            Queue(name, Exchange(name, type="direct"), routing_key=name) for name in kinds.queues()
+        ],
         "task_default_queue": kinds.queues()[0],
         "task_routes": {k.task_name: {"queue": k.queue} for k in kinds.all_kinds()},
         "task_always_eager": settings.eager,
@@ -78,10 +82,14 @@ def _configure(sender: Celery, **_: Any) -> None:
 
 
 def _reconfigure() -> None:
-    # Settings changed (tests, long-lived shells): configure again on next use, and drop
-    # pooled broker connections that point at the old URL.
+    # Settings changed (tests, long-lived shells): configure again, and drop the pooled broker
+    # connections and the producer pool built on them, which point at the old URL (Celery
+    # itself does the same after a fork); otherwise messages go on to the old broker.
     if app.configured:
         app._pool = None
+        amqp = app.__dict__.get("amqp")
+        if amqp is not None:
+            amqp._producer_pool = None
         app.conf.update(celery_config(get_settings()))
 
 

@@ -76,3 +76,18 @@ def write_json_atomic(path: Path, payload: Any) -> None:
 def write_bytes_atomic(path: Path, data: bytes) -> None:
     with atomic_write(path) as handle:
         handle.write(data)
+
+
+def share_tree(root: Path) -> None:
+    """Give ``root`` and everything under it the modes the umask allows.
+
+    Some writers (safetensors among them) create private 0600 files; on a shared artifacts
+    directory the other users of it could not read them.
+    """
+    files, dirs = file_mode(), dir_mode()
+    root.chmod(dirs)
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames:
+            os.chmod(os.path.join(dirpath, name), dirs)
+        for name in filenames:
+            os.chmod(os.path.join(dirpath, name), files)

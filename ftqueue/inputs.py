@@ -17,10 +17,10 @@ from typing import TypeVar
 from ftqueue import data, fingerprint, weights
 from ftqueue.errors import DatasetError, SpecError
 from ftqueue.files import stat_or_none
-from ftqueue.specs import DATASET_ALIASES, SPLITS, DataSpec, ModelSpec
+from ftqueue.specs import DATASET_ALIASES, SPLITS, DataSpec, JobSpec
 from ftqueue.text import clip
 
-S = TypeVar("S", bound=ModelSpec)
+S = TypeVar("S", bound=JobSpec)
 
 
 def pin_data(spec: DataSpec) -> DataSpec:
@@ -76,10 +76,12 @@ def pin_model(model: str) -> tuple[str, str | None]:
     return resolved, weights.model_fingerprint(Path(resolved))
 
 
-def pin(spec: S, *, model: tuple[str, str | None], data_spec: DataSpec) -> S:
-    """``spec`` with its model and data replaced by their pinned forms."""
+def pin(spec: S, *, model: tuple[str, str | None], data_spec: DataSpec | None) -> S:
+    """``spec`` with its model and (labelled) data replaced by their pinned forms."""
     name, model_fingerprint = model
-    changes: dict[str, object] = {"data": data_spec, "model": name}
+    changes: dict[str, object] = {"model": name}
+    if data_spec is not None:
+        changes["data"] = data_spec
     fields = {f.name for f in dataclasses.fields(spec)}  # type: ignore[arg-type]
     if model_fingerprint is not None and "model_fingerprint" in fields:
         changes["model_fingerprint"] = model_fingerprint

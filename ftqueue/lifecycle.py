@@ -226,7 +226,7 @@ def _fail_row(
 
 def _finish_cancelled(session: Session, job: Job, worker: str | None, detail: str) -> None:
     job.cancel_requested = True
-    job.adapter_path = None
+    job.output_path = None
     _end(session, job, JobStatus.CANCELLED, worker, detail)
 
 
@@ -311,7 +311,7 @@ def record_success(
             )
         session.flush()  # a duplicate measurement fails here, before the adapter moves
         if publish is not None:
-            job.adapter_path = publish()
+            job.output_path = publish()
         job.progress_phase = Phase.DONE
         job.stats = stats
         job.train_seconds = stats.get("train_seconds")

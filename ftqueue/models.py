@@ -121,7 +121,8 @@ class Job(Base):
 
     error_type: Mapped[str | None] = mapped_column(String(128))
     error_message: Mapped[str | None] = mapped_column(Text)
-    adapter_path: Mapped[str | None] = mapped_column(Text)
+    #: The job's published directory (an adapter, predictions), once it succeeded.
+    output_path: Mapped[str | None] = mapped_column(Text)
     #: Where under the artifacts directory the job's files are published (as <dir>/job-<id>).
     output_dir: Mapped[str | None] = mapped_column(String(512))
 

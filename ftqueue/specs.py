@@ -313,11 +313,10 @@ class DataSpec(Spec):
         return splits
 
 
-class ModelSpec(Spec):
-    """A spec of a job that runs a model on a dataset: ``model`` and ``data`` are checked."""
+class JobSpec(Spec):
+    """The spec of a job that runs a model: ``model`` is checked; ``source`` names its input."""
 
     model: str
-    data: DataSpec
     max_length: int
     #: None: decided per device where the job runs.
     eval_batch_size: int | None
@@ -326,16 +325,45 @@ class ModelSpec(Spec):
 
     def __post_init__(self) -> None:
         self._set("model", _text("model", self.model))
+        self._check_input()
+        super().__post_init__()
+
+    def _check_input(self) -> None:
+        """Type checks of what the job reads, before the fields' own checks."""
+
+    def source(self) -> str:
+        """What the job reads, as the ``jobs.dataset`` column and `list --dataset` name it."""
+        raise NotImplementedError
+
+    def labelled_data(self) -> DataSpec | None:
+        """The labelled dataset that `submit` checks (once per distinct one), if the job has one.
+
+        A kind that reads something else checks it in its own ``check``.
+        """
+        return None
+
+
+class ModelSpec(JobSpec):
+    """A spec of a job that runs a model on labelled data: ``model`` and ``data`` are checked."""
+
+    data: DataSpec
+
+    def _check_input(self) -> None:
         if isinstance(self.data, dict):
             self._set("data", DataSpec.from_dict(self.data))
         elif not isinstance(self.data, DataSpec):
             raise SpecError(
                 f"data must be a DataSpec; got {type(self.data).__name__}", param="--dataset"
             )
-        super().__post_init__()
+
+    def source(self) -> str:
+        return self.data.dataset
+
+    def labelled_data(self) -> DataSpec | None:
+        return self.data
 
 
-def validate_against_model(spec: ModelSpec) -> str:
+def validate_against_model(spec: JobSpec) -> str:
     """Resolve the spec's model and check ``max_length`` against it; returns the resolved model.
 
     A model directory fingerprinted at submit must still hold the same files.
@@ -387,6 +415,7 @@ def seed_field(help: str = "Random seed; 0..4 runs five seeds.") -> Any:
 __all__ = [
     "MODEL_ALIASES",
     "DataSpec",
+    "JobSpec",
     "ModelSpec",
     "Param",
     "Spec",

@@ -151,6 +151,15 @@ def final_results(job_ids: Sequence[int]) -> dict[int, Result]:
     return best
 
 
+def outputs_of(job_ids: Sequence[int]) -> dict[int, tuple[str, list[str]]]:
+    """What each job that published something published (see ``published``)."""
+    with db.session_scope() as session:
+        rows = session.scalars(
+            select(Job).where(Job.id.in_(job_ids), Job.output_path.is_not(None))
+        ).all()
+        return {job.id: published(job) for job in rows}
+
+
 def unfinished(job_ids: Iterable[int]) -> set[int]:
     """Those of the jobs that exist and have not ended."""
     ids = list(job_ids)
@@ -162,33 +171,34 @@ def unfinished(job_ids: Iterable[int]) -> set[int]:
 _ADAPTERS_HINT = "`ftqueue list --status succeeded` shows the jobs that trained one."
 
 
-def adapter_dir_of(job_id: int) -> Path:
-    """The published adapter of an earlier training job, or AdapterError saying why not."""
+def adapter_dir_of(job_id: int, *, flag: str = "--adapter-job") -> Path:
+    """The published adapter of an earlier training job, or AdapterError saying why not.
+
+    ``flag`` is how the command the user typed names the job (``--adapter-job``, ``JOB``).
+    """
     with db.session_scope() as session:
         row = session.execute(
-            select(Job.kind, Job.status, Job.adapter_path).where(Job.id == job_id)
+            select(Job.kind, Job.status, Job.output_path).where(Job.id == job_id)
         ).one_or_none()
     if row is None:
-        raise AdapterError(
-            f"--adapter-job {job_id}: no such job; {_ADAPTERS_HINT}", param="--adapter-job"
-        )
+        raise AdapterError(f"{flag} {job_id}: no such job; {_ADAPTERS_HINT}", param=flag)
     kind, status, path = row
     if kind not in kinds.with_role(kinds.Role.RUN):
         raise AdapterError(
-            f"--adapter-job {job_id} is an {kind} job, which trains no adapter; {_ADAPTERS_HINT}",
-            param="--adapter-job",
+            f"{flag} {job_id} is an {kind} job, which trains no adapter; {_ADAPTERS_HINT}",
+            param=flag,
         )
     if status != JobStatus.SUCCEEDED or not path:
         raise AdapterError(
-            f"--adapter-job {job_id} has status {status}, not succeeded, so it has no "
+            f"{flag} {job_id} has status {status}, not succeeded, so it has no "
             f"adapter; {_ADAPTERS_HINT}",
-            param="--adapter-job",
+            param=flag,
         )
     if not Path(path).is_dir():
         raise AdapterError(
-            f"--adapter-job {job_id}: its adapter {path} is missing from this machine; check "
+            f"{flag} {job_id}: its adapter {path} is missing from this machine; check "
             "that FTQUEUE_ARTIFACTS_DIR is the shared directory the job wrote to.",
-            param="--adapter-job",
+            param=flag,
         )
     return Path(path)
 
@@ -205,6 +215,17 @@ def spec_of(job_id: int) -> dict[str, Any] | None:
     with db.session_scope() as session:
         spec = session.scalar(select(Job.spec).where(Job.id == job_id))
     return dict(spec) if spec is not None else None
+
+
+def published(job: Job) -> tuple[str, list[str]]:
+    """What a job published, as its kind names it, and the paths to show: its files, else the
+    directory; no paths while it has published nothing."""
+    kind = kinds.find(job.kind)
+    label = kind.output_label if kind is not None else "output"
+    if not job.output_path:
+        return label, []
+    names = kind.output_files if kind is not None else ()
+    return label, [str(Path(job.output_path, n)) for n in names] or [job.output_path]
 
 
 def _iso(value: dt.datetime | None) -> str | None:
@@ -239,7 +260,8 @@ def job_summary(job: Job, *, detail: bool = False) -> dict[str, Any]:
         },
         "error_type": job.error_type,
         "error_message": job.error_message,
-        "adapter_path": job.adapter_path,
+        "output_path": job.output_path,
+        "output_files": published(job)[1] if job.output_path else [],
         "train_seconds": job.train_seconds,
         "samples_per_second": job.samples_per_second,
         "peak_memory_mb": job.peak_memory_mb,

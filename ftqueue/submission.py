@@ -12,7 +12,7 @@ from ftqueue.errors import PublishError, SpecError
 from ftqueue.models import Job
 from ftqueue.paths import check_output_dir
 from ftqueue.settings import get_settings
-from ftqueue.specs import MODEL_ALIASES, DataSpec, ModelSpec, is_local_model
+from ftqueue.specs import MODEL_ALIASES, DataSpec, JobSpec, is_local_model
 from ftqueue.states import JobStatus
 from ftqueue.text import quote
 
@@ -35,7 +35,7 @@ def check_label(value: str, flag: str) -> str:
 class Duplicate:
     """A submitted spec identical to an earlier job, which is reported instead of re-run."""
 
-    spec: ModelSpec
+    spec: JobSpec
     job_id: int
     status: str
 
@@ -59,8 +59,9 @@ class Submission:
 class Checker:
     """Checks specs before anything is written, and pins what each one reads (see inputs).
 
-    Each distinct model and dataset is checked, fingerprinted and looked up on the hub once,
-    however many specs of a grid share it.
+    Each distinct model and labelled dataset is checked, fingerprinted and looked up on the
+    hub once, however many specs of a grid share it; a kind whose input is something else
+    (unlabelled text to predict) checks and pins it in its own ``check``.
     """
 
     def __init__(self) -> None:
@@ -68,7 +69,7 @@ class Checker:
         self.data: dict[str, DataSpec] = {}
         self.notes: list[str] = []
 
-    def __call__(self, spec: ModelSpec) -> ModelSpec:
+    def __call__(self, spec: JobSpec) -> JobSpec:
         """The spec, checked and pinned; SpecError (or a sibling) saying what is wrong."""
         from ftqueue import data
         from ftqueue.specs import validate_against_model
@@ -82,16 +83,20 @@ class Checker:
                 if spec.model not in MODEL_ALIASES and not is_local_model(spec.model):
                     self._note(hub.check(spec.model, "model"))
             self.models[key] = inputs.pin_model(spec.model)
-        data_key = spec.data.canonical_json()
-        if data_key not in self.data:
-            pinned = inputs.pin_data(spec.data)
-            hub_id = inputs.hub_dataset(pinned)
-            note = hub.check(hub_id, "dataset") if hub_id else None
-            if note is None:
-                data.check_dataset(pinned)
-            self._note(note)
-            self.data[data_key] = pinned
-        spec = inputs.pin(spec, model=self.models[key], data_spec=self.data[data_key])
+        labelled = spec.labelled_data()
+        pinned_data: DataSpec | None = None
+        if labelled is not None:
+            data_key = labelled.canonical_json()
+            if data_key not in self.data:
+                pinned = inputs.pin_data(labelled)
+                hub_id = inputs.hub_dataset(pinned)
+                note = hub.check(hub_id, "dataset") if hub_id else None
+                if note is None:
+                    data.check_dataset(pinned)
+                self._note(note)
+                self.data[data_key] = pinned
+            pinned_data = self.data[data_key]
+        spec = inputs.pin(spec, model=self.models[key], data_spec=pinned_data)
         _check_stored_lengths(spec)
         check = kinds.get(spec.kind).check
         if check is not None:
@@ -103,11 +108,11 @@ class Checker:
             self.notes.append(note)
 
 
-def _check_stored_lengths(spec: ModelSpec) -> None:
+def _check_stored_lengths(spec: JobSpec) -> None:
     """The job row keeps the model and dataset names in columns of a fixed width."""
     for value, column, flag in (
         (spec.model, Job.__table__.c.model, "--model"),
-        (spec.data.dataset, Job.__table__.c.dataset, "--dataset"),
+        (spec.source(), Job.__table__.c.dataset, "--dataset"),
     ):
         width = getattr(column.type, "length", None)
         if width is not None and len(value) > width:
@@ -118,14 +123,14 @@ def _check_stored_lengths(spec: ModelSpec) -> None:
             )
 
 
-def validate(specs: Iterable[ModelSpec]) -> list[ModelSpec]:
+def validate(specs: Iterable[JobSpec]) -> list[JobSpec]:
     """Check specs before anything is written; returns them pinned (see ``Checker``)."""
     checker = Checker()
     return [checker(spec) for spec in specs]
 
 
 def submit(
-    specs: Iterable[ModelSpec],
+    specs: Iterable[JobSpec],
     *,
     tags: Sequence[str] = (),
     name: str | None = None,
@@ -149,7 +154,7 @@ def submit(
     if output_dir is not None:
         output_dir = check_output_dir(output_dir, settings.artifacts_dir)
     checker = Checker()
-    unique: dict[str, ModelSpec] = {}
+    unique: dict[str, JobSpec] = {}
     count = 0
     for spec in specs:
         count += 1
@@ -184,7 +189,7 @@ def submit(
                     spec=spec.to_dict(),
                     spec_hash=spec_hash,
                     model=spec.model,
-                    dataset=spec.data.dataset,
+                    dataset=spec.source(),
                     tags=tags,
                     name=name,
                     sweep_id=submission.sweep_id,

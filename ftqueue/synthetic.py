@@ -26,7 +26,7 @@ from ftqueue.errors import SpecError
 from ftqueue.files import write_json_atomic
 from ftqueue.kinds.registry import JobContext, JobKind, Role
 from ftqueue.outcome import Measurement, Outcome, Progress
-from ftqueue.specs import ModelSpec
+from ftqueue.specs import JobSpec
 from ftqueue.states import Phase
 
 PREFIX = "synthetic"
@@ -74,12 +74,12 @@ def parse(model: str) -> SyntheticParams:
     return SyntheticParams(**values)
 
 
-def _score(spec: ModelSpec, salt: str) -> float:
+def _score(spec: JobSpec, salt: str) -> float:
     digest = hashlib.sha256((spec.canonical_json() + salt).encode()).hexdigest()
     return int(digest[:8], 16) / 0xFFFFFFFF
 
 
-def run(spec: ModelSpec, kind: JobKind[Any], ctx: JobContext) -> Outcome:
+def run(spec: JobSpec, kind: JobKind[Any], ctx: JobContext) -> Outcome:
     """Sleep through the steps, reporting progress, then record numbers derived from the spec.
 
     A spec with ``epochs`` (a training run) records validation after each epoch and its split
@@ -148,7 +148,7 @@ def _inject(fault: str, attempt: int) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _write_output(directory: Path, spec: ModelSpec, *, adapter: bool) -> None:
+def _write_output(directory: Path, spec: JobSpec, *, adapter: bool) -> None:
     """A dummy adapter (weights, config, metadata last, like a real one), or just metadata."""
     directory.mkdir(parents=True, exist_ok=True)
     if adapter:

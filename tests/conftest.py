@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -112,3 +114,43 @@ def redis_url(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     yield url
     client.flushdb()
     client.close()
+
+
+# --- a LoRA adapter trained once per session, for the tests that use adapters -------------
+
+
+@dataclass
+class TrainedAdapter:
+    """An adapter of the default recipe on a slice of movie-snippets: 1 epoch, with the bolder
+    adapter learning rate a dozen steps need."""
+
+    spec: Any
+    directory: Path
+    #: The test split's accuracy the training job recorded.
+    test_accuracy: float
+    test_texts: list[str]
+    test_labels: list[int]
+
+
+@pytest.fixture(scope="session")
+def default_adapter(tmp_path_factory: pytest.TempPathFactory) -> TrainedAdapter:
+    """Trained under umask 022, as a shared artifacts directory would be written."""
+    from ftqueue.artifacts import new_staging_dir, publish_dir
+    from ftqueue.data import resolve_dataset
+    from ftqueue.kinds.lora import LoraSpec
+    from ftqueue.specs import DataSpec
+    from ftqueue.training import run_lora
+
+    root = tmp_path_factory.mktemp("default-adapter")
+    data = DataSpec(dataset="movie-snippets", train_samples=384, eval_samples=200)
+    spec = LoraSpec(model="minilm", data=data, epochs=1, lr=2e-3)
+    previous = os.umask(0o022)
+    try:
+        staging = new_staging_dir(root / "adapters", "job-1")
+        outcome = run_lora(spec, adapter_dir=staging, cache_dir=root / "cache")
+        final = publish_dir(staging, root / "adapters" / "job-1")
+    finally:
+        os.umask(previous)
+    test = resolve_dataset(data).test
+    [accuracy] = [m.accuracy for m in outcome.measurements if m.split == "test"]
+    return TrainedAdapter(spec, final, accuracy, list(test.texts), list(test.labels))

@@ -152,7 +152,7 @@ def test_a_new_kind_runs_through_the_registry_alone(sqlite_url: str, echo_kind: 
         row = store.get_job(session, job_id, with_results=True)
         assert row.status == "succeeded" and row.stats["words"] == 4
         assert [r.n_examples for r in row.results] == [4]
-        published = Path(str(row.adapter_path))
+        published = Path(str(row.output_path))
     assert published == get_settings().artifacts_dir / "echoes" / f"job-{job_id}"
     assert (published / "echo.txt").read_text() == "echo " * 4
     with db.session_scope() as session:

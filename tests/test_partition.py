@@ -200,7 +200,7 @@ def _check_every_job_ended_once(
         assert len(ends) == 1, f"job {jid} ended {len(ends)} times"
         sets = sorted((split, att) for j, split, att in results if j == jid)
         assert sets == [("test", job.attempts), ("validation", job.attempts)], (jid, sets)
-        assert job.adapter_path and Path(job.adapter_path).is_dir()
+        assert job.output_path and Path(job.output_path).is_dir()
     lost = jobs[job_id]
     assert lost.attempts > lost_attempt  # a later attempt ended it
     # Nothing from the lost attempt after the cut: its claim is its only event, no results.

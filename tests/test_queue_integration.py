@@ -174,7 +174,7 @@ def test_cancel_queued_and_running(workers, queue_env, tmp_path, isolated_home) 
         r = session.get(Job, running.id)
         assert q is not None and r is not None
         assert (q.status, q.attempts) == ("cancelled", 0)  # never started
-        assert r.status == "cancelled" and r.adapter_path is None
+        assert r.status == "cancelled" and r.output_path is None
     assert results_of(running.id) == []
     assert adapter_entries(isolated_home, running.id) == []
 

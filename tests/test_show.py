@@ -42,7 +42,7 @@ def test_show_json_has_the_whole_job(any_db_url: str, monkeypatch: pytest.Monkey
         job = s.get(Job, job_id)
         assert job is not None
         expected_results = [(r.split, r.epoch, r.accuracy, r.loss, r.macro_f1) for r in job.results]
-        stats, adapter = job.stats, job.adapter_path
+        stats, adapter = job.stats, job.output_path
     assert payload["spec"] == spec.to_dict() and payload["status"] == "succeeded"
     assert [e["status"] for e in payload["events"]] == ["queued", "running", "succeeded"]
     got = [(r["split"], r["epoch"], r["accuracy"], r["loss"], r["macro_f1"])
@@ -51,7 +51,7 @@ def test_show_json_has_the_whole_job(any_db_url: str, monkeypatch: pytest.Monkey
     assert sorted((r["split"], r["epoch"]) for r in payload["results"]) == [
         ("test", 3), ("validation", 1), ("validation", 2), ("validation", 3)
     ]  # fmt: skip
-    assert payload["stats"] == stats and payload["adapter_path"] == adapter
+    assert payload["stats"] == stats and payload["output_path"] == adapter
     assert adapter and Path(adapter).is_dir()
     assert payload["tags"] == ["shown"] and payload["queued_at"] is not None
 

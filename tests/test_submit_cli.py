@@ -53,8 +53,8 @@ def test_eager_submit_runs_the_task_and_records(eager: str, isolated_home: Path)
         events = session.scalars(select(JobEvent.status).where(JobEvent.job_id == row.id)).all()
     assert sorted(splits) == [("test", 2), ("validation", 1), ("validation", 2)]
     assert events == ["queued", "running", "succeeded"]
-    assert row.adapter_path == str(isolated_home / "artifacts" / "adapters" / f"job-{row.id}")
-    assert Path(row.adapter_path, "adapter_model.safetensors").is_file()
+    assert row.output_path == str(isolated_home / "artifacts" / "adapters" / f"job-{row.id}")
+    assert Path(row.output_path, "adapter_model.safetensors").is_file()
 
 
 def test_grid_expands_under_one_sweep(eager: str) -> None:
@@ -202,7 +202,7 @@ def test_output_dir_must_stay_inside_the_artifacts_directory(eager: str, isolate
     with db.session_scope() as session:
         row = session.get(Job, job_id)
         assert row is not None
-    assert row.adapter_path == str(artifacts / "experiments" / "rt" / f"job-{job_id}")
+    assert row.output_path == str(artifacts / "experiments" / "rt" / f"job-{job_id}")
     assert not list(outside.iterdir())  # nothing went through the link
 
 

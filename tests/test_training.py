@@ -97,7 +97,7 @@ def test_adapter_files_and_metadata(trained: Trained) -> None:
     meta = json.loads((trained.adapter / ADAPTER_METADATA).read_text())
     assert meta["spec"] == trained.spec.to_dict() and meta["spec_hash"] == trained.spec.spec_hash()
     assert meta["dataset_fingerprint"] == trained.outcome.stats["dataset_fingerprint"]
-    assert meta["num_labels"] == 2 and meta["pooling"] == "mean"
+    assert meta["num_labels"] == 2 and meta["pooling"] == "pooler"
     assert meta["versions"]["peft"] == peft.__version__
     assert [m["accuracy"] for m in meta["metrics"]] == [
         m.accuracy for m in trained.outcome.measurements

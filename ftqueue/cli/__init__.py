@@ -9,7 +9,15 @@ from __future__ import annotations
 import click
 
 from ftqueue import __version__
-from ftqueue.cli import db_cmds, jobs_cmds, report_cmd, submit_cmd, worker_cmd
+from ftqueue.cli import (
+    db_cmds,
+    export_cmd,
+    jobs_cmds,
+    predict_cmd,
+    report_cmd,
+    submit_cmd,
+    worker_cmd,
+)
 from ftqueue.cli.common import CONTEXT, FtqueueGroup
 
 
@@ -24,11 +32,15 @@ def cli() -> None:
       ftqueue submit evaluate --model minilm --dataset movie-snippets
       ftqueue submit lora --model minilm --dataset movie-snippets --wait
       ftqueue report                                      # base model vs its LoRA runs
+      ftqueue predict 2 "a gripping, beautifully acted film"  # try job 2's adapter
+      ftqueue export 2 exported/minilm-snippets           # a standalone transformers model
 
     Settings come from FTQUEUE_* environment variables (see README): FTQUEUE_DATABASE_URL,
     FTQUEUE_BROKER_URL, FTQUEUE_ARTIFACTS_DIR, FTQUEUE_EAGER=1 to run jobs in-process.
     """
 
+
+submit_cmd.submit_group.add_command(predict_cmd.submit_predict)
 
 for command in (
     db_cmds.db_group,
@@ -38,6 +50,8 @@ for command in (
     jobs_cmds.cancel_cmd,
     report_cmd.report_cmd,
     report_cmd.show_cmd,
+    predict_cmd.predict_cmd,
+    export_cmd.export_cmd,
     worker_cmd.worker_cmd,
 ):
     cli.add_command(command)

@@ -108,6 +108,7 @@ def summary_table(job_ids: Sequence[int]) -> Any:
 
     snaps = store.job_states(job_ids)
     results = store.final_results(job_ids)
+    outputs = store.outputs_of(job_ids)
     table = Table(header_style="bold")
     for name in ("job", "kind", "status", "split", "accuracy", "macro-F1", "loss", "note"):
         table.add_column(
@@ -118,6 +119,10 @@ def summary_table(job_ids: Sequence[int]) -> Any:
         if s is None:
             continue
         r = results.get(jid)
+        note = s.error or ""
+        if not r and jid in outputs:  # nothing measured (predictions): where the files are
+            label, paths = outputs[jid]
+            note = f"{label}: {paths[0]}"
         table.add_row(
             str(jid),
             s.kind,
@@ -126,6 +131,6 @@ def summary_table(job_ids: Sequence[int]) -> Any:
             f"{r.accuracy:.4f}" if r else "",
             f"{r.macro_f1:.4f}" if r else "",
             f"{r.loss:.4f}" if r else "",
-            (s.error or "")[:120],
+            note[:160],
         )
     return table

@@ -6,6 +6,7 @@ from typing import Any
 
 from ftqueue.models import Job, utcnow
 from ftqueue.states import JobStatus
+from ftqueue.store import published
 from ftqueue.text import age, duration
 
 STATUS_STYLE: dict[str, str] = {
@@ -94,8 +95,8 @@ def job_details(job: Job) -> Any:
         rows.append(("speed", f"{job.samples_per_second:,.0f} samples/s"))
     if job.error_message:
         rows.append(("error", f"[red]{job.error_type}: {job.error_message}[/]"))
-    if job.adapter_path:
-        rows.append(("adapter", job.adapter_path))
+    label, paths = published(job)
+    rows += [(label, path) for path in paths]
     for key, value in rows:
         table.add_row(key, value)
     return table

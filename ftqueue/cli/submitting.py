@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from ftqueue.cli.common import console, echo_json
-from ftqueue.specs import ModelSpec
+from ftqueue.specs import JobSpec
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
 
 def submit_specs(
-    specs: Iterable[ModelSpec],
+    specs: Iterable[JobSpec],
     *,
     tags: tuple[str, ...],
     name: str | None,

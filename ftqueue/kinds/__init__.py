@@ -6,13 +6,14 @@ line below, and its command under ``cli/``; nothing else names it.
 
 from __future__ import annotations
 
-from ftqueue.kinds import evaluate, lora  # noqa: F401  (importing a kind registers it)
+from ftqueue.kinds import evaluate, lora, predict  # noqa: F401  (importing a kind registers it)
 from ftqueue.kinds.registry import (
     ADAPTER_FIELD,
     JobContext,
     JobKind,
     Role,
     all_kinds,
+    find,
     get,
     names,
     queues,
@@ -25,6 +26,7 @@ __all__ = [
     "JobKind",
     "Role",
     "all_kinds",
+    "find",
     "get",
     "names",
     "queues",

@@ -25,7 +25,7 @@ class LoraSpec(ModelSpec):
     """A LoRA fine-tuning job; the defaults are tuned for small encoders on sentence polarity.
 
     The original script is ``r=32, alpha=4, dropout=0.01, target_modules=("query", "key",
-    "value"), model_dropout=None, pooling="pooler", batch_size=16, warmup_ratio=0``.
+    "value"), model_dropout=None, batch_size=16, warmup_ratio=0`` with this default pooling.
     """
 
     kind = "lora"
@@ -58,11 +58,13 @@ class LoraSpec(ModelSpec):
         0.0, "float", "Dropout inside the pretrained body.", lo=0, hi=1, hi_open=True,
         optional=True, cli=False,
     )  # fmt: skip
-    #: How a sentence vector is formed: mean of token states, first token, or the model's pooler.
+    #: How a sentence vector is formed: the model's pooler (BERT's own head, so the adapter
+    #: loads with stock transformers and exports), the mean of token states, or the first token.
     pooling: str = param(
-        "mean",
+        "pooler",
         "choice",
-        "Sentence vector: mean of tokens, first token, or the pooler.",
+        "Sentence vector: the pooler (BERT's stock head; exportable), mean of tokens, or first "
+        "token.",
         choices=POOLINGS,
         hyper=True,
     )
@@ -70,9 +72,10 @@ class LoraSpec(ModelSpec):
         1e-3, "float", "Learning rate of the adapter.", lo=0, hi=1, lo_open=True, grid=True,
         hyper=True,
     )  # fmt: skip
-    #: The classification head starts from scratch, so it learns faster than the adapter.
+    #: The classification head starts from scratch (and MiniLM's pooler was never trained), so
+    #: it learns faster than the adapter: 1e-2 beat 3e-3 on movie-snippets validation.
     head_lr: float = param(
-        3e-3, "float", "Learning rate of the new head.", lo=0, hi=1, lo_open=True, grid=True,
+        1e-2, "float", "Learning rate of the new head.", lo=0, hi=1, lo_open=True, grid=True,
         hyper=True,
     )  # fmt: skip
     epochs: int = param(
@@ -100,5 +103,12 @@ def perform(spec: LoraSpec, ctx: JobContext) -> Outcome:
 
 
 KIND = register(
-    JobKind(name="lora", spec_type=LoraSpec, perform=perform, role=Role.RUN, artifacts="adapters")
+    JobKind(
+        name="lora",
+        spec_type=LoraSpec,
+        perform=perform,
+        role=Role.RUN,
+        artifacts="adapters",
+        output_label="adapter",
+    )
 )

@@ -17,9 +17,9 @@ from typing import Any, Generic, TypeVar
 
 from ftqueue.errors import SpecError
 from ftqueue.outcome import Outcome, ProgressCallback
-from ftqueue.specs import ModelSpec
+from ftqueue.specs import JobSpec
 
-S = TypeVar("S", bound=ModelSpec)
+S = TypeVar("S", bound=JobSpec)
 
 #: The spec field through which an evaluation or prediction names the run whose adapter it uses.
 ADAPTER_FIELD = "adapter_job"
@@ -61,6 +61,11 @@ class JobKind(Generic[S]):
     #: The directory under FTQUEUE_ARTIFACTS_DIR its jobs publish into (as <dir>/job-<id>),
     #: or None for kinds that publish nothing.
     artifacts: str | None = None
+    #: What `ftqueue show` calls the published directory (an adapter, predictions).
+    output_label: str = "output"
+    #: The files inside the published directory that `ftqueue show` points at (none: the
+    #: directory itself).
+    output_files: tuple[str, ...] = ()
     #: Checks at submit time that need more than the spec: the database, files, the model.
     check: Callable[[S], None] | None = None
     #: The Celery queue; defaults to the kind's name.
@@ -105,6 +110,11 @@ def get(name: str) -> JobKind[Any]:
         raise SpecError(
             f"unknown job kind {name!r}: use one of {', '.join(_KINDS)}", param="--kind"
         ) from None
+
+
+def find(name: str) -> JobKind[Any] | None:
+    """The kind called ``name``, or None (rows may name a kind this version does not know)."""
+    return _KINDS.get(name)
 
 
 def names() -> tuple[str, ...]:

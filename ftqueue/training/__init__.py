@@ -11,7 +11,9 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ftqueue.training.adapters import LoadedAdapter, load_adapter
+    from ftqueue.training.exporting import export_adapter
     from ftqueue.training.jobs import release_memory, run_evaluate, run_lora
+    from ftqueue.training.predicting import Labelled, label_texts, run_predict
 
 _LAZY = {
     "run_lora": "ftqueue.training.jobs",
@@ -19,6 +21,10 @@ _LAZY = {
     "release_memory": "ftqueue.training.jobs",
     "load_adapter": "ftqueue.training.adapters",
     "LoadedAdapter": "ftqueue.training.adapters",
+    "run_predict": "ftqueue.training.predicting",
+    "label_texts": "ftqueue.training.predicting",
+    "Labelled": "ftqueue.training.predicting",
+    "export_adapter": "ftqueue.training.exporting",
 }
 
 
@@ -29,9 +35,13 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "Labelled",
     "LoadedAdapter",
+    "export_adapter",
+    "label_texts",
     "load_adapter",
     "release_memory",
     "run_evaluate",
     "run_lora",
+    "run_predict",
 ]

@@ -1,7 +1,13 @@
-"""Saving and loading LoRA adapters: safetensors weights, peft config, ftqueue metadata last."""
+"""Saving and loading LoRA adapters: safetensors weights, peft config, ftqueue metadata last.
+
+Format 2 (this one) keeps the encoder under the model's ``base_model_prefix`` and writes the
+tokenizer, a model card and a hub id as ``base_model_name_or_path``, so stock peft and
+transformers load it; format 1 kept it under ``body`` and still loads here.
+"""
 
 from __future__ import annotations
 
+import copy
 import importlib.metadata
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,16 +18,19 @@ from peft import PeftModel
 
 from ftqueue.artifacts import ADAPTER_METADATA, ADAPTER_WEIGHTS, check_adapter_dir
 from ftqueue.errors import AdapterError, first_line
-from ftqueue.files import write_json_atomic
+from ftqueue.files import share_tree, write_json_atomic
+from ftqueue.training.cards import write_adapter_card
 from ftqueue.training.modeling import (
+    LEGACY_BODY_ATTR,
     Base,
     PooledClassifier,
     build_classifier,
+    hub_id,
     load_base,
     pick_device,
 )
 
-METADATA_FORMAT = 1
+METADATA_FORMAT = 2
 _VERSIONED = ("ftqueue", "torch", "transformers", "peft", "datasets", "scikit-learn", "safetensors")
 
 
@@ -35,14 +44,29 @@ def library_versions() -> dict[str, str | None]:
     return versions
 
 
-def save_adapter(model: PeftModel, directory: Path, metadata: dict[str, Any]) -> None:
-    """Weights and config first, metadata last: its presence marks the adapter complete."""
+def save_adapter(model: PeftModel, base: Base, directory: Path, metadata: dict[str, Any]) -> None:
+    """Weights, config, tokenizer and card first, metadata last: its presence marks it complete.
+
+    Every file gets the mode the umask allows, so a shared artifacts directory stays readable.
+    """
     directory.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(str(directory), safe_serialization=True)
+    # The vocabulary is never changed, so peft need not look the base model up to check.
+    model.save_pretrained(str(directory), safe_serialization=True, save_embedding_layers=False)
     if not (directory / ADAPTER_WEIGHTS).is_file():
         raise AdapterError(f"peft did not write {ADAPTER_WEIGHTS} into {directory}")
+    save_tokenizer(base, directory, int(metadata["max_length"]))
     payload = {"format": METADATA_FORMAT, "versions": library_versions(), **metadata}
+    write_adapter_card(directory, payload, hub_id(base.name))
     write_json_atomic(directory / ADAPTER_METADATA, payload)
+    share_tree(directory)
+
+
+def save_tokenizer(base: Base, directory: Path, max_length: int) -> None:
+    """The base model's tokenizer, set to cut texts where training did."""
+    tokenizer = copy.deepcopy(base.tokenizer)  # the cached one is shared by later jobs
+    tokenizer.model_max_length = max_length
+    tokenizer.name_or_path = hub_id(base.name) or ""
+    tokenizer.save_pretrained(str(directory))
 
 
 @dataclass
@@ -66,8 +90,15 @@ def load_adapter(directory: Path, *, device: torch.device | None = None) -> Load
     metadata = check_adapter_dir(directory)
     device = device or pick_device()
     base, _ = load_base(str(metadata["model"]), device)
+    legacy = int(metadata.get("format", 1)) < 2
     classifier: PooledClassifier = build_classifier(
-        base, int(metadata["num_labels"]), str(metadata["pooling"]), seed=0, device=device
+        base,
+        int(metadata["num_labels"]),
+        str(metadata["pooling"]),
+        seed=0,
+        device=device,
+        label_names=[str(n) for n in metadata["label_names"]],
+        body_attr=LEGACY_BODY_ATTR if legacy else metadata.get("body_attr"),
     )
     try:
         model = PeftModel.from_pretrained(classifier, str(directory), is_trainable=False)

@@ -17,7 +17,7 @@ from ftqueue.artifacts import check_adapter_dir
 from ftqueue.data import LoadedData, resolve_dataset
 from ftqueue.errors import AdapterError, FtqueueError, SpecError, first_line
 from ftqueue.outcome import Measurement, Outcome, ProgressCallback
-from ftqueue.specs import ModelSpec, resolve_model, validate_against_model
+from ftqueue.specs import JobSpec, resolve_model, validate_against_model
 from ftqueue.states import Phase
 from ftqueue.training.adapters import load_adapter, save_adapter
 from ftqueue.training.loop import (
@@ -34,11 +34,13 @@ from ftqueue.training.modeling import (
     Base,
     autocast_dtype,
     build_classifier,
+    classifier_of,
     configure_torch,
     count_params,
     load_base,
     max_positions,
     pick_device,
+    stock_class_name,
 )
 from ftqueue.training.tokens import Tokens, tokenize_splits, tokenizer_identity
 
@@ -90,7 +92,7 @@ class _Prepared:
         )
 
 
-def _load(spec: ModelSpec, data: LoadedData, tracker: Tracker, model: str) -> _Prepared:
+def _load(spec: JobSpec, data: LoadedData, tracker: Tracker, model: str) -> _Prepared:
     device = pick_device()
     configure_torch(device)
     if device.type == "cuda":
@@ -152,6 +154,7 @@ def _lora_model(spec: LoraSpec, prep: _Prepared) -> PeftModel:
         spec.seed,
         prep.device,
         model_dropout=spec.model_dropout,
+        label_names=prep.data.label_names,
     )
     config = LoraConfig(
         task_type=TaskType.SEQ_CLS,
@@ -164,7 +167,7 @@ def _lora_model(spec: LoraSpec, prep: _Prepared) -> PeftModel:
     try:
         return get_peft_model(classifier, config)
     except ValueError as exc:
-        names = [n for n, _ in classifier.body.named_modules() if n]
+        names = [n for n, _ in classifier.encoder.named_modules() if n]
         leaves = sorted({n.rsplit(".", 1)[-1] for n in names if not n.rsplit(".", 1)[-1].isdigit()})
         raise SpecError(
             f"--target-modules {','.join(spec.target_modules)} does not match layers of "
@@ -233,12 +236,15 @@ def run_lora(
             "label_names": data.label_names,
             "pooling": spec.pooling,
             "max_length": spec.max_length,
+            "body_attr": classifier_of(model).body_attr,
+            "model_type": prep.base.body.config.model_type,
+            "stock_class": stock_class_name(prep.base.body.config, spec.pooling),
             "dataset_fingerprint": data.fingerprint,
             "metrics": [asdict(m) for m in measurements],
             "started_at": started,
             "stats": stats,
         }
-        save_adapter(model, adapter_dir, metadata)
+        save_adapter(model, prep.base, adapter_dir, metadata)
     stats["phase_seconds"] = dict(tracker.seconds)
     return Outcome(measurements=measurements, artifact_dir=adapter_dir, stats=stats)
 

@@ -149,14 +149,21 @@ def _in_row_order(
     pad_id: int,
     device: torch.device,
     into: torch.device,
+    on_batch: Callable[[int, int], None] | None = None,
 ) -> torch.Tensor:
-    """``compute`` over length-sorted batches, its outputs put back in row order on ``into``."""
+    """``compute`` over length-sorted batches, its outputs put back in row order on ``into``.
+
+    ``on_batch(done, total)`` is called after each batch (for progress, and to be stopped).
+    """
     result: torch.Tensor | None = None
-    for batch in batches(tokens, eval_batches(tokens, batch_size), pad_id, device):
+    plan = eval_batches(tokens, batch_size)
+    for done, batch in enumerate(batches(tokens, plan, pad_id, device), start=1):
         out = compute(batch).float()
         if result is None:
             result = torch.empty((len(tokens), out.shape[-1]), device=into)
         result[torch.from_numpy(batch.rows).to(into)] = out.to(into)
+        if on_batch is not None:
+            on_batch(done, len(plan))
     assert result is not None, "cannot run a model on an empty split"
     return result
 
@@ -169,6 +176,7 @@ def predict(
     pad_id: int,
     device: torch.device,
     amp_dtype: torch.dtype | None,
+    on_batch: Callable[[int, int], None] | None = None,
 ) -> torch.Tensor:
     """Logits for every row, in row order (batches are length-sorted for speed)."""
     model.eval()
@@ -180,6 +188,7 @@ def predict(
             pad_id=pad_id,
             device=device,
             into=torch.device("cpu"),
+            on_batch=on_batch,
         )
 
 

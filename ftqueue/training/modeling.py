@@ -128,18 +128,57 @@ def max_positions(base: Base) -> int | None:
     return value if isinstance(value, int) else None
 
 
+#: Model types whose stock ``AutoModelForSequenceClassification`` computes exactly what
+#: ``--pooling pooler`` trains: dropout(pooler output) -> a linear ``classifier``, with the
+#: encoder kept under the model's ``base_model_prefix`` (read off transformers' own classes).
+STOCK_POOLER_HEADS = frozenset({"albert", "bert", "ernie", "megatron-bert"})
+#: Where adapters of metadata format 1 kept the encoder (peft keys ``base_model.model.body.``).
+LEGACY_BODY_ATTR = "body"
+#: Hub ids of the model aliases, written into adapters and exports in place of local paths.
+HUB_IDS = {"minilm": "sentence-transformers/all-MiniLM-L6-v2"}
+
+
+def hub_id(model: str) -> str | None:
+    """The hub id a model is known by elsewhere: an alias's, a hub id itself, else None."""
+    if model in HUB_IDS:
+        return HUB_IDS[model]
+    resolved = resolve_model(model)
+    return None if os.path.isdir(resolved) else resolved
+
+
+def stock_class_name(config: Any, pooling: str) -> str | None:
+    """The transformers class that computes this head exactly, or None when none does."""
+    if pooling != "pooler" or getattr(config, "model_type", None) not in STOCK_POOLER_HEADS:
+        return None
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES as NAMES,
+    )
+
+    return NAMES.get(config.model_type)
+
+
 class PooledClassifier(nn.Module):
     """Encoder body + pooling + dropout + linear ``classifier``.
 
-    peft's SEQ_CLS saves any module named ``classifier`` with the adapter, so the head
-    round-trips. ``pooling="pooler"`` reproduces BERT's stock head; ``"mean"`` suits
+    The encoder is kept under the model's ``base_model_prefix`` (``bert``), as transformers'
+    own classes keep it, so peft saves adapter keys that a stock class loads; with
+    ``pooling="pooler"`` the head is BERT's stock one too. peft's SEQ_CLS saves any module
+    named ``classifier`` with the adapter, so the head round-trips. ``"mean"`` suits
     sentence-embedding models such as all-MiniLM, whose pooler was never trained.
+    ``body_attr`` overrides where the encoder goes (``body`` for adapters of format 1).
     """
 
     # Tells peft not to hook the input embeddings for gradients we never need.
     is_gradient_checkpointing = False
 
-    def __init__(self, body: PreTrainedModel, num_labels: int, pooling: str) -> None:
+    def __init__(
+        self,
+        body: PreTrainedModel,
+        num_labels: int,
+        pooling: str,
+        *,
+        body_attr: str | None = None,
+    ) -> None:
         super().__init__()
         if pooling == "pooler" and getattr(body, "pooler", None) is None:
             raise SpecError(
@@ -150,8 +189,13 @@ class PooledClassifier(nn.Module):
         if pooling != "pooler" and getattr(body, "pooler", None) is not None:
             # Unused, and would otherwise match LoRA targets such as `dense`.
             body.pooler = None  # type: ignore[assignment]
-        self.body = body
+        self.body_attr = body_attr or getattr(body, "base_model_prefix", "") or "model"
+        if self.body_attr in ("encoder", "classifier", "dropout", "config", "pool"):
+            self.body_attr = LEGACY_BODY_ATTR
+        setattr(self, self.body_attr, body)
         self.config = body.config
+        # peft writes this into adapter_config.json as base_model_name_or_path.
+        self.name_or_path = body.config.name_or_path
         self.pooling = pooling
         self.num_labels = num_labels
         dropout = getattr(body.config, "hidden_dropout_prob", 0.1)
@@ -160,8 +204,14 @@ class PooledClassifier(nn.Module):
         nn.init.normal_(self.classifier.weight, std=0.02)
         nn.init.zeros_(self.classifier.bias)
 
+    @property
+    def encoder(self) -> PreTrainedModel:
+        """The pretrained body, whatever attribute holds it."""
+        body: PreTrainedModel = getattr(self, self.body_attr)
+        return body
+
     def pool(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        out = self.body(input_ids=input_ids, attention_mask=attention_mask)
+        out = self.encoder(input_ids=input_ids, attention_mask=attention_mask)
         if self.pooling == "pooler":
             pooled: torch.Tensor = out.pooler_output
             return pooled
@@ -194,8 +244,15 @@ def build_classifier(
     seed: int,
     device: torch.device,
     model_dropout: float | None = None,
+    *,
+    label_names: list[str] | None = None,
+    body_attr: str | None = None,
 ) -> PooledClassifier:
-    """A fresh classifier on a private copy of the cached body (so no job sees another's)."""
+    """A fresh classifier on a private copy of the cached body (so no job sees another's).
+
+    The copy's config names the model by its hub id, never by the local path it was loaded
+    from, and carries the label names: peft and transformers write both into what they save.
+    """
     if pooling == "pooler" and base.untrained_pooler:
         raise SpecError(
             f"--pooling pooler: model {clip(base.name)} has no pooler weights in its checkpoint; "
@@ -208,8 +265,21 @@ def build_classifier(
         for module in body.modules():
             if isinstance(module, nn.Dropout):
                 module.p = model_dropout
-    model = PooledClassifier(body, num_labels, pooling)
+    config = body.config
+    config.name_or_path = hub_id(base.name) or ""
+    names = label_names or [str(i) for i in range(num_labels)]
+    config.id2label = dict(enumerate(names))
+    config.label2id = {name: i for i, name in enumerate(names)}
+    model = PooledClassifier(body, num_labels, pooling, body_attr=body_attr)
     return model.to(device)
+
+
+def classifier_of(model: nn.Module) -> PooledClassifier:
+    """The PooledClassifier inside a peft model (or the model itself)."""
+    get_base: Any = getattr(model, "get_base_model", None)
+    inner = get_base() if get_base is not None else model
+    assert isinstance(inner, PooledClassifier), type(inner).__name__
+    return inner
 
 
 def count_params(model: nn.Module) -> tuple[int, int]:

@@ -56,9 +56,10 @@ def cache_path(cache_dir: Path, tokenizer_id: str, fingerprint: str, max_length:
     return cache_dir / "tokens" / f"{key.hexdigest()[:32]}.npz"
 
 
-def _encode(
+def encode(
     texts: list[str], labels: list[int], tokenizer: PreTrainedTokenizerBase, n: int
 ) -> Tokens:
+    """Token ids of ``texts`` cut at ``n`` tokens, packed end to end."""
     encoded = tokenizer(texts, truncation=True, max_length=n)["input_ids"]
     lengths = np.fromiter((len(x) for x in encoded), dtype=np.int64, count=len(encoded))
     offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
@@ -86,7 +87,7 @@ def tokenize_splits(
         except (OSError, ValueError, KeyError):
             pass  # unreadable or stale: rebuild and overwrite it below
     splits = {
-        s: _encode(data.split(s).texts, data.split(s).labels, tokenizer, max_length) for s in SPLITS
+        s: encode(data.split(s).texts, data.split(s).labels, tokenizer, max_length) for s in SPLITS
     }
     arrays = {
         f"{s}_{k}": getattr(t, k) for s, t in splits.items() for k in ("ids", "offsets", "labels")

@@ -1,0 +1,110 @@
+"""`ftqueue submit predict` (a queued job per input file) and `ftqueue predict` (a quick try)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ftqueue.cli.common import console, echo_json, json_option
+from ftqueue.cli.options import expand, pop_queue_options, queue_options, spec_options, split_grid
+from ftqueue.cli.submitting import submit_specs
+from ftqueue.kinds.predict import PredictSpec
+
+
+def _adapters(job_ids: list[int]) -> dict[int, dict[str, Any]]:
+    """Each adapter's metadata (its model and max length become the job's)."""
+    from ftqueue import artifacts, db, store
+
+    db.ensure_ready()
+    return {jid: artifacts.check_adapter_dir(store.adapter_dir_of(jid)) for jid in job_ids}
+
+
+@click.command("predict")
+@spec_options(PredictSpec)
+@click.option(
+    "--output-dir",
+    metavar="DIR",
+    help="Publish predictions as DIR/job-<id> under FTQUEUE_ARTIFACTS_DIR [default: predictions].",
+)
+@queue_options
+def submit_predict(**kw: Any) -> None:
+    """Label every row of a file with a LoRA job's adapter: one predictions file per job.
+
+    Each job writes predictions.parquet and predictions.csv (row from 0, label, prob_<class>
+    per class); `ftqueue show JOB` prints where. --max-length defaults to the adapter's.
+
+    \b
+    Examples:
+      ftqueue submit predict --adapter-job 12 --input reviews.csv --wait
+      ftqueue submit predict --adapter-job 12 --input posts.jsonl --text-column body
+      ftqueue submit predict --adapter-job 12,13 --input reviews.parquet   # one job each
+    """
+    from ftqueue import unlabelled
+
+    queue = pop_queue_options(kw)
+    queue["output_dir"] = kw.pop("output_dir")
+    # Workers read the file, maybe from another directory: the path goes in absolute.
+    path = Path(kw.pop("input")).expanduser().absolute()
+    digest = unlabelled.file_sha256(path)
+    fixed, grid = split_grid(PredictSpec, kw)
+    # A handful of rows (one per adapter and value): read twice, so kept as a list.
+    rows = list(expand({**fixed, "input": str(path), "input_sha256": digest}, grid))
+    adapters = _adapters(sorted({row["adapter_job"] for row in rows}))
+    specs = []
+    for row in rows:
+        meta = adapters[row["adapter_job"]]
+        values = {k: v for k, v in row.items() if v is not None}
+        values.setdefault("max_length", int(meta["max_length"]))
+        specs.append(PredictSpec(model=str(meta["model"]), **values))
+    submit_specs(specs, **queue)
+
+
+@click.command("predict")
+@click.argument("job_id", type=int, metavar="JOB")
+@click.argument("texts", nargs=-1, required=True, metavar="TEXT...")
+@json_option
+def predict_cmd(job_id: int, texts: tuple[str, ...], as_json: bool) -> None:
+    """Label a few texts in this process with LoRA job JOB's adapter, for a quick try.
+
+    \b
+    Examples:
+      ftqueue predict 12 "a gripping, beautifully acted film" "dull and far too long"
+      ftqueue predict 12 "not bad at all" --json
+    For a file of texts, queue a job: ftqueue submit predict --adapter-job 12 --input FILE
+    """
+    from ftqueue import artifacts, db, store
+
+    if any(not t.strip() for t in texts):
+        raise click.BadParameter("every TEXT must hold some text", param_hint="TEXT")
+    db.ensure_ready()
+    adapter = store.adapter_dir_of(job_id, flag="job")
+    artifacts.check_adapter_dir(adapter)
+    from ftqueue import training
+
+    labelled = training.label_texts(adapter, list(texts))
+    names = labelled.label_names
+    rows: list[dict[str, Any]] = [
+        {
+            "text": text,
+            "label": label,
+            "probabilities": dict(zip(names, map(float, p), strict=True)),
+        }
+        for text, label, p in zip(texts, labelled.labels, labelled.probabilities, strict=True)
+    ]
+    if as_json:
+        echo_json(rows)
+        return
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(header_style="bold")
+    table.add_column("text")
+    table.add_column("label")
+    for name in names:
+        table.add_column(f"p({escape(name)})", justify="right")
+    for row in rows:
+        probs = [f"{row['probabilities'][n]:.3f}" for n in names]
+        table.add_row(escape(row["text"]), escape(row["label"]), *probs)
+    console().print(table)
