@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterable
 
 
 def duration(seconds: float | None) -> str:
@@ -44,3 +45,35 @@ def quote(value: object, limit: int = QUOTE_LIMIT) -> str:
         return f"{value[:limit]!r}... ({len(value):,} characters)"
     text = repr(value)
     return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
+
+
+def dataset_name(value: str) -> str:
+    """A dataset as a table shows it: named split files by their common stem
+    (``train=/d/reviews_train.csv,test=/d/reviews_test.csv`` -> ``reviews``), a local file by
+    its name; hub ids and aliases as they are."""
+    import os.path
+
+    if "=" in value and "/" in value:
+        paths = [part.partition("=")[2].strip() for part in value.split(",")]
+        stems = [os.path.splitext(os.path.basename(p))[0] for p in paths]
+        # Character by character on purpose: reviews_train and reviews_test share "reviews".
+        common = os.path.commonprefix(stems).rstrip("_-. ")  # noqa: RUF071
+        if len(common) >= 2:
+            return common
+        folders = {os.path.basename(os.path.dirname(p)) for p in paths}
+        if len(folders) == 1 and (folder := folders.pop()):
+            return folder
+        return "+".join(stems)
+    if value.startswith("/"):
+        return os.path.basename(value)
+    return value
+
+
+def dataset_names(values: Iterable[str]) -> dict[str, str]:
+    """``dataset_name`` of each value, but the value itself where two would read the same."""
+    values = list(dict.fromkeys(values))
+    short = {v: dataset_name(v) for v in values}
+    seen: dict[str, int] = {}
+    for name in short.values():
+        seen[name] = seen.get(name, 0) + 1
+    return {v: name if seen[name] == 1 else v for v, name in short.items()}

@@ -88,8 +88,17 @@ from ftqueue.text import duration
 @click.option(
     "--plot",
     type=click.Path(path_type=Path),
-    metavar="FILE.png",
-    help="Also draw accuracy per configuration and validation curves to this PNG.",
+    metavar="FILE",
+    help="Also draw accuracy per configuration and validation curves to this image "
+    "(.png, .jpg, .svg or .pdf).",
+)
+@click.option(
+    "--top",
+    "plot_top",
+    type=click.IntRange(1, 40),
+    metavar="N",
+    help="The plot shows the N best configurations per panel (and the one the table chose), "
+    "saying 'N of M shown'  [default: all of them, up to 40]",
 )
 @click.option(
     "--html",
@@ -124,6 +133,7 @@ def report_cmd(
       ftqueue report --sweep 7f3a9c --group-by r,lr --sort accuracy
       ftqueue report --where 'r>=16' --where 'accuracy>0.8' --format csv > runs.csv
       ftqueue report --since 2d --plot report.png --html report.html
+      ftqueue report --group-by r,lr --plot grid.jpg --top 10
     """
     from ftqueue.inputs import stored_dataset, stored_model
     from ftqueue.report import ReportOptions, build_report, export, validation_curves
@@ -137,10 +147,14 @@ def report_cmd(
     )
     plot_file = check_output(plot, "--plot")
     html_file = check_output(html_path, "--html")
+    drawing = plot_file is not None or html_file is not None
+    if plot_file is not None:
+        from ftqueue.report.plot import image_format
+
+        image_format(plot_file)  # an unknown suffix is refused before any work
     db.ensure_ready()
     with db.session_scope() as session:
-        report = build_report(session, opts)
-        drawing = plot_file is not None or html_file is not None
+        report = build_report(session, opts, plotting=drawing)
         curves = validation_curves(session, opts, opts.group_by) if drawing else {}
     if fmt == "json":
         click.echo(export.to_json(report))
@@ -154,15 +168,20 @@ def report_cmd(
         console().print(export.rich_table(report))
     if not drawing:
         return
-    from ftqueue.report.plot import plot_png
+    from ftqueue.report import plot as plotting
 
-    png = plot_png(report, curves)
-    if plot_file is not None:
-        write_bytes_atomic(plot_file, png)
-        click.echo(f"wrote {plot_file}", err=True)
-    if html_file is not None:
-        write_bytes_atomic(html_file, export.to_html(report, png).encode("utf-8"))
-        click.echo(f"wrote {html_file}", err=True)
+    fig = plotting.figure(report, curves)
+    try:
+        if plot_file is not None:
+            image = plotting.render(fig, plotting.image_format(plot_file))
+            write_bytes_atomic(plot_file, image)
+            click.echo(f"wrote {plot_file}", err=True)
+        if html_file is not None:
+            page = export.to_html(report, plotting.render(fig, "png"))
+            write_bytes_atomic(html_file, page.encode("utf-8"))
+            click.echo(f"wrote {html_file}", err=True)
+    finally:
+        plotting.close(fig)
 
 
 @click.command("show")

@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from ftqueue.report import query
-from ftqueue.report.options import CONFIG_COLUMNS, HYPERPARAMS, ReportOptions
+from ftqueue.report.options import CONFIG_COLUMNS, HYPERPARAMS, PLOT_MAX, ReportOptions
 from ftqueue.report.query import Config, Group
 
 Where = tuple[str, str, str]  # model, dataset, split
@@ -75,11 +75,15 @@ class ReportRow:
 class Report:
     options: ReportOptions
     rows: list[ReportRow]
-    #: The LoRA groups of each (model, dataset, split), best first (the first ``plot_top``
-    #: unless grouped by values): what a plot shows.
+    #: Every LoRA group of each (model, dataset, split): best first by the selection split,
+    #: or in the order of the --group-by values.
     ranked: dict[Where, list[Group]]
-    #: The hyper-parameters of the groups shown (rows, and the first groups of each ranking).
+    #: The hyper-parameters of the groups shown (rows, and the groups a plot draws).
     configs: dict[tuple[Any, ...], dict[str, Any]] = field(default_factory=dict)
+    #: The key of the configuration each row chose (not with --group-by): a plot keeps it.
+    chosen: dict[Where, tuple[Any, ...]] = field(default_factory=dict)
+    #: The split whose accuracy made that choice.
+    chosen_by: dict[Where, str] = field(default_factory=dict)
 
     @property
     def params(self) -> tuple[str, ...]:
@@ -101,6 +105,26 @@ class Report:
 
     def config(self, group: Group) -> dict[str, Any]:
         return self.configs.get(group.key, {})
+
+    def plotted(self, where: Where) -> tuple[list[Group], int]:
+        """The groups a plot draws for ``where``, and how many there are in all.
+
+        A plot shows the split's accuracy, so it orders by that, best first. With ``plot_top``
+        it keeps the first N, but never drops the configuration the table chose (by the
+        selection split): it takes the place of the last one.
+        """
+        groups = sorted(
+            self.ranked.get(where, []),
+            key=lambda g: (-g.accuracy.mean, g.loss.mean, g.first_job),
+        )
+        top = min(self.options.plot_top or PLOT_MAX, PLOT_MAX)
+        if len(groups) <= top:
+            return groups, len(groups)
+        shown = groups[:top]
+        chosen = self.chosen.get(where)
+        if chosen is not None and all(g.key != chosen for g in shown):
+            shown[-1] = next(g for g in groups if g.key == chosen)
+        return shown, len(groups)
 
 
 def _number(value: Any) -> Any:
@@ -156,8 +180,9 @@ def rank(cands: list[Config], split: str, select_by: str) -> tuple[list[Config],
     return ordered + rest, by
 
 
-def build_report(session: Session, opts: ReportOptions) -> Report:
-    """Aggregate the runs matching ``opts`` into report rows (see ``ReportOptions``)."""
+def build_report(session: Session, opts: ReportOptions, *, plotting: bool = False) -> Report:
+    """Aggregate the runs matching ``opts`` into report rows (see ``ReportOptions``); with
+    ``plotting``, also the hyper-parameters of every group a plot draws."""
     query.tune(session)
     splits = tuple(dict.fromkeys((*opts.splits, opts.select_by)))
     base = _by_pair(query.configs(session, opts, side="base", splits=splits))
@@ -167,6 +192,8 @@ def build_report(session: Session, opts: ReportOptions) -> Report:
     )
     rows: list[ReportRow] = []
     ranked: dict[Where, list[Group]] = {}
+    chosen: dict[Where, tuple[Any, ...]] = {}
+    chosen_by: dict[Where, str] = {}
     pairs = set(lora) if opts.picks_lora_runs else set(lora) | set(base)
     for model, dataset in sorted(pairs):
         for split in opts.splits:
@@ -180,16 +207,18 @@ def build_report(session: Session, opts: ReportOptions) -> Report:
                 rows += [ReportRow(model, dataset, split, base_group, g) for g in groups]
                 continue
             ordered, by = rank(cands, split, opts.select_by)
-            ranked[(model, dataset, split)] = [c.group(split) for c in ordered[: opts.plot_top]]
+            ranked[(model, dataset, split)] = [c.group(split) for c in ordered]
             if ordered:
                 best = ordered[0]
+                chosen[(model, dataset, split)] = best.key
+                chosen_by[(model, dataset, split)] = by
                 row = ReportRow(model, dataset, split, base_group, best.group(split))
                 row.selected_by, row.selection_accuracy = by, best.accuracy(by)
                 rows.append(row)
             elif base_group:
                 rows.append(ReportRow(model, dataset, split, base_group, None))
-    report = Report(opts, rows, ranked)
-    report.configs = _configs(session, report)
+    report = Report(opts, rows, ranked, chosen=chosen, chosen_by=chosen_by)
+    report.configs = _configs(session, report, plotting=plotting)
     for row in rows:
         if row.lora is not None:
             config = dict(report.config(row.lora))
@@ -199,14 +228,17 @@ def build_report(session: Session, opts: ReportOptions) -> Report:
     return report
 
 
-def _configs(session: Session, report: Report) -> dict[tuple[Any, ...], dict[str, Any]]:
+def _configs(
+    session: Session, report: Report, *, plotting: bool
+) -> dict[tuple[Any, ...], dict[str, Any]]:
     """Hyper-parameters of the groups on show, by group key.
 
     With --group-by the key holds them. A configuration's key is only good for telling
     configurations apart, so its values come from the spec of its first job.
     """
     shown = [r.lora for r in report.rows if r.lora is not None]
-    shown += [g for groups in report.ranked.values() for g in groups[: report.options.plot_top]]
+    if plotting:
+        shown += [g for where in report.ranked for g in report.plotted(where)[0]]
     group_by = report.options.group_by
     if group_by:
         return {g.key: _values(group_by, g.key) for g in shown}

@@ -23,6 +23,8 @@ from ftqueue.states import STATUSES
 from ftqueue.text import quote
 
 SELECT_BY = ("validation", "test")
+#: Most bars in one panel of a plot even without --top: past that the labels cannot be read.
+PLOT_MAX = 40
 
 
 @dataclass(frozen=True)
@@ -233,8 +235,8 @@ class ReportOptions:
     select_by: str = "validation"
     sort: str | None = None
     descending: bool | None = None
-    #: Most configurations per row that a plot shows.
-    plot_top: int = 10
+    #: Most configurations per panel that a plot shows (None: all of them, up to PLOT_MAX).
+    plot_top: int | None = None
 
     def __post_init__(self) -> None:
         self._check("--status", self.statuses, STATUSES)

@@ -1,5 +1,7 @@
-"""The report as a PNG: accuracy per configuration with error bars, validation curves per epoch.
+"""The report as an image: accuracy per configuration (bars), validation curves per epoch.
 
+A plot never drops a configuration silently: each panel says how many of how many it shows,
+orders its bars by the accuracy it draws, names that split, and writes each value on its bar.
 matplotlib is imported on first use, with the Agg backend: no display, and no cost to the
 commands that do not plot.
 """
@@ -7,15 +9,41 @@ commands that do not plot.
 from __future__ import annotations
 
 import io
+import textwrap
+from pathlib import Path
 from typing import Any
 
+from ftqueue.errors import FilterError
 from ftqueue.report.build import Report
 from ftqueue.report.options import CONFIG_COLUMNS
 from ftqueue.report.query import ADAPTER, CurvePoint, Group
+from ftqueue.text import dataset_names, quote
 
+#: Image types by file suffix, as matplotlib names them.
+FORMATS = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".svg": "svg", ".pdf": "pdf"}
 #: Most (model, dataset, split) panels in one figure; past that the figure is unreadable.
 MAX_PANELS = 8
-CURVES_PER_PANEL = 5
+#: Curves drawn in colour, with a legend entry and a spread band; the others are thin grey.
+HIGHLIGHT = 5
+#: Characters per line of a bar's label and of a title (the panels are about 7 inches wide).
+LABEL_WIDTH = 40
+TITLE_WIDTH = 62
+RUN_COLOR, ADAPTER_COLOR, OTHER_COLOR = "#4c72b0", "#dd8452", "#b0b0b0"
+
+Curves = dict[tuple[str, str, tuple[Any, ...]], list[CurvePoint]]
+
+
+def image_format(path: Path) -> str:
+    """matplotlib's name for the image type a file suffix asks for, or FilterError."""
+    suffix = path.suffix.lower()
+    if suffix not in FORMATS:
+        raise FilterError(
+            f"--plot {quote(str(path))}: "
+            f"{f'{suffix} is not an image type ftqueue draws' if suffix else 'no suffix'}: "
+            f"end the file name in {', '.join(list(FORMATS)[:-1])} or {list(FORMATS)[-1]}",
+            param="--plot",
+        )
+    return FORMATS[suffix]
 
 
 def _labels(report: Report, groups: list[Group]) -> list[str]:
@@ -33,13 +61,16 @@ def _labels(report: Report, groups: list[Group]) -> list[str]:
             value = ",".join(value) if isinstance(value, list) else value
             parts.append(f"{name}={value:g}" if isinstance(value, float) else f"{name}={value}")
         label = " ".join(parts) or "configuration"
-        labels.append(label + (" (adapter)" if g.source == "adapter" else ""))
+        labels.append(label + (" (adapter)" if g.source == ADAPTER else ""))
     return labels
 
 
-def plot_png(
-    report: Report, curves: dict[tuple[str, str, tuple[Any, ...]], list[CurvePoint]]
-) -> bytes:
+def _wrap(text: str, width: int) -> str:
+    return "\n".join(textwrap.wrap(text, width, break_on_hyphens=False)) or text
+
+
+def figure(report: Report, curves: Curves) -> Any:
+    """The matplotlib Figure: one row per (model, dataset, split), bars left, curves right."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -47,82 +78,177 @@ def plot_png(
 
     bases = {(r.model, r.dataset, r.split): r.base for r in report.rows}
     panels = [w for w in dict.fromkeys(bases) if report.ranked.get(w)][:MAX_PANELS]
-    top = report.options.plot_top
-    fig, axes = plt.subplots(
-        max(1, len(panels)), 2, figsize=(14, 1.2 + 3.4 * max(1, len(panels))), squeeze=False
-    )
+    shown = {where: report.plotted(where) for where in panels}
+    # A row is as tall as its bars need: 20 labelled bars do not fit in the height of 3.
+    heights = [max(3.4, 1.9 + 0.34 * len(shown[w][0])) for w in panels] or [3.0]
+    fig = plt.figure(figsize=(14, 0.4 + sum(heights)), layout="constrained")
+    grid = fig.add_gridspec(len(heights), 2, height_ratios=heights, width_ratios=(1.15, 1))
     if not panels:
-        for ax in axes[0]:
-            ax.text(0.5, 0.5, "no LoRA results match", ha="center", va="center")
-            ax.set_axis_off()
-    for (bars, lines), where in zip(axes, panels, strict=False):
-        model, dataset, split = where
-        groups = report.ranked[where][:top]
+        ax = fig.add_subplot(grid[0, :])
+        ax.text(0.5, 0.5, "no LoRA results match", ha="center", va="center")
+        ax.set_axis_off()
+        return fig
+    names = dataset_names(dataset for _, dataset, _ in panels)
+    for row, where in enumerate(panels):
+        groups, total = shown[where]
+        bars, lines = fig.add_subplot(grid[row, 0]), fig.add_subplot(grid[row, 1])
         labels = _labels(report, groups)
-        y = list(range(len(groups)))[::-1]
-        bars.barh(
-            y,
-            [g.accuracy.mean for g in groups],
-            xerr=[g.accuracy.std or 0.0 for g in groups],
-            color=["#dd8452" if g.source == ADAPTER else "#4c72b0" for g in groups],
-            capsize=3,
+        title = f"{where[0]} on {names[where[1]]}"
+        count = (
+            f"all {total} configurations"
+            if len(groups) == total
+            else f"{len(groups)} of {total} shown"
         )
-        bars.set_yticks(y, [f"{label} (n={g.n})" for label, g in zip(labels, groups, strict=True)])
-        bars.tick_params(axis="y", labelsize=8)
-        base = bases[where]
-        if base is not None:
-            bars.axvline(base.accuracy.mean, color="black", linestyle="--", label="base model")
-            if base.accuracy.std:
-                lo, hi = (
-                    base.accuracy.mean - base.accuracy.std,
-                    base.accuracy.mean + base.accuracy.std,
-                )
-                bars.axvspan(lo, hi, color="grey", alpha=0.2)
-            bars.legend(loc="lower right", fontsize=8)
-        # Zoom on the bars' range: differences of a point matter, the distance from 0 does not.
-        lows = [g.accuracy.mean - (g.accuracy.std or 0.0) for g in groups]
-        if base is not None:
-            lows.append(base.accuracy.mean - (base.accuracy.std or 0.0))
-        bars.set_xlim(left=max(0.0, min(lows) - 0.05))
-        bars.set_xlabel(f"{split} accuracy (mean ± std over seeds)")
-        bars.set_title(f"{model} on {dataset}", fontsize=10)
-        _curves(lines, curves, model, dataset, groups, labels)
-    fig.tight_layout()
-    out = io.BytesIO()
-    fig.savefig(out, format="png", dpi=100)
-    plt.close(fig)
-    return out.getvalue()
+        _bars(bars, report, where, groups, count, labels, bases[where], title)
+        _curves(lines, curves, where, groups, labels, title, count)
+    return fig
+
+
+def _bars(
+    ax: Any,
+    report: Report,
+    where: tuple[str, str, str],
+    groups: list[Group],
+    count: str,
+    labels: list[str],
+    base: Group | None,
+    title: str,
+) -> None:
+    split = where[2]
+    chosen = report.chosen.get(where)
+    select_by = report.options.select_by
+    y = list(range(len(groups)))[::-1]  # best at the top
+    means = [g.accuracy.mean for g in groups]
+    spread = [g.accuracy.std or 0.0 for g in groups]
+    bars = ax.barh(
+        y,
+        means,
+        xerr=spread,
+        color=[ADAPTER_COLOR if g.source == ADAPTER else RUN_COLOR for g in groups],
+        edgecolor=["black" if g.key == chosen else "none" for g in groups],
+        linewidth=1.5,
+        capsize=3,
+    )
+    bars.set_label("_bars")
+    marks = [("★ " if g.key == chosen else "") for g in groups]
+    ticks = [
+        _wrap(f"{mark}{label} (n={g.n})", LABEL_WIDTH)
+        for mark, label, g in zip(marks, labels, groups, strict=True)
+    ]
+    ax.set_yticks(y, ticks)
+    ax.tick_params(axis="y", labelsize=8)
+    lows = [m - s for m, s in zip(means, spread, strict=True)]
+    highs = [m + s for m, s in zip(means, spread, strict=True)]
+    for g, top, at in zip(groups, highs, y, strict=True):
+        std = g.accuracy.std
+        value = f"{g.accuracy.mean:.4f}" + ("" if std is None else f" ± {std:.4f}")
+        ax.annotate(
+            value,
+            (top, at),
+            xytext=(4, 0),
+            textcoords="offset points",
+            va="center",
+            fontsize=7,
+            gid="value",
+        )
+    base_text = ""
+    if base is not None:
+        ax.axvline(base.accuracy.mean, color="black", linestyle="--", linewidth=1)
+        if base.accuracy.std:
+            std = base.accuracy.std
+            ax.axvspan(base.accuracy.mean - std, base.accuracy.mean + std, color="grey", alpha=0.2)
+        lows.append(base.accuracy.mean - (base.accuracy.std or 0.0))
+        base_text = f"; dashed: base model {base.accuracy.mean:.4f}"
+    # Zoom on the bars' range (a point of accuracy matters, the distance from 0 does not),
+    # with room on the right for the values written after the bars.
+    left = max(0.0, min(lows) - 0.02)
+    right = max(highs + lows)
+    ax.set_xlim(left, right + 0.32 * max(right - left, 0.01))
+    ax.set_xlabel(f"{split} accuracy, mean ± std over seeds{base_text}", fontsize=9)
+    order = f"best first by {split} accuracy"
+    star = ""
+    if chosen is not None:
+        star = f"; ★ the report's choice (by {report.chosen_by.get(where, select_by)})"
+    ax.set_title(_wrap(f"{title}: {count}, {order}{star}", TITLE_WIDTH), fontsize=10, loc="left")
 
 
 def _curves(
     ax: Any,
-    curves: dict[tuple[str, str, tuple[Any, ...]], list[CurvePoint]],
-    model: str,
-    dataset: str,
+    curves: Curves,
+    where: tuple[str, str, str],
     groups: list[Group],
     labels: list[str],
+    title: str,
+    count: str,
 ) -> None:
-    drawn = 0
+    model, dataset, _ = where
+    drawn: list[tuple[Group, str, list[CurvePoint]]] = []
     for group, label in zip(groups, labels, strict=True):
         points = curves.get((model, dataset, group.key)) if group.source != ADAPTER else None
-        if not points or drawn >= CURVES_PER_PANEL:
-            continue
-        epochs = [p.epoch for p in points]
-        means = [p.accuracy.mean for p in points]
-        spread = [p.accuracy.std or 0.0 for p in points]
-        ax.plot(epochs, means, marker="o", label=label)
-        lo = [m - s for m, s in zip(means, spread, strict=True)]
-        hi = [m + s for m, s in zip(means, spread, strict=True)]
-        ax.fill_between(epochs, lo, hi, alpha=0.15)
-        drawn += 1
+        if points:
+            drawn.append((group, label, points))
     if not drawn:
         ax.text(0.5, 0.5, "no validation results per epoch", ha="center", va="center")
         ax.set_axis_off()
         return
+    import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
+    colors = [plt.get_cmap("tab10")(i) for i in range(10)]
+    entries: list[tuple[int, Any, str]] = []
+    # Grey first, so that the highlighted curves lie on top of them.
+    for rank in range(len(drawn) - 1, -1, -1):
+        group, label, points = drawn[rank]
+        epochs = [p.epoch for p in points]
+        means = [p.accuracy.mean for p in points]
+        if rank >= HIGHLIGHT:
+            [line] = ax.plot(epochs, means, color=OTHER_COLOR, linewidth=0.8, zorder=1)
+            if rank == HIGHLIGHT:
+                others = len(drawn) - HIGHLIGHT
+                entries.append((rank, line, f"{others} other{'s' if others > 1 else ''}"))
+            continue
+        color = colors[rank % len(colors)]
+        [line] = ax.plot(epochs, means, marker="o", color=color, zorder=3)
+        entries.append((rank, line, _wrap(label, LABEL_WIDTH)))
+        spread = [p.accuracy.std or 0.0 for p in points]
+        lo = [m - s for m, s in zip(means, spread, strict=True)]
+        hi = [m + s for m, s in zip(means, spread, strict=True)]
+        ax.fill_between(epochs, lo, hi, color=color, alpha=0.12, linewidth=0, zorder=2)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("validation accuracy")
-    ax.set_title(f"{model} on {dataset}: validation accuracy per epoch", fontsize=10)
-    ax.legend(fontsize=7)
+    ax.set_xlabel("epoch", fontsize=9)
+    ax.set_ylabel("validation accuracy", fontsize=9)
+    others = len(drawn) - HIGHLIGHT
+    which = (
+        f"the best {HIGHLIGHT} in colour, {others} other{'s' if others > 1 else ''} grey"
+        if others > 0
+        else "mean ± std over seeds"
+    )
+    ax.set_title(
+        _wrap(f"{title}: validation accuracy per epoch of {count} ({which})", TITLE_WIDTH),
+        fontsize=10,
+        loc="left",
+    )
+    entries.sort(key=lambda e: e[0])  # best first, the grey ones last
+    ax.legend([e[1] for e in entries], [e[2] for e in entries], fontsize=7, loc="best")
+
+
+def render(fig: Any, fmt: str) -> bytes:
+    """The figure as the bytes of an image file of type ``fmt`` (see FORMATS)."""
+    out = io.BytesIO()
+    options: dict[str, Any] = {"pil_kwargs": {"quality": 90}} if fmt == "jpeg" else {}
+    fig.savefig(out, format=fmt, dpi=100, **options)
+    return out.getvalue()
+
+
+def close(fig: Any) -> None:
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+
+
+def plot_png(report: Report, curves: Curves) -> bytes:
+    fig = figure(report, curves)
+    try:
+        return render(fig, "png")
+    finally:
+        close(fig)
