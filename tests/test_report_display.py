@@ -4,10 +4,17 @@ labels and values read back), tables rendered at 80 and 100 columns, image types
 from __future__ import annotations
 
 import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
 
 from ftqueue import db
+from ftqueue.cli import cli
 from ftqueue.kinds.evaluate import EvaluateSpec
 from ftqueue.kinds.lora import LoraSpec
+from ftqueue.report.plot import HIGHLIGHT, close
 from ftqueue.specs import DataSpec
 from tests.test_report import _insert
 
@@ -44,3 +51,178 @@ def fill_grid(url: str, configurations: int = 20) -> list[tuple[int, float]]:
                 metrics[("test", 3)] = grid_accuracy(r, lr, "test", 3, seed)
                 _insert(s, spec, metrics)
     return pairs
+
+
+# --- the plot, read back through its artists ------------------------------------------------
+
+
+@pytest.fixture
+def grid(sqlite_url: str) -> str:
+    fill_grid(sqlite_url)
+    return sqlite_url
+
+
+def draw(**options: Any) -> Any:
+    """The report's figure for these options, as `report --plot` draws it."""
+    from ftqueue.report import ReportOptions, build_report, validation_curves
+    from ftqueue.report.plot import figure
+
+    opts = ReportOptions.from_text(**options)
+    with db.session_scope() as session:
+        report = build_report(session, opts, plotting=True)
+        curves = validation_curves(session, opts, opts.group_by)
+    fig = figure(report, curves)
+    fig.canvas.draw()
+    return fig
+
+
+def bars_of(ax: Any) -> list[tuple[str, float, str]]:
+    """(label, length, value written next to it) of each bar, from the top down."""
+    from matplotlib.container import BarContainer
+
+    [container] = [c for c in ax.containers if isinstance(c, BarContainer)]
+    ticks = {round(t.get_position()[1]): t.get_text() for t in ax.get_yticklabels()}
+    values = {round(a.xy[1]): a.get_text() for a in ax.texts if a.get_gid() == "value"}
+    found = [(p.get_y() + p.get_height() / 2, p.get_width()) for p in container.patches]
+    found.sort(key=lambda yw: -yw[0])
+    return [(ticks[round(y)], width, values[round(y)]) for y, width in found]
+
+
+def assert_text_fits(fig: Any) -> None:
+    """Everything drawn (titles, tick labels, values, legends) lies inside the figure."""
+    renderer = fig.canvas.get_renderer()
+    box = fig.bbox
+    for ax in fig.axes:
+        texts = [ax.title, ax._left_title, *ax.texts]
+        if ax.get_legend() is not None:
+            texts.append(ax.get_legend())
+        # The axes' tight box holds the tick labels that are drawn (not those out of view).
+        for artist in (ax, *texts):
+            if hasattr(artist, "get_text") and not artist.get_text().strip():
+                continue
+            extent = (
+                artist.get_tightbbox(renderer)
+                if artist is ax
+                else artist.get_window_extent(renderer)
+            )
+            inside = (
+                extent.x0 >= box.x0 - 1
+                and extent.x1 <= box.x1 + 1
+                and extent.y0 >= box.y0 - 1
+                and extent.y1 <= box.y1 + 1
+            )
+            assert inside, f"{artist} is cut off: {extent} outside {box}"
+
+
+def test_the_plot_shows_every_configuration_ordered_by_what_it_shows(grid: str) -> None:
+    fig = draw()
+    try:
+        bars_ax, curves_ax = fig.axes
+        bars = bars_of(bars_ax)
+        assert len(bars) == len(RS) * len(LRS) == 20
+        lengths = [length for _, length, _ in bars]
+        assert lengths == sorted(lengths, reverse=True)  # best first, by the test accuracy drawn
+        assert bars[0][0] == "r=8 lr=0.001 (n=3)"  # the best on test (validation prefers r=16)
+        for label, length, value in bars:
+            assert label.endswith("(n=3)") and "r=" in label and "lr=" in label
+            assert value.startswith(f"{length:.4f} ± ")
+        assert [label for label, _, _ in bars].count("★ r=16 lr=0.001 (n=3)") == 1
+        title = bars_ax.get_title(loc="left").replace("\n", " ")
+        assert "all 20 configurations" in title and "best first by test accuracy" in title
+        assert "by validation" in title  # what the star means
+        assert bars_ax.get_xlabel().startswith("test accuracy")
+        assert "base model 0.7050" in bars_ax.get_xlabel()
+        lines = curves_ax.get_lines()
+        assert len(lines) == 20
+        coloured = [line for line in lines if line.get_marker() == "o"]
+        assert len(coloured) == HIGHLIGHT
+        legend = [t.get_text() for t in curves_ax.get_legend().get_texts()]
+        assert legend[:HIGHLIGHT] == [label.removesuffix(" (n=3)") for label, _, _ in bars[:5]]
+        assert legend[HIGHLIGHT:] == ["15 others"]
+        assert "validation accuracy" in curves_ax.get_ylabel()
+        assert_text_fits(fig)
+    finally:
+        close(fig)
+
+
+def test_twelve_configurations_are_twelve_bars_and_twelve_curves(sqlite_url: str) -> None:
+    fill_grid(sqlite_url, 12)
+    fig = draw()
+    try:
+        bars_ax, curves_ax = fig.axes
+        assert len(bars_of(bars_ax)) == 12 and len(curves_ax.get_lines()) == 12
+    finally:
+        close(fig)
+
+
+def test_top_n_says_how_many_and_keeps_the_chosen_configuration(grid: str) -> None:
+    fig = draw(plot_top=3, splits=("validation", "test"))
+    try:
+        val_bars, _, test_bars, test_curves = fig.axes
+        for ax in (val_bars, test_bars):
+            assert "3 of 20 shown" in ax.get_title(loc="left").replace("\n", " ")
+        # On validation the chosen configuration is the best anyway.
+        assert [b[0] for b in bars_of(val_bars)][0] == "★ r=16 lr=0.001 (n=3)"
+        # On test it ranks lower: it takes the third place rather than being cut.
+        labels = [b[0] for b in bars_of(test_bars)]
+        assert labels[:2] == ["r=8 lr=0.001 (n=3)", "r=8 lr=0.003 (n=3)"]
+        assert labels[2] == "★ r=16 lr=0.001 (n=3)"
+        assert len(test_curves.get_lines()) == 3
+        assert_text_fits(fig)
+    finally:
+        close(fig)
+
+
+def test_group_by_never_cuts_the_best(grid: str) -> None:
+    fig = draw(group_by=("r,lr",), plot_top=4)
+    try:
+        bars = bars_of(fig.axes[0])
+        # By value order r=4 would come first; the cut keeps the four best instead.
+        assert [b[0] for b in bars] == [
+            "r=8 lr=0.001 (n=3)",
+            "r=8 lr=0.003 (n=3)",
+            "r=4 lr=0.001 (n=3)",
+            "r=16 lr=0.001 (n=3)",
+        ]
+        assert "4 of 20 shown" in fig.axes[0].get_title(loc="left").replace("\n", " ")
+        assert_text_fits(fig)
+    finally:
+        close(fig)
+    fig = draw(group_by=("r",))
+    try:
+        bars = bars_of(fig.axes[0])
+        assert [b[0] for b in bars][0] == "r=8 (n=15)" and len(bars) == 4
+    finally:
+        close(fig)
+
+
+def test_plot_files_are_the_image_type_their_name_says(grid: str, tmp_path: Path) -> None:
+    from PIL import Image
+
+    for name, kind, magic in (
+        ("r.jpg", "JPEG", b"\xff\xd8\xff"),
+        ("r.jpeg", "JPEG", b"\xff\xd8\xff"),
+        ("r.png", "PNG", b"\x89PNG"),
+    ):
+        out = CliRunner().invoke(cli, ["report", "--plot", str(tmp_path / name)])
+        assert out.exit_code == 0, out.output
+        data = (tmp_path / name).read_bytes()
+        assert data.startswith(magic)
+        with Image.open(tmp_path / name) as image:
+            assert image.format == kind and image.size[0] == 1400
+    for name in ("r.svg", "r.pdf"):
+        out = CliRunner().invoke(cli, ["report", "--plot", str(tmp_path / name)])
+        assert out.exit_code == 0, out.output
+    assert (tmp_path / "r.svg").read_text().lstrip().startswith("<?xml")
+    assert (tmp_path / "r.pdf").read_bytes().startswith(b"%PDF")
+
+
+@pytest.mark.parametrize("name", ["r.gif", "r.png.txt", "report"])
+def test_an_unknown_image_suffix_is_one_line_before_any_work(
+    isolated_home: Path, tmp_path: Path, name: str
+) -> None:
+    # The database is not even migrated: the name is refused before it is opened.
+    out = CliRunner().invoke(cli, ["report", "--plot", str(tmp_path / name)])
+    assert out.exit_code == 2 and out.output.count("\n") == 1, out.output
+    assert "--plot" in out.output and ".png, .jpg, .jpeg, .svg or .pdf" in out.output
+    assert not (tmp_path / name).exists()

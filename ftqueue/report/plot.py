@@ -92,7 +92,11 @@ def figure(report: Report, curves: Curves) -> Any:
     for row, where in enumerate(panels):
         groups, total = shown[where]
         bars, lines = fig.add_subplot(grid[row, 0]), fig.add_subplot(grid[row, 1])
-        labels = _labels(report, groups)
+        chosen = report.chosen.get(where)
+        labels = [
+            ("★ " if g.key == chosen else "") + label
+            for g, label in zip(groups, _labels(report, groups), strict=True)
+        ]
         title = f"{where[0]} on {names[where[1]]}"
         count = (
             f"all {total} configurations"
@@ -130,10 +134,8 @@ def _bars(
         capsize=3,
     )
     bars.set_label("_bars")
-    marks = [("★ " if g.key == chosen else "") for g in groups]
     ticks = [
-        _wrap(f"{mark}{label} (n={g.n})", LABEL_WIDTH)
-        for mark, label, g in zip(marks, labels, groups, strict=True)
+        _wrap(f"{label} (n={g.n})", LABEL_WIDTH) for label, g in zip(labels, groups, strict=True)
     ]
     ax.set_yticks(y, ticks)
     ax.tick_params(axis="y", labelsize=8)
