@@ -47,10 +47,10 @@ def quote(value: object, limit: int = QUOTE_LIMIT) -> str:
     return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
 
 
-def dataset_name(value: str) -> str:
-    """A dataset as a table shows it: named split files by their common stem
-    (``train=/d/reviews_train.csv,test=/d/reviews_test.csv`` -> ``reviews``), a local file by
-    its name; hub ids and aliases as they are."""
+def display_name(value: str) -> str:
+    """A model or dataset as a table shows it: named split files by their common stem
+    (``train=/d/reviews_train.csv,test=/d/reviews_test.csv`` -> ``reviews``), a local file or
+    directory by its name; hub ids and aliases as they are."""
     import os.path
 
     if "=" in value and "/" in value:
@@ -65,14 +65,14 @@ def dataset_name(value: str) -> str:
             return folder
         return "+".join(stems)
     if value.startswith("/"):
-        return os.path.basename(value)
+        return os.path.basename(value.rstrip("/")) or value
     return value
 
 
-def dataset_names(values: Iterable[str]) -> dict[str, str]:
-    """``dataset_name`` of each value, but the value itself where two would read the same."""
+def display_names(values: Iterable[str]) -> dict[str, str]:
+    """``display_name`` of each value, but the value itself where two would read the same."""
     values = list(dict.fromkeys(values))
-    short = {v: dataset_name(v) for v in values}
+    short = {v: display_name(v) for v in values}
     seen: dict[str, int] = {}
     for name in short.values():
         seen[name] = seen.get(name, 0) + 1

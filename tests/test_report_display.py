@@ -162,7 +162,7 @@ def test_top_n_says_how_many_and_keeps_the_chosen_configuration(grid: str) -> No
         for ax in (val_bars, test_bars):
             assert "3 of 20 shown" in ax.get_title(loc="left").replace("\n", " ")
         # On validation the chosen configuration is the best anyway.
-        assert [b[0] for b in bars_of(val_bars)][0] == "★ r=16 lr=0.001 (n=3)"
+        assert bars_of(val_bars)[0][0] == "★ r=16 lr=0.001 (n=3)"
         # On test it ranks lower: it takes the third place rather than being cut.
         labels = [b[0] for b in bars_of(test_bars)]
         assert labels[:2] == ["r=8 lr=0.001 (n=3)", "r=8 lr=0.003 (n=3)"]
@@ -191,7 +191,7 @@ def test_group_by_never_cuts_the_best(grid: str) -> None:
     fig = draw(group_by=("r",))
     try:
         bars = bars_of(fig.axes[0])
-        assert [b[0] for b in bars][0] == "r=8 (n=15)" and len(bars) == 4
+        assert bars[0][0] == "r=8 (n=15)" and len(bars) == 4
     finally:
         close(fig)
 
@@ -226,3 +226,57 @@ def test_an_unknown_image_suffix_is_one_line_before_any_work(
     assert out.exit_code == 2 and out.output.count("\n") == 1, out.output
     assert "--plot" in out.output and ".png, .jpg, .jpeg, .svg or .pdf" in out.output
     assert not (tmp_path / name).exists()
+
+
+# --- tables at the widths of ordinary terminals ------------------------------------------------
+
+
+def printed(width: int, *args: str) -> list[str]:
+    """What a command prints on a terminal ``width`` columns wide (piped output reads COLUMNS)."""
+    from rich.cells import cell_len
+
+    out = CliRunner().invoke(cli, list(args), env={"COLUMNS": str(width)})
+    assert out.exit_code == 0, out.output
+    lines = out.output.splitlines()
+    too_wide = [line for line in lines if cell_len(line.rstrip()) > width]
+    assert not too_wide, "\n".join(too_wide)
+    assert "…" not in out.output  # nothing squeezed into an ellipsis
+    return lines
+
+
+@pytest.mark.parametrize("width", [80, 100])
+def test_report_fits_ordinary_terminals(grid: str, width: int) -> None:
+    lines = printed(width, "report")
+    text = "\n".join(lines)
+    words = " ".join(text.split())
+    # The caption whole, every column, the numbers unbroken, the short dataset name.
+    assert "mean ± sample std over seeds (n runs)." in words
+    for header in ("model", "base", "best LoRA", "LoRA", "points", "trainable", "time"):
+        assert header in text, header
+    assert "0.7920" in text and "± 0.0020" in text and "+8.70" in text and "10.0s" in text
+    assert "reviews" in text and "/data/" not in text
+    grouped = "\n".join(printed(width, "report", "--group-by", "r,lr", "--split", "test"))
+    assert grouped.count("reviews") == 20 and "0.8020" in grouped
+
+
+def test_a_wide_terminal_keeps_one_line_per_row(grid: str) -> None:
+    lines = printed(200, "report")
+    header = next(line for line in lines if "┃ best LoRA configuration" in line)
+    assert "base acc / loss" in header and "train time" in header
+
+
+@pytest.mark.parametrize("width", [80, 100])
+def test_list_fits_ordinary_terminals(grid: str, width: int) -> None:
+    with db.session_scope(write=True) as s:
+        spec = LoraSpec(
+            model="/models/fine-tuned/bert-base-reviews", data=DataSpec(dataset=SPLIT_FILES)
+        )
+        _insert(s, spec, {}, status="cancelled", tags=("nightly-grid", "a-long-tag-name"))
+    lines = printed(width, "list", "--limit", "5")
+    text = "\n".join(lines)
+    for word in ("cancelled", "succeeded", "lora", "bert-base-reviews", "reviews", "minilm"):
+        assert word in text, word
+    header = next(line for line in lines if line.split()[:3] == ["id", "kind", "status"])
+    assert "model" in header and "dataset" in header
+    if width >= 100:
+        assert "tags" in header and "a-long-tag-name,nightly-grid" in text

@@ -75,7 +75,8 @@ def list_cmd(
         if not jobs:
             click.echo("No jobs match. Submit one with `ftqueue submit lora --help`.")
             return
-        console().print(jobs_table(jobs))
+        out = console()
+        out.print(jobs_table(jobs, width=out.width))
 
 
 @click.command("status")

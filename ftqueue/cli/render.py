@@ -7,7 +7,7 @@ from typing import Any
 from ftqueue.models import Job, utcnow
 from ftqueue.states import JobStatus
 from ftqueue.store import published
-from ftqueue.text import age, duration
+from ftqueue.text import age, display_names, duration
 
 STATUS_STYLE: dict[str, str] = {
     JobStatus.QUEUED: "cyan",
@@ -38,28 +38,84 @@ def status_text(status: str) -> str:
     return f"[{STATUS_STYLE.get(status, 'white')}]{status}[/]"
 
 
-def jobs_table(jobs: list[Job], *, title: str | None = None) -> Any:
+#: Dropped in this order, as long as the table does not fit the terminal: the least needed
+#: first. id, kind, status, model and dataset always stay.
+_DROP_FIRST = ("age", "try", "sweep", "tags", "time", "progress")
+
+
+def jobs_table(jobs: list[Job], *, width: int | None = None, title: str | None = None) -> Any:
+    """One line per job where the terminal allows: no column is squeezed into ``succ…``.
+
+    Columns no job fills are left out and local paths show by their name. When the table is
+    wider than ``width`` the least needed columns go (see _DROP_FIRST), and then only the
+    free-text columns wrap, whole words where they can.
+    """
+    from rich.markup import escape
+
+    names = display_names([*(j.model for j in jobs), *(j.dataset for j in jobs)])
+    rows = [
+        {
+            "id": str(job.id),
+            "kind": job.kind,
+            "status": status_text(job.status),
+            "model": escape(names[job.model]),
+            "dataset": escape(names[job.dataset]),
+            "sweep": job.sweep_id or "",
+            "tags": escape(",".join(job.tag_names)),
+            "try": f"{job.attempts}/{job.max_attempts}",
+            "progress": progress_text(job),
+            "time": duration(elapsed(job)),
+            "age": duration((utcnow() - job.created_at).total_seconds()),
+        }
+        for job in jobs
+    ]
+    columns = (
+        [
+            c
+            for c in rows[0]
+            if c in ("id", "kind", "status", "model", "dataset") or any(r[c] for r in rows)
+        ]
+        if rows
+        else []
+    )
+    table = _jobs_table(jobs, rows, columns, title)
+    for name in _DROP_FIRST:
+        if width is None or _natural_width(table) <= width:
+            break
+        if name in columns:
+            columns.remove(name)
+            table = _jobs_table(jobs, rows, columns, title)
+    return table
+
+
+def _natural_width(table: Any) -> int:
+    from rich.console import Console
+    from rich.measure import Measurement
+
+    wide = Console(width=10_000)
+    return Measurement.get(wide, wide.options, table).maximum
+
+
+def _jobs_table(
+    jobs: list[Job], rows: list[dict[str, str]], columns: list[str], title: str | None
+) -> Any:
+    from rich import box
     from rich.table import Table
 
-    table = Table(title=title, header_style="bold")
-    for name in ("id", "kind", "status", "model", "dataset", "sweep", "tags", "try", "progress"):
-        table.add_column(name, justify="right" if name in ("id", "try") else "left")
-    table.add_column("time", justify="right")
-    table.add_column("created", justify="right")
-    for job in jobs:
-        table.add_row(
-            str(job.id),
-            job.kind,
-            status_text(job.status),
-            job.model,
-            job.dataset,
-            job.sweep_id or "",
-            ",".join(job.tag_names),
-            f"{job.attempts}/{job.max_attempts}",
-            progress_text(job),
-            duration(elapsed(job)),
-            age(job.created_at),
+    # Right padding only, with the box's blank separator: two spaces between columns.
+    table = Table(
+        title=title, header_style="bold", box=box.SIMPLE_HEAD, padding=(0, 1, 0, 0), pad_edge=False
+    )
+    for name in columns:
+        table.add_column(
+            name,
+            justify="right" if name in ("id", "try", "time", "age") else "left",
+            no_wrap=name not in ("model", "dataset", "tags", "progress", "sweep"),
+            overflow="fold",
+            min_width=max(len(j.status) for j in jobs) if name == "status" else None,
         )
+    for row in rows:
+        table.add_row(*(row[c] for c in columns))
     return table
 
 

@@ -165,19 +165,23 @@ def report_cmd(
     elif fmt == "markdown":
         click.echo(export.to_markdown(report), nl=False)
     else:
-        console().print(export.rich_table(report))
+        out = console()
+        out.print(export.rich_table(report, out.width))
     if not drawing:
         return
     from ftqueue.report import plot as plotting
 
     fig = plotting.figure(report, curves)
     try:
+        png = None
         if plot_file is not None:
-            image = plotting.render(fig, plotting.image_format(plot_file))
+            fmt = plotting.image_format(plot_file)
+            image = plotting.render(fig, fmt)
+            png = image if fmt == "png" else None
             write_bytes_atomic(plot_file, image)
             click.echo(f"wrote {plot_file}", err=True)
         if html_file is not None:
-            page = export.to_html(report, plotting.render(fig, "png"))
+            page = export.to_html(report, png or plotting.render(fig, "png"))
             write_bytes_atomic(html_file, page.encode("utf-8"))
             click.echo(f"wrote {html_file}", err=True)
     finally:

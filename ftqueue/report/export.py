@@ -11,7 +11,7 @@ from typing import Any
 
 from ftqueue.report.build import Report, ReportRow
 from ftqueue.report.query import ADAPTER, Group
-from ftqueue.text import duration
+from ftqueue.text import display_names, duration
 
 #: What the configuration column shows; CSV and JSON carry every hyper-parameter.
 SHOWN = ("r", "alpha", "dropout", "target_modules", "lr", "head_lr", "epochs", "batch_size")
@@ -71,13 +71,14 @@ def cells(report: Report) -> tuple[list[str], list[list[list[str]]]]:
     else:
         headers = ["model", "dataset", "split", BASE, CONFIG, LORA, "Δ points"]
     headers += ["trainable", "train time"]
+    names = display_names([*(r.model for r in report.rows), *(r.dataset for r in report.rows)])
     rows = []
     for row in report.rows:
         lora = row.lora
         share = lora.trainable_share if lora else None
         cell = {
-            "model": [row.model],
-            "dataset": [row.dataset],
+            "model": [names[row.model]],
+            "dataset": [names[row.dataset]],
             "split": [row.split],
             BASE: _metrics(row.base),
             LORA: _metrics(lora),
@@ -92,20 +93,114 @@ def cells(report: Report) -> tuple[list[str], list[list[list[str]]]]:
     return headers, rows
 
 
-def rich_table(report: Report) -> Any:
+#: Narrow terminals: these columns stacked into one cell each, their lines one under another.
+STACKED = {
+    "model": ("model\ndataset\nsplit", ("model", "dataset", "split")),
+    "trainable": ("trainable\ntime", ("trainable", "train time")),
+}
+#: Headers of the narrow layout, on two lines so that they are no wider than their numbers.
+NARROW = {BASE: "base\nacc / loss", LORA: "LoRA\nacc / loss", "Δ points": "Δ\npoints"}
+#: The columns of the narrow layout that wrap, and the share of the free width each gets.
+FREE = {STACKED["model"][0]: 0.35, CONFIG: 0.65}
+
+
+def _stack(
+    headers: list[str], rows: list[list[list[str]]]
+) -> tuple[list[str], list[list[list[str]]]]:
+    """The same cells in fewer, narrower columns: model, dataset and split in one, the cost in
+    one, and a metric's mean, spread, loss and n each on a line of its own."""
+    merged = {part for _, parts in STACKED.values() for part in parts} - set(STACKED)
+    kept = [h for h in headers if h not in merged]
+    out_rows = []
+    for row in rows:
+        by_name = dict(zip(headers, row, strict=True))
+        stacked = []
+        for header in kept:
+            lines = by_name[header]
+            if header in STACKED:
+                lines = [line for part in STACKED[header][1] for line in by_name[part]]
+            elif header in (BASE, LORA):
+                text = "\n".join(lines).replace(" ± ", "\n± ").replace(", n=", "\nn=")
+                lines = text.split("\n")
+            stacked.append(lines)
+        out_rows.append(stacked)
+    names = [STACKED[h][0] if h in STACKED else NARROW.get(h, h) for h in kept]
+    return names, out_rows
+
+
+#: The free-text columns of the full layout, and the share of the free width each gets.
+FREE_WIDE = {CONFIG: 0.7, "dataset": 0.3}
+#: The full layout only where its configuration column gets at least this many characters.
+WIDE_CONFIG = 30
+
+
+def _widths(
+    headers: list[str], rows: list[list[list[str]]], width: int, free_share: dict[str, float]
+) -> list[int]:
+    """Column widths that add up to ``width`` with the borders: every other column as wide
+    as its longest line, the free-text columns sharing what is left."""
+    from rich.cells import cell_len
+
+    natural = [
+        max(cell_len(line) for line in [*header.split("\n"), *(ln for r in rows for ln in r[i])])
+        for i, header in enumerate(headers)
+    ]
+    # Each column has a border on its left and one space of padding on either side.
+    fixed = sum(n for h, n in zip(headers, natural, strict=True) if h not in free_share)
+    free = width - 1 - 3 * len(headers) - fixed
+    out = []
+    for header, length in zip(headers, natural, strict=True):
+        share = free_share.get(header)
+        out.append(length if share is None else max(8, min(length, int(free * share))))
+    # What one free column does not need, another may take.
+    spare = free - sum(w for h, w in zip(headers, out, strict=True) if h in free_share)
+    for i, header in enumerate(headers):
+        if header in free_share and spare > 0:
+            grow = min(spare, natural[i] - out[i])
+            out[i] += grow
+            spare -= grow
+    return out
+
+
+def rich_table(report: Report, width: int | None = None) -> Any:
+    """The report for a terminal ``width`` columns wide (None: as wide as it needs).
+
+    The full layout where its configuration column can be given room, else the columns
+    stacked (see ``_stack``); either way with widths that fit (see ``_widths``): no column
+    cut off, no number broken across lines.
+    """
+    headers, rows = cells(report)
+    if width is None:
+        return _table(report, headers, rows)
+    widths = _widths(headers, rows, width, FREE_WIDE)
+    config = widths[headers.index(CONFIG)] if CONFIG in headers else WIDE_CONFIG
+    if sum(widths) + 1 + 3 * len(headers) <= width and config >= WIDE_CONFIG:
+        return _table(report, headers, rows, widths=widths)
+    narrow, stacked = _stack(headers, rows)
+    return _table(report, narrow, stacked, widths=_widths(narrow, stacked, width, FREE))
+
+
+def _table(
+    report: Report,
+    headers: list[str],
+    rows: list[list[list[str]]],
+    *,
+    widths: list[int] | None = None,
+) -> Any:
     from rich.markup import escape
     from rich.table import Table
 
-    headers, rows = cells(report)
     table = Table(title=describe(report), header_style="bold", title_justify="left")
-    for header in headers:
+    for i, header in enumerate(headers):
         right = header in NUMERIC or header in report.options.group_by
+        right = right or header in NARROW.values() or header == STACKED["trainable"][0]
         # Let rich share the width, but never squeeze a column below a readable minimum.
         table.add_column(
             header,
             justify="right" if right else "left",
             overflow="fold",
-            min_width=MIN_WIDTH.get(header),
+            min_width=None if widths else MIN_WIDTH.get(header),
+            width=widths[i] if widths else None,
         )
     for row in rows:
         # Model names and paths are free text: escape rich markup so they print as they are.
