@@ -18,7 +18,7 @@ from ftqueue import fingerprint
 from ftqueue.errors import DatasetError, first_line
 from ftqueue.files import stat_or_none
 from ftqueue.specs import DATASET_ALIASES, SPLITS, DataSpec
-from ftqueue.text import clip, quote
+from ftqueue.text import clip, close_match, quote
 
 # Hub dataset ids: `name` or `org/name` (no dots, so `notes.txt` is never mistaken for one).
 _HUB_ID = re.compile(r"^(?!.*--)([A-Za-z0-9][\w-]{0,95}/)?[A-Za-z0-9][\w-]{0,95}$")
@@ -269,6 +269,14 @@ def local_files(spec: DataSpec) -> dict[str, Path] | None:
     path = Path(spec.dataset).expanduser()
     if stat_or_none(path) or path.suffix or spec.dataset.startswith(("/", ".", "~")):
         return {"file": path}
+    slip = None if "/" in spec.dataset else close_match(spec.dataset, DATASET_ALIASES)
+    if slip is not None:
+        raise DatasetError(
+            f"unknown dataset {quote(spec.dataset)}: did you mean {slip}? (a hub dataset "
+            "that is not an alias is written ORG/NAME or as the hub names it, e.g. "
+            "rotten_tomatoes)",
+            param="--dataset",
+        )
     if _HUB_ID.match(spec.dataset):
         return None
     raise DatasetError(

@@ -77,3 +77,19 @@ def display_names(values: Iterable[str]) -> dict[str, str]:
     for name in short.values():
         seen[name] = seen.get(name, 0) + 1
     return {v: name if seen[name] == 1 else v for v, name in short.items()}
+
+
+def close_match(value: str, choices: Iterable[str], cutoff: float = 0.75) -> str | None:
+    """The choice that ``value`` is most likely a slip of (``mini-lm``, ``MiniLM`` and
+    ``minlm`` for ``minilm``), or None."""
+    import difflib
+
+    def squash(text: str) -> str:
+        return "".join(c for c in text.lower() if c.isalnum())
+
+    choices = list(choices)
+    for choice in choices:
+        if squash(value) == squash(choice):
+            return choice
+    found = difflib.get_close_matches(value.lower(), choices, n=1, cutoff=cutoff)
+    return found[0] if found else None

@@ -5,6 +5,7 @@ checked (safetensors only, readable, not an adapter) and fingerprinted. Torch-fr
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -15,7 +16,7 @@ from ftqueue import fingerprint
 from ftqueue.artifacts import ADAPTER_CONFIG, PICKLE_SUFFIXES
 from ftqueue.errors import ModelError
 from ftqueue.files import is_dir, stat_or_none
-from ftqueue.text import clip, quote
+from ftqueue.text import clip, close_match, quote
 
 MODEL_ALIASES = ("minilm",)
 # Hub ids: `name` or `org/name`, letters, digits, `-_.`, no `--` or `..` (the hub's own rules).
@@ -65,6 +66,15 @@ def resolve_model(model: str) -> str:
     looks_like_path = (
         model.startswith(("/", ".", "~")) or model.count("/") > 1 or stat_or_none(path) is not None
     )
+    slip = None if "/" in model else close_match(model, MODEL_ALIASES)
+    if slip is not None:
+        # A bare name a letter or two from an alias is a typo, not one of the hub's few
+        # un-namespaced models: say so now rather than after a hub lookup or a worker's load.
+        raise ModelError(
+            f"unknown model {quote(model)}: did you mean {slip}? (a hub id that is not an "
+            "alias is written ORG/NAME, e.g. sentence-transformers/all-MiniLM-L6-v2)",
+            param="--model",
+        )
     if looks_like_path or not HUB_ID.match(model):
         raise ModelError(
             f"unknown model {quote(model)}: give a hub id, a local directory with config.json, "
@@ -152,8 +162,9 @@ def _shards(path: Path) -> list[Path]:
     return [path / n for n in names]
 
 
-def _check_header(file: Path) -> None:
-    """The file is safetensors (a JSON header, then the bytes it describes) with tensors in it."""
+def _check_header(file: Path) -> dict[str, Any]:
+    """The file's tensors by name, once checked: safetensors (a JSON header, then the bytes it
+    describes) with tensors in it, and not an adapter's."""
     try:
         with open(file, "rb") as handle:
             size = os.fstat(handle.fileno()).st_size
@@ -183,6 +194,30 @@ def _check_header(file: Path) -> None:
             "trained on, and the adapter with evaluate --adapter-job",
             param="--model",
         )
+    return tensors
+
+
+def layer_names(resolved: str) -> list[str] | None:
+    """The modules of a local model that LoRA can adapt (those with a 2-D weight: linear
+    layers and embeddings), read from its safetensors headers; None for a hub id."""
+    path = Path(resolved)
+    if not is_dir(path):
+        return None
+    files = check_model_dir(path)
+    # A grid checks every spec: read each version of the headers once.
+    stamps = tuple((str(f), st.st_size, st.st_mtime_ns) for f in files if (st := stat_or_none(f)))
+    return list(_layer_names(stamps))
+
+
+@functools.lru_cache(maxsize=16)
+def _layer_names(stamps: tuple[tuple[str, int, int], ...]) -> tuple[str, ...]:
+    names = []
+    for file, _, _ in stamps:
+        for name, tensor in _check_header(Path(file)).items():
+            shape = tensor.get("shape") if isinstance(tensor, dict) else None
+            if name.endswith(".weight") and isinstance(shape, list) and len(shape) == 2:
+                names.append(name.removesuffix(".weight"))
+    return tuple(names)
 
 
 def model_fingerprint(path: Path) -> str:

@@ -22,6 +22,7 @@ from ftqueue.errors import SpecError
 from ftqueue.kinds.evaluate import EvaluateSpec
 from ftqueue.kinds.lora import LoraSpec
 from ftqueue.specs import field_param
+from ftqueue.text import clip
 
 
 @click.group("submit")
@@ -106,11 +107,16 @@ def _adapter_model(adapters: Sequence[int]) -> str:
     for job_id in adapters:
         bounds.check("adapter_job", job_id)  # the spec's own range, before any query
     db.ensure_ready()
-    models = set(store.models_of(adapters).values())
+    found = store.models_of(adapters)
+    for job_id in adapters:
+        if job_id not in found:
+            store.adapter_dir_of(job_id)  # says "no such job", and what to look at instead
+    models = set(found.values())
     if len(models) != 1:
+        listed = ", ".join(f"{job_id} on {clip(found[job_id], 60)}" for job_id in adapters)
         raise SpecError(
-            "the adapters given were trained on different (or unknown) models: give "
-            "--model, or evaluate them separately",
+            f"the adapters given were trained on different models ({listed}): give --model, "
+            "or evaluate them separately",
             param="--adapter-job",
         )
     return models.pop()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ftqueue.errors import SpecError
 from ftqueue.kinds.registry import JobContext, JobKind, Role, register
 from ftqueue.outcome import Outcome
 from ftqueue.specs import (
@@ -18,6 +19,7 @@ from ftqueue.specs import (
     required,
     seed_field,
 )
+from ftqueue.text import clip, close_match
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -93,6 +95,35 @@ class LoraSpec(ModelSpec):
     seed: int = seed_field()
 
 
+def check(spec: LoraSpec) -> None:
+    """--target-modules names layers the model has, where its weights are on this machine
+    (the alias, a local directory); a hub id's are checked when a worker loads it."""
+    from ftqueue import synthetic
+    from ftqueue.weights import layer_names, resolve_model
+
+    if synthetic.is_synthetic(spec.model):
+        return
+    layers = layer_names(resolve_model(spec.model))
+    if not layers:
+        return
+    # peft's rule for a list of names: a module matches a name it equals or ends in.
+    missing = [
+        t for t in spec.target_modules if not any(n == t or n.endswith("." + t) for n in layers)
+    ]
+    if not missing:
+        return
+    leaves = list(dict.fromkeys(n.rsplit(".", 1)[-1] for n in layers))
+    leaves.sort(key=lambda name: name.endswith("embeddings"))  # the usual targets first
+    hints = [h for h in (close_match(m, leaves) for m in missing) if h]
+    slip = f"; did you mean {','.join(hints)}?" if len(hints) == len(missing) else ""
+    raise SpecError(
+        f"--target-modules {','.join(spec.target_modules)}: model {clip(spec.model)} has no "
+        f"layer named {' or '.join(missing)}; its layers LoRA can adapt are "
+        f"{', '.join(leaves)}{slip} (default: query,key,value,dense)",
+        param="--target-modules",
+    )
+
+
 def perform(spec: LoraSpec, ctx: JobContext) -> Outcome:
     from ftqueue import training
 
@@ -110,5 +141,6 @@ KIND = register(
         role=Role.RUN,
         artifacts="adapters",
         output_label="adapter",
+        check=check,
     )
 )
