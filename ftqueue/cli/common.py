@@ -37,10 +37,52 @@ class UserError(click.ClickException):
         return self.code
 
 
+#: The names other tools give ftqueue's flags (transformers, peft, common scripts).
+SYNONYMS = {
+    "--learning-rate": "--lr",
+    "--head-learning-rate": "--head-lr",
+    "--rank": "--r",
+    "--lora-r": "--r",
+    "--lora-rank": "--r",
+    "--lora-alpha": "--alpha",
+    "--lora-dropout": "--dropout",
+    "--num-epochs": "--epochs",
+    "--num-train-epochs": "--epochs",
+    "--epoch": "--epochs",
+    "--batch": "--batch-size",
+    "--bs": "--batch-size",
+    "--per-device-train-batch-size": "--batch-size",
+    "--seeds": "--seed",
+    "--data": "--dataset",
+    "--model-name": "--model",
+    "--model-name-or-path": "--model",
+    "--modules": "--target-modules",
+    "--target-module": "--target-modules",
+    "--max-len": "--max-length",
+    "--max-seq-length": "--max-length",
+    "--adapter": "--adapter-job",
+    "--warmup": "--warmup-ratio",
+}
+
+
+def _with_synonym(exc: click.NoSuchOption) -> click.UsageError:
+    """A flag another tool spells differently gets the command's own spelling suggested."""
+    known = {o for p in exc.ctx.command.params for o in p.opts} if exc.ctx else set()
+    synonym = SYNONYMS.get(exc.option_name.split("=", 1)[0])
+    if exc.possibilities or synonym not in known:
+        return exc
+    # Not through NoSuchOption(possibilities=...): it keeps only names spelled alike.
+    return click.UsageError(
+        f"No such option {exc.option_name!r}. Did you mean {synonym!r}?", ctx=exc.ctx
+    )
+
+
 def one_line_usage(exc: click.UsageError) -> click.UsageError:
     """Click's usage error without its usage block: ``Error: ... (see 'ftqueue x -h')``."""
     if isinstance(exc, click.exceptions.NoArgsIsHelpError):
         return exc  # a bare group prints its help: that is no error to shorten
+    if isinstance(exc, click.NoSuchOption):
+        exc = _with_synonym(exc)
     where = f" (see '{exc.ctx.command_path} -h')" if exc.ctx is not None else ""
     return click.UsageError(clip(exc.format_message(), MESSAGE_LIMIT) + where)
 

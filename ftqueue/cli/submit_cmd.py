@@ -25,7 +25,23 @@ from ftqueue.specs import field_param
 from ftqueue.text import clip
 
 
-@click.group("submit")
+class KindFirst(click.Group):
+    """`ftqueue submit --model ...` says to name the kind of job first, not "no such option"."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        given = list(args)  # the parser consumes the list
+        try:
+            return super().parse_args(ctx, args)
+        except click.NoSuchOption as exc:
+            kinds = "|".join(self.list_commands(ctx))
+            raise click.UsageError(
+                f"{exc.option_name} is a flag of a kind of job: name the kind first, as in "
+                f"`ftqueue submit {kinds} {clip(' '.join(given), 80)}`",
+                ctx,
+            ) from None
+
+
+@click.group("submit", cls=KindFirst)
 def submit_group() -> None:
     """Queue LoRA training, evaluation or prediction jobs.
 
