@@ -243,15 +243,22 @@ def _label(value: Any, row: int, where: str) -> int:
 def _hub(spec: DataSpec) -> tuple[dict[str, Split], list[str] | None]:
     import datasets  # heavy; only hub ids need it
 
-    try:
-        loaded = datasets.load_dataset(spec.dataset)
-    except (ConnectionError, OSError, FileNotFoundError, ValueError) as exc:
-        raise DatasetError(
-            f"cannot load dataset {quote(spec.dataset)} from the Hugging Face hub (unreachable, "
-            f"or no such dataset: {clip(first_line(exc))}): use a local .csv/.jsonl/.parquet "
-            "file or movie-snippets",
-            param="--dataset",
-        ) from None
+    from ftqueue import hub
+
+    with hub.cache_only_if_unreachable() as unreachable:
+        try:
+            loaded = datasets.load_dataset(spec.dataset)
+        except (ConnectionError, OSError, FileNotFoundError, ValueError) as exc:
+            why = (
+                f"{unreachable}, and it is not in the local cache"
+                if unreachable
+                else f"unreachable, or no such dataset: {clip(first_line(exc))}"
+            )
+            raise DatasetError(
+                f"cannot load dataset {quote(spec.dataset)} from the Hugging Face hub ({why}): "
+                "use a local .csv/.jsonl/.parquet file or movie-snippets",
+                param="--dataset",
+            ) from None
     splits = {name: _to_split(loaded[name], f"{spec.dataset}[{name}]", spec) for name in loaded}
     feature = loaded["train"].features.get(spec.label_column) if "train" in loaded else None
     names = getattr(feature, "names", None)

@@ -10,8 +10,11 @@ the long export starts.
 from __future__ import annotations
 
 import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from ftqueue.errors import DatasetError, FtqueueError, ModelError, SpecError, first_line
 from ftqueue.text import clip, quote
@@ -27,9 +30,14 @@ _INSTEAD: dict[RepoType, str] = {
     "dataset": "a local .csv/.jsonl/.parquet file or the alias movie-snippets",
 }
 
+#: A hub found unreachable is asked again after this long (workers run for days).
+REPROBE_SECONDS = 60.0
+
 #: Per process: each id's note (None: it exists), and why the hub was found unreachable.
 _checked: dict[tuple[RepoType, str], str | None] = {}
 _unreachable: list[str] = []
+#: When the hub was last probed by ``unreachable``, and what was found (None: reachable).
+_probed: list[tuple[float, str | None]] = []
 
 
 def offline_reason() -> str | None:
@@ -102,6 +110,65 @@ def forget() -> None:
     """Check again on next use (tests, long-lived shells)."""
     _checked.clear()
     _unreachable.clear()
+    _probed.clear()
+
+
+def _endpoint() -> str:
+    from huggingface_hub import constants
+
+    return (os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
+
+
+def unreachable() -> str | None:
+    """Why the hub cannot be used now (an offline switch set, or "<endpoint> is unreachable:
+    <error>" after no answer within PROBE_SECONDS), or None when it answers. The hub is
+    probed at most once per REPROBE_SECONDS."""
+    why = offline_reason()
+    if why is not None:
+        return why
+    now = time.monotonic()
+    if _probed and now - _probed[-1][0] < REPROBE_SECONDS:
+        return _probed[-1][1]
+    import httpx2
+    from huggingface_hub import get_session
+
+    endpoint = _endpoint()
+    try:
+        get_session().head(endpoint, timeout=PROBE_SECONDS)
+        found = None
+    except (httpx2.HTTPError, OSError) as exc:
+        found = f"{endpoint} is unreachable: {type(exc).__name__}"
+    _probed[:] = [(now, found)]
+    return found
+
+
+@contextmanager
+def cache_only_if_unreachable() -> Iterator[str | None]:
+    """Within: when the hub is unreachable, transformers and datasets read their local cache
+    only, instead of retrying the hub for half a minute; yields why, or None.
+
+    It sets the libraries' offline switches for this process, which is safe because a worker
+    process runs one job at a time.
+    """
+    why = unreachable()
+    if why is None or offline_reason() is not None:
+        yield why
+        return
+    import sys
+
+    from huggingface_hub import constants
+
+    modules: list[Any] = [constants, sys.modules.get("datasets.config")]
+    before = [getattr(m, "HF_HUB_OFFLINE", None) for m in modules]
+    for module in modules:
+        if module is not None:
+            module.HF_HUB_OFFLINE = True
+    try:
+        yield why
+    finally:
+        for module, value in zip(modules, before, strict=True):
+            if module is not None:
+                module.HF_HUB_OFFLINE = value
 
 
 # --- pushing an exported model ----------------------------------------------------------

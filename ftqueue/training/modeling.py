@@ -6,6 +6,7 @@ import copy
 import os
 import threading
 from collections import OrderedDict
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTo
 from transformers.modeling_outputs import SequenceClassifierOutput
 from transformers.utils import logging as hf_logging
 
-from ftqueue import weights
+from ftqueue import hub, weights
 from ftqueue.errors import ModelError, SpecError, first_line
 from ftqueue.specs import MODEL_ALIASES, resolve_model
 from ftqueue.text import clip
@@ -73,23 +74,32 @@ def load_base(model: str, device: torch.device) -> tuple[Base, bool]:
             _cache.move_to_end(key)
             return _cache[key], True
     hf_logging.disable_progress_bar()
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
-        body, info = AutoModel.from_pretrained(
-            path,
-            trust_remote_code=False,
-            dtype=torch.float32,
-            use_safetensors=True,
-            output_loading_info=True,
-        )
-    except OSError as exc:
-        where = "local directory" if os.path.isdir(path) else "hub id"
-        raise ModelError(
-            f"cannot load model {clip(model)} ({where}): the Hugging Face hub is unreachable, "
-            f"the id is wrong, or it has no safetensors weights ({clip(first_line(exc))}); "
-            "use a local directory with model.safetensors or the alias minilm",
-            param="--model",
-        ) from None
+    local = os.path.isdir(path)
+    # A hub id on an unreachable hub: the local cache or one line, not half a minute of retries.
+    offline = nullcontext(None) if local else hub.cache_only_if_unreachable()
+    with offline as unreachable:
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+            body, info = AutoModel.from_pretrained(
+                path,
+                trust_remote_code=False,
+                dtype=torch.float32,
+                use_safetensors=True,
+                output_loading_info=True,
+            )
+        except OSError as exc:
+            where = "local directory" if local else "hub id"
+            why = (
+                f"{unreachable}, and it is not in the local cache"
+                if unreachable
+                else "the Hugging Face hub is unreachable, the id is wrong, or it has no "
+                f"safetensors weights ({clip(first_line(exc))})"
+            )
+            raise ModelError(
+                f"cannot load model {clip(model)} ({where}): {why}; use a local directory "
+                "with model.safetensors or the alias minilm",
+                param="--model",
+            ) from None
     missing = [k for k in info["missing_keys"] if not k.startswith("pooler.")]
     if missing:
         raise ModelError(
