@@ -22,7 +22,61 @@ CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 #: No error message is longer than this, whatever user data went into it.
 MESSAGE_LIMIT = 1000
 #: Job ids and counts fit a signed 64-bit SQL integer; larger numbers are refused as input.
-JOB_ID = click.IntRange(1, 2**63 - 1)
+COUNT = click.IntRange(1, 2**63 - 1)
+#: Most job ids the shell is offered on a tab.
+COMPLETIONS = 200
+
+
+def complete_jobs(incomplete: str, *, runs_only: bool = False) -> list[Any]:
+    """Job ids starting with ``incomplete``, newest first, with kind, status, model and data
+    as their help; only succeeded training runs (those with an adapter) with ``runs_only``.
+
+    Completion must never break the shell: any error (no database yet) offers nothing.
+    """
+    from click.shell_completion import CompletionItem
+
+    try:
+        from ftqueue import db, kinds, store
+        from ftqueue.text import display_name
+
+        with db.session_scope() as session:
+            jobs = store.list_jobs(
+                session,
+                statuses=("succeeded",) if runs_only else (),
+                job_kinds=kinds.with_role(kinds.Role.RUN) if runs_only else (),
+                limit=COMPLETIONS,
+            )
+            return [
+                CompletionItem(
+                    str(job.id),
+                    help=f"{job.kind} {job.status}: {display_name(job.model)} on "
+                    f"{display_name(job.dataset)}",
+                )
+                for job in jobs
+                if str(job.id).startswith(incomplete)
+            ]
+    except Exception:
+        return []
+
+
+class JobId(click.IntRange):
+    """A job id (1 up to the SQL integer limit) that the shell completes from the database."""
+
+    name = "job"
+
+    def __init__(self, *, runs_only: bool = False) -> None:
+        super().__init__(1, 2**63 - 1)
+        self.runs_only = runs_only
+
+    def shell_complete(
+        self, ctx: click.Context, param: click.Parameter, incomplete: str
+    ) -> list[Any]:
+        return complete_jobs(incomplete, runs_only=self.runs_only)
+
+
+JOB_ID = JobId()
+#: A job whose adapter a command uses: succeeded training runs are offered.
+ADAPTER_JOB = JobId(runs_only=True)
 
 
 class UserError(click.ClickException):

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import click
 
-from ftqueue.cli.common import echo_json, json_option
+from ftqueue.cli.common import ADAPTER_JOB, echo_json, json_option
 
 
 @click.command("export")
-@click.argument("job_id", type=int, metavar="JOB")
+@click.argument("job_id", type=ADAPTER_JOB, metavar="JOB")
 @click.argument("directory", type=click.Path(path_type=Path), metavar="DIR")
 @click.option(
     "--push-to-hub",

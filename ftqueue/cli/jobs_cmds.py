@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from ftqueue import db, eager, kinds, store
-from ftqueue.cli.common import JOB_ID, console, echo_json, json_option
+from ftqueue.cli.common import COUNT, JOB_ID, console, echo_json, json_option
 from ftqueue.cli.render import job_details, jobs_table
 from ftqueue.states import STATUSES, JobStatus
 from ftqueue.text import quote
@@ -32,7 +32,7 @@ from ftqueue.text import quote
 )
 @click.option("--model", help="Only jobs on this model.")
 @click.option("--dataset", help="Only jobs on this dataset.")
-@click.option("--limit", type=JOB_ID, default=50, show_default=True)
+@click.option("--limit", type=COUNT, default=50, show_default=True)
 @click.option("--all", "show_all", is_flag=True, help="No limit.")
 @json_option
 def list_cmd(

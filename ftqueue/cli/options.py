@@ -13,8 +13,9 @@ from typing import Any, TypeVar
 
 import click
 
-from ftqueue.cli.common import json_option
+from ftqueue.cli.common import complete_jobs, json_option
 from ftqueue.errors import SpecError
+from ftqueue.kinds.registry import ADAPTER_FIELD
 from ftqueue.settings import get_settings
 from ftqueue.specs import DataSpec, Param, Spec, flag, spec_params
 from ftqueue.text import quote
@@ -108,8 +109,30 @@ class Axis(Sequence[Any]):
         return f"Axis({self.parts!r})"
 
 
+class JobGrid(Grid):
+    """A comma list of job ids whose adapters a command uses; the shell completes the last
+    one from the succeeded training runs in the database."""
+
+    def __init__(self) -> None:
+        super().__init__(int)
+        self.name = "jobs"
+
+    def shell_complete(
+        self, ctx: click.Context, param: click.Parameter, incomplete: str
+    ) -> list[Any]:
+        from click.shell_completion import CompletionItem
+
+        done, _, last = incomplete.rpartition(",")
+        prefix = f"{done}," if done else ""
+        return [
+            CompletionItem(prefix + item.value, help=item.help)
+            for item in complete_jobs(last, runs_only=True)
+        ]
+
+
 INTS = Grid(int)
 FLOATS = Grid(float)
+JOBS = JobGrid()
 
 
 def _default_text(f: dataclasses.Field[Any], p: Param) -> str | None:
@@ -132,7 +155,9 @@ def _help(f: dataclasses.Field[Any], p: Param) -> str:
 
 def _option(f: dataclasses.Field[Any], p: Param) -> Callable[[F], F]:
     kwargs: dict[str, Any] = {"help": _help(f, p)}
-    if p.kind == "int":
+    if f.name == ADAPTER_FIELD:
+        kwargs["type"] = JOBS
+    elif p.kind == "int":
         kwargs["type"] = INTS if p.grid else click.INT
     elif p.kind == "float":
         kwargs["type"] = FLOATS if p.grid else click.FLOAT

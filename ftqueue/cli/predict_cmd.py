@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from ftqueue.cli.common import console, echo_json, json_option
+from ftqueue.cli.common import ADAPTER_JOB, console, echo_json, json_option
 from ftqueue.cli.options import expand, pop_queue_options, queue_options, spec_options, split_grid
 from ftqueue.cli.submitting import submit_specs
 from ftqueue.kinds.predict import PredictSpec
@@ -62,7 +62,7 @@ def submit_predict(**kw: Any) -> None:
 
 
 @click.command("predict")
-@click.argument("job_id", type=int, metavar="JOB")
+@click.argument("job_id", type=ADAPTER_JOB, metavar="JOB")
 @click.argument("texts", nargs=-1, required=True, metavar="TEXT...")
 @json_option
 def predict_cmd(job_id: int, texts: tuple[str, ...], as_json: bool) -> None:
