@@ -62,8 +62,6 @@ def complete_jobs(incomplete: str, *, runs_only: bool = False) -> list[Any]:
 class JobId(click.IntRange):
     """A job id (1 up to the SQL integer limit) that the shell completes from the database."""
 
-    name = "job"
-
     def __init__(self, *, runs_only: bool = False) -> None:
         super().__init__(1, 2**63 - 1)
         self.runs_only = runs_only
