@@ -50,8 +50,12 @@ def digest(payload: Any) -> str:
 
 
 def config_hash(spec: dict[str, Any]) -> str:
-    """sha256 of a spec without seed and split: jobs that share it are repeats of one setup."""
-    return digest({k: v for k, v in spec.items() if k not in NOT_CONFIG})
+    """sha256 of a spec without seed and split (and names for people, see
+    ``Spec.NOT_IDENTITY``): jobs that share it are repeats of one setup."""
+    config = {k: v for k, v in spec.items() if k not in NOT_CONFIG}
+    if isinstance(config.get("data"), dict):
+        config["data"] = {k: v for k, v in config["data"].items() if k not in DataSpec.NOT_IDENTITY}
+    return digest(config)
 
 
 ParamKind = Literal["int", "float", "choice", "modules", "text"]
@@ -198,6 +202,9 @@ class Spec:
     """
 
     kind: ClassVar[str] = ""
+    #: Fields that name things for people and do not change what a job does: stored, but
+    #: left out of the spec hash (de-duplication) and the configuration hash.
+    NOT_IDENTITY: ClassVar[tuple[str, ...]] = ()
 
     def __post_init__(self) -> None:
         for f, p in spec_params(type(self)):
@@ -246,9 +253,21 @@ class Spec:
             d["data"] = DataSpec.from_dict(d["data"])
         return cls(**d)
 
+    def identity(self) -> dict[str, Any]:
+        """``to_dict`` without the NOT_IDENTITY fields, nested specs included."""
+        out = self.to_dict()
+        for name in self.NOT_IDENTITY:
+            out.pop(name, None)
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            if isinstance(value, Spec):
+                out[f.name] = value.identity()
+        return out
+
     def canonical_json(self) -> str:
-        """Sorted-key compact JSON with the kind included, the input of ``spec_hash``."""
-        return canonical_json({"kind": self.kind, **self.to_dict()})
+        """Sorted-key compact JSON of ``identity`` with the kind included, the input of
+        ``spec_hash``."""
+        return canonical_json({"kind": self.kind, **self.identity()})
 
     def spec_hash(self) -> str:
         """sha256 of the canonical JSON; equal specs (after normalising) hash equal."""
@@ -279,6 +298,11 @@ class DataSpec(Spec):
     eval_samples: int | None = param(
         None, "int", "Use only this many validation and test rows.", lo=2, hi=10**9, optional=True
     )
+    #: A name for people, shown by `list`, `report` and plots instead of the file paths.
+    dataset_name: str | None = param(
+        None, "text", "A short name for the dataset in lists, reports and plots [default: the "
+        "common stem of its files, or the file name].", optional=True, omit_none=True,
+    )  # fmt: skip
     #: What the local file(s) held when the job was submitted (see data.pin): a worker refuses
     #: to train on a file whose content no longer matches. None for hub ids and aliases.
     fingerprint: str | None = param(
@@ -286,9 +310,17 @@ class DataSpec(Spec):
         omit_none=True,
     )  # fmt: skip
 
+    NOT_IDENTITY = ("dataset_name",)
+
     def _after_check(self) -> None:
         if "=" in self.dataset:
             self.named_splits()  # validates the syntax now, at submit time
+        name = self.dataset_name
+        if name is not None and (len(name) > 64 or not name.isprintable()):
+            raise SpecError(
+                f"--dataset-name must be at most 64 printable characters; got {quote(name)}",
+                param="--dataset-name",
+            )
 
     def named_splits(self) -> dict[str, str] | None:
         """``train=a.csv,test=b.csv`` as a dict, or None for a single source."""

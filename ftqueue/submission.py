@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import uuid
 from collections.abc import Iterable, Sequence
@@ -95,7 +96,10 @@ class Checker:
                     data.check_dataset(pinned)
                 self._note(note)
                 self.data[data_key] = pinned
-            pinned_data = self.data[data_key]
+            # Specs that differ only in a name for people share the checks, not the name.
+            pinned_data = dataclasses.replace(
+                self.data[data_key], dataset_name=labelled.dataset_name
+            )
         spec = inputs.pin(spec, model=self.models[key], data_spec=pinned_data)
         _check_stored_lengths(spec)
         check = kinds.get(spec.kind).check

@@ -69,10 +69,11 @@ def display_name(value: str) -> str:
     return value
 
 
-def display_names(values: Iterable[str]) -> dict[str, str]:
-    """``display_name`` of each value, but the value itself where two would read the same."""
+def display_names(values: Iterable[str], given: dict[str, str] | None = None) -> dict[str, str]:
+    """The name to show for each value: the one ``given`` for it (--dataset-name), else its
+    ``display_name``; but the value itself where two would read the same."""
     values = list(dict.fromkeys(values))
-    short = {v: display_name(v) for v in values}
+    short = {v: (given or {}).get(v) or display_name(v) for v in values}
     seen: dict[str, int] = {}
     for name in short.values():
         seen[name] = seen.get(name, 0) + 1

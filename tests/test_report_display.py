@@ -3,6 +3,7 @@ labels and values read back), tables rendered at 80 and 100 columns, image types
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -280,3 +281,69 @@ def test_list_fits_ordinary_terminals(grid: str, width: int) -> None:
     assert "model" in header and "dataset" in header
     if width >= 100:
         assert "tags" in header and "a-long-tag-name,nightly-grid" in text
+
+
+# --- short names for datasets and models ------------------------------------------------------
+
+
+def test_display_names() -> None:
+    from ftqueue.text import display_name, display_names
+
+    assert display_name(SPLIT_FILES) == "reviews"
+    assert display_name("train=/d/imdb/train.csv,test=/d/imdb/test.csv") == "imdb"
+    assert display_name("train=/a/x.csv,test=/b/y.csv") == "x+y"
+    assert display_name("/data/my_reviews.csv") == "my_reviews.csv"
+    assert display_name("/models/bert-ft/") == "bert-ft"
+    for as_is in ("movie-snippets", "rotten_tomatoes", "org/name", "minilm"):
+        assert display_name(as_is) == as_is
+    # Two sources that would read the same keep their full names; a given name wins.
+    same = ["/a/data.csv", "/b/data.csv", "/c/other.csv"]
+    assert display_names(same) == {**{v: v for v in same[:2]}, "/c/other.csv": "other.csv"}
+    assert display_names(same, {"/a/data.csv": "a-data"})["/a/data.csv"] == "a-data"
+
+
+def test_a_dataset_name_is_for_people_not_part_of_the_job() -> None:
+    from ftqueue.specs import config_hash
+
+    plain = LoraSpec(model=MODEL, data=DataSpec(dataset=SPLIT_FILES))
+    named = LoraSpec(model=MODEL, data=DataSpec(dataset=SPLIT_FILES, dataset_name="reviews-v2"))
+    assert named.to_dict()["data"]["dataset_name"] == "reviews-v2"
+    assert "dataset_name" not in plain.to_dict()["data"]  # older specs keep their hash
+    assert named.spec_hash() == plain.spec_hash()
+    assert config_hash(named.to_dict()) == config_hash(plain.to_dict())
+
+
+def test_dataset_name_shows_in_list_report_and_plot(
+    sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ftqueue.settings import reset_settings
+
+    monkeypatch.setenv("FTQUEUE_EAGER", "1")
+    reset_settings()
+    folder = tmp_path / "files"
+    folder.mkdir()
+    rows = "".join(f"sentence {i} is {'good' if i % 2 else 'bad'},{i % 2}\n" for i in range(40))
+    for name in ("part_one", "part_two"):
+        (folder / f"{name}.csv").write_text("text,label\n" + rows)
+    dataset = f"train={folder}/part_one.csv,test={folder}/part_two.csv"
+    synthetic = ["--model", "synthetic:seconds=0", "--dataset", dataset]
+    for args in (["lora", "--dataset-name", "sentences"], ["evaluate"]):
+        out = CliRunner().invoke(cli, ["submit", args[0], *synthetic, *args[1:]])
+        assert out.exit_code == 0, out.output
+    listed = "\n".join(printed(80, "list"))
+    assert listed.count("sentences") == 2 and str(folder) not in listed
+    table = "\n".join(printed(80, "report"))
+    assert "sentences" in table and "part_" not in table
+    # Machine-readable outputs keep the full paths.
+    out = CliRunner().invoke(cli, ["report", "--format", "json"])
+    where = folder.resolve()
+    assert json.loads(out.output)[0]["dataset"] == (
+        f"train={where / 'part_one.csv'},test={where / 'part_two.csv'}"
+    )
+    fig = draw()
+    try:
+        assert fig.axes[0].get_title(loc="left").startswith("synthetic:seconds=0 on sentences")
+    finally:
+        close(fig)
+    too_long = CliRunner().invoke(cli, ["submit", "lora", *synthetic, "--dataset-name", "x" * 65])
+    assert too_long.exit_code == 2 and "--dataset-name" in too_long.output

@@ -18,6 +18,13 @@ STATUS_STYLE: dict[str, str] = {
 }
 
 
+def dataset_name_of(spec: Any) -> str | None:
+    """The --dataset-name a job's spec was given, if any."""
+    data = spec.get("data") if isinstance(spec, dict) else None
+    name = data.get("dataset_name") if isinstance(data, dict) else None
+    return name if isinstance(name, str) else None
+
+
 def elapsed(job: Job) -> float | None:
     if job.started_at is None:
         return None
@@ -52,7 +59,8 @@ def jobs_table(jobs: list[Job], *, width: int | None = None, title: str | None =
     """
     from rich.markup import escape
 
-    names = display_names([*(j.model for j in jobs), *(j.dataset for j in jobs)])
+    given = {j.dataset: name for j in jobs if (name := dataset_name_of(j.spec))}
+    names = display_names([*(j.model for j in jobs), *(j.dataset for j in jobs)], given)
     rows = [
         {
             "id": str(job.id),

@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 from ftqueue.report import query
 from ftqueue.report.options import CONFIG_COLUMNS, HYPERPARAMS, PLOT_MAX, ReportOptions
 from ftqueue.report.query import Config, Group
+from ftqueue.text import display_names
 
 Where = tuple[str, str, str]  # model, dataset, split
 
@@ -84,6 +85,14 @@ class Report:
     chosen: dict[Where, tuple[Any, ...]] = field(default_factory=dict)
     #: The split whose accuracy made that choice.
     chosen_by: dict[Where, str] = field(default_factory=dict)
+    #: The --dataset-name jobs gave their dataset, by dataset.
+    dataset_names: dict[str, str] = field(default_factory=dict)
+
+    def names(self) -> dict[str, str]:
+        """What tables and plots call each model and dataset (see ``text.display_names``)."""
+        wheres = [(r.model, r.dataset) for r in self.rows] + [w[:2] for w in self.ranked]
+        models = display_names(m for m, _ in wheres)
+        return {**models, **display_names((d for _, d in wheres), self.dataset_names)}
 
     @property
     def params(self) -> tuple[str, ...]:
@@ -219,6 +228,8 @@ def build_report(session: Session, opts: ReportOptions, *, plotting: bool = Fals
                 rows.append(ReportRow(model, dataset, split, base_group, None))
     report = Report(opts, rows, ranked, chosen=chosen, chosen_by=chosen_by)
     report.configs = _configs(session, report, plotting=plotting)
+    datasets = sorted({r.dataset for r in rows} | {w[1] for w in ranked})
+    report.dataset_names = query.dataset_names(session, datasets)
     for row in rows:
         if row.lora is not None:
             config = dict(report.config(row.lora))

@@ -11,7 +11,7 @@ from typing import Any
 
 from ftqueue.report.build import Report, ReportRow
 from ftqueue.report.query import ADAPTER, Group
-from ftqueue.text import display_names, duration
+from ftqueue.text import duration
 
 #: What the configuration column shows; CSV and JSON carry every hyper-parameter.
 SHOWN = ("r", "alpha", "dropout", "target_modules", "lr", "head_lr", "epochs", "batch_size")
@@ -71,7 +71,7 @@ def cells(report: Report) -> tuple[list[str], list[list[list[str]]]]:
     else:
         headers = ["model", "dataset", "split", BASE, CONFIG, LORA, "Δ points"]
     headers += ["trainable", "train time"]
-    names = display_names([*(r.model for r in report.rows), *(r.dataset for r in report.rows)])
+    names = report.names()
     rows = []
     for row in report.rows:
         lora = row.lora

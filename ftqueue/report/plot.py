@@ -17,7 +17,7 @@ from ftqueue.errors import FilterError
 from ftqueue.report.build import Report
 from ftqueue.report.options import CONFIG_COLUMNS
 from ftqueue.report.query import ADAPTER, CurvePoint, Group
-from ftqueue.text import display_names, quote
+from ftqueue.text import quote
 
 #: Image types by file suffix, as matplotlib names them.
 FORMATS = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".svg": "svg", ".pdf": "pdf"}
@@ -88,7 +88,7 @@ def figure(report: Report, curves: Curves) -> Any:
         ax.text(0.5, 0.5, "no LoRA results match", ha="center", va="center")
         ax.set_axis_off()
         return fig
-    names = display_names(dataset for _, dataset, _ in panels)
+    names = report.names()
     for row, where in enumerate(panels):
         groups, total = shown[where]
         bars, lines = fig.add_subplot(grid[row, 0]), fig.add_subplot(grid[row, 1])
@@ -97,7 +97,7 @@ def figure(report: Report, curves: Curves) -> Any:
             ("★ " if g.key == chosen else "") + label
             for g, label in zip(groups, _labels(report, groups), strict=True)
         ]
-        title = f"{where[0]} on {names[where[1]]}"
+        title = f"{names[where[0]]} on {names[where[1]]}"
         count = (
             f"all {total} configurations"
             if len(groups) == total

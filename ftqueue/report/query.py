@@ -407,3 +407,17 @@ def validation_curves(
         point = CurvePoint(row[2 + width], n, Stat.from_sums(n, total, squares, lo, hi))
         curves.setdefault((row[0], row[1], tuple(row[2 : 2 + width])), []).append(point)
     return curves
+
+
+def dataset_names(session: Session, datasets: Sequence[str]) -> dict[str, str]:
+    """The --dataset-name given to jobs on each of these datasets (the latest job's)."""
+    name = Job.spec[("data", "dataset_name")].as_string()
+    out: dict[str, str] = {}
+    for start in range(0, len(datasets), 500):
+        query = (
+            select(Job.dataset, name)
+            .where(Job.dataset.in_(datasets[start : start + 500]), name.is_not(None))
+            .order_by(Job.id)
+        )
+        out.update({dataset: label for dataset, label in session.execute(query) if label})
+    return out
