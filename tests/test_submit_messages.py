@@ -128,3 +128,23 @@ def test_an_unreachable_hub_fails_a_hub_dataset_fast_on_the_worker(tmp_path: Pat
     assert "http://127.0.0.1:1 is unreachable" in message, done.stdout + done.stderr
     assert "not in the local cache" in message and "movie-snippets" in message
     assert float(seconds) < 8, (seconds, time.monotonic() - started)
+
+
+def test_an_unreachable_hub_fails_a_hub_model_fast_on_the_worker(tmp_path: Path) -> None:
+    env = child_env(HF_ENDPOINT="http://127.0.0.1:1", HF_HOME=str(tmp_path / "hf"))
+    env.pop("HF_HUB_OFFLINE", None)
+    code = (
+        "import time, torch; from ftqueue.training.modeling import load_base\n"
+        "from ftqueue.errors import ModelError\n"
+        "start = time.monotonic()\n"
+        "try:\n    load_base('org/some-model', torch.device('cpu'))\n"
+        "except ModelError as exc:\n    print(exc.message)\n"
+        "print(round(time.monotonic() - start, 1))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=180
+    )
+    message, seconds = done.stdout.strip().splitlines()[-2:]
+    assert "http://127.0.0.1:1 is unreachable" in message, done.stdout + done.stderr
+    assert "not in the local cache" in message and "minilm" in message
+    assert float(seconds) < 8, seconds
