@@ -53,6 +53,8 @@ def _labels(report: Report, groups: list[Group]) -> list[str]:
     names = group_by or tuple(
         k for k in CONFIG_COLUMNS if len({repr(c.get(k)) for c in configs}) > 1
     )
+    if not names:  # one configuration: name it by its main values
+        names = ("r", "alpha", "lr")
     labels = []
     for g, config in zip(groups, configs, strict=True):
         parts = []
@@ -99,9 +101,11 @@ def figure(report: Report, curves: Curves) -> Any:
         ]
         title = f"{names[where[0]]} on {names[where[1]]}"
         count = (
-            f"all {total} configurations"
-            if len(groups) == total
-            else f"{len(groups)} of {total} shown"
+            f"{len(groups)} of {total} shown"
+            if len(groups) < total
+            else "the only configuration"
+            if total == 1
+            else f"all {total} configurations"
         )
         _bars(bars, report, where, groups, count, labels, bases[where], title)
         _curves(lines, curves, where, groups, labels, title, count)
@@ -167,11 +171,11 @@ def _bars(
     right = max(highs + lows)
     ax.set_xlim(left, right + 0.32 * max(right - left, 0.01))
     ax.set_xlabel(f"{split} accuracy, mean ± std over seeds{base_text}", fontsize=9)
-    order = f"best first by {split} accuracy"
+    order = f", best first by {split} accuracy" if len(groups) > 1 else ""
     star = ""
     if chosen is not None:
         star = f"; ★ the report's choice (by {report.chosen_by.get(where, select_by)})"
-    ax.set_title(_wrap(f"{title}: {count}, {order}{star}", TITLE_WIDTH), fontsize=10, loc="left")
+    ax.set_title(_wrap(f"{title}: {count}{order}{star}", TITLE_WIDTH), fontsize=10, loc="left")
 
 
 def _curves(
