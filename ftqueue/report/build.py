@@ -77,7 +77,7 @@ class Report:
     options: ReportOptions
     rows: list[ReportRow]
     #: Every LoRA group of each (model, dataset, split): best first by the selection split,
-    #: or in the order of the --group-by values.
+    #: or in the order of the --group-by values (with --group-by, or for a plot).
     ranked: dict[Where, list[Group]]
     #: The hyper-parameters of the groups shown (rows, and the groups a plot draws).
     configs: dict[tuple[Any, ...], dict[str, Any]] = field(default_factory=dict)
@@ -216,7 +216,8 @@ def build_report(session: Session, opts: ReportOptions, *, plotting: bool = Fals
                 rows += [ReportRow(model, dataset, split, base_group, g) for g in groups]
                 continue
             ordered, by = rank(cands, split, opts.select_by)
-            ranked[(model, dataset, split)] = [c.group(split) for c in ordered]
+            if plotting:  # thousands of configurations may come back; only a plot needs all
+                ranked[(model, dataset, split)] = [c.group(split) for c in ordered]
             if ordered:
                 best = ordered[0]
                 chosen[(model, dataset, split)] = best.key
@@ -228,7 +229,9 @@ def build_report(session: Session, opts: ReportOptions, *, plotting: bool = Fals
                 rows.append(ReportRow(model, dataset, split, base_group, None))
     report = Report(opts, rows, ranked, chosen=chosen, chosen_by=chosen_by)
     report.configs = _configs(session, report, plotting=plotting)
-    datasets = sorted({r.dataset for r in rows} | {w[1] for w in ranked})
+    # Only local files are given names (hub ids and aliases are short already): reading
+    # every job's spec for the others would cost a tenth of a large report.
+    datasets = sorted(d for d in {r.dataset for r in rows} | {w[1] for w in ranked} if "/" in d)
     report.dataset_names = query.dataset_names(session, datasets)
     for row in rows:
         if row.lora is not None:

@@ -413,6 +413,8 @@ def dataset_names(session: Session, datasets: Sequence[str]) -> dict[str, str]:
     """The --dataset-name given to jobs on each of these datasets (the latest job's)."""
     name = Job.spec[("data", "dataset_name")].as_string()
     out: dict[str, str] = {}
+    if not datasets:
+        return out
     for start in range(0, len(datasets), 500):
         query = (
             select(Job.dataset, name)
