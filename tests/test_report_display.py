@@ -197,6 +197,28 @@ def test_group_by_never_cuts_the_best(grid: str) -> None:
         close(fig)
 
 
+def test_rows_past_the_panel_limit_are_announced(sqlite_url: str) -> None:
+    from ftqueue.report.plot import MAX_PANELS
+
+    with db.session_scope(write=True) as s:
+        for i in range(MAX_PANELS + 2):
+            spec = LoraSpec(model=MODEL, data=DataSpec(dataset=f"set{i:02d}"))
+            _insert(s, spec, {("validation", 2): 0.8, ("test", 2): 0.8})
+    fig = draw()
+    try:
+        assert len(fig.axes) == 2 * MAX_PANELS
+        title = fig.get_suptitle()
+        assert f"{MAX_PANELS} of {MAX_PANELS + 2} (model, dataset, split) rows shown" in title
+        assert_text_fits(fig)
+    finally:
+        close(fig)
+    fig = draw(datasets=("set00",))
+    try:
+        assert len(fig.axes) == 2 and fig.get_suptitle() == ""
+    finally:
+        close(fig)
+
+
 def test_plot_files_are_the_image_type_their_name_says(grid: str, tmp_path: Path) -> None:
     from PIL import Image
 

@@ -79,7 +79,8 @@ def figure(report: Report, curves: Curves) -> Any:
     import matplotlib.pyplot as plt
 
     bases = {(r.model, r.dataset, r.split): r.base for r in report.rows}
-    panels = [w for w in dict.fromkeys(bases) if report.ranked.get(w)][:MAX_PANELS]
+    every = [w for w in dict.fromkeys(bases) if report.ranked.get(w)]
+    panels = every[:MAX_PANELS]
     shown = {where: report.plotted(where) for where in panels}
     # A row is as tall as its bars need: 20 labelled bars do not fit in the height of 3.
     heights = [max(3.4, 1.9 + 0.34 * len(shown[w][0])) for w in panels] or [3.0]
@@ -91,6 +92,12 @@ def figure(report: Report, curves: Curves) -> Any:
         ax.set_axis_off()
         return fig
     names = report.names()
+    if len(every) > len(panels):
+        fig.suptitle(
+            f"{len(panels)} of {len(every)} (model, dataset, split) rows shown: narrow the "
+            "report with --model, --dataset or --split to see the others",
+            fontsize=11,
+        )
     for row, where in enumerate(panels):
         groups, total = shown[where]
         bars, lines = fig.add_subplot(grid[row, 0]), fig.add_subplot(grid[row, 1])
@@ -128,7 +135,7 @@ def _bars(
     y = list(range(len(groups)))[::-1]  # best at the top
     means = [g.accuracy.mean for g in groups]
     spread = [g.accuracy.std or 0.0 for g in groups]
-    bars = ax.barh(
+    ax.barh(
         y,
         means,
         xerr=spread,
@@ -137,7 +144,6 @@ def _bars(
         linewidth=1.5,
         capsize=3,
     )
-    bars.set_label("_bars")
     ticks = [
         _wrap(f"{label} (n={g.n})", LABEL_WIDTH) for label, g in zip(labels, groups, strict=True)
     ]
