@@ -226,7 +226,12 @@ def _curves(
         lo = [m - s for m, s in zip(means, spread, strict=True)]
         hi = [m + s for m, s in zip(means, spread, strict=True)]
         ax.fill_between(epochs, lo, hi, color=color, alpha=0.12, linewidth=0, zorder=2)
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    epochs = sorted({p.epoch for _, _, points in drawn for p in points})
+    if len(epochs) <= 12:
+        ax.set_xticks(epochs)  # whole epochs, also when there is only one
+        ax.set_xlim(epochs[0] - 0.25, epochs[-1] + 0.25)
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch", fontsize=9)
     ax.set_ylabel("validation accuracy", fontsize=9)
     others = len(drawn) - HIGHLIGHT
