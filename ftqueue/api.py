@@ -39,6 +39,7 @@ __all__ = [
     "Submission",
     "cancel",
     "job",
+    "jobs",
     "results",
     "run_eager",
     "states",
@@ -181,6 +182,38 @@ def job(job_id: int, *, detail: bool = False) -> dict[str, Any]:
     eager.settle([job_id])
     with db.session_scope() as session:
         return store.job_summary(store.get_job(session, job_id, with_results=detail), detail=detail)
+
+
+def jobs(
+    *,
+    statuses: Iterable[str] = (),
+    kinds: Iterable[str] = (),
+    sweep: str | None = None,
+    tags: Iterable[str] = (),
+    model: str | None = None,
+    dataset: str | None = None,
+    limit: int | None = None,
+) -> list[dict[str, Any]]:
+    """The JSON form of the jobs that match every filter given, newest first.
+
+    ``model`` and ``dataset`` match as `submit` stored them: a local path by what it points to.
+    """
+    from ftqueue.inputs import stored_dataset, stored_model
+
+    db.ensure_ready()
+    eager.settle()
+    with db.session_scope() as session:
+        found = store.list_jobs(
+            session,
+            statuses=tuple(statuses),
+            job_kinds=tuple(kinds),
+            sweep=sweep,
+            tags=tuple(tags),
+            model=stored_model(model) if model else None,
+            dataset=stored_dataset(dataset) if dataset else None,
+            limit=limit,
+        )
+        return [store.job_summary(job) for job in found]
 
 
 def cancel(jobs: int | Iterable[int] | Submission) -> list[lifecycle.CancelOutcome]:

@@ -54,8 +54,22 @@ def list_cmd(
       ftqueue list --status running --status queued
       ftqueue list --sweep 7f3a9c --json
     """
+    from ftqueue import api
     from ftqueue.inputs import stored_dataset, stored_model
 
+    if as_json:
+        echo_json(
+            api.jobs(
+                statuses=statuses,
+                kinds=job_kinds,
+                sweep=sweep,
+                tags=tags,
+                model=model,
+                dataset=dataset,
+                limit=None if show_all else limit,
+            )
+        )
+        return
     db.ensure_ready()
     eager.settle()
     with db.session_scope() as session:
@@ -69,9 +83,6 @@ def list_cmd(
             dataset=stored_dataset(dataset) if dataset else None,
             limit=None if show_all else limit,
         )
-        if as_json:
-            echo_json([store.job_summary(job) for job in jobs])
-            return
         if not jobs:
             click.echo("No jobs match. Submit one with `ftqueue submit lora --help`.")
             return

@@ -16,6 +16,9 @@ with ``ftqueue = true`` in the pytest ini options. Fixtures:
 
 ``synthetic_model(seconds=...)`` names a model whose jobs sleep instead of training and record
 made-up numbers, so a pipeline's tests run in seconds.
+
+PYTEST_DONT_REWRITE: test modules import helpers from here before pytest loads it as a
+plugin, and it has no assert statements to rewrite.
 """
 
 from __future__ import annotations
