@@ -13,7 +13,7 @@ import pytest
 
 from ftqueue import db, hub
 from ftqueue.settings import reset_settings
-from ftqueue.testing import IN_CI, service_missing
+from ftqueue.testing import IN_CI, FtqueueEnv, service_missing
 
 # The plugin's fixtures (ftqueue/testing) make the isolated homes, databases and Redis.
 pytest_plugins = ["ftqueue.testing"]
@@ -36,6 +36,12 @@ def isolated_home(ftqueue_home: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def sqlite_url(ftqueue_sqlite: str) -> str:
     """A migrated SQLite file, set as FTQUEUE_DATABASE_URL."""
     return ftqueue_sqlite
+
+
+@pytest.fixture
+def eager(ftqueue_env: FtqueueEnv) -> str:
+    """A migrated SQLite file whose jobs run in the test's process (FTQUEUE_EAGER=1)."""
+    return ftqueue_env.database_url
 
 
 def _pg_admin() -> object:

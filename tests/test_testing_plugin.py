@@ -19,14 +19,14 @@ EXAMPLE = ROOT / "examples" / "test_my_pipeline.py"
 
 pytestmark = pytest.mark.slow
 
-USES_FIXTURE = '''
+USES_FIXTURE = """
 from ftqueue.settings import get_settings
 
 
 def test_eager_home(ftqueue_env):
     settings = get_settings()
     assert settings.eager and settings.home == ftqueue_env.home
-'''
+"""
 
 
 def user_env(**extra: str) -> dict[str, str]:
