@@ -1,6 +1,7 @@
 """The `pytest11` entry point: loads ftqueue's fixtures only when a run asks for them.
 
-pytest imports every installed entry point, so this module adds nothing but a way to ask:
+pytest imports every installed entry point in every run, so this module imports nothing of
+ftqueue (it lives outside ftqueue.testing for that) and adds nothing but a way to ask:
 ``pytest --ftqueue``, or ``ftqueue = true`` in the ini options. ``-p ftqueue.testing`` and a
 conftest's ``pytest_plugins = ["ftqueue.testing"]`` load the fixtures without it.
 """
