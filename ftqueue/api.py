@@ -89,8 +89,11 @@ def _ids(jobs: int | Iterable[int] | Submission) -> list[int]:
 
 def states(jobs: int | Iterable[int] | Submission) -> dict[int, JobState]:
     """Where each job is now: status, attempts, worker, progress, error (JobNotFound if none)."""
-    ids = _ids(jobs)
     db.ensure_ready()
+    return _snapshot(_ids(jobs))
+
+
+def _snapshot(ids: list[int]) -> dict[int, JobState]:
     eager.settle(ids)  # a job whose eager process died would never end otherwise
     found = store.job_states(ids)
     missing = sorted(set(ids) - set(found))
@@ -110,8 +113,9 @@ def watch(
     """The jobs' states now and then every ``poll`` seconds, until every job has ended (that
     state is the last one yielded) or ``keep_going()`` returns False."""
     ids = _ids(jobs)
+    db.ensure_ready()
     while True:
-        snapshot = states(ids)
+        snapshot = _snapshot(ids)
         yield snapshot
         if all(s.ended for s in snapshot.values()) or not keep_going():
             return
