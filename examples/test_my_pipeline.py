@@ -17,7 +17,8 @@ import pytest
 
 from ftqueue import api
 from ftqueue.kinds.lora import LoraSpec
-from ftqueue.testing import synthetic_model
+from ftqueue.specs import DataSpec
+from ftqueue.testing import FtqueueEnv, WorkerProcess, synthetic_model
 
 # Loads the fixtures; a conftest.py line, `pytest -p ftqueue.testing` or `pytest --ftqueue`
 # does the same.
@@ -29,7 +30,7 @@ pytest_plugins = ["ftqueue.testing"]
 
 def best_adapter(model: str, dataset: str, ranks: tuple[int, ...] = (4, 8, 16)) -> int:
     """Train one LoRA adapter per rank; the job id of the best on validation accuracy."""
-    specs = [LoraSpec(model=model, data={"dataset": dataset}, r=r, epochs=2) for r in ranks]
+    specs = [LoraSpec(model=model, data=DataSpec(dataset=dataset), r=r, epochs=2) for r in ranks]
     sub = api.submit(specs, tags=["nightly"])
     ended = api.wait(sub, timeout=300)
     failed = sorted(job for job, status in ended.items() if status != "succeeded")
@@ -73,7 +74,7 @@ def check_best(job: int) -> None:
     ]
 
 
-def test_best_adapter_in_process(ftqueue_env, reviews):  # type: ignore[no-untyped-def]
+def test_best_adapter_in_process(ftqueue_env: FtqueueEnv, reviews: str) -> None:
     job = best_adapter(QUICK, reviews)
     check_best(job)
     assert api.job(job)["worker"].startswith("eager@")  # it ran in this process
@@ -81,13 +82,14 @@ def test_best_adapter_in_process(ftqueue_env, reviews):  # type: ignore[no-untyp
     assert best_adapter(QUICK, reviews) == job
 
 
-def test_best_adapter_on_a_worker(ftqueue_worker, reviews):  # type: ignore[no-untyped-def]
+def test_best_adapter_on_a_worker(ftqueue_worker: WorkerProcess, reviews: str) -> None:
     job = best_adapter(QUICK, reviews)
     check_best(job)
-    assert api.job(job)["worker"].startswith("pytest")  # the worker process ran it
+    # The worker process ran it (its log is there for a test that fails).
+    assert api.job(job)["worker"].startswith("pytest"), ftqueue_worker.log()[-2000:]
 
 
-def test_a_failed_training_job_stops_the_pipeline(ftqueue_env, reviews):  # type: ignore[no-untyped-def]
+def test_a_failed_training_job_stops_the_pipeline(ftqueue_env: FtqueueEnv, reviews: str) -> None:
     failing = synthetic_model(seconds=0.1, steps=2, fault="raise")
     with pytest.raises(RuntimeError, match="did not succeed"):
         best_adapter(failing, reviews)

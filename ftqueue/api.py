@@ -7,9 +7,10 @@ text says what to do when something is wrong.
 
     from ftqueue import api
     from ftqueue.kinds.lora import LoraSpec
+    from ftqueue.specs import DataSpec
 
-    sub = api.submit(LoraSpec(model="minilm", data={"dataset": "reviews.csv"}, r=r)
-                     for r in (8, 16))
+    data = DataSpec(dataset="reviews.csv")
+    sub = api.submit(LoraSpec(model="minilm", data=data, r=r) for r in (8, 16))
     api.wait(sub, timeout=3600)
     best = max(sub.job_ids, key=lambda j: api.results(j, split="test")[-1].accuracy)
 

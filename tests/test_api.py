@@ -74,7 +74,7 @@ def test_wait_gives_up_after_its_timeout_and_cancel_ends_the_jobs(ftqueue_env: F
 def test_unknown_jobs_and_bad_specs_are_one_line_errors(ftqueue_env: FtqueueEnv) -> None:
     for call in (api.wait, api.results, api.job, api.cancel):
         with pytest.raises(JobNotFound, match="no job 99 in this database"):
-            call(99)  # type: ignore[operator]
+            call(99)
     with pytest.raises(SpecError, match="bad synthetic setting"):
         api.submit(LoraSpec(model="synthetic:fault=sometimes", data=DATA))
     assert api.jobs() == []
