@@ -20,12 +20,25 @@ EXAMPLE = ROOT / "examples" / "test_my_pipeline.py"
 pytestmark = pytest.mark.slow
 
 USES_FIXTURE = """
-from ftqueue.settings import get_settings
+import os
+
+from ftqueue.celery_app import app
+from ftqueue.settings import get_settings, reset_settings
 
 
-def test_eager_home(ftqueue_env):
+def test_eager_home(monkeypatch, ftqueue_env):
+    monkeypatch.setenv("FTQUEUE_LEASE_SECONDS", "7")
+    reset_settings()
     settings = get_settings()
-    assert settings.eager and settings.home == ftqueue_env.home
+    assert settings.eager and settings.home == ftqueue_env.home and settings.lease_seconds == 7
+    assert app.conf.task_always_eager
+
+
+def test_after_it_the_settings_are_the_environments():
+    settings = get_settings()
+    assert str(settings.home) == os.environ["FTQUEUE_HOME"]
+    assert not settings.eager and settings.lease_seconds == 120
+    assert not app.conf.task_always_eager
 """
 
 
@@ -84,12 +97,14 @@ def test_without_redis_the_worker_test_is_skipped_and_fails_under_ci(project: Pa
 
 
 def test_the_fixtures_load_only_when_asked_for(tmp_path: Path) -> None:
+    """And the settings of the shell are back after a test that used them."""
     (tmp_path / "test_user.py").write_text(USES_FIXTURE)
-    plain = run_pytest(tmp_path)
+    env = user_env(FTQUEUE_HOME=str(tmp_path / "my-home"))
+    plain = run_pytest(tmp_path, env=env)
     assert plain.returncode == 1 and "fixture 'ftqueue_env' not found" in plain.stdout
     for args in (["--ftqueue"], ["-p", "ftqueue.testing"]):
-        asked = run_pytest(tmp_path, *args)
-        assert asked.returncode == 0 and "1 passed" in asked.stdout, (args, asked.stdout[-3000:])
+        asked = run_pytest(tmp_path, *args, env=env)
+        assert asked.returncode == 0 and "2 passed" in asked.stdout, (args, asked.stdout[-3000:])
     (tmp_path / "pytest.ini").write_text("[pytest]\nftqueue = true\n")
-    configured = run_pytest(tmp_path)
-    assert configured.returncode == 0 and "1 passed" in configured.stdout, configured.stdout
+    configured = run_pytest(tmp_path, env=env)
+    assert configured.returncode == 0 and "2 passed" in configured.stdout, configured.stdout

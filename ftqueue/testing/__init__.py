@@ -88,7 +88,7 @@ class FtqueueEnv:
 
 
 @pytest.fixture
-def ftqueue_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+def ftqueue_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A new FTQUEUE_HOME with every other FTQUEUE_* setting unset (FTQUEUE_TEST_* kept)."""
     home = tmp_path / "ftqueue-home"
     for name in list(os.environ):
@@ -96,9 +96,18 @@ def ftqueue_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pa
             monkeypatch.delenv(name)
     monkeypatch.setenv("FTQUEUE_HOME", str(home))
     _reset()
-    yield home
-    # monkeypatch restores the environment after this; what was built from it goes now.
-    _reset()
+    return home
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    """After a test of ftqueue's fixtures, once every fixture (monkeypatch too) has restored
+    the environment, read the settings afresh: later tests see the environment's own."""
+    try:
+        return (yield)
+    finally:
+        if "ftqueue_home" in getattr(item, "fixturenames", ()):
+            _reset()
 
 
 @pytest.fixture
