@@ -75,11 +75,16 @@ def project(tmp_path: Path) -> Path:
     return where
 
 
-def test_the_example_passes_eager_and_on_a_worker(project: Path, redis_url: str) -> None:
-    out = run_pytest(project)
+@pytest.mark.redis
+def test_the_example_passes_eager_and_on_a_worker(
+    project: Path, redis_url: str, tmp_path: Path
+) -> None:
+    home = tmp_path / "user"
+    out = run_pytest(project, env=user_env(HOME=str(home)))
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
     assert "3 passed" in out.stdout and "skipped" not in out.stdout, out.stdout[-2000:]
-    assert not (project / ".ftqueue").exists()  # every queue lived under pytest's tmp_path
+    # Every queue lived under pytest's temporary directories, none in ~/.ftqueue.
+    assert not (home / ".ftqueue").exists()
 
 
 def test_without_redis_the_worker_test_is_skipped_and_fails_under_ci(project: Path) -> None:
