@@ -113,3 +113,28 @@ def test_the_fixtures_load_only_when_asked_for(tmp_path: Path) -> None:
     (tmp_path / "pytest.ini").write_text("[pytest]\nftqueue = true\n")
     configured = run_pytest(tmp_path, env=env)
     assert configured.returncode == 0 and "2 passed" in configured.stdout, configured.stdout
+
+
+FAILS_ON_A_WORKER = """
+from ftqueue import api
+from ftqueue.kinds.evaluate import EvaluateSpec
+from ftqueue.testing import synthetic_model
+
+
+def test_fails(ftqueue_worker, tmp_path):
+    data = tmp_path / "d.csv"
+    data.write_text("text,label\\n" + "".join(f"t{i},{i % 2}\\n" for i in range(30)))
+    spec = EvaluateSpec(model=synthetic_model(0.05, 2, fault="raise"), data={"dataset": str(data)})
+    job = api.submit(spec).job_ids[0]
+    assert api.wait(job, timeout=60)[job] == "succeeded"
+"""
+
+
+@pytest.mark.redis
+def test_a_failed_test_shows_the_worker_log(tmp_path: Path, redis_url: str) -> None:
+    (tmp_path / "test_user.py").write_text(FAILS_ON_A_WORKER)
+    out = run_pytest(tmp_path, "-p", "ftqueue.testing")
+    assert out.returncode == 1 and "1 failed" in out.stdout, out.stdout[-3000:]
+    log = out.stdout[out.stdout.index(" ftqueue worker log ") :]
+    # The worker's own account of the job: it ran there, and how it failed.
+    assert " ready." in log and "synthetic failure requested" in log, log[-3000:]

@@ -24,7 +24,7 @@ plugin, and it has no assert statements to rewrite.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -100,7 +100,9 @@ def ftqueue_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 @pytest.hookimpl(wrapper=True)
-def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+def pytest_runtest_teardown(
+    item: pytest.Item, nextitem: pytest.Item | None
+) -> Generator[None, None, None]:
     """After a test of ftqueue's fixtures, once every fixture (monkeypatch too) has restored
     the environment, read the settings afresh: later tests see the environment's own."""
     try:
@@ -108,6 +110,18 @@ def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> 
     finally:
         if "ftqueue_home" in getattr(item, "fixturenames", ()):
             _reset()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """A failed test of ``ftqueue_worker`` shows the end of the worker's log with its error."""
+    report = yield
+    worker = getattr(item, "funcargs", {}).get("ftqueue_worker")
+    if report.failed and isinstance(worker, WorkerProcess):
+        report.sections.append(("ftqueue worker log", worker.log()[-4000:]))
+    return report
 
 
 @pytest.fixture
