@@ -88,6 +88,10 @@ class PublishError(BrokerError):
         self.sent = sent
 
 
+class WaitTimeout(FtqueueError, TimeoutError):
+    """Raised when jobs waited for have not ended within the time given; they go on."""
+
+
 class JobCancelled(FtqueueError):
     """Raised inside a running job when its cancellation has been requested."""
 

@@ -50,6 +50,11 @@ class Submission:
     notes: list[str] = field(default_factory=list)
 
     @property
+    def job_ids(self) -> list[int]:
+        """The jobs this submission stands for: the new ones and the identical earlier ones."""
+        return sorted({job.id for job in self.created} | {d.job_id for d in self.duplicates})
+
+    @property
     def to_follow(self) -> list[int]:
         """Jobs whose end is still to come: the new ones and identical ones still running."""
         ids = [job.id for job in self.created]

@@ -40,6 +40,14 @@ class SyntheticParams:
     fault: str = "none"
 
 
+def model_name(seconds: float = 0.5, steps: int = 10, fault: str = "none") -> str:
+    """The model string of a synthetic job: ``model_name(0.1)`` is ``synthetic:seconds=0.1,...``."""
+    fault_part = f",fault={fault}" if fault != "none" else ""
+    name = f"{PREFIX}:seconds={seconds:g},steps={steps}{fault_part}"
+    parse(name)  # the same checks as a submitted model string, raised here
+    return name
+
+
 def is_synthetic(model: str) -> bool:
     return model == PREFIX or model.startswith(PREFIX + ":")
 

@@ -13,46 +13,35 @@ import pytest
 
 from ftqueue import db, hub
 from ftqueue.settings import reset_settings
+from ftqueue.testing import IN_CI, FtqueueEnv, service_missing
+
+# The plugin's fixtures (ftqueue/testing) make the isolated homes, databases and Redis.
+pytest_plugins = ["ftqueue.testing"]
 
 PG_SERVER = os.environ.get("FTQUEUE_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432")
-REDIS_URL = os.environ.get("FTQUEUE_TEST_REDIS", "redis://127.0.0.1:6379")
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
-
-def service_missing(what: str, why: object) -> None:
-    """A missing service skips on a laptop and fails under CI=true."""
-    message = f"{what} is not reachable ({why})"
-    if IN_CI:
-        pytest.fail(message + "; CI must provide it")
-    pytest.skip(message)
+__all__ = ["IN_CI", "PG_SERVER", "TrainedAdapter", "service_missing"]
 
 
 @pytest.fixture(autouse=True)
-def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+def isolated_home(ftqueue_home: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Every test gets its own FTQUEUE_HOME, so nothing touches ~/.ftqueue."""
-    home = tmp_path / "ftqueue-home"
-    for name in list(os.environ):
-        if name.startswith("FTQUEUE_") and not name.startswith("FTQUEUE_TEST_"):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("FTQUEUE_HOME", str(home))
     # No test may reach the real Hugging Face hub; tests of hub checks use a local endpoint.
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     hub.forget()
-    reset_settings()
-    db.dispose_engines()
-    yield home
-    reset_settings()
-    db.dispose_engines()
+    return ftqueue_home
 
 
 @pytest.fixture
-def sqlite_url(isolated_home: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+def sqlite_url(ftqueue_sqlite: str) -> str:
     """A migrated SQLite file, set as FTQUEUE_DATABASE_URL."""
-    url = f"sqlite:///{isolated_home / 'test.db'}"
-    monkeypatch.setenv("FTQUEUE_DATABASE_URL", url)
-    reset_settings()
-    db.upgrade(url)
-    return url
+    return ftqueue_sqlite
+
+
+@pytest.fixture
+def eager(ftqueue_env: FtqueueEnv) -> str:
+    """A migrated SQLite file whose jobs run in the test's process (FTQUEUE_EAGER=1)."""
+    return ftqueue_env.database_url
 
 
 def _pg_admin() -> object:
@@ -99,21 +88,9 @@ def any_db_url(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def redis_url(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+def redis_url(ftqueue_redis: str) -> str:
     """A flushed Redis database on the running server, set as FTQUEUE_BROKER_URL."""
-    import redis
-
-    url = f"{REDIS_URL}/{os.environ.get('FTQUEUE_TEST_REDIS_DB', '13')}"
-    client = redis.Redis.from_url(url, socket_connect_timeout=2)
-    try:
-        client.flushdb()
-    except redis.RedisError as exc:
-        service_missing(f"Redis at {REDIS_URL}", exc)
-    monkeypatch.setenv("FTQUEUE_BROKER_URL", url)
-    reset_settings()
-    yield url
-    client.flushdb()
-    client.close()
+    return ftqueue_redis
 
 
 # --- a LoRA adapter trained once per session, for the tests that use adapters -------------

@@ -19,18 +19,10 @@ from ftqueue.cli import cli
 from ftqueue.errors import DatasetError, ModelError
 from ftqueue.kinds.lora import LoraSpec
 from ftqueue.models import Job
-from ftqueue.settings import reset_settings
 from ftqueue.specs import DataSpec
 from ftqueue.submission import validate
 
 SYN = "synthetic:seconds=0.05,steps=2"
-
-
-@pytest.fixture
-def eager(sqlite_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
-    monkeypatch.setenv("FTQUEUE_EAGER", "1")
-    reset_settings()
-    return sqlite_url
 
 
 def _csv(path: Path, n: int = 40, salt: str = "") -> Path:

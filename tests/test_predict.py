@@ -20,7 +20,7 @@ from ftqueue import db, execution, lifecycle
 from ftqueue.artifacts import ADAPTER_METADATA
 from ftqueue.cli import cli
 from ftqueue.models import Job
-from ftqueue.settings import get_settings, reset_settings
+from ftqueue.settings import get_settings
 from ftqueue.states import AttemptOutcome
 from ftqueue.training import label_texts
 from tests.conftest import TrainedAdapter
@@ -87,13 +87,6 @@ def check_predictions(directory: Path, adapter: TrainedAdapter, texts: list[str]
         np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-5)
     meta = json.loads((directory / "ftqueue_predictions.json").read_text())
     assert meta["stats"]["rows"] == len(texts)
-
-
-@pytest.fixture
-def eager(sqlite_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
-    monkeypatch.setenv("FTQUEUE_EAGER", "1")
-    reset_settings()
-    return sqlite_url
 
 
 def test_a_predict_job_in_eager_mode(

@@ -17,13 +17,6 @@ from ftqueue.settings import reset_settings
 SYN = ["--model", "synthetic:seconds=0.05,steps=2", "--dataset", "movie-snippets"]
 
 
-@pytest.fixture
-def eager(sqlite_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
-    monkeypatch.setenv("FTQUEUE_EAGER", "1")
-    reset_settings()
-    return sqlite_url
-
-
 def run(*args: str) -> tuple[int, str]:
     result = CliRunner().invoke(cli, list(args))
     if result.exception and not isinstance(result.exception, SystemExit):
@@ -188,7 +181,7 @@ def test_cancel_unknown_job(eager: str) -> None:
 def test_output_dir_must_stay_inside_the_artifacts_directory(eager: str, isolated_home: Path,
                                                                tmp_path: Path) -> None:  # fmt: skip
     artifacts = isolated_home / "artifacts"
-    artifacts.mkdir(parents=True)
+    artifacts.mkdir(parents=True, exist_ok=True)
     outside = tmp_path / "outside"
     outside.mkdir()
     (artifacts / "linked").symlink_to(outside)

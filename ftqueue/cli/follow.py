@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from ftqueue import eager, store
+from ftqueue import api, store
 from ftqueue.states import JobStatus
 from ftqueue.store import JobState
 
@@ -49,22 +48,17 @@ def follow(
     if console.is_terminal:
         return _follow_live(job_ids, console=console, poll=poll, keep_going=keep_going)
     last: dict[int, str] = {}
-    while True:
-        eager.settle(job_ids)  # a job whose eager process died would never end otherwise
-        snaps = store.job_states(job_ids)
+    snaps: dict[int, JobState] = {}
+    for snaps in api.watch(job_ids, poll=poll, keep_going=keep_going):
         for jid in job_ids:
-            s = snaps.get(jid)
-            if s is None:
-                continue
+            s = snaps[jid]
             running = s.status == JobStatus.RUNNING
             line = f"job {s.id} {s.kind}: running" if running else _describe(s)
             line += f" on {s.worker}" if running and s.worker else ""
             if last.get(jid) != line:
                 console.print(line, highlight=False)
                 last[jid] = line
-        if all(s.ended for s in snaps.values()) or not keep_going():
-            return {jid: s.status for jid, s in snaps.items()}
-        time.sleep(poll)
+    return {jid: s.status for jid, s in snaps.items()}
 
 
 def _follow_live(
@@ -80,9 +74,8 @@ def _follow_live(
     )
     with Progress(*columns, console=console, transient=False) as progress:
         bars = {jid: progress.add_task(f"job {jid}", total=None) for jid in job_ids}
-        while True:
-            eager.settle(job_ids)
-            snaps = store.job_states(job_ids)
+        snaps: dict[int, JobState] = {}
+        for snaps in api.watch(job_ids, poll=poll, keep_going=keep_going):
             for jid, s in snaps.items():
                 done = s.ended
                 total = s.progress.total or None
@@ -95,9 +88,7 @@ def _follow_live(
                 )
                 if done:
                     progress.stop_task(bars[jid])
-            if all(s.ended for s in snaps.values()) or not keep_going():
-                return {jid: s.status for jid, s in snaps.items()}
-            time.sleep(poll)
+        return {jid: s.status for jid, s in snaps.items()}
 
 
 def summary_table(job_ids: Sequence[int]) -> Any:

@@ -54,8 +54,22 @@ def list_cmd(
       ftqueue list --status running --status queued
       ftqueue list --sweep 7f3a9c --json
     """
+    from ftqueue import api
     from ftqueue.inputs import stored_dataset, stored_model
 
+    if as_json:
+        echo_json(
+            api.jobs(
+                statuses=statuses,
+                kinds=job_kinds,
+                sweep=sweep,
+                tags=tags,
+                model=model,
+                dataset=dataset,
+                limit=None if show_all else limit,
+            )
+        )
+        return
     db.ensure_ready()
     eager.settle()
     with db.session_scope() as session:
@@ -69,9 +83,6 @@ def list_cmd(
             dataset=stored_dataset(dataset) if dataset else None,
             limit=None if show_all else limit,
         )
-        if as_json:
-            echo_json([store.job_summary(job) for job in jobs])
-            return
         if not jobs:
             click.echo("No jobs match. Submit one with `ftqueue submit lora --help`.")
             return
@@ -98,15 +109,17 @@ def status_cmd(job_id: int, follow: bool, as_json: bool) -> None:
       ftqueue status 12 --follow
       ftqueue status 12 --json | jq .status
     """
+    from ftqueue import api
+
+    if as_json and not follow:
+        echo_json(api.job(job_id))
+        return
     db.ensure_ready()
     eager.settle([job_id])
     with db.session_scope() as session:
         job = store.get_job(session, job_id)
         if not follow:
-            if as_json:
-                echo_json(store.job_summary(job))
-            else:
-                console().print(job_details(job))
+            console().print(job_details(job))
             return
     from ftqueue.cli.follow import exit_code
     from ftqueue.cli.follow import follow as follow_jobs
@@ -116,12 +129,11 @@ def status_cmd(job_id: int, follow: bool, as_json: bool) -> None:
         statuses = follow_jobs([job_id], console=out)
     except KeyboardInterrupt:
         raise SystemExit(130) from None
-    with db.session_scope() as session:
-        job = store.get_job(session, job_id)
-        if as_json:
-            echo_json(store.job_summary(job))
-        else:
-            out.print(job_details(job))
+    if as_json:
+        echo_json(api.job(job_id))
+    else:
+        with db.session_scope() as session:
+            out.print(job_details(store.get_job(session, job_id)))
     raise SystemExit(exit_code(list(statuses.values())))
 
 
@@ -137,23 +149,21 @@ def cancel_cmd(job_ids: tuple[int, ...], sweep: str | None, as_json: bool) -> No
       ftqueue cancel 12 13
       ftqueue cancel --sweep 7f3a9c
     """
-    from ftqueue import lifecycle
+    from ftqueue import api
 
     if not job_ids and not sweep:
         raise click.UsageError("give job ids, or --sweep S")
-    db.ensure_ready()
     ids = list(job_ids)
-    with db.session_scope() as session:
-        for jid in job_ids:
-            store.get_job(session, jid)
-        if sweep:
+    if sweep:
+        db.ensure_ready()
+        with db.session_scope() as session:
             found = store.list_jobs(session, sweep=sweep, limit=None)
-            if not found:
-                raise click.ClickException(
-                    f"no jobs in sweep {quote(sweep)}: `ftqueue list` shows them"
-                )
-            ids += [job.id for job in found]
-    outcomes = lifecycle.cancel(sorted(set(ids)))
+        if not found:
+            raise click.ClickException(
+                f"no jobs in sweep {quote(sweep)}: `ftqueue list` shows them"
+            )
+        ids += [job.id for job in found]
+    outcomes = api.cancel(ids)
     if as_json:
         echo_json([{"id": o.job_id, "before": o.before, "after": o.after} for o in outcomes])
         return

@@ -199,13 +199,15 @@ def show_cmd(job_id: int, as_json: bool) -> None:
       ftqueue show 12
       ftqueue show 12 --json | jq '.results[] | select(.split == "validation")'
     """
+    from ftqueue import api
+
+    if as_json:
+        echo_json(api.job(job_id, detail=True))
+        return
     db.ensure_ready()
     eager.settle([job_id])
     with db.session_scope() as session:
         job = store.get_job(session, job_id, with_results=True)
-        if as_json:
-            echo_json(store.job_summary(job, detail=True))
-            return
         out = console()
         out.print(job_details(job))
         for table in _show_tables(job):

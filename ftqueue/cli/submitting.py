@@ -39,12 +39,13 @@ def submit_specs(
 
     Exits with the jobs' exit code (0 succeeded, 1 failed, 3 cancelled) when it followed them.
     """
-    from ftqueue import submission
+    from ftqueue import api
     from ftqueue.settings import get_settings
 
     out = console()
-    sub = submission.submit(
-        specs, tags=tags, name=name, sweep=sweep, force=force, output_dir=output_dir
+    # The eager jobs run below, in a thread this process follows with a progress display.
+    sub = api.submit(
+        specs, tags=tags, name=name, sweep=sweep, force=force, output_dir=output_dir, run=False
     )
     eager = get_settings().eager
     for note in sub.notes:
@@ -133,14 +134,14 @@ def _run_eager(sub: Submission, out: Console) -> dict[int, str]:
     Ctrl-C cancels them (they stop at their next step); SIGHUP and SIGTERM end them at once,
     so that none is left running with no process behind it.
     """
-    from ftqueue import lifecycle, store, submission
+    from ftqueue import api
     from ftqueue.cli.follow import follow
 
     errors: list[BaseException] = []
 
     def target() -> None:
         try:
-            submission.run_eagerly(sub.created)
+            api.run_eager(sub)
         except BaseException as exc:
             errors.append(exc)
 
@@ -152,7 +153,7 @@ def _run_eager(sub: Submission, out: Console) -> dict[int, str]:
             try:
                 follow(ids, console=out, keep_going=runner.is_alive)
             except KeyboardInterrupt:
-                lifecycle.cancel(ids)
+                api.cancel(ids)
                 click.echo("\nCancelling: the running job stops at its next step.", err=True)
             runner.join()
     except _Stopping as stop:
@@ -161,7 +162,7 @@ def _run_eager(sub: Submission, out: Console) -> dict[int, str]:
         raise errors[0]
     # Read once more after the runner ended: the follower may have stopped just before the
     # last job recorded its end.
-    return {jid: s.status for jid, s in store.job_states(ids).items()}
+    return {jid: s.status for jid, s in api.states(ids).items()}
 
 
 def _payload(sub: Submission, statuses: dict[int, str] | None = None) -> dict[str, Any]:

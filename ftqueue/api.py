@@ -1,0 +1,231 @@
+"""The Python API: queue jobs, wait for them, read what they recorded.
+
+The `ftqueue` commands are a shell over these functions, and a script or a test calls them
+directly instead of running the command line. Every function reads the settings (FTQUEUE_*)
+of the process, checks that the database is migrated, and raises an ``FtqueueError`` whose
+text says what to do when something is wrong.
+
+    from ftqueue import api
+    from ftqueue.kinds.lora import LoraSpec
+    from ftqueue.specs import DataSpec
+
+    data = DataSpec(dataset="reviews.csv")
+    sub = api.submit(LoraSpec(model="minilm", data=data, r=r) for r in (8, 16))
+    api.wait(sub, timeout=3600)
+    best = max(sub.job_ids, key=lambda j: api.results(j, split="test")[-1].accuracy)
+
+Under FTQUEUE_EAGER=1 ``submit`` runs the new jobs in this process before it returns, so
+``wait`` finds them ended.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from ftqueue import db, eager, lifecycle, store, submission
+from ftqueue.errors import JobNotFound, WaitTimeout
+from ftqueue.settings import get_settings
+from ftqueue.specs import JobSpec
+from ftqueue.states import JobStatus
+from ftqueue.store import JobState
+from ftqueue.submission import Submission
+
+__all__ = [
+    "JobResult",
+    "JobState",
+    "Submission",
+    "cancel",
+    "job",
+    "jobs",
+    "results",
+    "run_eager",
+    "states",
+    "submit",
+    "wait",
+    "watch",
+]
+
+
+def submit(
+    specs: JobSpec | Iterable[JobSpec],
+    *,
+    tags: Iterable[str] = (),
+    name: str | None = None,
+    sweep: str | None = None,
+    force: bool = False,
+    output_dir: str | None = None,
+    run: bool = True,
+) -> Submission:
+    """Queue one job per spec; an identical earlier job is reported instead (``force`` runs it).
+
+    Under FTQUEUE_EAGER=1 the new jobs run in this process before this returns, unless
+    ``run`` is False (then ``run_eager`` runs them). Nothing is written when a spec is bad.
+    """
+    if isinstance(specs, JobSpec):
+        specs = [specs]
+    sub = submission.submit(
+        specs, tags=tuple(tags), name=name, sweep=sweep, force=force, output_dir=output_dir
+    )
+    if run and sub.created and get_settings().eager:
+        run_eager(sub)
+    return sub
+
+
+def run_eager(sub: Submission) -> None:
+    """Run the new jobs of an eager submission here, one after the other, as a worker would."""
+    submission.run_eagerly(sub.created)
+
+
+def _ids(jobs: int | Iterable[int] | Submission) -> list[int]:
+    if isinstance(jobs, Submission):
+        return jobs.job_ids
+    if isinstance(jobs, int):
+        return [jobs]
+    return list(jobs)
+
+
+def states(jobs: int | Iterable[int] | Submission) -> dict[int, JobState]:
+    """Where each job is now: status, attempts, worker, progress, error (JobNotFound if none)."""
+    db.ensure_ready()
+    return _snapshot(_ids(jobs))
+
+
+def _snapshot(ids: list[int]) -> dict[int, JobState]:
+    eager.settle(ids)  # a job whose eager process died would never end otherwise
+    found = store.job_states(ids)
+    missing = sorted(set(ids) - set(found))
+    if missing:
+        raise JobNotFound(
+            f"no job {missing[0]} in this database: `ftqueue list` shows the jobs there are."
+        )
+    return found
+
+
+def watch(
+    jobs: int | Iterable[int] | Submission,
+    *,
+    poll: float = 0.5,
+    keep_going: Callable[[], bool] = lambda: True,
+) -> Iterator[dict[int, JobState]]:
+    """The jobs' states now and then every ``poll`` seconds, until every job has ended (that
+    state is the last one yielded) or ``keep_going()`` returns False."""
+    ids = _ids(jobs)
+    db.ensure_ready()
+    while True:
+        snapshot = _snapshot(ids)
+        yield snapshot
+        if all(s.ended for s in snapshot.values()) or not keep_going():
+            return
+        time.sleep(poll)
+
+
+def wait(
+    jobs: int | Iterable[int] | Submission, *, timeout: float | None = None, poll: float = 0.5
+) -> dict[int, JobStatus]:
+    """Block until every job has ended; returns how each ended (succeeded, failed, cancelled).
+
+    Raises WaitTimeout when ``timeout`` seconds pass first; the jobs go on.
+    """
+    deadline = None if timeout is None else time.monotonic() + timeout
+    last: dict[int, JobState] = {}
+    for last in watch(jobs, poll=poll):
+        if deadline is not None and time.monotonic() > deadline:
+            pending = sorted(jid for jid, s in last.items() if not s.ended)
+            if pending:
+                raise WaitTimeout(
+                    f"job(s) {', '.join(map(str, pending))} still not ended after {timeout:g}s; "
+                    "they go on: wait again, or cancel them"
+                )
+    return {jid: s.status for jid, s in last.items()}
+
+
+@dataclass(frozen=True)
+class JobResult:
+    """One measurement a job recorded: a split after an epoch (0: no training)."""
+
+    split: str
+    epoch: int
+    accuracy: float
+    macro_f1: float
+    loss: float
+    n_examples: int
+    attempt: int
+    recorded_at: dt.datetime | None
+
+
+def results(job_id: int, *, split: str | None = None) -> list[JobResult]:
+    """What the job recorded, by split then epoch (of one ``split`` if given); [] until then.
+
+    A training job's last ``test`` result is its headline: ``results(j, split="test")[-1]``.
+    """
+    db.ensure_ready()
+    with db.session_scope() as session:
+        row = store.get_job(session, job_id, with_results=True)
+        return [
+            JobResult(
+                r.split,
+                r.epoch,
+                r.accuracy,
+                r.macro_f1,
+                r.loss,
+                r.n_examples,
+                r.attempt,
+                r.recorded_at,
+            )
+            for r in row.results
+            if split is None or r.split == split
+        ]
+
+
+def job(job_id: int, *, detail: bool = False) -> dict[str, Any]:
+    """The JSON form of a job (what `--json` prints); ``detail`` adds history and results."""
+    db.ensure_ready()
+    eager.settle([job_id])
+    with db.session_scope() as session:
+        return store.job_summary(store.get_job(session, job_id, with_results=detail), detail=detail)
+
+
+def jobs(
+    *,
+    statuses: Iterable[str] = (),
+    kinds: Iterable[str] = (),
+    sweep: str | None = None,
+    tags: Iterable[str] = (),
+    model: str | None = None,
+    dataset: str | None = None,
+    limit: int | None = None,
+) -> list[dict[str, Any]]:
+    """The JSON form of the jobs that match every filter given, newest first.
+
+    ``model`` and ``dataset`` match as `submit` stored them: a local path by what it points to.
+    """
+    from ftqueue.inputs import stored_dataset, stored_model
+
+    db.ensure_ready()
+    eager.settle()
+    with db.session_scope() as session:
+        found = store.list_jobs(
+            session,
+            statuses=tuple(statuses),
+            job_kinds=tuple(kinds),
+            sweep=sweep,
+            tags=tuple(tags),
+            model=stored_model(model) if model else None,
+            dataset=stored_dataset(dataset) if dataset else None,
+            limit=limit,
+        )
+        return [store.job_summary(job) for job in found]
+
+
+def cancel(jobs: int | Iterable[int] | Submission) -> list[lifecycle.CancelOutcome]:
+    """Cancel jobs: a queued one never starts, a running one stops at its next step."""
+    ids = sorted(set(_ids(jobs)))
+    db.ensure_ready()
+    with db.session_scope() as session:
+        for jid in ids:
+            store.get_job(session, jid)
+    return lifecycle.cancel(ids)
