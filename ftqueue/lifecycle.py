@@ -16,13 +16,15 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, insert, or_, select, update
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
 from ftqueue.db import session_scope
 from ftqueue.kinds import registry as kinds
 from ftqueue.models import Job, JobEvent, JobTag, Result, utcnow
 from ftqueue.outcome import Measurement, Progress
+from ftqueue.specs import config_hash
 from ftqueue.states import JobStatus, Phase
 
 log = logging.getLogger(__name__)
@@ -88,45 +90,59 @@ def create_jobs(
 
     ``held_by`` (an eager process, which runs the jobs itself) holds them under a lease from
     the start, so that they are ended, not left queued, if it dies before running them.
+    The rows go in as multi-row INSERTs in the caller's transaction (a 10,000-job grid took
+    seconds through the unit of work).
     """
-    rows = []
     now = utcnow()
     lease = now + dt.timedelta(seconds=lease_seconds or 0) if held_by else None
-    for new in jobs:
+    wanted = list(jobs)
+    rows = []
+    for new in wanted:
         kinds.get(new.kind)  # the schema does not check kinds: the registry does
-        job = Job(
-            kind=new.kind,
-            status=JobStatus.QUEUED,
-            spec=new.spec,
-            spec_hash=new.spec_hash,
-            model=new.model,
-            dataset=new.dataset,
-            sweep_id=new.sweep_id,
-            name=new.name,
-            output_dir=new.output_dir,
-            max_attempts=max_attempts,
-            task_id=new_task_id(),
-            created_at=now,
-            queued_at=now,
-            tags=[JobTag(tag=t) for t in dict.fromkeys(new.tags)],
-            events=[JobEvent(status=JobStatus.QUEUED, attempt=0, detail="submitted", at=now)],
-            worker=held_by,
-            lease_expires_at=lease,
+        rows.append(
+            {
+                "kind": new.kind,
+                "status": JobStatus.QUEUED.value,
+                "spec": new.spec,
+                "spec_hash": new.spec_hash,
+                "config_hash": config_hash(new.spec),
+                "model": new.model,
+                "dataset": new.dataset,
+                "sweep_id": new.sweep_id,
+                "name": new.name,
+                "output_dir": new.output_dir,
+                "attempts": 0,
+                "max_attempts": max_attempts,
+                "cancel_requested": False,
+                "task_id": new_task_id(),
+                "created_at": now,
+                "queued_at": now,
+                "worker": held_by,
+                "lease_expires_at": lease,
+            }
         )
-        session.add(job)
-        rows.append(job)
-    session.flush()
-    return rows
-
-
-def delete_unpublished(job_ids: Sequence[int]) -> None:
-    """Withdraw rows whose messages could not be published, so nothing waits forever."""
-    if not job_ids:
-        return
-    with session_scope(write=True) as session:
-        queued = select(Job).where(Job.id.in_(job_ids), Job.status == JobStatus.QUEUED)
-        for job in session.scalars(queued):
-            session.delete(job)
+    if not rows:
+        return []
+    # SQLAlchemy pages these into multi-row INSERTs within each backend's parameter limits;
+    # rows come back in no promised order (asking for one costs SQLite a statement per row),
+    # so each job is matched to its row by the row's unique task id.
+    inserted = session.scalars(insert(Job).returning(Job), rows).all()
+    by_task = {job.task_id: job for job in inserted}
+    created = [by_task[row["task_id"]] for row in rows]
+    session.execute(
+        insert(JobEvent),
+        [{"job_id": job.id, "status": JobStatus.QUEUED.value, "attempt": 0, "worker": None,
+          "detail": "submitted", "at": now} for job in created],
+    )  # fmt: skip
+    tag_rows = []
+    for job, new in zip(created, wanted):
+        names = list(dict.fromkeys(new.tags))
+        tag_rows += [{"job_id": job.id, "tag": t} for t in names]
+        # Known already: reading them back after the session closes would fail.
+        set_committed_value(job, "tags", [JobTag(job_id=job.id, tag=t) for t in names])
+    if tag_rows:
+        session.execute(insert(JobTag), tag_rows)
+    return created
 
 
 def claim(

@@ -186,6 +186,10 @@ def _payload(sub: Submission, statuses: dict[int, str] | None = None) -> dict[st
     }
 
 
+#: Rows of a submission's table; the rest are counted in its caption.
+SHOWN = 50
+
+
 def _print_submission(out: Console, sub: Submission, *, eager: bool) -> None:
     from rich.table import Table
 
@@ -205,8 +209,14 @@ def _print_submission(out: Console, sub: Submission, *, eager: bool) -> None:
     for key in varying:
         table.add_column(key)
     table.add_column("state")
-    for jid, spec, state in specs:
+    # A 10,000-job sweep is not read in a terminal: its first rows say what was queued.
+    for jid, spec, state in specs[:SHOWN]:
         table.add_row(str(jid), *[_fmt(spec.get(k)) for k in varying], state)
+    if len(specs) > SHOWN:
+        table.caption = (
+            f"the first {SHOWN} of {len(specs):,} jobs; all of them: "
+            f"ftqueue list --sweep {sub.sweep_id} --all"
+        )
     out.print(table)
 
 
