@@ -135,7 +135,7 @@ def create_jobs(
           "detail": "submitted", "at": now} for job in created],
     )  # fmt: skip
     tag_rows = []
-    for job, new in zip(created, wanted):
+    for job, new in zip(created, wanted, strict=True):
         names = list(dict.fromkeys(new.tags))
         tag_rows += [{"job_id": job.id, "tag": t} for t in names]
         # Known already: reading them back after the session closes would fail.
