@@ -96,7 +96,7 @@ def create_jobs(
     now = utcnow()
     lease = now + dt.timedelta(seconds=lease_seconds or 0) if held_by else None
     wanted = list(jobs)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for new in wanted:
         kinds.get(new.kind)  # the schema does not check kinds: the registry does
         rows.append(
@@ -128,7 +128,7 @@ def create_jobs(
     # so each job is matched to its row by the row's unique task id.
     inserted = session.scalars(insert(Job).returning(Job), rows).all()
     by_task = {job.task_id: job for job in inserted}
-    created = [by_task[row["task_id"]] for row in rows]
+    created = [by_task[str(row["task_id"])] for row in rows]
     session.execute(
         insert(JobEvent),
         [{"job_id": job.id, "status": JobStatus.QUEUED.value, "attempt": 0, "worker": None,

@@ -95,6 +95,20 @@ def find_same_spec(session: Session, spec_hashes: Iterable[str]) -> dict[str, Jo
     return found
 
 
+def attempt_held(job_id: int, attempt: int) -> tuple[bool, bool]:
+    """Whether this attempt still holds the job, and whether a cancel was asked for.
+
+    What a heartbeat needs between its writes: one primary-key read, no lock, no write.
+    """
+    with db.session_scope() as session:
+        cancel = session.scalar(
+            select(Job.cancel_requested).where(
+                Job.id == job_id, Job.attempts == attempt, Job.status == JobStatus.RUNNING
+            )
+        )
+    return (cancel is not None, bool(cancel))
+
+
 @dataclass(frozen=True)
 class JobState:
     """What following a job needs: its status, attempts, worker, progress and error."""
