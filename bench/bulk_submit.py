@@ -2,7 +2,8 @@
 
 Runs the real command (`ftqueue submit lora --seed 0..9999`, the table output a person sees,
 and with --json) as a subprocess against a fresh SQLite file and a fresh PostgreSQL database,
-with a Redis db (12, or FTQUEUE_TEST_REDIS_DB) flushed between runs, and checks that every job got its row and its message.
+with a Redis db (12, or FTQUEUE_TEST_REDIS_DB) flushed between runs, and checks that every
+job got its row and its message.
 The baseline, measured in the same run: the same command for 1,000 jobs, and the process
 start alone (`ftqueue --version`), so the table shows what each job costs beyond starting up.
 

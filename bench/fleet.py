@@ -152,7 +152,6 @@ def fleet_process(
                     base = seen.get(job_id, (0, 0))
                     finished.append((beat.writes - base[0], beat.reads - base[1]))
 
-
     def counters() -> dict[int, tuple[int, int]]:
         with lock:
             return {jid: (b.writes, b.reads) for jid, b in active.items()}
@@ -356,11 +355,13 @@ def main() -> int:
     for what, value, target, passed in goals:
         ok &= passed
         print(f"{what:<28}{value:>20}{target:>16}  {'pass' if passed else 'MISSED'}")
-    print("\nhb w/s, r/s: heartbeat writes and read-only looks per second; old w/s: the writes "
-          "of a heartbeat that writes on every beat (the rule before);\nreap s: the slowest "
-          "reaper pass (leases + lost-message scan); scan s: the slowest scan alone;\npg cpu, "
-          "rd cpu: cores used by this database's PostgreSQL backends and by the whole Redis "
-          "server")
+    print(
+        "\nhb w/s, r/s: heartbeat writes and read-only looks per second; old w/s: the writes "
+        "of a heartbeat that writes on every beat (the rule before);\nreap s: the slowest "
+        "reaper pass (leases + lost-message scan); scan s: the slowest scan alone;\npg cpu, "
+        "rd cpu: cores used by this database's PostgreSQL backends and by the whole Redis "
+        "server"
+    )
     return 0 if ok else 1
 
 
