@@ -33,6 +33,9 @@ from ftqueue.text import quote
 @click.option("--model", help="Only jobs on this model.")
 @click.option("--dataset", help="Only jobs on this dataset.")
 @click.option("--limit", type=JOB_ID, default=50, show_default=True)
+@click.option(
+    "--before", type=JOB_ID, help="Only jobs older than this job id: the next page of a list."
+)
 @click.option("--all", "show_all", is_flag=True, help="No limit.")
 @json_option
 def list_cmd(
@@ -43,16 +46,18 @@ def list_cmd(
     model: str | None,
     dataset: str | None,
     limit: int,
+    before: int | None,
     show_all: bool,
     as_json: bool,
 ) -> None:
-    """List jobs, newest first.
+    """List jobs, newest first, a page at a time.
 
     \b
     Examples:
       ftqueue list
       ftqueue list --status running --status queued
       ftqueue list --sweep 7f3a9c --json
+      ftqueue list --before 950      # the page after one that ended at job 950
     """
     from ftqueue.inputs import stored_dataset, stored_model
 
@@ -68,6 +73,7 @@ def list_cmd(
             model=stored_model(model) if model else None,
             dataset=stored_dataset(dataset) if dataset else None,
             limit=None if show_all else limit,
+            before=before,
         )
         if as_json:
             echo_json([store.job_summary(job) for job in jobs])
@@ -76,6 +82,8 @@ def list_cmd(
             click.echo("No jobs match. Submit one with `ftqueue submit lora --help`.")
             return
         console().print(jobs_table(jobs))
+        if not show_all and len(jobs) == limit:
+            click.echo(f"older jobs: the same command with --before {jobs[-1].id}")
 
 
 @click.command("status")
