@@ -143,10 +143,11 @@ def fleet_process(
             for step in range(1, steps + 1):
                 time.sleep(args.job_seconds / steps)
                 beat.on_progress(Progress(Phase.TRAIN, 1, step, steps, 1.0 / step))
+            with lock:  # the heartbeat stops before the end is recorded, as in execute()
+                active.pop(job_id, None)
             lifecycle.record_success(claim, MEASUREMENTS, stats={"simulated": True})
             client.hdel("unacked", tag)
             with lock:
-                active.pop(job_id, None)
                 if measured():
                     tally.jobs += 1
                     base = seen.get(job_id, (0, 0))
