@@ -14,11 +14,12 @@ import logging
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import and_, insert, or_, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import Table, and_, insert, or_, select, update
+from sqlalchemy.orm import Session, configure_mappers
 from sqlalchemy.orm.attributes import set_committed_value
+from sqlalchemy.orm.instrumentation import manager_of_class
 
 from ftqueue.db import session_scope
 from ftqueue.kinds import registry as kinds
@@ -125,12 +126,18 @@ def create_jobs(
         return []
     # SQLAlchemy pages these into multi-row INSERTs within each backend's parameter limits;
     # rows come back in no promised order (asking for one costs SQLite a statement per row),
-    # so each job is matched to its row by the row's unique task id.
-    inserted = session.scalars(insert(Job).returning(Job), rows).all()
-    by_task = {job.task_id: job for job in inserted}
-    created = [by_task[str(row["task_id"])] for row in rows]
+    # so each id is matched to its row by the row's unique task id.
+    jobs_table, events_table, tags_table = (
+        cast(Table, model.__table__) for model in (Job, JobEvent, JobTag)
+    )
+    returning = insert(jobs_table).returning(jobs_table.c.task_id, jobs_table.c.id)
+    id_of: dict[str, int] = {
+        task_id: job_id for task_id, job_id in session.execute(returning, rows)
+    }
+    configure_mappers()  # what the constructor would have done on the first Job of a process
+    created = [_detached_job(id_of[row["task_id"]], row) for row in rows]
     session.execute(
-        insert(JobEvent),
+        insert(events_table),
         [{"job_id": job.id, "status": JobStatus.QUEUED.value, "attempt": 0, "worker": None,
           "detail": "submitted", "at": now} for job in created],
     )  # fmt: skip
@@ -138,11 +145,22 @@ def create_jobs(
     for job, new in zip(created, wanted, strict=True):
         names = list(dict.fromkeys(new.tags))
         tag_rows += [{"job_id": job.id, "tag": t} for t in names]
-        # Known already: reading them back after the session closes would fail.
+        # Set as loaded: a constructor would fire events per tag that cost more than the INSERT.
         set_committed_value(job, "tags", [JobTag(job_id=job.id, tag=t) for t in names])
     if tag_rows:
-        session.execute(insert(JobTag), tag_rows)
+        session.execute(insert(tags_table), tag_rows)
     return created
+
+
+def _detached_job(job_id: int, row: dict[str, Any]) -> Job:
+    """A Job holding what was just inserted, outside any session.
+
+    Built without the ORM's attribute events: through the constructor they cost more than
+    the INSERT itself for a 10,000-job grid.
+    """
+    job: Job = manager_of_class(Job).new_instance()
+    job.__dict__.update(row, id=job_id)
+    return job
 
 
 def claim(
