@@ -175,7 +175,9 @@ def claim(
     lease = now + dt.timedelta(seconds=lease_seconds)
     takeover = and_(Job.status == JobStatus.RUNNING, Job.lease_expires_at < now)
     with session_scope(write=True) as session:
-        result = session.execute(
+        # RETURNING hands back what the attempt needs in the same statement: a claim is one
+        # round trip for the UPDATE and one for its event, however many workers claim at once.
+        taken = session.execute(
             update(Job)
             .where(
                 Job.id == job_id,
@@ -198,14 +200,14 @@ def claim(
                 error_type=None,
                 error_message=None,
             )
+            .returning(Job.attempts, Job.kind, Job.spec, Job.output_dir)
             .execution_options(synchronize_session=False)
-        )
-        if result.rowcount == 1:  # type: ignore[attr-defined]
-            job = session.get(Job, job_id, populate_existing=True)
-            assert job is not None
+        ).one_or_none()
+        if taken is not None:
+            attempts, kind, spec, output_dir = taken
             detail = f"task {task_id}" if task_id else None
-            _event(session, job_id, JobStatus.RUNNING, job.attempts, worker, detail)
-            return Claim(job_id, job.attempts, worker, job.kind, dict(job.spec), job.output_dir)
+            _event(session, job_id, JobStatus.RUNNING, attempts, worker, detail)
+            return Claim(job_id, attempts, worker, kind, dict(spec), output_dir)
         job = session.get(Job, job_id)
         if job is None:
             log.warning("job %s: no such row; dropping its message", job_id)
