@@ -64,7 +64,7 @@ def publish(jobs: Sequence[Job]) -> list[int]:
         with app.producer_or_acquire() as producer:
             for start in range(0, len(jobs), PUBLISH_BATCH):
                 chunk = jobs[start : start + PUBLISH_BATCH]
-                # Two Redis commands at most per message; the batch is flushed below, once.
+                # Room for the whole chunk (an LPUSH a message): flushed once, at the end.
                 with producer.batch(max_size=2 * PUBLISH_BATCH + 1):
                     for job in chunk:
                         kind = kinds.get(job.kind)

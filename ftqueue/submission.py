@@ -66,7 +66,7 @@ class Checker:
 
     def __init__(self) -> None:
         self.models: dict[tuple[str, int], tuple[str, str | None]] = {}
-        self.data: dict[str, DataSpec] = {}
+        self.data: dict[DataSpec, DataSpec] = {}
         self.notes: list[str] = []
 
     def __call__(self, spec: JobSpec) -> JobSpec:
@@ -86,7 +86,9 @@ class Checker:
         labelled = spec.labelled_data()
         pinned_data: DataSpec | None = None
         if labelled is not None:
-            data_key = labelled.canonical_json()
+            # Frozen with plain fields, so hashable: equal data specs share one check, and a
+            # 10,000-job grid does not serialise its data spec 10,000 times to find that out.
+            data_key = labelled
             if data_key not in self.data:
                 pinned = inputs.pin_data(labelled)
                 hub_id = inputs.hub_dataset(pinned)
