@@ -39,3 +39,18 @@ def test_list_pages_by_id_and_points_at_the_next_page(any_db_url: str) -> None:
     assert f"--before {ids[9]}" in table.output
     last = runner.invoke(cli, ["list", "--before", str(ids[100])])
     assert "--before" not in last.output  # fewer than a page: nothing older
+
+
+def test_a_big_sweeps_table_shows_its_first_rows_and_says_how_to_list_all(
+    any_db_url: str, redis_url: str
+) -> None:
+    result = CliRunner().invoke(
+        cli,
+        ["submit", "lora", "--model", "synthetic:seconds=0", "--dataset", "movie-snippets",
+         "--seed", "0..59", "--sweep", "wide"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "the first 50 of 60 jobs; all of them: ftqueue list --sweep wide --all" in result.output
+    assert result.output.count("queued") == 50
+    listed = CliRunner().invoke(cli, ["list", "--sweep", "wide", "--all", "--json"])
+    assert len(json.loads(listed.output)) == 60
