@@ -1,13 +1,15 @@
-"""The default `ftqueue report` over 100,000 results rows, on SQLite and on PostgreSQL.
+"""The default `ftqueue report` over 100,000 (or a million) results rows, SQLite and PostgreSQL.
 
 Fills a fresh SQLite file and a fresh PostgreSQL database (created on the server and dropped
 afterwards) with a realistic history: several models and datasets, LoRA sweeps over r, alpha,
 learning rate, target modules and epochs with several seeds each (validation after every
 epoch, test at the end), base-model evaluations, adapter evaluations on other datasets and
 failed jobs without results. Then times the default report (query, aggregation, and the
-terminal table rendered to text), median of a few runs, against the target of 1 s.
+terminal table rendered to text), median of a few runs, against the targets for a million
+rows: 1 s on PostgreSQL, 2 s on SQLite.
 
     python bench/report_scale.py                      # both backends, 100,000 rows
+    python bench/report_scale.py --rows 1000000 --runs 3
     python bench/report_scale.py --rows 20000 --runs 3 --no-postgres
 """
 
@@ -37,7 +39,7 @@ from ftqueue.report import ReportOptions, build_report
 from ftqueue.report.export import rich_table
 from ftqueue.specs import DataSpec
 
-TARGET_S = 1.0
+TARGETS_S = {"sqlite": 2.0, "postgresql": 1.0}
 PG_SERVER = "postgresql+psycopg://postgres@127.0.0.1:5432"
 MODELS = ["bert-base-uncased", "minilm", "roberta-base", "distilbert-base-uncased",
           "google/electra-small-discriminator", "microsoft/deberta-v3-small",
@@ -203,11 +205,12 @@ def main() -> int:
     ok = True
     for backend, walls, cpus, rows in table:
         median = statistics.median(walls)
-        passed = median <= TARGET_S
+        target = TARGETS_S[backend]
+        passed = median <= target
         ok &= passed
         verdict = "pass" if passed else "FAIL"
         print(f"{backend:<12}{rows:>6}{median:>10.3f}{min(walls):>8.3f}{max(walls):>8.3f}"
-              f"{statistics.median(cpus):>14.3f}{TARGET_S:>10.1f}  {verdict}")  # fmt: skip
+              f"{statistics.median(cpus):>14.3f}{target:>10.1f}  {verdict}")  # fmt: skip
     print("\nclient cpu: CPU time of this process (for SQLite that includes the query itself)")
     return 0 if ok else 1
 

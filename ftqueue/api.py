@@ -198,6 +198,7 @@ def jobs(
     model: str | None = None,
     dataset: str | None = None,
     limit: int | None = None,
+    before: int | None = None,
 ) -> list[dict[str, Any]]:
     """The JSON form of the jobs that match every filter given, newest first.
 
@@ -217,6 +218,7 @@ def jobs(
             model=stored_model(model) if model else None,
             dataset=stored_dataset(dataset) if dataset else None,
             limit=limit,
+            before=before,
         )
         return [store.job_summary(job) for job in found]
 

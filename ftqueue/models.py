@@ -89,7 +89,10 @@ class Job(Base):
         Index("ix_jobs_status_created_at", "status", "created_at"),
         Index("ix_jobs_model_dataset_kind", "model", "dataset", "kind"),
         Index("ix_jobs_spec_hash_status", "spec_hash", "status"),
-        Index("ix_jobs_sweep_id", "sweep_id"),
+        # `list` pages newest first within a status or a sweep: (filter, id) serves both
+        # the filter and the order, instead of a walk back through every later job.
+        Index("ix_jobs_status_id", "status", "id"),
+        Index("ix_jobs_sweep_id_id", "sweep_id", "id"),
         Index("ix_jobs_config_hash", "config_hash"),
     )
 

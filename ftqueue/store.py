@@ -44,8 +44,13 @@ def list_jobs(
     model: str | None = None,
     dataset: str | None = None,
     limit: int | None = 50,
+    before: int | None = None,
 ) -> list[Job]:
-    """Jobs matching every filter given, newest first."""
+    """Jobs matching every filter given, newest first; ``before``: ids below it only.
+
+    Pages are cut by id, not OFFSET, so a page deep in a million jobs is read from the index
+    as fast as the first.
+    """
     for status in statuses:
         if status not in STATUSES:
             raise FilterError(
@@ -55,6 +60,8 @@ def list_jobs(
     for kind in job_kinds:
         kinds.get(kind)
     query = select(Job).order_by(Job.id.desc())
+    if before is not None:
+        query = query.where(Job.id < before)
     if statuses:
         query = query.where(Job.status.in_(statuses))
     if job_kinds:
@@ -93,6 +100,20 @@ def find_same_spec(session: Session, spec_hashes: Iterable[str]) -> dict[str, Jo
             if best is None or rank[JobStatus(job.status)] < rank[JobStatus(best.status)]:
                 found[job.spec_hash] = job
     return found
+
+
+def attempt_held(job_id: int, attempt: int) -> tuple[bool, bool]:
+    """Whether this attempt still holds the job, and whether a cancel was asked for.
+
+    What a heartbeat needs between its writes: one primary-key read, no lock, no write.
+    """
+    with db.session_scope() as session:
+        cancel = session.scalar(
+            select(Job.cancel_requested).where(
+                Job.id == job_id, Job.attempts == attempt, Job.status == JobStatus.RUNNING
+            )
+        )
+    return (cancel is not None, bool(cancel))
 
 
 @dataclass(frozen=True)

@@ -72,7 +72,7 @@ class Checker:
 
     def __init__(self) -> None:
         self.models: dict[tuple[str, int], tuple[str, str | None]] = {}
-        self.data: dict[str, DataSpec] = {}
+        self.data: dict[DataSpec, DataSpec] = {}
         self.notes: list[str] = []
 
     def __call__(self, spec: JobSpec) -> JobSpec:
@@ -92,7 +92,9 @@ class Checker:
         labelled = spec.labelled_data()
         pinned_data: DataSpec | None = None
         if labelled is not None:
-            data_key = labelled.canonical_json()
+            # Frozen with plain fields, so hashable: equal data specs share one check, and a
+            # 10,000-job grid does not serialise its data spec 10,000 times to find that out.
+            data_key = labelled
             if data_key not in self.data:
                 pinned = inputs.pin_data(labelled)
                 hub_id = inputs.hub_dataset(pinned)
@@ -150,8 +152,9 @@ def submit(
     """Queue one job per spec (identical specs already done or pending are not run again).
 
     ``specs`` is read once, each spec checked as it comes, and refused past FTQUEUE_MAX_GRID.
-    Rows are committed before any message is published, so a worker never receives an id it
-    cannot find; a publish that fails withdraws the rows it did not send.
+    Rows are committed (in one transaction) before any message is published, so a worker
+    never receives an id it cannot find; the rows whose messages a failed publish did not
+    send stay queued, for the reaper's lost-message scan to publish.
     """
     settings = get_settings()
     for tag in tags:
@@ -218,13 +221,26 @@ def submit(
 
 
 def _publish(jobs: list[Job]) -> None:
+    """Publish the committed rows' messages; the reaper publishes any that do not go out."""
     from ftqueue import broker
 
     try:
         broker.publish(jobs)
     except PublishError as exc:
-        lifecycle.delete_unpublished([job.id for job in jobs if job.id not in set(exc.sent)])
-        raise
+        left = len(jobs) - len(exc.sent)
+        # The rows stay: withdrawing them could race a worker that already received one of
+        # an uncertain batch, and the reaper's lost-message scan exists for exactly this.
+        raise PublishError(
+            f"{exc.message}; the other {left:,} stay queued and a worker's reaper publishes "
+            f"them once Redis is back (after {_grace_text()}): do not submit them again",
+            sent=exc.sent,
+        ) from None
+
+
+def _grace_text() -> str:
+    from ftqueue.reaper import lost_message_grace
+
+    return f"{lost_message_grace():.0f}s"
 
 
 def run_eagerly(jobs: Sequence[Job]) -> None:

@@ -33,6 +33,9 @@ from ftqueue.text import quote
 @click.option("--model", help="Only jobs on this model.")
 @click.option("--dataset", help="Only jobs on this dataset.")
 @click.option("--limit", type=COUNT, default=50, show_default=True)
+@click.option(
+    "--before", type=JOB_ID, help="Only jobs older than this job id: the next page of a list."
+)
 @click.option("--all", "show_all", is_flag=True, help="No limit.")
 @json_option
 def list_cmd(
@@ -43,16 +46,18 @@ def list_cmd(
     model: str | None,
     dataset: str | None,
     limit: int,
+    before: int | None,
     show_all: bool,
     as_json: bool,
 ) -> None:
-    """List jobs, newest first.
+    """List jobs, newest first, a page at a time.
 
     \b
     Examples:
       ftqueue list
       ftqueue list --status running --status queued
       ftqueue list --sweep 7f3a9c --json
+      ftqueue list --before 950      # the page after one that ended at job 950
     """
     from ftqueue import api
     from ftqueue.inputs import stored_dataset, stored_model
@@ -67,6 +72,7 @@ def list_cmd(
                 model=model,
                 dataset=dataset,
                 limit=None if show_all else limit,
+                before=before,
             )
         )
         return
@@ -82,12 +88,15 @@ def list_cmd(
             model=stored_model(model) if model else None,
             dataset=stored_dataset(dataset) if dataset else None,
             limit=None if show_all else limit,
+            before=before,
         )
         if not jobs:
             click.echo("No jobs match. Submit one with `ftqueue submit lora --help`.")
             return
         out = console()
         out.print(jobs_table(jobs, width=out.width))
+        if not show_all and len(jobs) == limit:
+            click.echo(f"older jobs: the same command with --before {jobs[-1].id}")
 
 
 @click.command("status")

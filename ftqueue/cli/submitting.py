@@ -187,6 +187,10 @@ def _payload(sub: Submission, statuses: dict[int, str] | None = None) -> dict[st
     }
 
 
+#: Rows of a submission's table; a line under it counts the rest.
+SHOWN = 50
+
+
 def _print_submission(out: Console, sub: Submission, *, eager: bool) -> None:
     from rich.table import Table
 
@@ -206,9 +210,16 @@ def _print_submission(out: Console, sub: Submission, *, eager: bool) -> None:
     for key in varying:
         table.add_column(key)
     table.add_column("state")
-    for jid, spec, state in specs:
+    # A 10,000-job sweep is not read in a terminal: its first rows say what was queued.
+    for jid, spec, state in specs[:SHOWN]:
         table.add_row(str(jid), *[_fmt(spec.get(k)) for k in varying], state)
     out.print(table)
+    if len(specs) > SHOWN:
+        out.print(
+            f"the first {SHOWN} of {len(specs):,} jobs; all of them: "
+            f"ftqueue list --sweep {sub.sweep_id} --all",
+            soft_wrap=True,
+        )
 
 
 def _varying(specs: list[dict[str, Any]]) -> list[str]:

@@ -1,0 +1,128 @@
+"""Submitting a big sweep: one `ftqueue submit` grid of 10,000 jobs, process start included.
+
+Runs the real command (`ftqueue submit lora --seed 0..9999`, the table output a person sees,
+and with --json) as a subprocess against a fresh SQLite file and a fresh PostgreSQL database,
+with a Redis db (12, or FTQUEUE_TEST_REDIS_DB) flushed between runs, and checks that every
+job got its row and its message.
+The baseline, measured in the same run: the same command for 1,000 jobs, and the process
+start alone (`ftqueue --version`), so the table shows what each job costs beyond starting up.
+
+    python bench/bulk_submit.py                  # 10,000 jobs, both databases
+    python bench/bulk_submit.py --jobs 2000 --no-postgres
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import psutil
+import redis
+
+from bench.common import drop_pg, flush_redis, scratch_pg, use
+from ftqueue import db
+from tests.procs import count_jobs
+
+# A database of its own on the shared server: FTQUEUE_TEST_REDIS_DB picks another.
+REDIS = (
+    os.environ.get("FTQUEUE_TEST_REDIS", "redis://127.0.0.1:6379")
+    + f"/{os.environ.get('FTQUEUE_TEST_REDIS_DB', '12')}"
+)
+TARGET_S = 5.0
+
+
+def timed(args: list[str], *, first_seed: int) -> tuple[float, float]:
+    """Wall and CPU seconds of one `ftqueue` command run as a subprocess."""
+    cmd = [sys.executable, "-m", "ftqueue", *args]
+    if args[0] == "submit":
+        n = int(args[-1])
+        grid = f"{first_seed}..{first_seed + n - 1}"
+        cmd = [sys.executable, "-m", "ftqueue", *args[:-1], "--seed", grid]
+    start = time.perf_counter()
+    proc = psutil.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=os.environ)
+    cpu = 0.0
+    while proc.poll() is None:
+        try:
+            times = proc.cpu_times()
+            cpu = times.user + times.system
+        except psutil.NoSuchProcess:
+            break
+        time.sleep(0.01)
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed: {proc.stderr.read().decode()[-2000:]}")
+    return wall, cpu
+
+
+def submit_args(n: int, *, as_json: bool) -> list[str]:
+    args = ["submit", "lora", "--model", "synthetic:seconds=0", "--dataset", "movie-snippets"]
+    return [*args, *(["--json"] if as_json else []), str(n)]
+
+
+def run_backend(label: str, url: str, n: int) -> list[tuple[str, str, float, float, int]]:
+    use({"FTQUEUE_DATABASE_URL": url})
+    db.upgrade(url)
+    client = redis.Redis.from_url(REDIS)
+    rows = []
+    seed = 0
+    for what, args, jobs in (
+        ("process start (--version)", ["--version"], 0),
+        (f"submit {n // 10:,} (table)", submit_args(n // 10, as_json=False), n // 10),
+        (f"submit {n:,} (table)", submit_args(n, as_json=False), n),
+        (f"submit {n:,} (--json)", submit_args(n, as_json=True), n),
+    ):
+        flush_redis(REDIS)
+        before = count_jobs()
+        wall, cpu = timed(args, first_seed=seed)
+        seed += jobs
+        made, queued = count_jobs() - before, client.llen("lora")
+        assert made == jobs and queued == jobs, (what, made, queued)
+        rows.append((label, what, wall, cpu, jobs))
+    flush_redis(REDIS)
+    return rows
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=10_000)
+    parser.add_argument("--no-postgres", action="store_true")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="ftqueue-bulk-"))
+    use({"FTQUEUE_HOME": str(work), "FTQUEUE_BROKER_URL": REDIS, "FTQUEUE_EAGER": "0",
+         "FTQUEUE_MAX_GRID": str(max(10_000, args.jobs))})  # fmt: skip
+    rows = run_backend("SQLite", f"sqlite:///{work / 'bench.db'}", args.jobs)
+    if not args.no_postgres:
+        url, name = scratch_pg("ftqueue_bulk")
+        try:
+            rows += run_backend("PostgreSQL", url, args.jobs)
+        finally:
+            drop_pg(name)
+
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(f"\none `ftqueue submit` grid, process start included; {os.cpu_count()} CPUs, load "
+          f"average {load} (other work on the machine slows the wall time)\n")  # fmt: skip
+    print(f"{'database':<12}{'command':<28}{'wall s':>8}{'cpu s':>8}{'ms/job':>8}"
+          f"{'goal':>10}  result")  # fmt: skip
+    ok = True
+    for label, what, wall, cpu, jobs in rows:
+        start = next(w for lb, wh, w, _, _ in rows if lb == label and wh.startswith("process"))
+        per_job = f"{(wall - start) / jobs * 1000:.2f}" if jobs else "-"
+        goal, verdict = "", ""
+        if jobs == args.jobs:
+            goal = f"<= {TARGET_S:.0f} s"
+            verdict = "pass" if wall <= TARGET_S else "MISSED"
+            ok &= wall <= TARGET_S
+        print(f"{label:<12}{what:<28}{wall:>8.2f}{cpu:>8.2f}{per_job:>8}{goal:>10}  {verdict}")
+    print("\nms/job: (wall - process start) / jobs; cpu: the submitting process's CPU time")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
