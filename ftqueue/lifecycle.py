@@ -43,6 +43,7 @@ class NewJob:
     name: str | None = None
     sweep_id: str | None = None
     output_dir: str | None = None
+    trial: int | None = None
 
 
 @dataclass(frozen=True)
@@ -102,6 +103,7 @@ def create_jobs(
             model=new.model,
             dataset=new.dataset,
             sweep_id=new.sweep_id,
+            trial=new.trial,
             name=new.name,
             output_dir=new.output_dir,
             max_attempts=max_attempts,
@@ -243,6 +245,16 @@ def _owned(session: Session, claim: Claim) -> Job | None:
     ).one_or_none()
 
 
+def holding(session: Session, claim: Claim) -> Job | None:
+    """The job row, locked, if this attempt still holds it (for decisions taken elsewhere)."""
+    return _owned(session, claim)
+
+
+def add_event(session: Session, claim: Claim, status: str, detail: str) -> None:
+    """Note something that happened to a claimed attempt in the job's history."""
+    _event(session, claim.job_id, status, claim.attempt, claim.worker, detail)
+
+
 def heartbeat(claim: Claim, progress: Progress | None, *, lease_seconds: int) -> tuple[bool, bool]:
     """Renew the lease and store progress (None: unchanged); returns (owned, cancel requested)."""
     now = utcnow()
@@ -281,8 +293,9 @@ def record_success(
     *,
     stats: dict[str, Any],
     publish: Callable[[], str | None] | None = None,
+    status: JobStatus = JobStatus.SUCCEEDED,
 ) -> bool:
-    """Record results and mark the job succeeded, if this attempt still holds it.
+    """Record results and mark the job succeeded (or pruned), if this attempt still holds it.
 
     ``publish`` moves the job's directory into place and returns its path; it runs inside the
     transaction, after the ownership check, so a superseded attempt never touches it.
@@ -319,7 +332,10 @@ def record_success(
         job.peak_memory_mb = stats.get("peak_cuda_mb") or stats.get("peak_rss_mb")
         job.trainable_params = stats.get("trainable_params")
         job.total_params = stats.get("total_params")
-        _end(session, job, JobStatus.SUCCEEDED, claim.worker, None)
+        job.selected_epoch = stats.get("selected_epoch")
+        pruned_at = stats.get("pruned_at")
+        detail = f"stopped at rung {pruned_at}" if status == JobStatus.PRUNED else None
+        _end(session, job, status, claim.worker, detail)
         return True
 
 

@@ -136,12 +136,14 @@ def cancel_cmd(job_ids: tuple[int, ...], sweep: str | None, as_json: bool) -> No
       ftqueue cancel 12 13
       ftqueue cancel --sweep 7f3a9c
     """
-    from ftqueue import lifecycle
+    from ftqueue import lifecycle, sweeps
 
     if not job_ids and not sweep:
         raise click.UsageError("give job ids, or --sweep S")
     db.ensure_ready()
     ids = list(job_ids)
+    if sweep and sweeps.stop(sweep):
+        click.echo(f"sweep {sweep}: stopped; it makes no more trials", err=as_json)
     with db.session_scope() as session:
         for jid in job_ids:
             store.get_job(session, jid)

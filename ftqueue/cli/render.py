@@ -15,6 +15,7 @@ STATUS_STYLE: dict[str, str] = {
     JobStatus.SUCCEEDED: "green",
     JobStatus.FAILED: "red",
     JobStatus.CANCELLED: "magenta",
+    JobStatus.PRUNED: "blue",
 }
 
 

@@ -9,6 +9,7 @@ from ftqueue.outcome import Outcome
 from ftqueue.specs import (
     BIASES,
     POOLINGS,
+    SELECT_EPOCHS,
     DataSpec,
     ModelSpec,
     eval_batch_size_field,
@@ -91,6 +92,18 @@ class LoraSpec(ModelSpec):
         0.01, "float", "AdamW weight decay.", lo=0, hi=1, grid=True, hyper=True
     )
     seed: int = seed_field()
+    #: Which epoch's adapter is kept and tested. Stored only when given, so that specs from
+    #: before the field keep their hash; None is ``best``.
+    select_epoch: str | None = param(
+        None,
+        "choice",
+        "Keep the adapter of the best validation epoch and report its test accuracy, or the "
+        "last epoch's.",
+        choices=SELECT_EPOCHS,
+        optional=True,
+        omit_none=True,
+        default_text="best",
+    )
 
 
 def perform(spec: LoraSpec, ctx: JobContext) -> Outcome:

@@ -1,0 +1,273 @@
+"""Sweeps in the queue: create one from a plan, fill its free slots with trials, cancel it.
+
+There is no sweep process to lose. `ftqueue sweep` inserts the sweep row and its first
+``max_parallel`` trials; from then on, whichever worker ends a trial fills the freed slot
+(``after_trial``), and the reaper fills any slot left free by a worker that died in between.
+Each fill holds the sweep row's lock while it takes trial numbers, so two workers ending
+trials at once never make the same trial, nor more than the budget.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import func, select
+
+from ftqueue import db, eager, lifecycle
+from ftqueue.errors import SpecError
+from ftqueue.models import Job, Result, Sweep
+from ftqueue.settings import get_settings
+from ftqueue.states import JobStatus
+from ftqueue.sweepfile import SweepPlan
+
+log = logging.getLogger(__name__)
+
+ACTIVE = "active"
+CANCELLED = "cancelled"
+_PENDING = (JobStatus.QUEUED, JobStatus.RUNNING)
+
+
+@dataclass
+class Started:
+    """What `ftqueue sweep` did: the sweep's id and the trials it queued."""
+
+    sweep_id: str
+    plan: SweepPlan
+    created: list[Job] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def submit(plan: SweepPlan) -> Started:
+    """Check the plan's inputs, write the sweep row, and queue its first trials."""
+    from ftqueue import submission
+
+    sweep_id = plan.name or uuid.uuid4().hex[:8]
+    submission.check_label(sweep_id, "name")
+    checker = submission.Checker()
+    first = plan.spec(_first_values(plan))
+    pinned = checker(first)
+    # Trials change only searched settings: the pinned model and data hold for every one.
+    base = {k: v for k, v in pinned.to_dict().items() if k not in {d.name for d in plan.space}}
+    base.pop("kind", None)
+    if plan.method == "grid":
+        for number in range(plan.max_jobs):
+            checker(plan.spec(plan.trial_values(number)))
+    plan = SweepPlan.from_dict(plan.to_dict() | {"base": base})
+    db.ensure_ready()
+    settings = get_settings()
+    if not settings.eager:
+        from ftqueue import broker
+
+        broker.check_broker()
+    with db.session_scope(write=True) as session:
+        if session.get(Sweep, sweep_id) is not None or session.scalar(
+            select(func.count()).select_from(Job).where(Job.sweep_id == sweep_id)
+        ):
+            raise SpecError(
+                f"sweep {sweep_id!r} already exists: give the sweep another name, or "
+                "leave name out for a new id",
+                param="name",
+            )
+        session.add(
+            Sweep(
+                id=sweep_id,
+                kind=plan.kind,
+                method=plan.method,
+                definition=plan.to_dict(),
+                max_jobs=plan.max_jobs,
+                max_parallel=plan.max_parallel,
+                created=0,
+                eta=plan.eta,
+                rungs=list(plan.rungs) if plan.eta else None,
+                status=ACTIVE,
+            )
+        )
+    if plan.method == "optuna":
+        from ftqueue import search
+
+        search.create_study(sweep_id, plan)
+    return Started(sweep_id, plan, fill(sweep_id), checker.notes)
+
+
+def _first_values(plan: SweepPlan) -> dict[str, Any]:
+    if plan.method == "optuna":
+        return {d.name: (d.values[0] if d.values else _low(d.low, d.integer)) for d in plan.space}
+    return plan.trial_values(0)
+
+
+def _low(value: float | None, integer: bool) -> Any:
+    return int(value) if integer and value is not None else value
+
+
+def plan_of(sweep: Sweep) -> SweepPlan:
+    return SweepPlan.from_dict(dict(sweep.definition))
+
+
+def fill(sweep_id: str) -> list[Job]:
+    """Queue trials into the sweep's free slots (none when cancelled or out of budget).
+
+    The new jobs are published, or, in eager mode, held by this process to run itself.
+    """
+    settings = get_settings()
+    with db.session_scope(write=True) as session:
+        sweep = session.scalars(
+            select(Sweep).where(Sweep.id == sweep_id).with_for_update()
+        ).one_or_none()
+        if sweep is None or sweep.status != ACTIVE:
+            return []
+        pending = session.scalar(
+            select(func.count())
+            .select_from(Job)
+            .where(Job.sweep_id == sweep_id, Job.status.in_(_PENDING))
+        )
+        free = min(sweep.max_parallel - int(pending or 0), sweep.max_jobs - sweep.created)
+        if free <= 0:
+            return []
+        numbers = list(range(sweep.created, sweep.created + free))
+        sweep.created += free
+        plan = plan_of(sweep)
+        if plan.method != "optuna":
+            jobs = _create(session, sweep_id, plan, [(n, plan.trial_values(n)) for n in numbers])
+    if plan.method == "optuna":
+        from ftqueue import search
+
+        # Optuna writes through its own connections: asked outside the sweep's transaction,
+        # which on SQLite holds the write lock Optuna would wait for.
+        asked = [search.ask(sweep_id, plan, n) for n in numbers]
+        with db.session_scope(write=True) as session:
+            jobs = _create(session, sweep_id, plan, asked)
+    if jobs and not settings.eager:
+        from ftqueue import submission
+
+        submission._publish(jobs)
+    return jobs
+
+
+def _create(
+    session: Any, sweep_id: str, plan: SweepPlan, trials: list[tuple[int, dict[str, Any]]]
+) -> list[Job]:
+    settings = get_settings()
+    new = []
+    for number, values in trials:
+        spec = plan.spec(values)
+        new.append(
+            lifecycle.NewJob(
+                kind=spec.kind,
+                spec=spec.to_dict(),
+                spec_hash=spec.spec_hash(),
+                model=spec.model,
+                dataset=spec.source(),
+                tags=plan.tags,
+                sweep_id=sweep_id,
+                trial=number,
+                output_dir=None,
+            )
+        )
+    return lifecycle.create_jobs(
+        session,
+        new,
+        max_attempts=settings.max_attempts,
+        held_by=eager.holder() if settings.eager else None,
+        lease_seconds=settings.lease_seconds,
+    )
+
+
+def after_trial(job_id: int) -> list[Job]:
+    """A trial ended: report it to the sweep's search (Optuna), then fill the free slots."""
+    with db.session_scope() as session:
+        row = session.execute(
+            select(Job.sweep_id, Job.trial, Job.status, Sweep.method)
+            .join(Sweep, Sweep.id == Job.sweep_id)
+            .where(Job.id == job_id)
+        ).one_or_none()
+    if row is None:
+        return []
+    if row.method == "optuna" and row.trial is not None and JobStatus(row.status).terminal:
+        from ftqueue import search
+
+        search.tell(row.sweep_id, row.trial, row.status, validation_curve(job_id))
+    return fill(row.sweep_id)
+
+
+def validation_curve(job_id: int) -> list[tuple[int, float]]:
+    """(epoch, validation accuracy) of a job, in epoch order."""
+    with db.session_scope() as session:
+        rows = session.execute(
+            select(Result.epoch, Result.accuracy)
+            .where(Result.job_id == job_id, Result.split == "validation")
+            .order_by(Result.epoch)
+        )
+        return [(int(e), float(a)) for e, a in rows]
+
+
+def fill_all() -> list[Job]:
+    """Fill every active sweep's free slots (the reaper's pass)."""
+    with db.session_scope() as session:
+        active = list(session.scalars(select(Sweep.id).where(Sweep.status == ACTIVE)))
+    created: list[Job] = []
+    for sweep_id in active:
+        created += fill(sweep_id)
+    return created
+
+
+def stop(sweep_id: str) -> bool:
+    """Make no more trials for the sweep; False when there is no such sweep row.
+
+    `ftqueue cancel --sweep` calls this before it cancels the sweep's jobs, so a worker
+    filling a slot at the same moment either made its trial before (and it gets cancelled) or
+    sees the sweep stopped.
+    """
+    with db.session_scope(write=True) as session:
+        sweep = session.scalars(
+            select(Sweep).where(Sweep.id == sweep_id).with_for_update()
+        ).one_or_none()
+        if sweep is None:
+            return False
+        sweep.status = CANCELLED
+        return True
+
+
+def get(sweep_id: str) -> Sweep | None:
+    with db.session_scope() as session:
+        sweep = session.get(Sweep, sweep_id)
+        if sweep is not None:
+            session.expunge(sweep)
+        return sweep
+
+
+def job_statuses(sweep_id: str) -> dict[int, str]:
+    """The status of every trial made so far, by job id."""
+    with db.session_scope() as session:
+        rows = session.execute(select(Job.id, Job.status).where(Job.sweep_id == sweep_id))
+        return {int(i): str(s) for i, s in rows}
+
+
+def finished(sweep_id: str) -> bool:
+    """No trial pending and none still to make (out of budget, or stopped)."""
+    sweep = get(sweep_id)
+    statuses = job_statuses(sweep_id)
+    if any(JobStatus(s).pending for s in statuses.values()):
+        return False
+    return sweep is None or sweep.status != ACTIVE or sweep.created >= sweep.max_jobs
+
+
+def held_queued(sweep_id: str) -> list[Job]:
+    """The sweep's queued trials held by this eager process, oldest first."""
+    with db.session_scope() as session:
+        jobs = list(
+            session.scalars(
+                select(Job)
+                .where(
+                    Job.sweep_id == sweep_id,
+                    Job.status == JobStatus.QUEUED,
+                    Job.worker == eager.holder(),
+                )
+                .order_by(Job.id)
+            )
+        )
+        for job in jobs:
+            session.expunge(job)
+        return jobs
