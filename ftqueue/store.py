@@ -246,6 +246,8 @@ def job_summary(job: Job, *, detail: bool = False) -> dict[str, Any]:
         "dataset": job.dataset,
         "name": job.name,
         "sweep_id": job.sweep_id,
+        "trial": job.trial,
+        "selected_epoch": job.selected_epoch,
         "tags": job.tag_names,
         "attempts": job.attempts,
         "max_attempts": job.max_attempts,

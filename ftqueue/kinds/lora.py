@@ -111,7 +111,11 @@ def perform(spec: LoraSpec, ctx: JobContext) -> Outcome:
 
     assert ctx.staging is not None, "a lora job publishes an adapter"
     return training.run_lora(
-        spec, adapter_dir=ctx.staging, cache_dir=ctx.cache_dir, on_progress=ctx.on_progress
+        spec,
+        adapter_dir=ctx.staging,
+        cache_dir=ctx.cache_dir,
+        on_progress=ctx.on_progress,
+        keep_going=ctx.keep_going,
     )
 
 
