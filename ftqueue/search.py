@@ -1,14 +1,18 @@
 """``optuna`` sweeps: Optuna's TPE sampler proposes each next trial, told how each one ended.
 
-The study lives in Optuna's own tables in the results database (SQLite or PostgreSQL), named
-``ftqueue-<sweep id>``, so any worker can ask for the next trial and tell a finished one, and
-the search goes on after the submitting process has exited. Optuna's tables belong to
-Optuna (it creates and migrates them); ftqueue's schema does not list them.
+The study, named ``ftqueue-<sweep id>``, lives in Optuna's own tables beside the results:
+in the schema ``optuna`` of the same PostgreSQL database (revision 0004 creates it), or in
+``<name>.optuna.db`` next to a SQLite file. Any worker can then ask for the next trial and
+tell a finished one, and the search goes on after the submitting process has exited.
+Optuna creates and migrates its tables itself, with its own ``alembic_version`` table: that
+is why they cannot share ftqueue's schema, whose ``alembic_version`` is ftqueue's.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ftqueue.db import database_url
@@ -28,12 +32,28 @@ def study_name(sweep_id: str) -> str:
     return f"ftqueue-{sweep_id}"
 
 
+#: The PostgreSQL schema of Optuna's tables.
+SCHEMA = "optuna"
+
+
+def storage_url() -> tuple[str, dict[str, Any]]:
+    """Where Optuna keeps its studies, and the engine options it needs there."""
+    from sqlalchemy.engine import make_url
+
+    url = make_url(database_url())
+    if url.get_backend_name() == "sqlite":
+        assert url.database, "an in-memory SQLite database has no place beside it"
+        path = Path(url.database)
+        beside = url.set(database=str(path.with_name(f"{path.stem}.optuna.db")))
+        # Workers ask and tell at the same moments: wait for the lock as ftqueue does.
+        return beside.render_as_string(hide_password=False), {"connect_args": {"timeout": 60}}
+    return database_url(), {"connect_args": {"options": f"-c search_path={SCHEMA}"}}
+
+
 def _storage() -> Any:
     import optuna
 
-    url = database_url()
-    # Workers ask and tell at the same moments; on SQLite, wait for the lock as ftqueue does.
-    kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
+    url, kwargs = storage_url()
     return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
 
 
@@ -55,14 +75,19 @@ def create_study(sweep_id: str, plan: SweepPlan) -> None:
     )
 
 
-def load_study(sweep_id: str, plan: SweepPlan, number: int = 0) -> optuna.Study:
+def load_study(sweep_id: str, plan: SweepPlan) -> optuna.Study:
     import optuna
 
     _quiet()
-    # A sampler per call, seeded by the sweep's seed and the trial's place: two workers
-    # asking at once do not draw the same random start-up trials.
-    sampler = optuna.samplers.TPESampler(seed=plan.seed * 100_003 + number)
-    return optuna.load_study(study_name=study_name(sweep_id), storage=_storage(), sampler=sampler)
+    # A sampler per ask, seeded by the sweep's seed, the process and the trials so far: two
+    # workers asking at once must not draw the same random start-up trial. (Trials are asked
+    # in whatever order workers finish, so an optuna sweep is not reproducible trial by
+    # trial; a random one is.)
+    storage = _storage()
+    study = optuna.load_study(study_name=study_name(sweep_id), storage=storage)
+    seed = hash((plan.seed, os.getpid(), len(study.get_trials(deepcopy=False)))) % 2**31
+    study.sampler = optuna.samplers.TPESampler(seed=seed)
+    return study
 
 
 def _distribution(dim: Dimension) -> Any:
@@ -86,9 +111,9 @@ def _decode(dim: Dimension, value: Any) -> Any:
     return value
 
 
-def ask(sweep_id: str, plan: SweepPlan, number: int) -> tuple[int, dict[str, Any]]:
+def ask(sweep_id: str, plan: SweepPlan) -> tuple[int, dict[str, Any]]:
     """The next trial Optuna proposes: (its Optuna trial number, the searched values)."""
-    study = load_study(sweep_id, plan, number)
+    study = load_study(sweep_id, plan)
     trial = study.ask({dim.name: _distribution(dim) for dim in plan.space})
     values = {dim.name: _decode(dim, trial.params[dim.name]) for dim in plan.space}
     return trial.number, values
@@ -119,3 +144,18 @@ def tell(sweep_id: str, trial: int, status: str, curve: list[tuple[int, float]])
         study.tell(trial, state=TrialState.PRUNED, skip_if_finished=True)
     else:
         study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+
+
+def discard(sweep_id: str, numbers: list[int]) -> None:
+    """Proposals that found no free slot: told as failed, marked so reports can leave them out."""
+    import optuna
+    from optuna.trial import TrialState
+
+    _quiet()
+    storage = _storage()
+    study = optuna.load_study(study_name=study_name(sweep_id), storage=storage)
+    study_id = storage.get_study_id_from_name(study_name(sweep_id))
+    for number in numbers:
+        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, number)
+        storage.set_trial_user_attr(trial_id, "ftqueue", "no free slot; not run")
+        study.tell(number, state=TrialState.FAIL, skip_if_finished=True)

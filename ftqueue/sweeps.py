@@ -112,38 +112,63 @@ def fill(sweep_id: str) -> list[Job]:
     The new jobs are published, or, in eager mode, held by this process to run itself.
     """
     settings = get_settings()
+    asked: list[tuple[int, dict[str, Any]]] = []
+    sweep = get(sweep_id)
+    if sweep is None or sweep.status != ACTIVE:
+        return []
+    plan = plan_of(sweep)
+    if plan.method == "optuna":
+        from ftqueue import search
+
+        # Optuna is asked before the sweep row is locked: an ask takes a while, and on SQLite
+        # that lock is the whole database's. A proposal that finds its slot taken meanwhile
+        # is told to Optuna as failed (see search.discard).
+        wanted = _free_slots(sweep_id, sweep)
+        asked = [search.ask(sweep_id, plan) for _ in range(wanted)]
     with db.session_scope(write=True) as session:
         sweep = session.scalars(
             select(Sweep).where(Sweep.id == sweep_id).with_for_update()
         ).one_or_none()
         if sweep is None or sweep.status != ACTIVE:
-            return []
-        pending = session.scalar(
-            select(func.count())
-            .select_from(Job)
-            .where(Job.sweep_id == sweep_id, Job.status.in_(_PENDING))
-        )
-        free = min(sweep.max_parallel - int(pending or 0), sweep.max_jobs - sweep.created)
-        if free <= 0:
-            return []
-        numbers = list(range(sweep.created, sweep.created + free))
-        sweep.created += free
-        plan = plan_of(sweep)
-        if plan.method != "optuna":
-            jobs = _create(session, sweep_id, plan, [(n, plan.trial_values(n)) for n in numbers])
-    if plan.method == "optuna":
+            free = 0
+        else:
+            free = _free_slots(sweep_id, sweep, session)
+        if plan.method == "optuna":
+            trials, unused = asked[:free], asked[free:]
+        else:
+            trials = (
+                [(n, plan.trial_values(n)) for n in range(sweep.created, sweep.created + free)]
+                if sweep
+                else []
+            )
+            unused = []
+        jobs = _create(session, sweep_id, plan, trials) if trials else []
+        if sweep is not None:
+            sweep.created += len(trials)
+    if unused:
         from ftqueue import search
 
-        # Optuna writes through its own connections: asked outside the sweep's transaction,
-        # which on SQLite holds the write lock Optuna would wait for.
-        asked = [search.ask(sweep_id, plan, n) for n in numbers]
-        with db.session_scope(write=True) as session:
-            jobs = _create(session, sweep_id, plan, asked)
+        search.discard(sweep_id, [number for number, _ in unused])
     if jobs and not settings.eager:
         from ftqueue import submission
 
         submission._publish(jobs)
     return jobs
+
+
+def _free_slots(sweep_id: str, sweep: Sweep, session: Any = None) -> int:
+    """How many trials the sweep may start now: free parallel slots, within the budget."""
+    query = (
+        select(func.count())
+        .select_from(Job)
+        .where(Job.sweep_id == sweep_id, Job.status.in_(_PENDING))
+    )
+    if session is None:
+        with db.session_scope() as own:
+            pending = own.scalar(query)
+    else:
+        pending = session.scalar(query)
+    return max(0, min(sweep.max_parallel - int(pending or 0), sweep.max_jobs - sweep.created))
 
 
 def _create(

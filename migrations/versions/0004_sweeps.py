@@ -3,6 +3,8 @@
 A sweep row holds a search (its method, budget and early-stopping rungs); sweep_rungs holds
 each trial's verdict at each rung, decided once under the sweep row's lock. ``pruned`` is a
 new terminal status; on SQLite the CHECK constraint changes through batch mode (a table copy).
+On PostgreSQL the schema ``optuna`` is made for the studies of ``optuna`` sweeps: Optuna
+manages its own tables there, with its own alembic_version table.
 Downgrading fails while pruned jobs exist (the old constraint refuses them).
 
 Revision ID: 0004
@@ -25,6 +27,8 @@ NEW = "status IN ('queued', 'running', 'succeeded', 'failed', 'cancelled', 'prun
 
 
 def upgrade() -> None:
+    if op.get_bind().dialect.name == "postgresql":
+        op.execute("CREATE SCHEMA IF NOT EXISTS optuna")
     op.create_table(
         "sweeps",
         sa.Column("id", sa.String(64), nullable=False),
@@ -84,3 +88,5 @@ def downgrade() -> None:
     op.drop_index("ix_sweep_rungs_sweep_id_rung", table_name="sweep_rungs")
     op.drop_table("sweep_rungs")
     op.drop_table("sweeps")
+    if op.get_bind().dialect.name == "postgresql":
+        op.execute("DROP SCHEMA IF EXISTS optuna CASCADE")
