@@ -1,8 +1,9 @@
 """Sweeps in the queue: create one from a plan, fill its free slots with trials, cancel it.
 
 There is no sweep process to lose. `ftqueue sweep` inserts the sweep row and its first
-``max_parallel`` trials; from then on, whichever worker ends a trial fills the freed slot
-(``after_trial``), and the reaper fills any slot left free by a worker that died in between.
+``max_parallel`` trials (submission.start_sweep); from then on, whichever worker ends a trial
+fills the freed slot (``after_trial``), and the reaper fills any slot left free by a worker
+that died in between.
 Each fill holds the sweep row's lock while it takes trial numbers, so two workers ending
 trials at once never make the same trial, nor more than the budget.
 """
@@ -10,14 +11,12 @@ trials at once never make the same trial, nor more than the budget.
 from __future__ import annotations
 
 import logging
-import uuid
-from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import func, select
 
 from ftqueue import db, eager, lifecycle
-from ftqueue.errors import SpecError
+from ftqueue.errors import PublishError, SpecError
 from ftqueue.models import Job, Result, Sweep
 from ftqueue.settings import get_settings
 from ftqueue.states import JobStatus
@@ -30,38 +29,8 @@ CANCELLED = "cancelled"
 _PENDING = (JobStatus.QUEUED, JobStatus.RUNNING)
 
 
-@dataclass
-class Started:
-    """What `ftqueue sweep` did: the sweep's id and the trials it queued."""
-
-    sweep_id: str
-    plan: SweepPlan
-    created: list[Job] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-
-
-def submit(plan: SweepPlan) -> Started:
-    """Check the plan's inputs, write the sweep row, and queue its first trials."""
-    from ftqueue import submission
-
-    sweep_id = plan.name or uuid.uuid4().hex[:8]
-    submission.check_label(sweep_id, "name")
-    checker = submission.Checker()
-    first = plan.spec(_first_values(plan))
-    pinned = checker(first)
-    # Trials change only searched settings: the pinned model and data hold for every one.
-    base = {k: v for k, v in pinned.to_dict().items() if k not in {d.name for d in plan.space}}
-    base.pop("kind", None)
-    if plan.method == "grid":
-        for number in range(plan.max_jobs):
-            checker(plan.spec(plan.trial_values(number)))
-    plan = SweepPlan.from_dict(plan.to_dict() | {"base": base})
-    db.ensure_ready()
-    settings = get_settings()
-    if not settings.eager:
-        from ftqueue import broker
-
-        broker.check_broker()
+def create(sweep_id: str, plan: SweepPlan) -> None:
+    """Write the sweep row (no trials yet); SpecError when the id is taken."""
     with db.session_scope(write=True) as session:
         if session.get(Sweep, sweep_id) is not None or session.scalar(
             select(func.count()).select_from(Job).where(Job.sweep_id == sweep_id)
@@ -89,17 +58,6 @@ def submit(plan: SweepPlan) -> Started:
         from ftqueue import search
 
         search.create_study(sweep_id, plan)
-    return Started(sweep_id, plan, fill(sweep_id), checker.notes)
-
-
-def _first_values(plan: SweepPlan) -> dict[str, Any]:
-    if plan.method == "optuna":
-        return {d.name: (d.values[0] if d.values else _low(d.low, d.integer)) for d in plan.space}
-    return plan.trial_values(0)
-
-
-def _low(value: float | None, integer: bool) -> Any:
-    return int(value) if integer and value is not None else value
 
 
 def plan_of(sweep: Sweep) -> SweepPlan:
@@ -150,10 +108,19 @@ def fill(sweep_id: str) -> list[Job]:
 
         search.discard(sweep_id, [number for number, _ in unused])
     if jobs and not settings.eager:
-        from ftqueue import submission
-
-        submission._publish(jobs)
+        publish(jobs)
     return jobs
+
+
+def publish(jobs: list[Job]) -> None:
+    """Publish new trials; a trial whose message could not be sent is withdrawn."""
+    from ftqueue import broker
+
+    try:
+        broker.publish(jobs)
+    except PublishError as exc:
+        lifecycle.delete_unpublished([job.id for job in jobs if job.id not in set(exc.sent)])
+        raise
 
 
 def _free_slots(sweep_id: str, sweep: Sweep, session: Any = None) -> int:

@@ -16,7 +16,7 @@ import pytest
 import yaml
 from sqlalchemy import func, select
 
-from ftqueue import asha, broker, db, search, sweepfile, sweeps
+from ftqueue import asha, broker, db, search, submission, sweepfile, sweeps
 from ftqueue.models import Job, JobEvent, Result, RungDecision, Sweep
 from ftqueue.settings import reset_settings
 from tests.procs import WorkerProcess, child_env, statuses, wait_for
@@ -104,7 +104,7 @@ def test_rungs_decided_once_under_two_workers_then_redelivery_and_cancel(
     workers: list[WorkerProcess], tmp_path: Path
 ) -> None:
     plan = sweepfile.load(sweep_file(tmp_path, "pair"))
-    started = sweeps.submit(plan)
+    started = submission.start_sweep(plan)
     assert len(started.created) == 2  # max_parallel: the workers make the rest
     wait_finished("pair", workers)
     rows = check_asha("pair", eta=2)
@@ -133,9 +133,7 @@ def test_rungs_decided_once_under_two_workers_then_redelivery_and_cancel(
     before = (victim.attempts, len(decisions("pair")))
     broker.publish([victim])
     wait_for(lambda: not broker.pending_task_ids(), timeout=60, what="the message consumed")
-    wait_for(
-        lambda: "nothing to do for this delivery" in logs(workers), timeout=30, what="skip"
-    )
+    wait_for(lambda: "nothing to do for this delivery" in logs(workers), timeout=30, what="skip")
     with db.session_scope() as session:
         again = session.get(Job, victim.id)
         assert again is not None and again.status == "pruned"
@@ -148,7 +146,7 @@ def test_rungs_decided_once_under_two_workers_then_redelivery_and_cancel(
         model="synthetic:seconds=30,steps=60",
         budget={"max_jobs": 6, "max_parallel": 1},
     )
-    started = sweeps.submit(sweepfile.load(slow))
+    started = submission.start_sweep(sweepfile.load(slow))
     [first] = [job.id for job in started.created]
     wait_for(lambda: statuses([first])[first] == "running", timeout=60, what="trial running")
     result = subprocess.run(
@@ -178,7 +176,7 @@ def test_worker_killed_at_a_rung_gets_the_same_verdict_again(
         space={"lr": [1e-4, 3e-4, 1e-3, 3e-3]},
         budget={"max_jobs": 4, "max_parallel": 2},
     )
-    sweeps.submit(sweepfile.load(path))
+    submission.start_sweep(sweepfile.load(path))
     wait_finished("crashy", workers, timeout=300)
     rows = check_asha("crashy", eta=2)
     with db.session_scope() as session:

@@ -33,11 +33,11 @@ def sweep_cmd(file: Path, wait: bool, as_json: bool) -> None:
       ftqueue report --sweep lr-r-modules            # trials, pruned ones, time saved
       ftqueue cancel --sweep lr-r-modules            # no more trials; running ones stop
     """
-    from ftqueue import sweepfile, sweeps
+    from ftqueue import submission, sweepfile, sweeps
     from ftqueue.settings import get_settings
 
     plan = sweepfile.load(file)
-    started = sweeps.submit(plan)
+    started = submission.start_sweep(plan)
     for note in started.notes:
         click.echo(f"note: {note}", err=True)
     out = console(quiet=as_json)
