@@ -20,7 +20,13 @@ from ftqueue.text import duration
 @click.command("report")
 @click.option("--model", "models", multiple=True, help="Only this model (repeatable).")
 @click.option("--dataset", "datasets", multiple=True, help="Only this dataset (repeatable).")
-@click.option("--sweep", "sweeps", multiple=True, help="Only LoRA runs of this sweep.")
+@click.option(
+    "--sweep",
+    "sweeps",
+    multiple=True,
+    help="Only LoRA runs of this sweep; one sweep started by `ftqueue sweep` gets its own "
+    "report: trials, pruned ones, the best configuration, train time saved.",
+)
 @click.option("--tag", "tags", multiple=True, help="Only LoRA runs with this tag (all must match).")
 @click.option(
     "--status",
@@ -122,6 +128,7 @@ def report_cmd(
       ftqueue report
       ftqueue report --model minilm --split validation --split test --format markdown
       ftqueue report --sweep 7f3a9c --group-by r,lr --sort accuracy
+      ftqueue report --sweep lr-r-modules --plot rungs.png    # a `ftqueue sweep`
       ftqueue report --where 'r>=16' --where 'accuracy>0.8' --format csv > runs.csv
       ftqueue report --since 2d --plot report.png --html report.html
     """
@@ -138,6 +145,8 @@ def report_cmd(
     plot_file = check_output(plot, "--plot")
     html_file = check_output(html_path, "--html")
     db.ensure_ready()
+    if len(opts.sweeps) == 1 and _sweep_report(opts.sweeps[0], fmt, plot_file):
+        return
     with db.session_scope() as session:
         report = build_report(session, opts)
         drawing = plot_file is not None or html_file is not None
@@ -163,6 +172,29 @@ def report_cmd(
     if html_file is not None:
         write_bytes_atomic(html_file, export.to_html(report, png).encode("utf-8"))
         click.echo(f"wrote {html_file}", err=True)
+
+
+def _sweep_report(sweep_id: str, fmt: str, plot_file: Path | None) -> bool:
+    """Print the report of a sweep started by `ftqueue sweep`; False when it is not one."""
+    from ftqueue.report import sweep
+
+    with db.session_scope() as session:
+        report = sweep.sweep_report(session, sweep_id)
+    if report is None:
+        return False
+    if fmt == "json":
+        click.echo(sweep.to_json(report))
+    elif fmt == "csv":
+        click.echo(sweep.to_csv(report), nl=False)
+    else:
+        out = console()
+        out.print(sweep.rich_table(report))
+        for line in sweep.summary_lines(report):
+            out.print(line, highlight=False)
+    if plot_file is not None:
+        write_bytes_atomic(plot_file, sweep.plot_png(report))
+        click.echo(f"wrote {plot_file}", err=True)
+    return True
 
 
 @click.command("show")
