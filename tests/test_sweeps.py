@@ -144,7 +144,7 @@ def _claimed_trials(n: int, eta: int = 3) -> list[lifecycle.Claim]:
                     sweep_id="s",
                 )
                 for i in range(n)
-            ],  # fmt: skip
+            ],
             max_attempts=3,
         )
         ids = [job.id for job in jobs]
@@ -224,7 +224,7 @@ def test_select_epoch_last_keeps_the_last_epoch(sqlite_url: str) -> None:
                         model=spec.model,
                         dataset="d",
                     )
-                ],  # fmt: skip
+                ],
                 max_attempts=1,
             )
             job_id = job.id
@@ -267,7 +267,7 @@ def test_a_real_minilm_sweep_prunes_and_keeps_the_best_epoch(
         results = session.execute(
             select(Result.job_id, Result.split, Result.epoch, Result.accuracy, Result.loss)
         ).all()
-    assert [j.status for j in jobs][0] == "succeeded"
+    assert jobs[0].status == "succeeded"
     assert len(jobs) == 3 and all(j.id in decided for j in jobs)
     for job in jobs:
         curve = {e: (a, -loss) for j, s, e, a, loss in results if j == job.id and s == "validation"}
