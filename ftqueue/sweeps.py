@@ -74,14 +74,17 @@ def fill(sweep_id: str) -> list[Job]:
     sweep = get(sweep_id)
     if sweep is None or sweep.status != ACTIVE:
         return []
+    # Read first: the reaper calls this for every active sweep on every pass, and most find
+    # no free slot; only a sweep with one takes the lock (on SQLite, the database's).
+    wanted = _free_slots(sweep_id, sweep)
+    if wanted <= 0:
+        return []
     plan = plan_of(sweep)
     if plan.method == "optuna":
         from ftqueue import search
 
-        # Optuna is asked before the sweep row is locked: an ask takes a while, and on SQLite
-        # that lock is the whole database's. A proposal that finds its slot taken meanwhile
-        # is told to Optuna as failed (see search.discard).
-        wanted = _free_slots(sweep_id, sweep)
+        # Optuna is asked before the sweep row is locked: an ask takes a while. A proposal
+        # that finds its slot taken meanwhile is told to Optuna as failed (search.discard).
         asked = [search.ask(sweep_id, plan) for _ in range(wanted)]
     with db.session_scope(write=True) as session:
         sweep = session.scalars(

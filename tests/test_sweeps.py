@@ -252,9 +252,9 @@ def test_a_real_minilm_sweep_prunes_and_keeps_the_best_epoch(
     raw = {
         "name": "tiny",
         "model": "minilm",
-        "data": {"dataset": "movie-snippets", "train_samples": 64, "eval_samples": 64},
-        "fixed": {"epochs": 2, "batch_size": 16, "max_length": 48, "lr": 3e-3},
-        # The first trial's head learns; the others' barely move from their random start.
+        "data": {"dataset": "movie-snippets", "train_samples": 256, "eval_samples": 128},
+        "fixed": {"epochs": 2, "batch_size": 32, "max_length": 48, "lr": 3e-3, "pooling": "mean"},
+        # The first trial's head learns; the others' stays where its random start put it.
         "space": {"head_lr": [3e-2, 1e-7, 2e-7]},
         "budget": {"max_parallel": 1},
         "early_stopping": {"eta": 2, "rungs": [1]},
@@ -282,5 +282,5 @@ def test_a_real_minilm_sweep_prunes_and_keeps_the_best_epoch(
             # Best: the highest accuracy, then the lowest loss, then the earliest epoch.
             best = max(curve, key=lambda e: (*curve[e], -e))
             assert tests == [job.selected_epoch] and job.selected_epoch == best
-    # A head learning at 1e-7 stays near chance in 4 steps: at least one is pruned.
+    # A head learning at 1e-7 stays near chance: at least one of those is pruned.
     assert "pruned" in {j.status for j in jobs}
