@@ -252,10 +252,11 @@ def test_a_real_minilm_sweep_prunes_and_keeps_the_best_epoch(
     raw = {
         "name": "tiny",
         "model": "minilm",
-        "data": {"dataset": "movie-snippets", "train_samples": 256, "eval_samples": 128},
-        "fixed": {"epochs": 2, "batch_size": 32, "max_length": 48, "lr": 3e-3, "pooling": "mean"},
-        # The first trial's head learns; the others' stays where its random start put it.
-        "space": {"head_lr": [3e-2, 1e-7, 2e-7]},
+        "data": {"dataset": "movie-snippets", "train_samples": 192, "eval_samples": 128},
+        "fixed": {"epochs": 2, "batch_size": 32, "max_length": 48, "head_lr": 1e-9},
+        # The head stays as it started: the first trial's adapter learns to use it (about 0.65
+        # after one epoch), the second's learns nothing and stays near chance.
+        "space": {"lr": [3e-3, 1e-9]},
         "budget": {"max_parallel": 1},
         "early_stopping": {"eta": 2, "rungs": [1]},
     }
@@ -268,7 +269,7 @@ def test_a_real_minilm_sweep_prunes_and_keeps_the_best_epoch(
             select(Result.job_id, Result.split, Result.epoch, Result.accuracy, Result.loss)
         ).all()
     assert jobs[0].status == "succeeded"
-    assert len(jobs) == 3 and all(j.id in decided for j in jobs)
+    assert len(jobs) == 2 and all(j.id in decided for j in jobs)
     for job in jobs:
         curve = {e: (a, -loss) for j, s, e, a, loss in results if j == job.id and s == "validation"}
         tests = [e for j, s, e, _, _ in results if j == job.id and s == "test"]
@@ -282,5 +283,4 @@ def test_a_real_minilm_sweep_prunes_and_keeps_the_best_epoch(
             # Best: the highest accuracy, then the lowest loss, then the earliest epoch.
             best = max(curve, key=lambda e: (*curve[e], -e))
             assert tests == [job.selected_epoch] and job.selected_epoch == best
-    # A head learning at 1e-7 stays near chance: at least one of those is pruned.
-    assert "pruned" in {j.status for j in jobs}
+    assert jobs[1].status == "pruned", [d.value for d in decided.values()]

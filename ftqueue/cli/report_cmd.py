@@ -128,7 +128,7 @@ def report_cmd(
       ftqueue report
       ftqueue report --model minilm --split validation --split test --format markdown
       ftqueue report --sweep 7f3a9c --group-by r,lr --sort accuracy
-      ftqueue report --sweep lr-r-modules --plot rungs.png    # a `ftqueue sweep`
+      ftqueue report --sweep demo-sweep --plot rungs.png      # a `ftqueue sweep`
       ftqueue report --where 'r>=16' --where 'accuracy>0.8' --format csv > runs.csv
       ftqueue report --since 2d --plot report.png --html report.html
     """

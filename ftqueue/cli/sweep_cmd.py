@@ -30,8 +30,8 @@ def sweep_cmd(file: Path, wait: bool, as_json: bool) -> None:
     \b
     Examples:
       ftqueue sweep examples/sweep.yaml --wait
-      ftqueue report --sweep lr-r-modules            # trials, pruned ones, time saved
-      ftqueue cancel --sweep lr-r-modules            # no more trials; running ones stop
+      ftqueue report --sweep demo-sweep              # trials, pruned ones, time saved
+      ftqueue cancel --sweep demo-sweep              # no more trials; running ones stop
     """
     from ftqueue import submission, sweepfile, sweeps
     from ftqueue.settings import get_settings
@@ -58,7 +58,7 @@ def sweep_cmd(file: Path, wait: bool, as_json: bool) -> None:
         _follow(started.sweep_id, out)
     else:
         if as_json:
-            echo_json({"sweep_id": started.sweep_id, "jobs": [j.id for j in started.created]})
+            echo_json({"sweep_id": started.sweep_id, "jobs": sweeps.job_statuses(started.sweep_id)})
         return
     statuses = sweeps.job_statuses(started.sweep_id)
     if as_json:
