@@ -259,7 +259,7 @@ def test_a_real_minilm_sweep_prunes_and_keeps_the_best_epoch(
             "max_length": 48,
             "head_lr": 1e-9,
             "pooling": "mean",
-        },  # fmt: skip
+        },
         # The head stays as it started: the first trial's adapter learns to use it (0.69
         # after one epoch in a trial run), the second's learns nothing: chance, about 0.5.
         "space": {"lr": [3e-3, 1e-9]},
