@@ -5,7 +5,8 @@ each trial's verdict at each rung, decided once under the sweep row's lock. ``pr
 new terminal status; on SQLite the CHECK constraint changes through batch mode (a table copy).
 On PostgreSQL the schema ``optuna`` is made for the studies of ``optuna`` sweeps: Optuna
 manages its own tables there, with its own alembic_version table.
-Downgrading fails while pruned jobs exist (the old constraint refuses them).
+Downgrading fails while pruned jobs exist (the old constraint refuses them); on PostgreSQL it
+drops the optuna schema with its studies.
 
 Revision ID: 0004
 Revises: 0003
