@@ -22,12 +22,13 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from ftqueue import db, eager, lifecycle, store, submission
 from ftqueue.errors import JobNotFound, WaitTimeout
+from ftqueue.models import Job
 from ftqueue.settings import get_settings
 from ftqueue.specs import JobSpec
 from ftqueue.states import JobStatus
@@ -75,9 +76,9 @@ def submit(
     return sub
 
 
-def run_eager(sub: Submission) -> None:
+def run_eager(jobs: Submission | Sequence[Job]) -> None:
     """Run the new jobs of an eager submission here, one after the other, as a worker would."""
-    submission.run_eagerly(sub.created)
+    submission.run_eagerly(jobs.created if isinstance(jobs, Submission) else jobs)
 
 
 def _ids(jobs: int | Iterable[int] | Submission) -> list[int]:

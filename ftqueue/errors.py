@@ -28,6 +28,10 @@ class SpecError(FtqueueError, ValueError):
     exit_code = 2
 
 
+class SweepFileError(SpecError):
+    """Raised when a sweep file is malformed or sets a value its job kind does not allow."""
+
+
 class DatasetError(FtqueueError, ValueError):
     """Raised when a dataset cannot be found, read or used as labelled text."""
 

@@ -15,8 +15,9 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
-from ftqueue import artifacts, kinds, lifecycle, paths, store, synthetic
+from ftqueue import artifacts, asha, kinds, lifecycle, paths, store, synthetic
 from ftqueue.errors import (
     DatabaseError,
     DatabaseReplaced,
@@ -27,7 +28,9 @@ from ftqueue.errors import (
 )
 from ftqueue.outcome import Outcome, Progress
 from ftqueue.settings import get_settings
-from ftqueue.states import AttemptOutcome, Phase
+from ftqueue.states import AttemptOutcome, JobStatus, Phase
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +163,21 @@ def run_job(job_id: int, *, worker: str, task_id: str | None = None) -> AttemptO
     if claim is None:
         return AttemptOutcome.SKIPPED
     log.info("job %s: attempt %s on %s", job_id, claim.attempt, worker)
-    return execute(claim)
+    ended = execute(claim)
+    if ended != AttemptOutcome.SUPERSEDED:
+        _after_trial(job_id)
+    return ended
+
+
+def _after_trial(job_id: int) -> None:
+    """A sweep's trial ended: tell its search, and fill the freed slot (never fails the job)."""
+    from ftqueue import sweeps
+
+    try:
+        sweeps.after_trial(job_id)
+    except Exception:
+        # The reaper fills sweeps' free slots too; nothing is lost by failing here.
+        log.exception("job %s: could not start the next trial of its sweep", job_id)
 
 
 def claim_when_writable(
@@ -198,6 +215,19 @@ def published_dir(claim: lifecycle.Claim) -> Path:
     return paths.job_dir(get_settings().artifacts_dir, claim.job_id, claim.output_dir, default)
 
 
+def rung_check(claim: lifecycle.Claim, heartbeat: Heartbeat) -> Callable[[int, float], bool]:
+    """The job's ``keep_going``: its sweep's rung decision at each rung, True elsewhere."""
+    policy = _with_db_retry(lambda: asha.policy_of(claim.job_id))
+
+    def keep_going(epoch: int, accuracy: float) -> bool:
+        heartbeat.check()
+        if policy is None or epoch not in policy.rungs:
+            return True
+        return _with_db_retry(lambda: asha.decide(claim, policy, epoch, accuracy))
+
+    return keep_going
+
+
 def perform(claim: lifecycle.Claim, *, staging: Path | None, heartbeat: Heartbeat) -> Outcome:
     """Decode the job's spec and run its kind's work (or the synthetic stand-in)."""
     kind = kinds.get(claim.kind)
@@ -208,6 +238,7 @@ def perform(claim: lifecycle.Claim, *, staging: Path | None, heartbeat: Heartbea
         staging=staging,
         cache_dir=get_settings().cache_dir,
         on_progress=heartbeat.on_progress,
+        keep_going=rung_check(claim, heartbeat),
     )
     if synthetic.is_synthetic(spec.model):
         return synthetic.run(spec, kind, context)
@@ -238,12 +269,16 @@ def execute(claim: lifecycle.Claim) -> AttemptOutcome:
 
         measurements = list(outcome.measurements)
         stats = {**outcome.stats, "seconds_to_first_step": heartbeat.first_step_after}
+        pruned = stats.get("pruned_at") is not None
+        status = JobStatus.PRUNED if pruned else JobStatus.SUCCEEDED
         recorded = _with_db_retry(
-            lambda: lifecycle.record_success(claim, measurements, stats=stats, publish=publish)
+            lambda: lifecycle.record_success(
+                claim, measurements, stats=stats, publish=publish, status=status
+            )
         )
         if recorded:
-            log.info("job %s: succeeded", claim.job_id)
-            return AttemptOutcome.SUCCEEDED
+            log.info("job %s: %s", claim.job_id, status)
+            return AttemptOutcome.PRUNED if pruned else AttemptOutcome.SUCCEEDED
         log.warning(
             "job %s: attempt %s no longer holds it; result discarded", claim.job_id, claim.attempt
         )
@@ -313,7 +348,7 @@ def describe_failure(exc: BaseException) -> tuple[str, str]:
     return type(exc).__name__, str(exc).strip() or repr(exc)
 
 
-def _with_db_retry(action: Callable[[], bool]) -> bool:
+def _with_db_retry(action: Callable[[], T]) -> T:
     started = time.monotonic()
     delay = 0.5
     failing = False

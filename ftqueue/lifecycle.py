@@ -47,6 +47,7 @@ class NewJob:
     name: str | None = None
     sweep_id: str | None = None
     output_dir: str | None = None
+    trial: int | None = None
 
 
 @dataclass(frozen=True)
@@ -111,6 +112,7 @@ def create_jobs(
                 "model": new.model,
                 "dataset": new.dataset,
                 "sweep_id": new.sweep_id,
+                "trial": new.trial,
                 "name": new.name,
                 "output_dir": new.output_dir,
                 "attempts": 0,
@@ -174,8 +176,10 @@ def _insert_many(session: Session, rows: list[dict[str, Any]]) -> dict[str, int]
 
 
 #: The columns of new job rows that differ from row to row, sent as one array each ...
-_VARYING = ("kind", "spec", "spec_hash", "config_hash", "model", "dataset", "sweep_id", "name",
-            "output_dir", "task_id")  # fmt: skip
+_VARYING = ("kind", "spec", "spec_hash", "config_hash", "model", "dataset", "sweep_id", "trial",
+            "name", "output_dir", "task_id")  # fmt: skip
+#: The array type of each varying column that is not text.
+_ARRAY_TYPES = {"spec": "json", "trial": "integer"}
 #: ... and those every row of one submit shares, sent once.
 _SAME = ("status", "attempts", "max_attempts", "cancel_requested", "created_at", "queued_at",
          "worker", "lease_expires_at")  # fmt: skip
@@ -193,7 +197,7 @@ def _insert_unnest(session: Session, rows: list[dict[str, Any]]) -> dict[str, in
     params: dict[str, Any] = {c: first[c] for c in _SAME}
     params.update({c: [row[c] for row in rows] for c in _VARYING})
     params["spec"] = [json.dumps(spec) for spec in params["spec"]]
-    arrays = ", ".join(f"CAST(:{c} AS {'json' if c == 'spec' else 'varchar'}[])" for c in _VARYING)
+    arrays = ", ".join(f"CAST(:{c} AS {_ARRAY_TYPES.get(c, 'varchar')}[])" for c in _VARYING)
     constants = ", ".join(f":{c}" for c in _SAME)
     statement = text(
         f"INSERT INTO jobs ({', '.join(_VARYING + _SAME)}) "
@@ -334,6 +338,16 @@ def _owned(session: Session, claim: Claim) -> Job | None:
     ).one_or_none()
 
 
+def holding(session: Session, claim: Claim) -> Job | None:
+    """The job row, locked, if this attempt still holds it (for decisions taken elsewhere)."""
+    return _owned(session, claim)
+
+
+def add_event(session: Session, claim: Claim, status: str, detail: str) -> None:
+    """Note something that happened to a claimed attempt in the job's history."""
+    _event(session, claim.job_id, status, claim.attempt, claim.worker, detail)
+
+
 def heartbeat(claim: Claim, progress: Progress | None, *, lease_seconds: int) -> tuple[bool, bool]:
     """Renew the lease and store progress (None: unchanged); returns (owned, cancel requested)."""
     now = utcnow()
@@ -372,8 +386,9 @@ def record_success(
     *,
     stats: dict[str, Any],
     publish: Callable[[], str | None] | None = None,
+    status: JobStatus = JobStatus.SUCCEEDED,
 ) -> bool:
-    """Record results and mark the job succeeded, if this attempt still holds it.
+    """Record results and mark the job succeeded (or pruned), if this attempt still holds it.
 
     ``publish`` moves the job's directory into place and returns its path; it runs inside the
     transaction, after the ownership check, so a superseded attempt never touches it.
@@ -410,7 +425,10 @@ def record_success(
         job.peak_memory_mb = stats.get("peak_cuda_mb") or stats.get("peak_rss_mb")
         job.trainable_params = stats.get("trainable_params")
         job.total_params = stats.get("total_params")
-        _end(session, job, JobStatus.SUCCEEDED, claim.worker, None)
+        job.selected_epoch = stats.get("selected_epoch")
+        pruned_at = stats.get("pruned_at")
+        detail = f"stopped at rung {pruned_at}" if status == JobStatus.PRUNED else None
+        _end(session, job, status, claim.worker, detail)
         return True
 
 

@@ -108,6 +108,8 @@ class Job(Base):
     model: Mapped[str] = mapped_column(String(512))
     dataset: Mapped[str] = mapped_column(String(1024))
     sweep_id: Mapped[str | None] = mapped_column(String(64))
+    #: The trial's number in its sweep (Optuna's trial number for an ``optuna`` sweep).
+    trial: Mapped[int | None] = mapped_column(Integer)
     name: Mapped[str | None] = mapped_column(String(128))
 
     attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
@@ -136,6 +138,8 @@ class Job(Base):
     trainable_params: Mapped[int | None] = mapped_column(Integer)
     total_params: Mapped[int | None] = mapped_column(Integer)
     stats: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    #: The epoch whose adapter was kept and whose test accuracy is reported (best or last).
+    selected_epoch: Mapped[int | None] = mapped_column(Integer)
 
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow, server_default=func.now())
     #: When the job last entered the queue (submitted or re-queued): lost-message detection.
@@ -216,3 +220,53 @@ class JobEvent(Base):
     detail: Mapped[str | None] = mapped_column(Text)
 
     job: Mapped[Job] = relationship(back_populates="events")
+
+
+class Sweep(Base):
+    """A search over a space of specs: how trials are drawn, how many, and when to stop one.
+
+    Trials are created ``max_parallel`` at a time, by the submitting command and then by
+    whichever worker ends a trial; ``created`` is the next trial's number, taken under the
+    row's lock so two workers never make the same trial.
+    """
+
+    __tablename__ = "sweeps"
+    __table_args__ = (CheckConstraint(_in("status", ("active", "cancelled")), name="status"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    method: Mapped[str] = mapped_column(String(16))
+    #: The checked sweep file, with the base spec every trial starts from (pinned at submit).
+    definition: Mapped[dict[str, Any]] = mapped_column(JSON)
+    max_jobs: Mapped[int] = mapped_column(Integer)
+    max_parallel: Mapped[int] = mapped_column(Integer)
+    created: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    #: ASHA: keep the top 1/eta at each rung (None: no early stopping).
+    eta: Mapped[int | None] = mapped_column(Integer)
+    rungs: Mapped[list[int] | None] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(16), default="active", server_default="active")
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow, server_default=func.now())
+
+
+class RungDecision(Base):
+    """One trial at one rung of its sweep: its validation accuracy there and the verdict.
+
+    Written once per (trial, rung) under the sweep row's lock; a later attempt of the same
+    job reaching the rung reads the verdict instead of deciding again.
+    """
+
+    __tablename__ = "sweep_rungs"
+    __table_args__ = (Index("ix_sweep_rungs_sweep_id_rung", "sweep_id", "rung"),)
+
+    sweep_id: Mapped[str] = mapped_column(
+        ForeignKey("sweeps.id", ondelete="CASCADE"), primary_key=True
+    )
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    rung: Mapped[int] = mapped_column(Integer, primary_key=True)
+    attempt: Mapped[int] = mapped_column(Integer)
+    value: Mapped[float] = mapped_column(Float)
+    keep: Mapped[bool] = mapped_column()
+    #: The trial's rank among the ``out_of`` trials that had reached the rung when it decided.
+    rank: Mapped[int] = mapped_column(Integer)
+    out_of: Mapped[int] = mapped_column(Integer)
+    decided_at: Mapped[dt.datetime] = mapped_column(default=utcnow, server_default=func.now())

@@ -63,6 +63,8 @@ class ReapSummary:
     failed: list[int] = field(default_factory=list)
     republished: list[int] = field(default_factory=list)
     cleaned: list[str] = field(default_factory=list)
+    #: New trials of sweeps whose free slots no worker filled (it died after a trial ended).
+    filled: list[int] = field(default_factory=list)
 
 
 def reap_once(*, lock_seconds: float = 10.0, grace_seconds: float | None = None) -> ReapSummary:
@@ -87,10 +89,11 @@ def reap_once(*, lock_seconds: float = 10.0, grace_seconds: float | None = None)
             broker.publish(lost)
             summary.republished = [job.id for job in lost]
         summary.cleaned = [str(p) for p in clean_staging()]
+        summary.filled = _fill_sweeps(report.failed)
     finally:
         with contextlib.suppress(LockError):  # expired meanwhile: another reaper may hold it
             lock.release()
-    for what in ("requeued", "failed", "republished", "cleaned"):
+    for what in ("requeued", "failed", "republished", "cleaned", "filled"):
         if getattr(summary, what):
             log.warning("reaper %s: %s", what, getattr(summary, what))
     return summary
@@ -103,6 +106,15 @@ def lost_message_grace() -> float:
     worker to show up in the unacked hash.
     """
     return max(10.0, float(get_settings().lease_seconds))
+
+
+def _fill_sweeps(failed: list[int]) -> list[int]:
+    """Tell sweeps about the trials this pass failed, then fill every sweep's free slots."""
+    from ftqueue import sweeps
+
+    for job_id in failed:
+        sweeps.after_trial(job_id)
+    return [job.id for job in sweeps.fill_all()]
 
 
 def clean_staging() -> list[Path]:

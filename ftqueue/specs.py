@@ -27,6 +27,7 @@ DATASET_ALIASES = ("movie-snippets",)
 SPLITS = ("train", "validation", "test")
 POOLINGS = ("mean", "cls", "pooler")
 BIASES = ("none", "all", "lora_only")
+SELECT_EPOCHS = ("best", "last")
 MAX_LENGTH_CAP = 8192
 #: Spec keys that do not make a different configuration: repeats differ only in their seed,
 #: and an evaluation's split is where it was measured, not what was run.

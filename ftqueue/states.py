@@ -10,13 +10,18 @@ from enum import StrEnum
 
 
 class JobStatus(StrEnum):
-    """``jobs.status``: queued -> running -> one of the terminal states."""
+    """``jobs.status``: queued -> running -> one of the terminal states.
+
+    ``pruned`` is a sweep's early stop: the job kept its measurements and its adapter, and
+    is neither a failure nor counted as one.
+    """
 
     QUEUED = "queued"
     RUNNING = "running"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    PRUNED = "pruned"
 
     @property
     def terminal(self) -> bool:
@@ -28,7 +33,7 @@ class JobStatus(StrEnum):
         return self in (JobStatus.QUEUED, JobStatus.RUNNING)
 
 
-TERMINAL = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
+TERMINAL = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.PRUNED})
 #: The status values, as plain strings (for CHECK constraints and --status choices).
 STATUSES = tuple(s.value for s in JobStatus)
 
@@ -39,6 +44,8 @@ class AttemptOutcome(StrEnum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    #: Stopped early by its sweep's rung decision; recorded as ``pruned``.
+    PRUNED = "pruned"
     #: The delivery found nothing to do (already done, running elsewhere, out of attempts).
     SKIPPED = "skipped"
     #: Another attempt took the job over; this one's result was discarded.

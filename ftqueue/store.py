@@ -209,7 +209,8 @@ def adapter_dir_of(job_id: int, *, flag: str = "--adapter-job") -> Path:
             f"{flag} {job_id} is an {kind} job, which trains no adapter; {_ADAPTERS_HINT}",
             param=flag,
         )
-    if status != JobStatus.SUCCEEDED or not path:
+    # A pruned trial keeps the adapter of the epochs it trained.
+    if status not in (JobStatus.SUCCEEDED, JobStatus.PRUNED) or not path:
         raise AdapterError(
             f"{flag} {job_id} has status {status}, not succeeded, so it has no "
             f"adapter; {_ADAPTERS_HINT}",
@@ -266,6 +267,8 @@ def job_summary(job: Job, *, detail: bool = False) -> dict[str, Any]:
         "dataset": job.dataset,
         "name": job.name,
         "sweep_id": job.sweep_id,
+        "trial": job.trial,
+        "selected_epoch": job.selected_epoch,
         "tags": job.tag_names,
         "attempts": job.attempts,
         "max_attempts": job.max_attempts,

@@ -7,6 +7,7 @@ import re
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from ftqueue import db, eager, hub, inputs, kinds, lifecycle, store, synthetic
 from ftqueue.errors import PublishError, SpecError
@@ -15,6 +16,7 @@ from ftqueue.paths import check_output_dir
 from ftqueue.settings import get_settings
 from ftqueue.specs import MODEL_ALIASES, DataSpec, JobSpec, is_local_model
 from ftqueue.states import JobStatus
+from ftqueue.sweepfile import SweepPlan
 from ftqueue.text import quote
 
 #: Tags, names and sweep ids end up in file names, URLs and shell commands.
@@ -241,6 +243,52 @@ def _grace_text() -> str:
     from ftqueue.reaper import lost_message_grace
 
     return f"{lost_message_grace():.0f}s"
+
+
+@dataclass
+class StartedSweep:
+    """What `ftqueue sweep` did: the sweep's id, its checked plan, the trials it queued."""
+
+    sweep_id: str
+    plan: SweepPlan
+    created: list[Job] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def start_sweep(plan: SweepPlan) -> StartedSweep:
+    """Check a sweep's inputs, write the sweep row, and queue its first trials.
+
+    The model and data are checked and pinned once, on the first trial; trials differ only in
+    searched settings, so the pinned base holds for all. A grid's every trial is checked.
+    """
+    from ftqueue import sweeps
+
+    sweep_id = check_label(plan.name or uuid.uuid4().hex[:8], "name")
+    checker = Checker()
+    pinned = checker(plan.spec(_first_values(plan)))
+    searched = {d.name for d in plan.space} | {"kind"}
+    base = {k: v for k, v in pinned.to_dict().items() if k not in searched}
+    if plan.method == "grid":
+        for number in range(plan.max_jobs):
+            checker(plan.spec(plan.trial_values(number)))
+    plan = SweepPlan.from_dict(plan.to_dict() | {"base": base})
+    db.ensure_ready()
+    if not get_settings().eager:
+        from ftqueue import broker
+
+        broker.check_broker()
+    sweeps.create(sweep_id, plan)
+    return StartedSweep(sweep_id, plan, sweeps.fill(sweep_id), checker.notes)
+
+
+def _first_values(plan: SweepPlan) -> dict[str, Any]:
+    if plan.method != "optuna":
+        return plan.trial_values(0)
+    first = {}
+    for d in plan.space:
+        low = int(d.low) if d.integer and d.low is not None else d.low
+        first[d.name] = d.values[0] if d.values else low
+    return first
 
 
 def run_eagerly(jobs: Sequence[Job]) -> None:

@@ -7,7 +7,12 @@ deterministic numbers derived from the spec, clearly not measurements of anythin
 Keys: ``seconds`` (sleep spread over the steps, default 0.5), ``steps`` (default 10),
 ``fault``: ``raise`` (an exception), ``oom`` (a CUDA out-of-memory error), ``crash`` (the
 process kills itself), ``crash-first`` (only on the first attempt), ``hang`` (never ends),
-``stuck`` (never ends and ignores the soft time limit, like a job stuck in native code).
+``stuck`` (never ends and ignores the soft time limit, like a job stuck in native code),
+``crash-at-rung`` (the first attempt kills itself right after its first sweep rung verdict).
+
+A training spec's validation accuracy follows a curve set by its hyper-parameters: a level
+drawn from the spec, rising by epoch up to a peak epoch (also drawn) and sagging after it,
+so sweeps have something to rank and a best epoch that is not always the last.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from ftqueue.specs import JobSpec
 from ftqueue.states import Phase
 
 PREFIX = "synthetic"
-FAULTS = ("none", "raise", "oom", "crash", "crash-first", "hang", "stuck")
+FAULTS = ("none", "raise", "oom", "crash", "crash-first", "hang", "stuck", "crash-at-rung")
 
 
 @dataclass(frozen=True)
@@ -87,11 +92,28 @@ def _score(spec: JobSpec, salt: str) -> float:
     return int(digest[:8], 16) / 0xFFFFFFFF
 
 
+def validation_accuracy(spec: JobSpec, epoch: int) -> float:
+    """The synthetic validation accuracy of a training spec after ``epoch``."""
+    epochs = int(getattr(spec, "epochs", None) or 1)
+    level = _score(spec, "level")
+    peak = 1 + int(_score(spec, "peak") * epochs)
+    curve = 0.04 * min(epoch, peak) / epochs - 0.01 * max(0, epoch - peak)
+    return round(0.5 + 0.4 * level + curve, 6)
+
+
+def _measurement(split: str, epoch: int, accuracy: float) -> Measurement:
+    return Measurement(
+        split, epoch, accuracy, round(1.0 - accuracy, 6), round(accuracy - 0.01, 6), 1000
+    )
+
+
 def run(spec: JobSpec, kind: JobKind[Any], ctx: JobContext) -> Outcome:
     """Sleep through the steps, reporting progress, then record numbers derived from the spec.
 
-    A spec with ``epochs`` (a training run) records validation after each epoch and its split
-    (``test`` unless the spec names one) at the end; a run's kind gets a dummy adapter.
+    A spec with ``epochs`` (a training run) records validation after each epoch, asking
+    ``ctx.keep_going`` whether to go on, and its split (``test`` unless the spec names one)
+    at the selected epoch (``select_epoch``: best validation, or the last); a run's kind gets
+    a dummy adapter, also when its sweep prunes it.
     """
     params = parse(spec.model)
     started = time.perf_counter()
@@ -102,7 +124,9 @@ def run(spec: JobSpec, kind: JobKind[Any], ctx: JobContext) -> Outcome:
     ctx.on_progress(Progress(Phase.TRAIN, 1, 0, total, None))
     step = 0
     endless = params.fault in ("hang", "stuck")
-    while step < total or endless:
+    validation: list[Measurement] = []
+    pruned_at: int | None = None
+    while (step < total or endless) and pruned_at is None:
         try:
             time.sleep(pause if not endless else 0.2)
         except Exception as exc:
@@ -116,31 +140,59 @@ def run(spec: JobSpec, kind: JobKind[Any], ctx: JobContext) -> Outcome:
             _inject(params.fault, ctx.attempt)
         epoch = 1 + (step * epochs - 1) // total
         ctx.on_progress(Progress(Phase.TRAIN, epoch, step, total, 1.0 / (1 + step)))
-    measurements = []
-    splits = [("validation", e) for e in range(1, epochs + 1)] if trained_epochs else []
-    final_epoch = epochs if trained_epochs else int(getattr(spec, "head_epochs", 0) or 0)
-    splits.append((getattr(spec, "split", "test"), final_epoch))
-    for split, epoch in splits:
-        accuracy = round(0.5 + 0.45 * _score(spec, f"{split}{epoch}"), 6)
+        # Every epoch whose last step this was (several when there are fewer steps than epochs).
+        while (
+            trained_epochs
+            and len(validation) < epochs
+            and -(-total * (len(validation) + 1) // epochs) <= step
+        ):
+            done = len(validation) + 1
+            accuracy = validation_accuracy(spec, done)
+            validation.append(_measurement("validation", done, accuracy))
+            keep = ctx.keep_going(done, accuracy)
+            if params.fault == "crash-at-rung" and ctx.attempt == 1 and done == 1:
+                os.kill(os.getpid(), signal.SIGKILL)
+            if not keep:
+                pruned_at = done
+                break
+    measurements = list(validation)
+    selected: int | None = None
+    if trained_epochs:
+        selected = _selected_epoch(spec, validation)
+    if pruned_at is None:
+        final_epoch = (
+            selected if selected is not None else int(getattr(spec, "head_epochs", 0) or 0)
+        )
+        split = getattr(spec, "split", "test")
         measurements.append(
-            Measurement(
-                split, epoch, accuracy, round(1.0 - accuracy, 6), round(accuracy - 0.01, 6), 1000
+            _measurement(
+                split, final_epoch, round(0.5 + 0.45 * _score(spec, f"{split}{final_epoch}"), 6)
             )
         )
     if ctx.staging is not None:
         _write_output(ctx.staging, spec, adapter=kind.role == Role.RUN)
     elapsed = time.perf_counter() - started
-    return Outcome(
-        measurements,
-        ctx.staging,
-        {
-            "train_seconds": elapsed,
-            "samples_per_second": 1000 * epochs / max(elapsed, 1e-9),
-            "trainable_params": 1000,
-            "total_params": 100_000,
-            "synthetic": True,
-        },
-    )
+    stats: dict[str, Any] = {
+        "train_seconds": elapsed,
+        "samples_per_second": 1000 * epochs / max(elapsed, 1e-9),
+        "trainable_params": 1000,
+        "total_params": 100_000,
+        "synthetic": True,
+    }
+    if selected is not None:
+        stats["selected_epoch"] = selected
+    if pruned_at is not None:
+        stats["pruned_at"] = pruned_at
+    return Outcome(measurements, ctx.staging, stats)
+
+
+def _selected_epoch(spec: JobSpec, validation: list[Measurement]) -> int | None:
+    """The best validation epoch (the earliest of equals), or the last one trained."""
+    if not validation:
+        return None
+    if getattr(spec, "select_epoch", None) == "last":
+        return validation[-1].epoch
+    return max(validation, key=lambda m: (m.accuracy, -m.epoch)).epoch
 
 
 def _inject(fault: str, attempt: int) -> None:

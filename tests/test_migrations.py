@@ -11,7 +11,7 @@ from ftqueue import db
 from ftqueue.errors import DatabaseError
 from ftqueue.models import Base
 
-TABLES = {"jobs", "results", "job_tags", "job_events", "alembic_version"}
+TABLES = {"jobs", "results", "job_tags", "job_events", "sweeps", "sweep_rungs", "alembic_version"}
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

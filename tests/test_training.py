@@ -66,7 +66,12 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Trained:
 
 def test_lora_learns_above_chance_on_held_out_rows(trained: Trained) -> None:
     ms = trained.outcome.measurements
-    assert [(m.split, m.epoch) for m in ms] == [("validation", 1), ("validation", 2), ("test", 2)]
+    # Tested (and saved) at the best validation epoch: accuracy, then loss, then the earliest.
+    selected = trained.outcome.stats["selected_epoch"]
+    val = {m.epoch: m for m in ms if m.split == "validation"}
+    assert selected == max(val, key=lambda e: (val[e].accuracy, -val[e].loss, -e))
+    expected = [("validation", 1), ("validation", 2), ("test", selected)]
+    assert [(m.split, m.epoch) for m in ms] == expected
     assert all(m.n_examples == 200 for m in ms)
     test = ms[-1]
     assert test.accuracy >= ABOVE_CHANCE

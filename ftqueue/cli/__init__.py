@@ -16,6 +16,7 @@ from ftqueue.cli import (
     predict_cmd,
     report_cmd,
     submit_cmd,
+    sweep_cmd,
     worker_cmd,
 )
 from ftqueue.cli.common import CONTEXT, FtqueueGroup
@@ -45,6 +46,7 @@ submit_cmd.submit_group.add_command(predict_cmd.submit_predict)
 for command in (
     db_cmds.db_group,
     submit_cmd.submit_group,
+    sweep_cmd.sweep_cmd,
     jobs_cmds.list_cmd,
     jobs_cmds.status_cmd,
     jobs_cmds.cancel_cmd,

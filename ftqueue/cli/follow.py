@@ -13,7 +13,13 @@ if TYPE_CHECKING:
     from rich.console import Console
 
 #: `--wait` and `status --follow` exit with these, so scripts can tell how jobs ended.
-EXIT_CODES = {JobStatus.SUCCEEDED: 0, JobStatus.FAILED: 1, JobStatus.CANCELLED: 3}
+#: A pruned trial is a sweep working as asked: it exits 0, like a success.
+EXIT_CODES = {
+    JobStatus.SUCCEEDED: 0,
+    JobStatus.FAILED: 1,
+    JobStatus.CANCELLED: 3,
+    JobStatus.PRUNED: 0,
+}
 
 
 def exit_code(statuses: Sequence[str]) -> int:

@@ -158,11 +158,13 @@ def cancel_cmd(job_ids: tuple[int, ...], sweep: str | None, as_json: bool) -> No
       ftqueue cancel 12 13
       ftqueue cancel --sweep 7f3a9c
     """
-    from ftqueue import api
+    from ftqueue import api, sweeps
 
     if not job_ids and not sweep:
         raise click.UsageError("give job ids, or --sweep S")
     ids = list(job_ids)
+    if sweep and sweeps.stop(sweep):
+        click.echo(f"sweep {sweep}: stopped; it makes no more trials", err=as_json)
     if sweep:
         db.ensure_ready()
         with db.session_scope() as session:

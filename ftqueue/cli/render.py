@@ -15,6 +15,7 @@ STATUS_STYLE: dict[str, str] = {
     JobStatus.SUCCEEDED: "green",
     JobStatus.FAILED: "red",
     JobStatus.CANCELLED: "magenta",
+    JobStatus.PRUNED: "blue",
 }
 
 
@@ -142,7 +143,12 @@ def job_details(job: Job) -> Any:
     if job.name:
         rows.append(("name", job.name))
     if job.sweep_id:
-        rows.append(("sweep", job.sweep_id))
+        trial = f" (trial {job.trial})" if job.trial is not None else ""
+        rows.append(("sweep", f"{job.sweep_id}{trial}"))
+    if job.selected_epoch is not None:
+        pruned = (job.stats or {}).get("pruned_at")
+        why = f"pruned at epoch {pruned}; " if pruned else ""
+        rows.append(("selected epoch", f"{job.selected_epoch} ({why}its adapter is kept)"))
     if job.tags:
         rows.append(("tags", ", ".join(job.tag_names)))
     rows.append(("attempts", f"{job.attempts} of {job.max_attempts}"))

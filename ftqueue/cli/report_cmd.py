@@ -20,7 +20,13 @@ from ftqueue.text import duration
 @click.command("report")
 @click.option("--model", "models", multiple=True, help="Only this model (repeatable).")
 @click.option("--dataset", "datasets", multiple=True, help="Only this dataset (repeatable).")
-@click.option("--sweep", "sweeps", multiple=True, help="Only LoRA runs of this sweep.")
+@click.option(
+    "--sweep",
+    "sweeps",
+    multiple=True,
+    help="Only LoRA runs of this sweep; one sweep started by `ftqueue sweep` gets its own "
+    "report: trials, pruned ones, the best configuration, train time saved.",
+)
 @click.option("--tag", "tags", multiple=True, help="Only LoRA runs with this tag (all must match).")
 @click.option(
     "--status",
@@ -131,6 +137,7 @@ def report_cmd(
       ftqueue report
       ftqueue report --model minilm --split validation --split test --format markdown
       ftqueue report --sweep 7f3a9c --group-by r,lr --sort accuracy
+      ftqueue report --sweep demo-sweep --plot rungs.png      # a `ftqueue sweep`
       ftqueue report --where 'r>=16' --where 'accuracy>0.8' --format csv > runs.csv
       ftqueue report --since 2d --plot report.png --html report.html
       ftqueue report --group-by r,lr --plot grid.jpg --top 10
@@ -153,6 +160,8 @@ def report_cmd(
 
         image_format(plot_file)  # an unknown suffix is refused before any work
     db.ensure_ready()
+    if len(opts.sweeps) == 1 and _sweep_report(opts.sweeps[0], fmt, plot_file):
+        return
     with db.session_scope() as session:
         report = build_report(session, opts, plotting=drawing)
         curves = validation_curves(session, opts, opts.group_by) if drawing else {}
@@ -186,6 +195,29 @@ def report_cmd(
             click.echo(f"wrote {html_file}", err=True)
     finally:
         plotting.close(fig)
+
+
+def _sweep_report(sweep_id: str, fmt: str, plot_file: Path | None) -> bool:
+    """Print the report of a sweep started by `ftqueue sweep`; False when it is not one."""
+    from ftqueue.report import sweep
+
+    with db.session_scope() as session:
+        report = sweep.sweep_report(session, sweep_id)
+    if report is None:
+        return False
+    if fmt == "json":
+        click.echo(sweep.to_json(report))
+    elif fmt == "csv":
+        click.echo(sweep.to_csv(report), nl=False)
+    else:
+        out = console()
+        out.print(sweep.rich_table(report))
+        for line in sweep.summary_lines(report):
+            out.print(line, highlight=False)
+    if plot_file is not None:
+        write_bytes_atomic(plot_file, sweep.plot_png(report))
+        click.echo(f"wrote {plot_file}", err=True)
+    return True
 
 
 @click.command("show")

@@ -21,6 +21,7 @@ from ftqueue.specs import JobSpec
 if TYPE_CHECKING:
     from rich.console import Console
 
+    from ftqueue.models import Job
     from ftqueue.submission import Submission
 
 
@@ -129,7 +130,11 @@ def _stop_eager(signum: int) -> None:
 
 
 def _run_eager(sub: Submission, out: Console) -> dict[int, str]:
-    """Run the new jobs in a thread of this process and follow them from this one.
+    return run_eager_jobs(sub.created, out)
+
+
+def run_eager_jobs(jobs: list[Job], out: Console) -> dict[int, str]:
+    """Run jobs in a thread of this process and follow them from this one.
 
     Ctrl-C cancels them (they stop at their next step); SIGHUP and SIGTERM end them at once,
     so that none is left running with no process behind it.
@@ -141,12 +146,12 @@ def _run_eager(sub: Submission, out: Console) -> dict[int, str]:
 
     def target() -> None:
         try:
-            api.run_eager(sub)
+            api.run_eager(jobs)
         except BaseException as exc:
             errors.append(exc)
 
     runner = threading.Thread(target=target, name="eager-jobs", daemon=True)
-    ids = [job.id for job in sub.created]
+    ids = [job.id for job in jobs]
     try:
         with _stopping_signals():
             runner.start()

@@ -10,6 +10,7 @@ from ftqueue.outcome import Outcome
 from ftqueue.specs import (
     BIASES,
     POOLINGS,
+    SELECT_EPOCHS,
     DataSpec,
     ModelSpec,
     eval_batch_size_field,
@@ -93,6 +94,18 @@ class LoraSpec(ModelSpec):
         0.01, "float", "AdamW weight decay.", lo=0, hi=1, grid=True, hyper=True
     )
     seed: int = seed_field()
+    #: Which epoch's adapter is kept and tested. Stored only when given, so that specs from
+    #: before the field keep their hash; None is ``best``.
+    select_epoch: str | None = param(
+        None,
+        "choice",
+        "Keep the adapter of the best validation epoch and report its test accuracy, or the "
+        "last epoch's.",
+        choices=SELECT_EPOCHS,
+        optional=True,
+        omit_none=True,
+        default_text="best",
+    )
 
 
 def check(spec: LoraSpec) -> None:
@@ -129,7 +142,11 @@ def perform(spec: LoraSpec, ctx: JobContext) -> Outcome:
 
     assert ctx.staging is not None, "a lora job publishes an adapter"
     return training.run_lora(
-        spec, adapter_dir=ctx.staging, cache_dir=ctx.cache_dir, on_progress=ctx.on_progress
+        spec,
+        adapter_dir=ctx.staging,
+        cache_dir=ctx.cache_dir,
+        on_progress=ctx.on_progress,
+        keep_going=ctx.keep_going,
     )
 
 

@@ -48,6 +48,9 @@ class JobContext:
     staging: Path | None
     cache_dir: Path
     on_progress: ProgressCallback
+    #: Called with (epoch, validation accuracy) after each validated epoch; False means the
+    #: job's sweep pruned it there: stop, keep what was measured, publish what was trained.
+    keep_going: Callable[[int, float], bool] = lambda epoch, accuracy: True
 
 
 @dataclass(frozen=True)

@@ -184,8 +184,14 @@ def run_lora(
     adapter_dir: Path,
     cache_dir: Path,
     on_progress: ProgressCallback | None = None,
+    keep_going: Callable[[int, float], bool] | None = None,
 ) -> Outcome:
     """Train a LoRA adapter and write it, metadata last, into the new ``adapter_dir``.
+
+    After each epoch, validation accuracy goes to ``keep_going`` (a sweep's rung decision),
+    which may stop training there. The adapter kept is the best validation epoch's (or the
+    last's, with ``select_epoch: last``), and test accuracy is measured on it; a pruned run
+    keeps its adapter but is not tested.
 
     Inputs (spec, model, data, target modules) are checked before anything is written. The
     caller publishes ``adapter_dir``, or deletes it when this raises; nothing else is left
@@ -220,11 +226,24 @@ def run_lora(
         prep.device,
         prep.amp_dtype,
     )
-    seen = fit(
-        model, prep.tokens["train"], optimizer, plan, tracker, lambda e: evaluate("validation", e)
-    )
-    evaluate("test", spec.epochs)
+    keeper = _EpochKeeper(model, best=spec.select_epoch != "last")
+
+    def after_epoch(epoch: int) -> bool:
+        evaluate("validation", epoch)
+        keeper.saw(epoch, measurements[-1])
+        if keep_going is None or keep_going(epoch, measurements[-1].accuracy):
+            return True
+        keeper.pruned_at = epoch
+        return False
+
+    seen = fit(model, prep.tokens["train"], optimizer, plan, tracker, after_epoch)
+    selected = keeper.restore_selected()
+    if keeper.pruned_at is None:
+        evaluate("test", selected)
     stats = _stats(prep, tracker, model, seen)
+    stats["selected_epoch"] = selected
+    if keeper.pruned_at is not None:
+        stats["pruned_at"] = keeper.pruned_at
     with tracker.phase(Phase.SAVE, spec.epochs):
         metadata = {
             "kind": spec.kind,
@@ -241,12 +260,52 @@ def run_lora(
             "stock_class": stock_class_name(prep.base.body.config, spec.pooling),
             "dataset_fingerprint": data.fingerprint,
             "metrics": [asdict(m) for m in measurements],
+            "selected_epoch": selected,
             "started_at": started,
             "stats": stats,
         }
         save_adapter(model, prep.base, adapter_dir, metadata)
     stats["phase_seconds"] = dict(tracker.seconds)
     return Outcome(measurements=measurements, artifact_dir=adapter_dir, stats=stats)
+
+
+class _EpochKeeper:
+    """Keeps a copy of the trainable weights of the best validation epoch so far.
+
+    Only the adapter and the head train, a few MB: copied to the CPU, they cost little next
+    to an epoch. Best is the highest accuracy, then the lowest loss, then the earliest.
+    """
+
+    def __init__(self, model: torch.nn.Module, *, best: bool) -> None:
+        self.model = model
+        self.best = best
+        self.last = 0
+        self.selected: tuple[int, float, float] | None = None
+        self.weights: dict[str, torch.Tensor] = {}
+        self.pruned_at: int | None = None
+
+    def saw(self, epoch: int, validation: Measurement) -> None:
+        self.last = epoch
+        if not self.best:
+            return
+        key = (epoch, validation.accuracy, validation.loss)
+        if self.selected is None or (key[1], -key[2]) > (self.selected[1], -self.selected[2]):
+            self.selected = key
+            self.weights = {
+                name: p.detach().to("cpu", copy=True)
+                for name, p in self.model.named_parameters()
+                if p.requires_grad
+            }
+
+    def restore_selected(self) -> int:
+        """Put the selected epoch's weights back (when it is not the last); returns it."""
+        if self.selected is None or self.selected[0] == self.last:
+            return self.last
+        with torch.no_grad():
+            for name, p in self.model.named_parameters():
+                if name in self.weights:
+                    p.copy_(self.weights[name].to(p.device))
+        return self.selected[0]
 
 
 @releases_memory

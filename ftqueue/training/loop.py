@@ -96,9 +96,10 @@ def fit(
     optimizer: torch.optim.Optimizer,
     plan: FitPlan,
     tracker: Tracker,
-    after_epoch: Callable[[int], None],
+    after_epoch: Callable[[int], bool],
 ) -> int:
-    """Train for ``plan.epochs``; calls ``after_epoch(epoch)`` outside the timed train phase.
+    """Train for ``plan.epochs``; calls ``after_epoch(epoch)`` outside the timed train phase,
+    and stops early when it returns False (the job's sweep pruned it).
 
     Returns the number of training examples processed.
     """
@@ -137,7 +138,8 @@ def fit(
                     tracker.sample_memory()
                     running.zero_()
                     count = 0
-        after_epoch(epoch)
+        if not after_epoch(epoch):
+            break
     return seen
 
 

@@ -1,0 +1,251 @@
+"""Sweeps on real worker processes, on SQLite and PostgreSQL: rung decisions, deaths, cancels.
+
+Trials are synthetic jobs whose validation accuracy per epoch is a function of their
+hyper-parameters (ftqueue.synthetic.validation_accuracy), so each check can recompute what
+ASHA should have decided from the numbers the database holds.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+from sqlalchemy import func, select
+
+from ftqueue import asha, broker, db, search, submission, sweepfile, sweeps
+from ftqueue.models import Job, JobEvent, Result, RungDecision, Sweep
+from ftqueue.settings import reset_settings
+from tests.procs import WorkerProcess, child_env, statuses, wait_for
+
+pytestmark = pytest.mark.slow
+
+
+def sweep_file(tmp_path: Path, name: str, **overrides: object) -> Path:
+    raw: dict[str, object] = {
+        "name": name,
+        "model": "synthetic:seconds=1.2,steps=12",
+        "dataset": "movie-snippets",
+        "fixed": {"epochs": 3},
+        "space": {"lr": [1e-4, 3e-4, 1e-3], "r": [4, 8]},
+        "method": "grid",
+        "budget": {"max_jobs": 6, "max_parallel": 2},
+        "early_stopping": {"eta": 2, "rungs": [1, 2]},
+    }
+    raw.update(overrides)
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+@pytest.fixture
+def env(any_db_url: str, redis_url: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    monkeypatch.setenv("FTQUEUE_LEASE_SECONDS", "3")
+    reset_settings()
+    return child_env()
+
+
+@pytest.fixture
+def workers(env: dict[str, str], tmp_path: Path) -> Iterator[list[WorkerProcess]]:
+    started = [WorkerProcess(name, env=env, log_dir=tmp_path).start() for name in ("w1", "w2")]
+    try:
+        for worker in started:
+            worker.wait_ready(timeout=180)
+        yield started
+    finally:
+        for worker in started:
+            worker.stop()
+
+
+def logs(workers: list[WorkerProcess]) -> str:
+    return "\n".join(w.log()[-3000:] for w in workers)
+
+
+def wait_finished(sweep_id: str, workers: list[WorkerProcess], timeout: float = 240) -> None:
+    try:
+        wait_for(lambda: sweeps.finished(sweep_id), timeout=timeout, what=sweep_id, poll=0.5)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{logs(workers)}") from None
+
+
+def decisions(sweep_id: str) -> list[RungDecision]:
+    with db.session_scope() as session:
+        rows = list(
+            session.scalars(
+                select(RungDecision)
+                .where(RungDecision.sweep_id == sweep_id)
+                .order_by(RungDecision.rung, RungDecision.out_of)
+            )
+        )
+        for row in rows:
+            session.expunge(row)
+        return rows
+
+
+def check_asha(sweep_id: str, eta: int) -> list[RungDecision]:
+    """Each rung's verdicts, re-derived in the order they were taken, match the stored ones."""
+    rows = decisions(sweep_id)
+    for rung in {r.rung for r in rows}:
+        at_rung = [r for r in rows if r.rung == rung]
+        # Serialised: the n-th decision at a rung saw exactly n trials there.
+        assert [r.out_of for r in at_rung] == list(range(1, len(at_rung) + 1))
+        for i, row in enumerate(at_rung):
+            seen = [r.value for r in at_rung[: i + 1]]
+            rank = 1 + sum(1 for v in seen if v > row.value)
+            assert row.rank == rank
+            assert row.keep == (rank <= asha.keep_count(len(seen), eta))
+    return rows
+
+
+def test_rungs_decided_once_under_two_workers_then_redelivery_and_cancel(
+    workers: list[WorkerProcess], tmp_path: Path
+) -> None:
+    plan = sweepfile.load(sweep_file(tmp_path, "pair"))
+    started = submission.start_sweep(plan)
+    assert len(started.created) == 2  # max_parallel: the workers make the rest
+    wait_finished("pair", workers)
+    rows = check_asha("pair", eta=2)
+    final = statuses(sweeps.job_statuses("pair"))
+    assert len(final) == 6
+    for job_id, status in final.items():
+        verdicts = [r.keep for r in rows if r.job_id == job_id]
+        # A trial is pruned exactly when one of its rungs said so, and then stops there.
+        assert status == ("pruned" if False in verdicts else "succeeded"), (job_id, verdicts)
+        assert verdicts.count(False) <= 1 and (False not in verdicts or verdicts[-1] is False)
+    assert "pruned" in final.values()
+    with db.session_scope() as session:
+        # Both workers ran trials; every pruned one kept its measurements and its adapter.
+        ran_on = set(session.scalars(select(Job.worker).where(Job.sweep_id == "pair")))
+        pruned = list(
+            session.scalars(select(Job).where(Job.sweep_id == "pair", Job.status == "pruned"))
+        )
+        for job in pruned:
+            assert job.output_path and Path(job.output_path).is_dir()
+            splits = session.scalars(select(Result.split).where(Result.job_id == job.id)).all()
+            assert splits and set(splits) == {"validation"}
+    assert len(ran_on) == 2, ran_on
+
+    # A re-delivered message of a pruned trial runs nothing and changes nothing.
+    victim = pruned[0]
+    before = (victim.attempts, len(decisions("pair")))
+    broker.publish([victim])
+    wait_for(lambda: not broker.pending_task_ids(), timeout=60, what="the message consumed")
+    wait_for(lambda: "nothing to do for this delivery" in logs(workers), timeout=30, what="skip")
+    with db.session_scope() as session:
+        again = session.get(Job, victim.id)
+        assert again is not None and again.status == "pruned"
+        assert (again.attempts, len(decisions("pair"))) == before
+
+    # A cancelled sweep: the running trial stops, and no worker makes another.
+    slow = sweep_file(
+        tmp_path,
+        "stopme",
+        model="synthetic:seconds=30,steps=60",
+        budget={"max_jobs": 6, "max_parallel": 1},
+    )
+    started = submission.start_sweep(sweepfile.load(slow))
+    [first] = [job.id for job in started.created]
+    wait_for(lambda: statuses([first])[first] == "running", timeout=60, what="trial running")
+    result = subprocess.run(
+        [sys.executable, "-m", "ftqueue", "cancel", "--sweep", "stopme"],
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    wait_for(lambda: sweeps.finished("stopme"), timeout=60, what="stopme to end")
+    assert sweeps.job_statuses("stopme") == {first: "cancelled"}
+    with db.session_scope() as session:
+        sweep = session.get(Sweep, "stopme")
+        assert sweep is not None and sweep.status == "cancelled" and sweep.created == 1
+
+
+def test_worker_killed_at_a_rung_gets_the_same_verdict_again(
+    workers: list[WorkerProcess], tmp_path: Path
+) -> None:
+    # Trial 0 crashes right after its first rung verdict (its first attempt only); its second
+    # attempt, on whichever worker, must read that verdict, not decide again.
+    path = sweep_file(
+        tmp_path,
+        "crashy",
+        model="synthetic:seconds=1.2,steps=12,fault=crash-at-rung",
+        space={"lr": [1e-4, 3e-4, 1e-3, 3e-3]},
+        budget={"max_jobs": 4, "max_parallel": 2},
+    )
+    submission.start_sweep(sweepfile.load(path))
+    wait_finished("crashy", workers, timeout=300)
+    rows = check_asha("crashy", eta=2)
+    with db.session_scope() as session:
+        jobs = list(session.scalars(select(Job).where(Job.sweep_id == "crashy")))
+        for job in jobs:
+            # Killed once (a loaded machine may add a takeover of a late heartbeat).
+            assert job.attempts >= 2, (job.id, job.attempts, job.status)
+            first = [r for r in rows if r.job_id == job.id and r.rung == 1]
+            assert len(first) == 1 and first[0].attempt == 1
+            assert job.status == ("succeeded" if all(
+                r.keep for r in rows if r.job_id == job.id) else "pruned")  # fmt: skip
+            noted = session.scalar(
+                select(func.count())
+                .select_from(JobEvent)
+                .where(JobEvent.job_id == job.id, JobEvent.detail.like("rung 1:%"))
+            )
+            assert noted == 1  # decided once; the second attempt read it
+            # Results come from the attempt that recorded the end, once.
+            attempts = set(session.scalars(select(Result.attempt).where(Result.job_id == job.id)))
+            assert attempts == {job.attempts}
+
+
+def test_optuna_trials_recorded_and_continued_after_the_submitter_exits(
+    workers: list[WorkerProcess], tmp_path: Path
+) -> None:
+    import optuna
+
+    path = sweep_file(
+        tmp_path,
+        "tpe",
+        model="synthetic:seconds=0.6,steps=6",
+        space={
+            "lr": {"low": 1e-5, "high": 1e-2, "log": True},
+            "r": [4, 8, 16],
+            "target_modules": [["query", "value"], ["query", "key", "value", "dense"]],
+        },
+        method="optuna",
+        seed=3,
+        budget={"max_jobs": 7, "max_parallel": 2},
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "ftqueue", "sweep", str(path), "--json"],
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    # The submitting process is gone: workers ask Optuna for the other five trials.
+    wait_finished("tpe", workers, timeout=300)
+    check_asha("tpe", eta=2)
+    url, options = search.storage_url()
+    storage = optuna.storages.RDBStorage(url, engine_kwargs=options)
+    study = optuna.load_study(study_name="ftqueue-tpe", storage=storage)
+    everything = study.get_trials()
+    # Proposals that lost their slot to another worker asking at the same moment.
+    discarded = [t for t in everything if "ftqueue" in t.user_attrs]
+    assert all(t.state.name == "FAIL" for t in discarded)
+    trials = {t.number: t for t in everything if t not in discarded}
+    with db.session_scope() as session:
+        jobs = list(session.scalars(select(Job).where(Job.sweep_id == "tpe")))
+    assert len(jobs) == len(trials) == 7
+    assert sorted(job.trial for job in jobs) == sorted(trials)  # type: ignore[type-var]
+    for job in jobs:
+        assert job.trial is not None
+        trial = trials[job.trial]
+        assert trial.state.name == {"succeeded": "COMPLETE", "pruned": "PRUNED"}[job.status]
+        assert trial.params["lr"] == pytest.approx(job.spec["lr"])
+        assert trial.params["target_modules"] == ",".join(job.spec["target_modules"])
+        if job.status == "succeeded":
+            best = max(v for v in trial.intermediate_values.values())
+            assert trial.value == pytest.approx(best)
