@@ -14,9 +14,10 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
-from ftqueue import artifacts, kinds, lifecycle, paths, synthetic
+from ftqueue import artifacts, kinds, lifecycle, paths, synthetic, tracking
 from ftqueue.errors import (
     DatabaseError,
     DatabaseReplaced,
@@ -25,7 +26,7 @@ from ftqueue.errors import (
     JobSuperseded,
     first_line,
 )
-from ftqueue.outcome import Outcome, Progress
+from ftqueue.outcome import Measurement, Outcome, Progress
 from ftqueue.settings import get_settings
 from ftqueue.states import AttemptOutcome, Phase
 
@@ -44,8 +45,15 @@ class Heartbeat:
     heartbeat learns that the job was cancelled or taken over, so the work stops at a step.
     """
 
-    def __init__(self, claim: lifecycle.Claim, *, lease_seconds: int) -> None:
+    def __init__(
+        self,
+        claim: lifecycle.Claim,
+        *,
+        lease_seconds: int,
+        on_epoch: Callable[[Progress], None] | None = None,
+    ) -> None:
         self.claim = claim
+        self.on_epoch = on_epoch
         self.lease_seconds = lease_seconds
         self.interval = min(1.0, lease_seconds / 4)
         self.progress = Progress(Phase.STARTING)
@@ -76,11 +84,33 @@ class Heartbeat:
 
     def on_progress(self, update: Progress) -> None:
         with self._lock:
+            last = self.progress
+            epoch_end = update.accuracy is not None
+            if epoch_end:
+                # An epoch's end says only its accuracy; the step and loss are the last seen.
+                update = replace(
+                    update,
+                    step=update.step if update.step is not None else last.step,
+                    total=update.total if update.total is not None else last.total,
+                    loss=update.loss if update.loss is not None else last.loss,
+                )
+            else:
+                update = replace(update, accuracy=last.accuracy)
             self.progress = update
             self._dirty = True
             if self.first_step_after is None and update.phase == Phase.TRAIN and update.step:
                 self.first_step_after = time.monotonic() - self.started
+        if epoch_end:
+            self._epoch_ended(update)
         self.check()
+
+    def _epoch_ended(self, p: Progress) -> None:
+        steps = f"step {p.step}/{p.total}" if p.step is not None and p.total else "step ?"
+        loss = f"train loss {p.loss:.4f}" if p.loss is not None else "train loss ?"
+        log.info("job %s: epoch %s: %s, %s, validation accuracy %.4f",
+                 self.claim.job_id, p.epoch, steps, loss, p.accuracy)  # fmt: skip
+        if self.on_epoch is not None:
+            self.on_epoch(p)
 
     def check(self) -> None:
         if self.superseded.is_set():
@@ -191,7 +221,15 @@ def execute(claim: lifecycle.Claim) -> AttemptOutcome:
     """Run a claimed attempt to its end and record that end."""
     settings = get_settings()
     staging: Path | None = None
-    heartbeat = Heartbeat(claim, lease_seconds=settings.lease_seconds)
+    tracked = tracking.start(
+        claim.job_id, attempt=claim.attempt, worker=claim.worker, spec=claim.spec
+    )
+    heartbeat = Heartbeat(
+        claim,
+        lease_seconds=settings.lease_seconds,
+        on_epoch=tracked.epoch if tracked is not None else None,
+    )
+    published: list[str] = []
     try:
         with heartbeat:
             if kinds.get(claim.kind).publishes:
@@ -207,6 +245,7 @@ def execute(claim: lifecycle.Claim) -> AttemptOutcome:
             def publish() -> str:
                 target = published_dir(claim)  # checked again: a symlink may be new
                 artifacts.publish_dir(src, target)
+                published.append(str(target))
                 return str(target)
 
         measurements = list(outcome.measurements)
@@ -215,19 +254,31 @@ def execute(claim: lifecycle.Claim) -> AttemptOutcome:
             lambda: lifecycle.record_success(claim, measurements, stats=stats, publish=publish)
         )
         if recorded:
-            log.info("job %s: succeeded", claim.job_id)
+            log.info("job %s: succeeded%s", claim.job_id, _headline(measurements))
+            if tracked is not None:
+                tracked.finish(
+                    AttemptOutcome.SUCCEEDED, outcome, output_path=next(iter(published), None)
+                )
             return AttemptOutcome.SUCCEEDED
         log.warning(
             "job %s: attempt %s no longer holds it; result discarded", claim.job_id, claim.attempt
         )
+        if tracked is not None:
+            tracked.finish(AttemptOutcome.SUPERSEDED, outcome)
         return AttemptOutcome.SUPERSEDED
     except JobCancelled:
         _with_db_retry(lambda: lifecycle.record_cancelled(claim))
+        if tracked is not None:
+            tracked.finish(AttemptOutcome.CANCELLED)
         return AttemptOutcome.CANCELLED
     except JobSuperseded:
+        if tracked is not None:
+            tracked.finish(AttemptOutcome.SUPERSEDED)
         return AttemptOutcome.SUPERSEDED
     except DatabaseReplaced as exc:
         log.error("job %s: %s; this attempt records nothing", claim.job_id, exc.message)
+        if tracked is not None:
+            tracked.finish(AttemptOutcome.SUPERSEDED)
         return AttemptOutcome.SUPERSEDED
     except Exception as exc:
         # Any error inside a job ends it: retrying is for workers that die, not for code that
@@ -238,11 +289,21 @@ def execute(claim: lifecycle.Claim) -> AttemptOutcome:
         else:
             log.exception("job %s failed", claim.job_id)
         _with_db_retry(lambda: lifecycle.record_failure(claim, error_type, message))
+        if tracked is not None:
+            tracked.finish(AttemptOutcome.FAILED, error=f"{error_type}: {message}")
         return AttemptOutcome.FAILED
     finally:
         # Still here only when nothing was published (failure, cancel, superseded).
         if staging is not None and staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
+
+
+def _headline(measurements: list[Measurement]) -> str:
+    """The last measurement of the job, for the worker's log line."""
+    if not measurements:
+        return ""
+    m = measurements[-1]
+    return f": {m.split} accuracy {m.accuracy:.4f}, loss {m.loss:.4f} (epoch {m.epoch})"
 
 
 def remove_stale_staging(final: Path) -> list[Path]:

@@ -161,6 +161,7 @@ def claim(
                 progress_step=None,
                 progress_total=None,
                 progress_loss=None,
+                progress_accuracy=None,
                 error_type=None,
                 error_message=None,
             )
@@ -257,6 +258,7 @@ def heartbeat(claim: Claim, progress: Progress | None, *, lease_seconds: int) ->
             progress_step=progress.step,
             progress_total=progress.total,
             progress_loss=progress.loss,
+            progress_accuracy=progress.accuracy,
         )
     with session_scope(write=True) as session:
         cancel = session.execute(

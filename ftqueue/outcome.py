@@ -16,13 +16,18 @@ from ftqueue.states import Phase
 
 @dataclass(frozen=True)
 class Progress:
-    """Where a running attempt is; ``loss`` is the mean training loss since the last report."""
+    """Where a running attempt is; ``loss`` is the mean training loss since the last report.
+
+    ``accuracy`` is the validation accuracy after the last finished epoch: a report that sets
+    it marks the end of epoch ``epoch``, and the heartbeat carries it on to later reports.
+    """
 
     phase: Phase | str | None = None
     epoch: int | None = None
     step: int | None = None
     total: int | None = None
     loss: float | None = None
+    accuracy: float | None = None
 
 
 @dataclass(frozen=True)

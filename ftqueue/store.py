@@ -125,6 +125,7 @@ def job_states(job_ids: Sequence[int]) -> dict[int, JobState]:
         Job.progress_step,
         Job.progress_total,
         Job.progress_loss,
+        Job.progress_accuracy,
         Job.error_message,
     )
     with db.session_scope() as session:
@@ -257,6 +258,7 @@ def job_summary(job: Job, *, detail: bool = False) -> dict[str, Any]:
             "step": job.progress_step,
             "total": job.progress_total,
             "loss": job.progress_loss,
+            "accuracy": job.progress_accuracy,
         },
         "error_type": job.error_type,
         "error_message": job.error_message,

@@ -79,6 +79,10 @@ def _score(spec: JobSpec, salt: str) -> float:
     return int(digest[:8], 16) / 0xFFFFFFFF
 
 
+def _accuracy(spec: JobSpec, split: str, epoch: int) -> float:
+    return round(0.5 + 0.45 * _score(spec, f"{split}{epoch}"), 6)
+
+
 def run(spec: JobSpec, kind: JobKind[Any], ctx: JobContext) -> Outcome:
     """Sleep through the steps, reporting progress, then record numbers derived from the spec.
 
@@ -94,6 +98,7 @@ def run(spec: JobSpec, kind: JobKind[Any], ctx: JobContext) -> Outcome:
     ctx.on_progress(Progress(Phase.TRAIN, 1, 0, total, None))
     step = 0
     endless = params.fault in ("hang", "stuck")
+    reported_epochs = 0
     while step < total or endless:
         try:
             time.sleep(pause if not endless else 0.2)
@@ -108,12 +113,21 @@ def run(spec: JobSpec, kind: JobKind[Any], ctx: JobContext) -> Outcome:
             _inject(params.fault, ctx.attempt)
         epoch = 1 + (step * epochs - 1) // total
         ctx.on_progress(Progress(Phase.TRAIN, epoch, step, total, 1.0 / (1 + step)))
+        while trained_epochs and reported_epochs < step * epochs // total:
+            reported_epochs += 1
+            ctx.on_progress(
+                Progress(
+                    Phase.EVALUATE,
+                    reported_epochs,
+                    accuracy=_accuracy(spec, "validation", reported_epochs),
+                )
+            )
     measurements = []
     splits = [("validation", e) for e in range(1, epochs + 1)] if trained_epochs else []
     final_epoch = epochs if trained_epochs else int(getattr(spec, "head_epochs", 0) or 0)
     splits.append((getattr(spec, "split", "test"), final_epoch))
     for split, epoch in splits:
-        accuracy = round(0.5 + 0.45 * _score(spec, f"{split}{epoch}"), 6)
+        accuracy = _accuracy(spec, split, epoch)
         measurements.append(
             Measurement(
                 split, epoch, accuracy, round(1.0 - accuracy, 6), round(accuracy - 0.01, 6), 1000
