@@ -86,6 +86,9 @@ from ftqueue.text import duration
     show_default=True,
 )
 @click.option(
+    "--json", "as_json", is_flag=True, help="Print JSON, for scripts (same as --format json)."
+)
+@click.option(
     "--plot",
     type=click.Path(path_type=Path),
     metavar="FILE.png",
@@ -100,6 +103,7 @@ from ftqueue.text import duration
 )
 def report_cmd(
     fmt: str,
+    as_json: bool,
     plot: Path | None,
     html_path: Path | None,
     statuses: tuple[str, ...],
@@ -123,12 +127,20 @@ def report_cmd(
       ftqueue report --model minilm --split validation --split test --format markdown
       ftqueue report --sweep 7f3a9c --group-by r,lr --sort accuracy
       ftqueue report --where 'r>=16' --where 'accuracy>0.8' --format csv > runs.csv
+      ftqueue report --json | jq '.[0]'
       ftqueue report --since 2d --plot report.png --html report.html
     """
     from ftqueue.inputs import stored_dataset, stored_model
     from ftqueue.report import ReportOptions, build_report, export, validation_curves
     from ftqueue.report.options import check_output
 
+    if as_json:
+        if fmt not in ("table", "json"):
+            raise click.BadParameter(
+                f"asks for JSON, --format {fmt} for something else: give one of them",
+                param_hint="--json",
+            )
+        fmt = "json"
     # Local files and directories are stored as absolute paths: match them however named.
     filters["models"] = tuple(map(stored_model, filters.get("models") or ()))
     filters["datasets"] = tuple(map(stored_dataset, filters.get("datasets") or ()))
