@@ -85,7 +85,7 @@ class Heartbeat:
     def on_progress(self, update: Progress) -> None:
         with self._lock:
             last = self.progress
-            epoch_end = update.accuracy is not None
+            epoch_end = update.val_accuracy is not None
             if epoch_end:
                 # An epoch's end says only its accuracy; the step and loss are the last seen.
                 update = replace(
@@ -95,7 +95,7 @@ class Heartbeat:
                     loss=update.loss if update.loss is not None else last.loss,
                 )
             else:
-                update = replace(update, accuracy=last.accuracy)
+                update = replace(update, val_accuracy=last.val_accuracy, val_epoch=last.val_epoch)
             self.progress = update
             self._dirty = True
             if self.first_step_after is None and update.phase == Phase.TRAIN and update.step:
@@ -108,7 +108,7 @@ class Heartbeat:
         steps = f"step {p.step}/{p.total}" if p.step is not None and p.total else "step ?"
         loss = f"train loss {p.loss:.4f}" if p.loss is not None else "train loss ?"
         log.info("job %s: epoch %s: %s, %s, validation accuracy %.4f",
-                 self.claim.job_id, p.epoch, steps, loss, p.accuracy)  # fmt: skip
+                 self.claim.job_id, p.val_epoch, steps, loss, p.val_accuracy)  # fmt: skip
         if self.on_epoch is not None:
             self.on_epoch(p)
 

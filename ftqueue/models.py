@@ -120,8 +120,9 @@ class Job(Base):
     progress_step: Mapped[int | None] = mapped_column(Integer)
     progress_total: Mapped[int | None] = mapped_column(Integer)
     progress_loss: Mapped[float | None] = mapped_column(Float)
-    #: Validation accuracy after the last finished epoch, for followers (revision 0005).
-    progress_accuracy: Mapped[float | None] = mapped_column(Float)
+    #: Validation accuracy after the last finished epoch, and that epoch, for followers.
+    progress_val_accuracy: Mapped[float | None] = mapped_column(Float)
+    progress_val_epoch: Mapped[int | None] = mapped_column(Integer)
 
     error_type: Mapped[str | None] = mapped_column(String(128))
     error_message: Mapped[str | None] = mapped_column(Text)

@@ -18,8 +18,8 @@ from ftqueue.states import Phase
 class Progress:
     """Where a running attempt is; ``loss`` is the mean training loss since the last report.
 
-    ``accuracy`` is the validation accuracy after the last finished epoch: a report that sets
-    it marks the end of epoch ``epoch``, and the heartbeat carries it on to later reports.
+    ``val_accuracy`` is the validation accuracy after epoch ``val_epoch``: a report that sets
+    them marks the end of that epoch, and the heartbeat carries them on to later reports.
     """
 
     phase: Phase | str | None = None
@@ -27,7 +27,8 @@ class Progress:
     step: int | None = None
     total: int | None = None
     loss: float | None = None
-    accuracy: float | None = None
+    val_accuracy: float | None = None
+    val_epoch: int | None = None
 
 
 @dataclass(frozen=True)

@@ -125,7 +125,8 @@ def job_states(job_ids: Sequence[int]) -> dict[int, JobState]:
         Job.progress_step,
         Job.progress_total,
         Job.progress_loss,
-        Job.progress_accuracy,
+        Job.progress_val_accuracy,
+        Job.progress_val_epoch,
         Job.error_message,
     )
     with db.session_scope() as session:
@@ -258,7 +259,8 @@ def job_summary(job: Job, *, detail: bool = False) -> dict[str, Any]:
             "step": job.progress_step,
             "total": job.progress_total,
             "loss": job.progress_loss,
-            "accuracy": job.progress_accuracy,
+            "val_accuracy": job.progress_val_accuracy,
+            "val_epoch": job.progress_val_epoch,
         },
         "error_type": job.error_type,
         "error_message": job.error_message,

@@ -119,7 +119,8 @@ def run(spec: JobSpec, kind: JobKind[Any], ctx: JobContext) -> Outcome:
                 Progress(
                     Phase.EVALUATE,
                     reported_epochs,
-                    accuracy=_accuracy(spec, "validation", reported_epochs),
+                    val_accuracy=_accuracy(spec, "validation", reported_epochs),
+                    val_epoch=reported_epochs,
                 )
             )
     measurements = []

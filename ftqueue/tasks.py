@@ -142,6 +142,7 @@ def _celery_end(task: Task, job_id: int, ended: AttemptOutcome) -> str:
         # Celery has no way for a task to end itself as REVOKED: announce it as a revoke
         # would, then end without a result (Ignore acknowledges and sends no other event).
         task.send_event("task-revoked", terminated=False, signum=None, expired=False)
+        log.info("job %s: cancelled; its task is marked revoked", job_id)
         raise Ignore(f"job {job_id} was cancelled")
     return ended
 

@@ -79,12 +79,12 @@ class MlflowRun:
 
     def epoch(self, progress: Progress) -> None:
         """An epoch ended: its validation accuracy and the latest training loss, live."""
-        if progress.accuracy is None or progress.epoch is None:
+        if progress.val_accuracy is None or progress.val_epoch is None:
             return
         from mlflow.entities import Metric
 
-        now, step = int(time.time() * 1000), progress.epoch
-        metrics = [Metric("validation_accuracy", progress.accuracy, now, step)]
+        now, step = int(time.time() * 1000), progress.val_epoch
+        metrics = [Metric("validation_accuracy", progress.val_accuracy, now, step)]
         if progress.loss is not None:
             metrics.append(Metric("train_loss", progress.loss, now, step))
         self._live.add(("validation_accuracy", step))

@@ -211,7 +211,8 @@ def run_lora(
             logits = prep.predict(model, split)
             measurements.append(measure(split, epoch, logits, prep.tokens[split].labels))
         if split == "validation":  # the end of an epoch, for followers and the worker's log
-            tracker.report(Progress(Phase.EVALUATE, epoch, accuracy=measurements[-1].accuracy))
+            accuracy = measurements[-1].accuracy
+            tracker.report(Progress(Phase.EVALUATE, epoch, val_accuracy=accuracy, val_epoch=epoch))
 
     plan = FitPlan(
         spec.epochs,
