@@ -57,6 +57,8 @@ class Heartbeat:
         self.lease_seconds = lease_seconds
         self.interval = min(1.0, lease_seconds / 4)
         self.progress = Progress(Phase.STARTING)
+        #: The last training step reported: an epoch's end is told with its step and loss.
+        self._last_step: Progress | None = None
         self._dirty = False
         self.cancelled = threading.Event()
         self.superseded = threading.Event()
@@ -85,14 +87,17 @@ class Heartbeat:
     def on_progress(self, update: Progress) -> None:
         with self._lock:
             last = self.progress
+            if update.phase == Phase.TRAIN and update.step:
+                self._last_step = update
             epoch_end = update.val_accuracy is not None
             if epoch_end:
                 # An epoch's end says only its accuracy; the step and loss are the last seen.
+                step = self._last_step or last
                 update = replace(
                     update,
-                    step=update.step if update.step is not None else last.step,
-                    total=update.total if update.total is not None else last.total,
-                    loss=update.loss if update.loss is not None else last.loss,
+                    step=update.step if update.step is not None else step.step,
+                    total=update.total if update.total is not None else step.total,
+                    loss=update.loss if update.loss is not None else step.loss,
                 )
             else:
                 update = replace(update, val_accuracy=last.val_accuracy, val_epoch=last.val_epoch)

@@ -29,6 +29,7 @@ from ftqueue import broker, db, execution, lifecycle, nodes, poison, store
 from ftqueue.celery_app import app
 from ftqueue.errors import DatabaseError, DatabaseReplaced, JobFailed, NameTaken
 from ftqueue.kinds import JobKind, all_kinds
+from ftqueue.settings import get_settings
 from ftqueue.states import AttemptOutcome, JobStatus
 
 log = logging.getLogger(__name__)
@@ -182,6 +183,9 @@ def _warm_imports() -> None:
         import transformers  # noqa: F401
 
         import ftqueue.training  # noqa: F401
+
+        if get_settings().mlflow_tracking_uri:
+            import mlflow.tracking  # noqa: F401  (seconds to import: not in the first job)
     except Exception:  # a broken install shows up, with its traceback, in the first job
         log.debug("warm-up import failed", exc_info=True)
 

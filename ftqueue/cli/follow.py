@@ -7,9 +7,11 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ftqueue import eager, store
+from ftqueue.models import utcnow
 from ftqueue.settings import get_settings
 from ftqueue.states import JobStatus
 from ftqueue.store import JobState
+from ftqueue.text import duration
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -63,6 +65,8 @@ def _plain(s: JobState) -> tuple[str, tuple[object, ...]]:
     if s.status != JobStatus.RUNNING:
         return _describe(s), (s.status, s.attempts)
     where = f" on {s.worker}" if s.worker else ""
+    if s.started_at is not None:
+        where += f" for {duration((utcnow() - s.started_at).total_seconds())}"
     p = s.progress
     # A new phase or epoch, or an epoch's validation accuracy, is printed at once;
     # steps and loss only when the line is due again.
