@@ -137,7 +137,7 @@ def report_cmd(
     if as_json:
         if fmt not in ("table", "json"):
             raise click.BadParameter(
-                f"asks for JSON, --format {fmt} for something else: give one of them",
+                f"conflicts with --format {fmt}: give one of them (--json is --format json)",
                 param_hint="--json",
             )
         fmt = "json"
