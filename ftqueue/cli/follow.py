@@ -34,23 +34,25 @@ def _describe(s: JobState) -> str:
             f" (attempt {s.attempts + 1})" if s.attempts else ""
         )
     if s.status == JobStatus.RUNNING:
-        return f"job {s.id} {s.kind}: {_progress(s)}"
+        # The live bar counts the steps itself, and has less room.
+        return f"job {s.id} {s.kind}: {_progress(s, compact=True)}"
     # An epoch's accuracy the follower had no time to see is told at the end.
     return f"job {s.id} {s.kind}: {s.status}{_validation(s) if s.ended else ''}"
 
 
-def _progress(s: JobState) -> str:
+def _progress(s: JobState, *, compact: bool = False) -> str:
     """Phase, epoch, step, training loss and the last validation accuracy, where known."""
     p = s.progress
     parts = [str(p.phase or "starting")]
     if p.epoch:
         parts.append(f"epoch {p.epoch}")
-    if p.step is not None and p.total:
+    if not compact and p.step is not None and p.total:
         parts.append(f"step {p.step}/{p.total}")
     if p.loss is not None:
         parts.append(f"loss {p.loss:.4f}")
-    text = " ".join(parts)
-    return text + _validation(s)
+    if compact and p.val_accuracy is not None:
+        return " ".join([*parts, f"val {p.val_accuracy:.4f}"])
+    return " ".join(parts) + _validation(s)
 
 
 def _validation(s: JobState) -> str:
