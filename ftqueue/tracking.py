@@ -144,6 +144,14 @@ def start(job_id: int, *, attempt: int, worker: str, spec: Mapping[str, Any]) ->
     return None
 
 
+def _end_earlier_attempts(client: Any, experiment_id: str, job_id: int) -> None:
+    """Runs of earlier attempts left RUNNING by a worker that died: they ended, KILLED."""
+    query = f"tags.`ftqueue.job_id` = '{job_id}' and attributes.status = 'RUNNING'"
+    for run in client.search_runs([experiment_id], filter_string=query):
+        client.set_tag(run.info.run_id, "ftqueue.outcome", "worker lost")
+        client.set_terminated(run.info.run_id, "KILLED")
+
+
 def _start(
     uri: str, experiment: str, job_id: int, *, attempt: int, worker: str, spec: Mapping[str, Any]
 ) -> MlflowRun:
@@ -178,6 +186,8 @@ def _start(
             if again is None:
                 raise
             experiment_id = again.experiment_id
+    if attempt > 1:
+        _end_earlier_attempts(client, experiment_id, job_id)
     run = client.create_run(experiment_id, run_name=name, tags=labels)
     run_id = run.info.run_id
     params = [Param(k, v) for k, v in flatten(spec)]

@@ -16,6 +16,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import select
@@ -87,26 +88,47 @@ def test_each_job_is_an_mlflow_run(
 ) -> None:
     from mlflow.tracking import MlflowClient
 
-    env = child_env(FTQUEUE_MLFLOW_TRACKING_URI=mlflow_server, FTQUEUE_MLFLOW_EXPERIMENT=EXPERIMENT)
+    # A short lease, so that the job whose first attempt kills its worker is taken over soon.
+    env = child_env(
+        FTQUEUE_MLFLOW_TRACKING_URI=mlflow_server,
+        FTQUEUE_MLFLOW_EXPERIMENT=EXPERIMENT,
+        FTQUEUE_LEASE_SECONDS="2",
+    )
     client = MlflowClient(tracking_uri=mlflow_server)
     worker = WorkerProcess("tracked", env=env, log_dir=tmp_path).start()
 
-    def ended_runs() -> dict[str, object]:
+    def ended_runs() -> dict[tuple[str, str], Any]:
         experiment = client.get_experiment_by_name(EXPERIMENT)
         found = client.search_runs([experiment.experiment_id]) if experiment else []
-        return {r.data.tags["ftqueue.job_id"]: r for r in found if r.info.status != "RUNNING"}
+        return {
+            (r.data.tags["ftqueue.job_id"], r.data.tags["ftqueue.attempt"]): r
+            for r in found
+            if r.info.status != "RUNNING"
+        }
 
     try:
         worker.wait_ready()
         ok = submit([synthetic(0.6, seed=1)], sweep="s1", tags=["nightly", "mlflow"]).created[0]
         bad = submit([synthetic(0.6, fault="raise", seed=2)]).created[0]
-        wait_for(lambda: all_terminal([ok.id, bad.id]), timeout=120, what="both jobs to end")
-        # The run ends in MLflow just after the job's row does.
-        wait_for(lambda: len(ended_runs()) == 2, timeout=60, what="both MLflow runs to end")
+        crashed = submit([synthetic(0.6, fault="crash-first", seed=3)]).created[0]
+        ids = [ok.id, bad.id, crashed.id]
+        wait_for(lambda: all_terminal(ids), timeout=180, what="the three jobs to end")
+        # A run ends in MLflow just after the job's row does.
+        wait_for(lambda: len(ended_runs()) == 4, timeout=60, what="the MLflow runs to end")
     finally:
         worker.stop()
-    runs = ended_runs()
-    assert set(runs) == {str(ok.id), str(bad.id)}, worker.log()[-3000:]
+    every = ended_runs()
+    assert set(every) == {
+        (str(ok.id), "1"),
+        (str(bad.id), "1"),
+        (str(crashed.id), "1"),
+        (str(crashed.id), "2"),
+    }, worker.log()[-3000:]
+    # The attempt that died with its worker was ended when the next attempt started.
+    assert every[str(crashed.id), "1"].info.status == "KILLED"
+    assert every[str(crashed.id), "1"].data.tags["ftqueue.outcome"] == "worker lost"
+    assert every[str(crashed.id), "2"].info.status == "FINISHED"
+    runs = {job: run for (job, attempt), run in every.items() if attempt == "1"}
 
     with db.session_scope() as session:
         job = session.get(Job, ok.id)
