@@ -226,17 +226,17 @@ def execute(claim: lifecycle.Claim) -> AttemptOutcome:
     """Run a claimed attempt to its end and record that end."""
     settings = get_settings()
     staging: Path | None = None
-    tracked = tracking.start(
-        claim.job_id, attempt=claim.attempt, worker=claim.worker, spec=claim.spec
-    )
-    heartbeat = Heartbeat(
-        claim,
-        lease_seconds=settings.lease_seconds,
-        on_epoch=tracked.epoch if tracked is not None else None,
-    )
+    heartbeat = Heartbeat(claim, lease_seconds=settings.lease_seconds)
+    tracked: tracking.MlflowRun | None = None
     published: list[str] = []
     try:
         with heartbeat:
+            # Under the heartbeat: a slow tracker must not let the lease lapse.
+            tracked = tracking.start(
+                claim.job_id, attempt=claim.attempt, worker=claim.worker, spec=claim.spec
+            )
+            if tracked is not None:
+                heartbeat.on_epoch = tracked.epoch
             if kinds.get(claim.kind).publishes:
                 final = published_dir(claim)
                 remove_stale_staging(final)
