@@ -139,9 +139,27 @@ def start(job_id: int, *, attempt: int, worker: str, spec: Mapping[str, Any]) ->
             "pip install 'ftqueue[mlflow]' on the workers", job_id,
         )  # fmt: skip
     except Exception as exc:
+        _EXPERIMENTS.clear()  # an experiment deleted meanwhile is looked up again next time
         log.warning("job %s: not logged to MLflow at %s: %s",
                     job_id, settings.mlflow_tracking_uri, exc)  # fmt: skip
     return None
+
+
+#: Experiment ids by (tracking URI, name): a worker looks each up once.
+_EXPERIMENTS: dict[tuple[str, str], str] = {}
+
+
+def _experiment_id(client: Any, name: str) -> str:
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return str(found.experiment_id)
+    try:
+        return str(client.create_experiment(name))
+    except Exception:  # another worker created it first
+        again = client.get_experiment_by_name(name)
+        if again is None:
+            raise
+        return str(again.experiment_id)
 
 
 def _end_earlier_attempts(client: Any, experiment_id: str, job_id: int) -> None:
@@ -158,6 +176,8 @@ def _start(
     # MLflow's defaults retry an unreachable server for minutes, while the job waits.
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
+    # MLflow prints a link on stdout when a run ends: stdout belongs to the command (--json).
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     from mlflow.entities import Param
     from mlflow.tracking import MlflowClient
 
@@ -175,17 +195,8 @@ def _start(
         }
         name = job.name or f"job-{job_id}"
     client = MlflowClient(tracking_uri=uri)
-    found = client.get_experiment_by_name(experiment)
-    if found is not None:
-        experiment_id = found.experiment_id
-    else:
-        try:
-            experiment_id = client.create_experiment(experiment)
-        except Exception:  # another worker created it first
-            again = client.get_experiment_by_name(experiment)
-            if again is None:
-                raise
-            experiment_id = again.experiment_id
+    experiment_id = _EXPERIMENTS.get((uri, experiment)) or _experiment_id(client, experiment)
+    _EXPERIMENTS[uri, experiment] = experiment_id
     if attempt > 1:
         _end_earlier_attempts(client, experiment_id, job_id)
     run = client.create_run(experiment_id, run_name=name, tags=labels)
