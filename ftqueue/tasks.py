@@ -27,7 +27,7 @@ from celery.worker.request import Request
 
 from ftqueue import broker, db, execution, lifecycle, nodes, poison, store
 from ftqueue.celery_app import app
-from ftqueue.errors import DatabaseError, DatabaseReplaced, JobFailed, NameTaken
+from ftqueue.errors import DatabaseReplaced, JobFailed, NameTaken
 from ftqueue.kinds import JobKind, all_kinds
 from ftqueue.settings import get_settings
 from ftqueue.states import AttemptOutcome, JobStatus
@@ -132,7 +132,7 @@ def _celery_end(task: Task, job_id: int, ended: AttemptOutcome) -> str:
         return ended
     try:
         state = store.job_states([job_id]).get(job_id)
-    except DatabaseError as exc:
+    except Exception as exc:  # only Celery's view is at stake: never the delivery
         log.warning("job %s: could not read its status for Celery: %s", job_id, exc)
         return ended
     if state is None:
@@ -142,7 +142,10 @@ def _celery_end(task: Task, job_id: int, ended: AttemptOutcome) -> str:
     if state.status == JobStatus.CANCELLED:
         # Celery has no way for a task to end itself as REVOKED: announce it as a revoke
         # would, then end without a result (Ignore acknowledges and sends no other event).
-        task.send_event("task-revoked", terminated=False, signum=None, expired=False)
+        try:
+            task.send_event("task-revoked", terminated=False, signum=None, expired=False)
+        except Exception as exc:
+            log.warning("job %s: could not send its task-revoked event: %s", job_id, exc)
         log.info("job %s: cancelled; its task is marked revoked", job_id)
         raise Ignore(f"job {job_id} was cancelled")
     return ended
