@@ -122,7 +122,7 @@ LEFT JOIN jobs src ON src.id = {adapter_job}"""
 
 
 def upgrade() -> None:
-    dialect = op.get_bind().dialect.name
+    dialect = op.get_context().dialect.name
     if dialect == "postgresql":
         # Before the view: PostgreSQL refuses to change the type of a column a view reads.
         op.alter_column(
@@ -138,7 +138,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.execute(f"DROP VIEW IF EXISTS {VIEW}")
-    if op.get_bind().dialect.name == "postgresql":
+    if op.get_context().dialect.name == "postgresql":
         op.alter_column(
             "jobs",
             "spec",
