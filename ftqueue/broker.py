@@ -49,6 +49,21 @@ def check_broker() -> None:
 PUBLISH_BATCH = 500
 
 
+def argsrepr(job: Job) -> str:
+    """How a job's message reads in Flower and worker logs: id, kind, model and dataset.
+
+    The message itself carries only the id; this is a label. Local paths show their file
+    names, so the label stays short.
+    """
+
+    def short(value: str) -> str:
+        parts = [p.rsplit("/", 1)[-1] if "/" in p else p for p in value.split(",")]
+        text = ",".join(part for part in parts)
+        return text if len(text) <= 80 else text[:79] + "…"
+
+    return f"(job {job.id}: {job.kind} {short(job.model)} on {short(job.dataset)})"
+
+
 def publish(jobs: Sequence[Job]) -> list[int]:
     """Publish one message per job (carrying only its id); returns the ids published.
 
@@ -78,9 +93,9 @@ def publish(jobs: Sequence[Job]) -> list[int]:
                             time_limit=None,
                             soft_time_limit=None,
                             # Declaring a queue once per publish is enough, and the
-                            # arguments' repr is known (Celery's saferepr is costly).
+                            # arguments' label is made here (Celery's saferepr is costly).
                             declare=[] if kind.queue in declared else None,
-                            argsrepr=repr((job.id,)),
+                            argsrepr=argsrepr(job),
                             kwargsrepr="{}",
                         )
                         declared.add(kind.queue)

@@ -53,6 +53,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
         "worker_cancel_long_running_tasks_on_connection_loss": True,
+        # Task events on from the start, so Flower and `celery events` see every job (with its
+        # argsrepr and end state) without having to switch them on.
+        "worker_send_task_events": True,
         "task_time_limit": settings.time_limit,
         "task_soft_time_limit": settings.soft_time_limit,
         # Each queue on a direct exchange of its own name: what a queue is bound to does not

@@ -102,3 +102,10 @@ class JobCancelled(FtqueueError):
 
 class JobSuperseded(FtqueueError):
     """Raised inside a running job when another attempt has taken it over."""
+
+
+class JobFailed(FtqueueError):
+    """Raised by a job's Celery task when the job ended failed, so the task ends as FAILURE.
+
+    The failure is recorded in the job's row first; this only tells Celery (and Flower).
+    """

@@ -14,10 +14,11 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import TypeVar
 
-from ftqueue import artifacts, asha, kinds, lifecycle, paths, store, synthetic
+from ftqueue import artifacts, asha, kinds, lifecycle, paths, store, synthetic, tracking
 from ftqueue.errors import (
     DatabaseError,
     DatabaseReplaced,
@@ -26,7 +27,7 @@ from ftqueue.errors import (
     JobSuperseded,
     first_line,
 )
-from ftqueue.outcome import Outcome, Progress
+from ftqueue.outcome import Measurement, Outcome, Progress
 from ftqueue.settings import get_settings
 from ftqueue.states import AttemptOutcome, JobStatus, Phase
 
@@ -52,8 +53,15 @@ class Heartbeat:
     second, not a thousand row versions.
     """
 
-    def __init__(self, claim: lifecycle.Claim, *, lease_seconds: int) -> None:
+    def __init__(
+        self,
+        claim: lifecycle.Claim,
+        *,
+        lease_seconds: int,
+        on_epoch: Callable[[Progress], None] | None = None,
+    ) -> None:
         self.claim = claim
+        self.on_epoch = on_epoch
         self.lease_seconds = lease_seconds
         self.interval = min(1.0, lease_seconds / 4)
         #: A lease is renewed this long after the last write; two renewals may fail in a row
@@ -64,6 +72,8 @@ class Heartbeat:
         self.writes = 0
         self.reads = 0
         self.progress = Progress(Phase.STARTING)
+        #: The last training step reported: an epoch's end is told with its step and loss.
+        self._last_step: Progress | None = None
         self._dirty = False
         self.cancelled = threading.Event()
         self.superseded = threading.Event()
@@ -91,11 +101,36 @@ class Heartbeat:
 
     def on_progress(self, update: Progress) -> None:
         with self._lock:
+            last = self.progress
+            if update.phase == Phase.TRAIN and update.step:
+                self._last_step = update
+            epoch_end = update.val_accuracy is not None
+            if epoch_end:
+                # An epoch's end says only its accuracy; the step and loss are the last seen.
+                step = self._last_step or last
+                update = replace(
+                    update,
+                    step=update.step if update.step is not None else step.step,
+                    total=update.total if update.total is not None else step.total,
+                    loss=update.loss if update.loss is not None else step.loss,
+                )
+            else:
+                update = replace(update, val_accuracy=last.val_accuracy, val_epoch=last.val_epoch)
             self.progress = update
             self._dirty = True
             if self.first_step_after is None and update.phase == Phase.TRAIN and update.step:
                 self.first_step_after = time.monotonic() - self.started
+        if epoch_end:
+            self._epoch_ended(update)
         self.check()
+
+    def _epoch_ended(self, p: Progress) -> None:
+        steps = f"step {p.step}/{p.total}" if p.step is not None and p.total else "step ?"
+        loss = f"train loss {p.loss:.4f}" if p.loss is not None else "train loss ?"
+        log.info("job %s: epoch %s: %s, %s, validation accuracy %.4f",
+                 self.claim.job_id, p.val_epoch, steps, loss, p.val_accuracy)  # fmt: skip
+        if self.on_epoch is not None:
+            self.on_epoch(p)
 
     def check(self) -> None:
         if self.superseded.is_set():
@@ -250,8 +285,16 @@ def execute(claim: lifecycle.Claim) -> AttemptOutcome:
     settings = get_settings()
     staging: Path | None = None
     heartbeat = Heartbeat(claim, lease_seconds=settings.lease_seconds)
+    tracked: tracking.MlflowRun | None = None
+    published: list[str] = []
     try:
         with heartbeat:
+            # Under the heartbeat: a slow tracker must not let the lease lapse.
+            tracked = tracking.start(
+                claim.job_id, attempt=claim.attempt, worker=claim.worker, spec=claim.spec
+            )
+            if tracked is not None:
+                heartbeat.on_epoch = tracked.epoch
             if kinds.get(claim.kind).publishes:
                 final = published_dir(claim)
                 remove_stale_staging(final)
@@ -265,6 +308,7 @@ def execute(claim: lifecycle.Claim) -> AttemptOutcome:
             def publish() -> str:
                 target = published_dir(claim)  # checked again: a symlink may be new
                 artifacts.publish_dir(src, target)
+                published.append(str(target))
                 return str(target)
 
         measurements = list(outcome.measurements)
@@ -277,19 +321,30 @@ def execute(claim: lifecycle.Claim) -> AttemptOutcome:
             )
         )
         if recorded:
-            log.info("job %s: %s", claim.job_id, status)
-            return AttemptOutcome.PRUNED if pruned else AttemptOutcome.SUCCEEDED
+            log.info("job %s: %s%s", claim.job_id, status, _headline(measurements))
+            ended = AttemptOutcome.PRUNED if pruned else AttemptOutcome.SUCCEEDED
+            if tracked is not None:
+                tracked.finish(ended, outcome, output_path=next(iter(published), None))
+            return ended
         log.warning(
             "job %s: attempt %s no longer holds it; result discarded", claim.job_id, claim.attempt
         )
+        if tracked is not None:
+            tracked.finish(AttemptOutcome.SUPERSEDED, outcome)
         return AttemptOutcome.SUPERSEDED
     except JobCancelled:
         _with_db_retry(lambda: lifecycle.record_cancelled(claim))
+        if tracked is not None:
+            tracked.finish(AttemptOutcome.CANCELLED)
         return AttemptOutcome.CANCELLED
     except JobSuperseded:
+        if tracked is not None:
+            tracked.finish(AttemptOutcome.SUPERSEDED)
         return AttemptOutcome.SUPERSEDED
     except DatabaseReplaced as exc:
         log.error("job %s: %s; this attempt records nothing", claim.job_id, exc.message)
+        if tracked is not None:
+            tracked.finish(AttemptOutcome.SUPERSEDED)
         return AttemptOutcome.SUPERSEDED
     except Exception as exc:
         # Any error inside a job ends it: retrying is for workers that die, not for code that
@@ -300,11 +355,21 @@ def execute(claim: lifecycle.Claim) -> AttemptOutcome:
         else:
             log.exception("job %s failed", claim.job_id)
         _with_db_retry(lambda: lifecycle.record_failure(claim, error_type, message))
+        if tracked is not None:
+            tracked.finish(AttemptOutcome.FAILED, error=f"{error_type}: {message}")
         return AttemptOutcome.FAILED
     finally:
         # Still here only when nothing was published (failure, cancel, superseded).
         if staging is not None and staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
+
+
+def _headline(measurements: list[Measurement]) -> str:
+    """The last measurement of the job, for the worker's log line."""
+    if not measurements:
+        return ""
+    m = measurements[-1]
+    return f": {m.split} accuracy {m.accuracy:.4f}, loss {m.loss:.4f} (epoch {m.epoch})"
 
 
 def remove_stale_staging(final: Path) -> list[Path]:

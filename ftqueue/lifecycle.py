@@ -256,6 +256,8 @@ def claim(
                 progress_step=None,
                 progress_total=None,
                 progress_loss=None,
+                progress_val_accuracy=None,
+                progress_val_epoch=None,
                 error_type=None,
                 error_message=None,
             )
@@ -362,6 +364,8 @@ def heartbeat(claim: Claim, progress: Progress | None, *, lease_seconds: int) ->
             progress_step=progress.step,
             progress_total=progress.total,
             progress_loss=progress.loss,
+            progress_val_accuracy=progress.val_accuracy,
+            progress_val_epoch=progress.val_epoch,
         )
     with session_scope(write=True) as session:
         cancel = session.execute(
@@ -419,6 +423,11 @@ def record_success(
         if publish is not None:
             job.output_path = publish()
         job.progress_phase = Phase.DONE
+        # The last epoch's validation, which the heartbeat may not have written before the end.
+        validation = [m for m in measurements if m.split == "validation"]
+        if validation:
+            last = max(validation, key=lambda m: m.epoch)
+            job.progress_val_accuracy, job.progress_val_epoch = last.accuracy, last.epoch
         job.stats = stats
         job.train_seconds = stats.get("train_seconds")
         job.samples_per_second = stats.get("samples_per_second")

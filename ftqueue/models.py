@@ -20,6 +20,7 @@ from sqlalchemy import (
     false,
     func,
 )
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
@@ -101,7 +102,8 @@ class Job(Base):
     status: Mapped[str] = mapped_column(
         String(16), default=JobStatus.QUEUED.value, server_default=JobStatus.QUEUED.value
     )
-    spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    #: ``jsonb`` on PostgreSQL (revision 0005b), so ad-hoc SQL can index and compare it.
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON().with_variant(JSONB(), "postgresql"))
     spec_hash: Mapped[str] = mapped_column(String(64))
     #: Groups repeats (seeds) of one configuration in reports without parsing JSON in SQL.
     config_hash: Mapped[str] = mapped_column(String(64), default=_config_hash_default)
@@ -123,6 +125,9 @@ class Job(Base):
     progress_step: Mapped[int | None] = mapped_column(Integer)
     progress_total: Mapped[int | None] = mapped_column(Integer)
     progress_loss: Mapped[float | None] = mapped_column(Float)
+    #: Validation accuracy after the last finished epoch, and that epoch, for followers.
+    progress_val_accuracy: Mapped[float | None] = mapped_column(Float)
+    progress_val_epoch: Mapped[int | None] = mapped_column(Integer)
 
     error_type: Mapped[str | None] = mapped_column(String(128))
     error_message: Mapped[str | None] = mapped_column(Text)

@@ -16,13 +16,19 @@ from ftqueue.states import Phase
 
 @dataclass(frozen=True)
 class Progress:
-    """Where a running attempt is; ``loss`` is the mean training loss since the last report."""
+    """Where a running attempt is; ``loss`` is the mean training loss since the last report.
+
+    ``val_accuracy`` is the validation accuracy after epoch ``val_epoch``: a report that sets
+    them marks the end of that epoch, and the heartbeat carries them on to later reports.
+    """
 
     phase: Phase | str | None = None
     epoch: int | None = None
     step: int | None = None
     total: int | None = None
     loss: float | None = None
+    val_accuracy: float | None = None
+    val_epoch: int | None = None
 
 
 @dataclass(frozen=True)

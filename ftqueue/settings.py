@@ -42,6 +42,13 @@ class Settings:
     #: FTQUEUE_VISIBILITY_TIMEOUT: overrides the Redis redelivery timeout derived from the
     #: time limit. Lower than a job's run time, a running job's message is delivered again.
     visibility_timeout_override: int | None = None
+    #: FTQUEUE_PROGRESS_EVERY: without a terminal, `--wait` and `--follow` print a running
+    #: job's line at least this often (seconds), besides each phase and epoch.
+    progress_every: int = 30
+    #: FTQUEUE_MLFLOW_TRACKING_URI: where workers log each job as an MLflow run (unset: no MLflow).
+    mlflow_tracking_uri: str | None = None
+    #: FTQUEUE_MLFLOW_EXPERIMENT: the MLflow experiment those runs go into.
+    mlflow_experiment: str = "ftqueue"
 
     @property
     def soft_time_limit(self) -> int:
@@ -121,6 +128,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             if env.get("FTQUEUE_VISIBILITY_TIMEOUT")
             else None
         ),
+        progress_every=_int(env, "FTQUEUE_PROGRESS_EVERY", 30),
+        mlflow_tracking_uri=env.get("FTQUEUE_MLFLOW_TRACKING_URI") or None,
+        mlflow_experiment=env.get("FTQUEUE_MLFLOW_EXPERIMENT") or "ftqueue",
     )
 
 

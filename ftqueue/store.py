@@ -127,6 +127,8 @@ class JobState:
     worker: str | None
     progress: Progress
     error: str | None
+    #: When the current attempt started (None while queued).
+    started_at: dt.datetime | None = None
 
     @property
     def ended(self) -> bool:
@@ -146,15 +148,18 @@ def job_states(job_ids: Sequence[int]) -> dict[int, JobState]:
         Job.progress_step,
         Job.progress_total,
         Job.progress_loss,
+        Job.progress_val_accuracy,
+        Job.progress_val_epoch,
         Job.error_message,
+        Job.started_at,
     )
     with db.session_scope() as session:
         rows = session.execute(select(*cols).where(Job.id.in_(job_ids))).all()
     return {
         job_id: JobState(
-            job_id, kind, JobStatus(status), attempts, worker, Progress(*progress), error
+            job_id, kind, JobStatus(status), attempts, worker, Progress(*progress), error, started
         )
-        for job_id, kind, status, attempts, worker, *progress, error in rows
+        for job_id, kind, status, attempts, worker, *progress, error, started in rows
     }
 
 
@@ -281,6 +286,8 @@ def job_summary(job: Job, *, detail: bool = False) -> dict[str, Any]:
             "step": job.progress_step,
             "total": job.progress_total,
             "loss": job.progress_loss,
+            "val_accuracy": job.progress_val_accuracy,
+            "val_epoch": job.progress_val_epoch,
         },
         "error_type": job.error_type,
         "error_message": job.error_message,

@@ -149,6 +149,7 @@ def run(spec: JobSpec, kind: JobKind[Any], ctx: JobContext) -> Outcome:
             done = len(validation) + 1
             accuracy = validation_accuracy(spec, done)
             validation.append(_measurement("validation", done, accuracy))
+            ctx.on_progress(Progress(Phase.EVALUATE, done, val_accuracy=accuracy, val_epoch=done))
             keep = ctx.keep_going(done, accuracy)
             if params.fault == "crash-at-rung" and ctx.attempt == 1 and done == 1:
                 os.kill(os.getpid(), signal.SIGKILL)

@@ -2,6 +2,11 @@
 
 A task is a few lines around `execution.run_job`: the message carries only a job id, and the
 database says what to do with it. Task names and queues come from the registry of kinds.
+
+A task ends in the Celery state that matches its job, so Flower and Celery events show what
+happened: SUCCESS for a job that succeeded, FAILURE (JobFailed) for one that failed, REVOKED
+for one that was cancelled. Every one of them acknowledges its message, as before: the job's
+row is the record, and nothing is delivered again because a job failed.
 """
 
 from __future__ import annotations
@@ -17,14 +22,15 @@ import time
 from typing import Any
 
 from celery import Task, signals
-from celery.exceptions import Reject
+from celery.exceptions import Ignore, Reject
 from celery.worker.request import Request
 
-from ftqueue import broker, db, execution, lifecycle, nodes, poison
+from ftqueue import broker, db, execution, lifecycle, nodes, poison, store
 from ftqueue.celery_app import app
-from ftqueue.errors import DatabaseReplaced, NameTaken
+from ftqueue.errors import DatabaseReplaced, JobFailed, NameTaken
 from ftqueue.kinds import JobKind, all_kinds
-from ftqueue.states import AttemptOutcome
+from ftqueue.settings import get_settings
+from ftqueue.states import AttemptOutcome, JobStatus
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +66,10 @@ class JobTask(Task):
     Request = JobRequest
     acks_late = True
     reject_on_worker_lost = True
+    # Acknowledged like a success (task_acks_on_failure's default): a failed job is recorded
+    # and must not be delivered again. Expected, so the worker logs one line, no traceback.
+    acks_on_failure = True
+    throws = (JobFailed,)
 
 
 def worker_name(request: Any) -> str:
@@ -94,7 +104,10 @@ def _task_for(kind: JobKind[Any]) -> Task:
             _set_aside(request, args, kwargs)
             return AttemptOutcome.SKIPPED
         try:
-            return execution.run_job(job_id, worker=worker_name(request), task_id=request.id)
+            ended = execution.run_job(job_id, worker=worker_name(request), task_id=request.id)
+            if getattr(request, "is_eager", False):
+                return ended  # eager: the submitting process reads the row itself
+            return _celery_end(self, job_id, ended)
         except DatabaseReplaced as exc:
             if getattr(request, "is_eager", False):
                 raise
@@ -107,6 +120,35 @@ def _task_for(kind: JobKind[Any]) -> Task:
     run.__name__ = run.__qualname__ = kind.name
     task: Task = app.task(name=kind.task_name, base=JobTask, bind=True)(run)
     return task
+
+
+def _celery_end(task: Task, job_id: int, ended: AttemptOutcome) -> str:
+    """Return, raise JobFailed or revoke, as the job's status says after this delivery.
+
+    A delivery that did not run the job (a duplicate, a job cancelled while queued) ends as
+    the job did; one whose job is still pending elsewhere (superseded) is a success.
+    """
+    if ended in (AttemptOutcome.SUCCEEDED, AttemptOutcome.PRUNED):
+        return ended
+    try:
+        state = store.job_states([job_id]).get(job_id)
+    except Exception as exc:  # only Celery's view is at stake: never the delivery
+        log.warning("job %s: could not read its status for Celery: %s", job_id, exc)
+        return ended
+    if state is None:
+        return ended
+    if state.status == JobStatus.FAILED:
+        raise JobFailed(f"job {job_id} failed: {state.error or 'no error message'}")
+    if state.status == JobStatus.CANCELLED:
+        # Celery has no way for a task to end itself as REVOKED: announce it as a revoke
+        # would, then end without a result (Ignore acknowledges and sends no other event).
+        try:
+            task.send_event("task-revoked", terminated=False, signum=None, expired=False)
+        except Exception as exc:
+            log.warning("job %s: could not send its task-revoked event: %s", job_id, exc)
+        log.info("job %s: cancelled; its task is marked revoked", job_id)
+        raise Ignore(f"job {job_id} was cancelled")
+    return ended
 
 
 def _set_aside(request: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
@@ -144,6 +186,9 @@ def _warm_imports() -> None:
         import transformers  # noqa: F401
 
         import ftqueue.training  # noqa: F401
+
+        if get_settings().mlflow_tracking_uri:
+            import mlflow.tracking  # noqa: F401  (seconds to import: not in the first job)
     except Exception:  # a broken install shows up, with its traceback, in the first job
         log.debug("warm-up import failed", exc_info=True)
 

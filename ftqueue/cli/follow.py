@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ftqueue import api, store
+from ftqueue.models import utcnow
+from ftqueue.settings import get_settings
 from ftqueue.states import JobStatus
 from ftqueue.store import JobState
+from ftqueue.text import duration
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -36,11 +40,51 @@ def _describe(s: JobState) -> str:
             f" (attempt {s.attempts + 1})" if s.attempts else ""
         )
     if s.status == JobStatus.RUNNING:
-        p = s.progress
-        epoch = f" epoch {p.epoch}" if p.epoch else ""
-        loss = f" loss {p.loss:.4f}" if p.loss is not None else ""
-        return f"job {s.id} {s.kind}: {p.phase or 'starting'}{epoch}{loss}"
-    return f"job {s.id} {s.kind}: {s.status}"
+        # The live bar counts the steps itself, and has less room.
+        return f"job {s.id} {s.kind}: {_progress(s, compact=True)}"
+    # An epoch's accuracy the follower had no time to see is told at the end.
+    return f"job {s.id} {s.kind}: {s.status}{_validation(s) if s.ended else ''}"
+
+
+def _progress(s: JobState, *, compact: bool = False) -> str:
+    """Phase, epoch, step, training loss and the last validation accuracy, where known."""
+    p = s.progress
+    parts = [str(p.phase or "starting")]
+    if p.epoch:
+        parts.append(f"epoch {p.epoch}")
+    if not compact and p.step is not None and p.total:
+        parts.append(f"step {p.step}/{p.total}")
+    if p.loss is not None:
+        parts.append(f"loss {p.loss:.4f}")
+    if compact and p.val_accuracy is not None:
+        return " ".join([*parts, f"val {p.val_accuracy:.4f}"])
+    return " ".join(parts) + _validation(s)
+
+
+def _validation(s: JobState) -> str:
+    p = s.progress
+    if p.val_accuracy is None:
+        return ""
+    return f"; epoch {p.val_epoch} val acc {p.val_accuracy:.4f}"
+
+
+def _plain(s: JobState) -> tuple[str, tuple[object, ...]]:
+    """A job's plain line, and what must change for it to be printed before it is due."""
+    if s.status != JobStatus.RUNNING:
+        return _describe(s), (s.status, s.attempts)
+    where = f" on {s.worker}" if s.worker else ""
+    if s.started_at is not None:
+        where += f" for {duration((utcnow() - s.started_at).total_seconds())}"
+    p = s.progress
+    # A new phase or epoch, or an epoch's validation accuracy, is printed at once;
+    # steps and loss only when the line is due again.
+    return f"job {s.id} {s.kind}: running{where}: {_progress(s)}", (
+        s.status,
+        s.worker,
+        p.phase,
+        p.epoch,
+        p.val_epoch,
+    )
 
 
 def follow(
@@ -49,21 +93,30 @@ def follow(
     console: Console,
     poll: float = 0.5,
     keep_going: Callable[[], bool] = lambda: True,
+    every: float | None = None,
 ) -> dict[int, str]:
-    """Poll the jobs until each has ended (or ``keep_going`` says stop); returns final statuses."""
+    """Poll the jobs until each has ended (or ``keep_going`` says stop); returns final statuses.
+
+    On a terminal: a live bar per job. Elsewhere (a pipe, a log file): one plain line per job
+    when it starts, at each phase and epoch (with step, loss and validation accuracy), at
+    least every ``every`` seconds (FTQUEUE_PROGRESS_EVERY, 30) while it runs, and when it ends.
+    """
     if console.is_terminal:
         return _follow_live(job_ids, console=console, poll=poll, keep_going=keep_going)
-    last: dict[int, str] = {}
+    every = float(get_settings().progress_every) if every is None else every
+    last: dict[int, tuple[object, ...]] = {}
+    printed_at: dict[int, float] = {}
     snaps: dict[int, JobState] = {}
     for snaps in api.watch(job_ids, poll=poll, keep_going=keep_going):
+        now = time.monotonic()
         for jid in job_ids:
             s = snaps[jid]
-            running = s.status == JobStatus.RUNNING
-            line = f"job {s.id} {s.kind}: running" if running else _describe(s)
-            line += f" on {s.worker}" if running and s.worker else ""
-            if last.get(jid) != line:
-                console.print(line, highlight=False)
-                last[jid] = line
+            line, key = _plain(s)
+            due = s.status == JobStatus.RUNNING and now - printed_at.get(jid, now) >= every
+            if last.get(jid) != key or due:
+                console.print(line, highlight=False, soft_wrap=True)
+                last[jid] = key
+                printed_at[jid] = now
     return {jid: s.status for jid, s in snaps.items()}
 
 

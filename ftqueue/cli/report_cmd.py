@@ -92,6 +92,9 @@ from ftqueue.text import duration
     show_default=True,
 )
 @click.option(
+    "--json", "as_json", is_flag=True, help="Print JSON, for scripts (same as --format json)."
+)
+@click.option(
     "--plot",
     type=click.Path(path_type=Path),
     metavar="FILE",
@@ -115,6 +118,7 @@ from ftqueue.text import duration
 )
 def report_cmd(
     fmt: str,
+    as_json: bool,
     plot: Path | None,
     html_path: Path | None,
     statuses: tuple[str, ...],
@@ -139,6 +143,7 @@ def report_cmd(
       ftqueue report --sweep 7f3a9c --group-by r,lr --sort accuracy
       ftqueue report --sweep demo-sweep --plot rungs.png      # a `ftqueue sweep`
       ftqueue report --where 'r>=16' --where 'accuracy>0.8' --format csv > runs.csv
+      ftqueue report --json | jq '.[0]'
       ftqueue report --since 2d --plot report.png --html report.html
       ftqueue report --group-by r,lr --plot grid.jpg --top 10
     """
@@ -146,6 +151,13 @@ def report_cmd(
     from ftqueue.report import ReportOptions, build_report, export, validation_curves
     from ftqueue.report.options import check_output
 
+    if as_json:
+        if fmt not in ("table", "json"):
+            raise click.BadParameter(
+                f"conflicts with --format {fmt}: give one of them (--json is --format json)",
+                param_hint="--json",
+            )
+        fmt = "json"
     # Local files and directories are stored as absolute paths: match them however named.
     filters["models"] = tuple(map(stored_model, filters.get("models") or ()))
     filters["datasets"] = tuple(map(stored_dataset, filters.get("datasets") or ()))

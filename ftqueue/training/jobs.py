@@ -16,7 +16,7 @@ from peft import LoraConfig, PeftModel, TaskType, get_peft_model
 from ftqueue.artifacts import check_adapter_dir
 from ftqueue.data import LoadedData, resolve_dataset
 from ftqueue.errors import AdapterError, FtqueueError, SpecError, first_line
-from ftqueue.outcome import Measurement, Outcome, ProgressCallback
+from ftqueue.outcome import Measurement, Outcome, Progress, ProgressCallback
 from ftqueue.specs import JobSpec, resolve_model, validate_against_model
 from ftqueue.states import Phase
 from ftqueue.training.adapters import load_adapter, save_adapter
@@ -216,6 +216,9 @@ def run_lora(
         with tracker.phase(Phase.EVALUATE, epoch):
             logits = prep.predict(model, split)
             measurements.append(measure(split, epoch, logits, prep.tokens[split].labels))
+        if split == "validation":  # the end of an epoch, for followers and the worker's log
+            accuracy = measurements[-1].accuracy
+            tracker.report(Progress(Phase.EVALUATE, epoch, val_accuracy=accuracy, val_epoch=epoch))
 
     plan = FitPlan(
         spec.epochs,

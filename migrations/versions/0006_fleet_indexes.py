@@ -5,7 +5,7 @@ newest job until it found 50 running ones; (status, id) reads them straight off.
 sweep index gains the id for the same reason and replaces the one on sweep_id alone.
 
 Revision ID: 0006
-Revises: 0004
+Revises: 0005b
 Create Date: 2026-11-26
 """
 
@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from alembic import op
 
 revision: str = "0006"
-down_revision: str | None = "0004"
+down_revision: str | None = "0005b"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
