@@ -78,9 +78,11 @@ def test_one_row_per_job_split_and_epoch(filled: dict[str, Any]) -> None:
     assert {r["job_id"] for r in view} == succeeded
     finals = {(r["job_id"], r["split"], r["epoch"]) for r in view if r["final_epoch"]}
     for jid in filled["runs"]:
-        # validation after epochs 1 and 2, test after 2: epoch 1 is not final
-        assert (jid, "validation", 2) in finals and (jid, "test", 2) in finals
-        assert (jid, "validation", 1) not in finals
+        # Validation after epochs 1 and 2 (the last is final); test once, at the epoch the
+        # job selected (its best validation epoch), which is then its final test row.
+        assert (jid, "validation", 2) in finals and (jid, "validation", 1) not in finals
+        tested = [r["epoch"] for r in view if r["job_id"] == jid and r["split"] == "test"]
+        assert len(tested) == 1 and (jid, "test", tested[0]) in finals
     assert (filled["evaluated"], "test", 0) in finals
 
 
