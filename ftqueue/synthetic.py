@@ -88,6 +88,8 @@ def run(spec: JobSpec, kind: JobKind[Any], ctx: JobContext) -> Outcome:
     params = parse(spec.model)
     started = time.perf_counter()
     trained_epochs = getattr(spec, "epochs", None)
+    if trained_epochs is None and hasattr(spec, "for_device"):
+        trained_epochs = spec.for_device("cpu").epochs  # a synthetic run stands in for a CPU
     epochs = int(trained_epochs or 1)
     total = params.steps
     pause = params.seconds / total

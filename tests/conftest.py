@@ -16,6 +16,9 @@ from ftqueue.settings import reset_settings
 
 PG_SERVER = os.environ.get("FTQUEUE_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432")
 REDIS_URL = os.environ.get("FTQUEUE_TEST_REDIS", "redis://127.0.0.1:6379")
+#: Where this machine keeps the offline model and data (a GPU box without their wheels): where
+#: the assets are, not settings under test, so they stay set.
+ASSET_VARS = ("FTQUEUE_MINILM_DIR", "FTQUEUE_MOVIE_SNIPPETS_FILE")
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
@@ -32,7 +35,7 @@ def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[P
     """Every test gets its own FTQUEUE_HOME, so nothing touches ~/.ftqueue."""
     home = tmp_path / "ftqueue-home"
     for name in list(os.environ):
-        if name.startswith("FTQUEUE_") and not name.startswith("FTQUEUE_TEST_"):
+        if name.startswith("FTQUEUE_") and not name.startswith(("FTQUEUE_TEST_", *ASSET_VARS)):
             monkeypatch.delenv(name)
     monkeypatch.setenv("FTQUEUE_HOME", str(home))
     # No test may reach the real Hugging Face hub; tests of hub checks use a local endpoint.
