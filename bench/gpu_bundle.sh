@@ -16,6 +16,8 @@ mkdir -p "$out/wheels" "$out/minilm"
 # pyarrow, click, rich, psutil, filelock, pytest...) is used as the image has it.
 missing=(celery kombu billiard vine amqp click-didyoumean click-plugins click-repl prompt-toolkit
          wcwidth tzlocal redis SQLAlchemy alembic Mako)
+# The image has click, but celery wants a recent one (>=8.3.1): carry the version tested here.
+missing+=(click)
 specs=()
 for name in "${missing[@]}"; do
   version=$(python -c "import importlib.metadata as m, sys; print(m.version(sys.argv[1]))" "$name")

@@ -2,13 +2,14 @@
 
     python bench/gpu_summary.py bench/results
 
-Reads whatever of train_bert_base.json, train_minilm.json, ops.json, predict.json,
-gpu_tests.json and steps.tsv is there (a step that failed leaves its part out).
+Reads whatever of train_bert_base.json, train_minilm.json, sweep_*.json, ops.json,
+predict.json, gpu_tests.json and steps.tsv is there (a step that failed leaves its part out).
 """
 
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,18 @@ def _steps(path: Path) -> list[dict[str, str]]:
         return []
     rows = [line.split("\t") for line in path.read_text().splitlines() if line.strip()]
     return [{"step": r[0], "exit": r[1], "seconds": r[2]} for r in rows if len(r) == 3]
+
+
+def _nvidia_smi_name() -> str:
+    """The GPU's name when no benchmark got far enough to record it."""
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+            capture_output=True, text=True, timeout=20, check=True,
+        ).stdout  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return "no GPU (a dry run?)"
+    return ", ".join(line.strip() for line in out.splitlines() if line.strip()) or "unknown GPU"
 
 
 def _runs_table(title: str, report: dict[str, Any]) -> list[str]:
@@ -61,10 +74,19 @@ def main(argv: list[str]) -> int:
         name: _load(results / f"{name}.json")
         for name in ("train_bert_base", "train_minilm", "ops", "predict", "gpu_tests")
     }
+    sweeps = [_load(path) for path in sorted(results.glob("sweep_*.json"))]
+    parts["sweep"] = [sweep for sweep in sweeps if sweep]
     steps = _steps(results / "steps.tsv")
-    device = next(
-        (p["device_name"] for p in parts.values() if isinstance(p, dict) and "device_name" in p),
-        "unknown device",
+    device = (
+        next(
+            (
+                p["device_name"]
+                for p in parts.values()
+                if isinstance(p, dict) and p.get("device_name")
+            ),
+            None,
+        )
+        or _nvidia_smi_name()
     )
     summary = {"device": device, "steps": steps, **{k: v for k, v in parts.items() if v}}
     (results / "gpu_check.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
@@ -89,6 +111,8 @@ def main(argv: list[str]) -> int:
         md += _runs_table("Training throughput", parts["train_bert_base"])
     if parts["train_minilm"]:
         md += _runs_table("Accuracy", parts["train_minilm"])
+    for sweep in parts["sweep"]:
+        md += _runs_table("Recipe neighbour", sweep)
     if parts["ops"]:
         rows = parts["ops"]["ops"]
         base = next(iter(rows.values()))["ops_per_sample"]

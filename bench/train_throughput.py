@@ -54,6 +54,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="device",
         help="ftqueue's defaults for this device, or those of a CPU or a GPU wherever it runs",
     )
+    parser.add_argument(
+        "--set",
+        default="",
+        help="override recipe values of ftqueue's runs, e.g. batch_size=128,lr=2e-3 (a sweep)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="split seed and the original's seed")
     parser.add_argument(
         "--seeds", default=None, help="comma list: ftqueue runs once per seed (default: --seed)"
@@ -213,6 +218,9 @@ def ours(
     from ftqueue.training import jobs, run_lora
 
     values = device_recipe(recipe)
+    for item in filter(None, args.set.split(",")):
+        key, _, value = item.partition("=")
+        values[key.strip()] = float(value) if key.strip() in ("lr", "head_lr") else int(value)
     if epochs is not None:
         values["epochs"] = epochs
     spec = LoraSpec(model=model, data=data_spec, seed=seed, **values)  # type: ignore[arg-type]
@@ -369,9 +377,8 @@ def main(argv: list[str] | None = None) -> int:
             )
         if args.only in ("both", "ftqueue"):
             for seed in seeds:
-                results[f"ftqueue {recipe.upper()} defaults, seed {seed}"] = ours(
-                    model, data_spec, args, root, recipe=recipe, seed=seed
-                )
+                label = f"ftqueue {recipe.upper()} {args.set or 'defaults'}, seed {seed}"
+                results[label] = ours(model, data_spec, args, root, recipe=recipe, seed=seed)
     print(f"\n| {'run':<40} | {'train samples/s':>15} | {'train wall s':>12} | {'test acc':>8} |")
     print(f"|{'-' * 42}|{'-' * 17}|{'-' * 14}|{'-' * 10}|")
     for label, r in results.items():
