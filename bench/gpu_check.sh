@@ -20,7 +20,7 @@ BUNDLE=${FTQUEUE_GPU_BUNDLE:-$ROOT/.gpu}
 RESULTS=$ROOT/bench/results
 # A dry run's figures are no GPU's: they go where they cannot be mistaken for (or committed as) one.
 [[ "$CPU" == 1 ]] && RESULTS=$ROOT/bench/results/cpu-dry-run
-BUDGET=${GPU_CHECK_BUDGET:-470}
+BUDGET=${GPU_CHECK_BUDGET:-440}
 WORK=$(mktemp -d /tmp/ftqueue-gpu-check.XXXXXX)
 mkdir -p "$RESULTS/logs"
 rm -f "$RESULTS"/logs/*.log "$RESULTS/steps.tsv"

@@ -53,8 +53,8 @@ def _runs_table(title: str, report: dict[str, Any]) -> list[str]:
             f"| {label} | {r['samples_per_second']:,.0f} | {r['train_seconds']:.1f} "
             f"| {r['test_accuracy']:.4f} |"
         )
+    lines.append("")
     if "throughput_ratio" in report:
-        lines.append("")
         lines.append(
             f"Throughput ratio (ftqueue {report['recipe']} defaults / original style): "
             f"**{report['throughput_ratio']:.2f}x**; accuracy difference "
