@@ -128,7 +128,10 @@ PY
 }
 
 redis_server() {
-  tar -C "$WORK" -xJf "$BUNDLE/redis.tar.xz" || return 1
+  # Python's tarfile when the image's tar has no xz.
+  tar -C "$WORK" -xJf "$BUNDLE/redis.tar.xz" ||
+    $PY -c "import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])" \
+      "$BUNDLE/redis.tar.xz" "$WORK" || return 1
   LD_LIBRARY_PATH=$WORK/redis/lib "$WORK/redis/redis-server" --port "$REDIS_PORT" \
     --bind 127.0.0.1 --save '' --appendonly no --daemonize yes --pidfile "$WORK/redis.pid" \
     --logfile "$WORK/redis.log" || return 1
