@@ -13,6 +13,7 @@ the clock starts). Labels are checked to agree row for row.
 
     python bench/predict_throughput.py                # 4,000 rows
     python bench/predict_throughput.py --rows 0       # every movie-snippets row (10,568)
+    python bench/predict_throughput.py --rows 0 --device cuda --json predict.json
 """
 
 from __future__ import annotations
@@ -38,6 +39,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=64,
         help="also time the pipeline with this batch size, for context (0: skip)",
     )
+    parser.add_argument(
+        "--device",
+        choices=("cpu", "cuda"),
+        default="cpu",
+        help="where the pipeline runs (the job takes what its process sees: a GPU if any)",
+    )
+    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     return parser.parse_args(argv)
 
 
@@ -65,12 +73,14 @@ def texts(rows: int) -> list[str]:
     return every if rows <= 0 else every[:rows]
 
 
-def time_pipeline(model_dir: Path, rows: list[str], batch_size: int | None) -> tuple[float, list]:
+def time_pipeline(
+    model_dir: Path, rows: list[str], batch_size: int | None, device: str = "cpu"
+) -> tuple[float, list]:
     import torch
     from transformers import pipeline
 
     torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))
-    classify = pipeline("text-classification", model=str(model_dir), device="cpu")
+    classify = pipeline("text-classification", model=str(model_dir), device=device)
     options: dict[str, Any] = {"truncation": True}
     if batch_size:
         options["batch_size"] = batch_size
@@ -87,6 +97,8 @@ def main(argv: list[str] | None = None) -> None:
     root = Path(tempfile.mkdtemp(prefix="ftqueue-bench-predict-"))
     env = {**os.environ, "FTQUEUE_HOME": str(root / "home"), "FTQUEUE_EAGER": "1"}
     env = {k: v for k, v in env.items() if k != "FTQUEUE_DATABASE_URL"}
+    if args.device == "cpu":
+        env["CUDA_VISIBLE_DEVICES"] = ""  # the job compares with the pipeline on the same CPU
     subprocess.run([sys.executable, "-m", "ftqueue", "db", "upgrade"], env=env, check=True)
     print("training the adapter (default recipe, 1 epoch) ...", flush=True)
     trained = ftqueue(
@@ -110,17 +122,22 @@ def main(argv: list[str] | None = None) -> None:
     ours = pd.read_parquet(job["output_files"][0])["label"].tolist()
 
     print("labelling them with transformers.pipeline (defaults) ...", flush=True)
-    seconds, theirs = time_pipeline(root / "export", rows, None)
+    seconds, theirs = time_pipeline(root / "export", rows, None, args.device)
     table = [
         ("predict job (ftqueue)", stats["rows"] / stats["rows_per_second"], "recorded by the job"),
         ("pipeline, defaults", seconds, "baseline"),
     ]
     if args.pipeline_batch_size:
-        batched, _ = time_pipeline(root / "export", rows, args.pipeline_batch_size)
+        batched, _ = time_pipeline(root / "export", rows, args.pipeline_batch_size, args.device)
         table.append((f"pipeline, batch_size={args.pipeline_batch_size}", batched, "context"))
     agree = sum(a == b for a, b in zip(ours, theirs, strict=True)) / len(rows)
 
-    print(f"\n{len(rows):,} rows, {len(os.sched_getaffinity(0))} CPU threads, minilm")
+    where = f"{len(os.sched_getaffinity(0))} CPU threads"
+    if args.device == "cuda":
+        import torch
+
+        where = torch.cuda.get_device_name()
+    print(f"\n{len(rows):,} rows, {where}, minilm")
     print("| route | seconds | rows/s | vs pipeline defaults | note |\n|---|---:|---:|---:|---|")
     for name, secs, note in table:
         print(f"| {name} | {secs:.2f} | {len(rows) / secs:,.0f} | {seconds / secs:.2f}x | {note} |")
@@ -132,6 +149,19 @@ def main(argv: list[str] | None = None) -> None:
     print(f"labels agreeing row for row with the pipeline's: {agree:.4%}")
     ratio = seconds / table[0][1]
     print(f"ratio: {ratio:.2f}x (target >= 3x): {'met' if ratio >= 3 else 'NOT met'}")
+    if args.json is not None:
+        report = {
+            "rows": len(rows),
+            "device": where,
+            "job_device": stats.get("device"),
+            "routes": {name: {"seconds": secs, "rows_per_second": len(rows) / secs}
+                       for name, secs, _ in table},
+            "ratio_vs_pipeline_defaults": ratio,
+            "labels_agree": agree,
+            "phase_seconds": phases,
+        }  # fmt: skip
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
 
 
 if __name__ == "__main__":

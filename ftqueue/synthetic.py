@@ -92,9 +92,18 @@ def _score(spec: JobSpec, salt: str) -> float:
     return int(digest[:8], 16) / 0xFFFFFFFF
 
 
+def _trained_epochs(spec: JobSpec) -> int | None:
+    """A training spec's epochs; those it leaves to the device are a CPU's (synthetic runs
+    stand in for one). None for a spec that does not train."""
+    epochs = getattr(spec, "epochs", None)
+    if epochs is None and hasattr(spec, "for_device"):
+        epochs = spec.for_device("cpu").epochs
+    return epochs
+
+
 def validation_accuracy(spec: JobSpec, epoch: int) -> float:
     """The synthetic validation accuracy of a training spec after ``epoch``."""
-    epochs = int(getattr(spec, "epochs", None) or 1)
+    epochs = int(_trained_epochs(spec) or 1)
     level = _score(spec, "level")
     peak = 1 + int(_score(spec, "peak") * epochs)
     curve = 0.04 * min(epoch, peak) / epochs - 0.01 * max(0, epoch - peak)
@@ -117,7 +126,7 @@ def run(spec: JobSpec, kind: JobKind[Any], ctx: JobContext) -> Outcome:
     """
     params = parse(spec.model)
     started = time.perf_counter()
-    trained_epochs = getattr(spec, "epochs", None)
+    trained_epochs = _trained_epochs(spec)
     epochs = int(trained_epochs or 1)
     total = params.steps
     pause = params.seconds / total

