@@ -261,10 +261,14 @@ def parse(raw: Any, *, where: str = "sweep file") -> SweepPlan:
         where, "budget.max_parallel", budget.get("max_parallel", max_jobs), 1, 10_000
     )
 
+    planned = fixed.get("epochs", _default(spec_type, "epochs"))
+    if planned is None:
+        # Left to the device each trial runs on: its rungs are placed for a CPU's epochs.
+        from ftqueue.kinds.lora import device_recipe
+
+        planned = device_recipe("cpu")["epochs"]
     try:
-        epochs = int(
-            params["epochs"].check("epochs", fixed.get("epochs", _default(spec_type, "epochs")))
-        )
+        epochs = int(params["epochs"].check("epochs", planned))
     except SpecError as exc:
         raise _err(where, "fixed.epochs", exc.message) from None
     eta, rungs = _early_stopping(where, raw.get("early_stopping"), epochs, space)
