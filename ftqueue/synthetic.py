@@ -193,6 +193,11 @@ def run(spec: JobSpec, kind: JobKind[Any], ctx: JobContext) -> Outcome:
         stats["selected_epoch"] = selected
     if pruned_at is not None:
         stats["pruned_at"] = pruned_at
+    if hasattr(spec, "for_device"):  # the values a real job would choose on a CPU
+        resolved = spec.for_device("cpu")
+        stats["recipe"] = {
+            k: getattr(resolved, k) for k in ("batch_size", "lr", "head_lr", "epochs")
+        }
     return Outcome(measurements, ctx.staging, stats)
 
 

@@ -60,10 +60,14 @@ def _numeric(stats: Mapping[str, Any]) -> Iterator[tuple[str, float]]:
 class MlflowRun:
     """One attempt of a job as one MLflow run; every call swallows and logs tracker errors."""
 
-    def __init__(self, client: Any, run_id: str, job_id: int) -> None:
+    def __init__(
+        self, client: Any, run_id: str, job_id: int, params: frozenset[str] = frozenset()
+    ) -> None:
         self.client = client
         self.run_id = run_id
         self.job_id = job_id
+        #: The params logged at the start (MLflow keeps a param's first value for good).
+        self.params = params
         self._live: set[tuple[str, int]] = set()
         self._broken = False
 
@@ -100,9 +104,14 @@ class MlflowRun:
         error: str | None = None,
     ) -> None:
         """The recorded metrics and stats, where the output went, and how the attempt ended."""
-        from mlflow.entities import Metric, RunTag
+        from mlflow.entities import Metric, Param, RunTag
 
         now = int(time.time() * 1000)
+        # Values the spec left to the device (lr, batch size, ...), as the job chose them.
+        recipe = (outcome.stats.get("recipe") if outcome is not None else None) or {}
+        chosen = [Param(k, str(v)) for k, v in recipe.items() if k not in self.params]
+        if chosen:
+            self._try("logging", lambda: self.client.log_batch(self.run_id, params=chosen))
         metrics: list[Any] = []
         tags = [RunTag("ftqueue.outcome", str(ended))]
         if outcome is not None:
@@ -206,4 +215,4 @@ def _start(
     for i in range(0, len(params), PARAMS_PER_CALL):
         client.log_batch(run_id, params=params[i : i + PARAMS_PER_CALL])
     log.info("job %s: MLflow run %s in experiment %r", job_id, run_id, experiment)
-    return MlflowRun(client, run_id, job_id)
+    return MlflowRun(client, run_id, job_id, frozenset(p.key for p in params))

@@ -6,17 +6,23 @@ the test's database.
 
 from __future__ import annotations
 
+import shutil
+import socket
+import subprocess
 import sys
 from collections.abc import Iterable
+from pathlib import Path
 
 from sqlalchemy import func, select
 
 from ftqueue import db
 from ftqueue.models import Job
 from ftqueue.states import TERMINAL
+from ftqueue.testing import service_missing
 from ftqueue.testing.workers import WorkerProcess, child_env, wait_for
 
 __all__ = [
+    "PrivateRedis",
     "WorkerProcess",
     "all_terminal",
     "child_env",
@@ -51,3 +57,52 @@ def submit_command(model: str, *extra: str) -> list[str]:
     """`ftqueue submit lora --json` on movie-snippets, as a subprocess command line."""
     return [sys.executable, "-m", "ftqueue", "submit", "lora", "--model", model,
             "--dataset", "movie-snippets", "--json", *extra]  # fmt: skip
+
+
+class PrivateRedis:
+    """A Redis server of the test's own, to kill and restart without disturbing anything else.
+
+    ``durable``: every acknowledged write is on disk before the reply (appendfsync always), so
+    a kill loses nothing that was acknowledged; otherwise a restart starts empty.
+    """
+
+    def __init__(self, workdir: Path, *, durable: bool = False) -> None:
+        if shutil.which("redis-server") is None:
+            service_missing("redis-server (a private Redis to kill)", "not installed")
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.workdir = workdir
+        self.durable = durable
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        import redis
+
+        persistence = ["--appendonly", "yes", "--appendfsync", "always"] if self.durable else [
+            "--appendonly", "no"
+        ]  # fmt: skip
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             *persistence, "--dir", str(self.workdir)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        client = redis.Redis.from_url(self.url)
+
+        def up() -> bool:
+            try:
+                return bool(client.ping())
+            except redis.RedisError:
+                return False
+
+        wait_for(up, timeout=20, what="the private Redis to start")
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()

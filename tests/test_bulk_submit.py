@@ -8,9 +8,6 @@ the messages that did not survive.
 from __future__ import annotations
 
 import json
-import shutil
-import socket
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -26,8 +23,8 @@ from ftqueue.models import Job, JobEvent
 from ftqueue.settings import reset_settings
 from ftqueue.specs import DataSpec
 from ftqueue.submission import submit
-from tests.conftest import PG_SERVER, service_missing
-from tests.procs import wait_for
+from tests.conftest import PG_SERVER
+from tests.procs import PrivateRedis
 
 N = 10_000
 
@@ -73,50 +70,9 @@ def watch(condition: Callable[[], bool], action: Callable[[], None]) -> threadin
     return thread
 
 
-class DurableRedis:
-    """A Redis server of this test's own that keeps every acknowledged write across a kill."""
-
-    def __init__(self, workdir: Path) -> None:
-        if shutil.which("redis-server") is None:
-            service_missing("redis-server (a private Redis to kill)", "not installed")
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.workdir = workdir
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        import redis
-
-        self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "yes", "--appendfsync", "always", "--dir", str(self.workdir)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        client = redis.Redis.from_url(self.url)
-
-        def up() -> bool:
-            try:
-                return bool(client.ping())
-            except redis.RedisError:
-                return False
-
-        wait_for(up, timeout=20, what="the private Redis to start")
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-
-
 @pytest.fixture
-def durable_redis(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[DurableRedis]:
-    server = DurableRedis(tmp_path)
+def durable_redis(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[PrivateRedis]:
+    server = PrivateRedis(tmp_path, durable=True)
     server.start()
     monkeypatch.setenv("FTQUEUE_BROKER_URL", server.url)
     monkeypatch.setenv("FTQUEUE_EAGER", "0")
@@ -126,7 +82,7 @@ def durable_redis(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[D
 
 
 def test_redis_killed_mid_publish_leaves_rows_the_reaper_publishes_once(
-    any_db_url: str, durable_redis: DurableRedis
+    any_db_url: str, durable_redis: PrivateRedis
 ) -> None:
     import redis
 

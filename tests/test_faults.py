@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -25,8 +24,16 @@ from ftqueue.models import Job, Result, utcnow
 from ftqueue.settings import reset_settings
 from ftqueue.specs import DataSpec
 from ftqueue.submission import submit
-from tests.conftest import PG_SERVER, service_missing
-from tests.procs import WorkerProcess, all_terminal, child_env, statuses, submit_command, wait_for
+from tests.conftest import PG_SERVER
+from tests.procs import (
+    PrivateRedis,
+    WorkerProcess,
+    all_terminal,
+    child_env,
+    statuses,
+    submit_command,
+    wait_for,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -153,58 +160,6 @@ def test_visibility_timeout_3s_below_a_12s_job_records_once(
     assert redeliveries >= 1, "the short visibility timeout never re-delivered the message"
     jobs = check_recorded_once([job.id], isolated_home / "artifacts")
     assert (jobs[job.id].status, jobs[job.id].attempts) == ("succeeded", 1)
-
-
-class PrivateRedis:
-    """A Redis server of this test's own, so restarting it disturbs nothing else."""
-
-    def __init__(self, workdir: Path) -> None:
-        if shutil.which("redis-server") is None:
-            service_missing("redis-server (to restart a private Redis)", "not installed")
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.workdir = workdir
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [
-                "redis-server",
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.workdir),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        import redis
-
-        client = redis.Redis.from_url(self.url)
-        wait_for(lambda: _pings(client), timeout=20, what="the private Redis to start")
-
-    def kill(self) -> None:
-        if self.proc is not None:
-            self.proc.kill()
-            self.proc.wait()
-
-
-def _pings(client: object) -> bool:
-    try:
-        return bool(client.ping())  # type: ignore[attr-defined]
-    except Exception:
-        return False
 
 
 def test_redis_restart_loses_messages_and_all_6_jobs_still_finish(

@@ -137,14 +137,19 @@ def test_each_job_is_an_mlflow_run(
             (r.split, r.epoch): r
             for r in session.scalars(select(Result).where(Result.job_id == ok.id))
         }
-        spec, output_path = dict(job.spec), job.output_path
+        spec, output_path, job_stats = dict(job.spec), job.output_path, dict(job.stats or {})
 
     run = runs[str(ok.id)]
     assert run.info.status == "FINISHED"
     assert run.info.run_name == f"job-{ok.id}"
     # The spec as params, nested keys dotted, lists comma-joined.
     params = run.data.params
-    assert params["r"] == "8" and params["epochs"] == "2" and params["lr"] == str(spec["lr"])
+    assert params["r"] == "8" and params["epochs"] == "2"
+    # Every value of the recipe is a param, also those the spec left to the device (logged
+    # as the job chose them when it ended).
+    recipe = job_stats["recipe"]
+    assert {k: params[k] for k in recipe} == {k: str(v) for k, v in recipe.items()}
+    assert any(spec.get(k) is None for k in recipe), "the test wants a value left open"
     assert params["data.dataset"] == "movie-snippets"
     assert params["target_modules"] == ",".join(spec["target_modules"])
     tags = run.data.tags
