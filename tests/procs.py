@@ -10,7 +10,8 @@ import shutil
 import socket
 import subprocess
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from sqlalchemy import func, select
@@ -27,6 +28,7 @@ __all__ = [
     "all_terminal",
     "child_env",
     "count_jobs",
+    "running_workers",
     "statuses",
     "submit_command",
     "wait_for",
@@ -106,3 +108,19 @@ class PrivateRedis:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+
+
+@contextmanager
+def running_workers(
+    names: Iterable[str], *, env: dict[str, str], log_dir: Path
+) -> Iterator[list[WorkerProcess]]:
+    """Real `ftqueue worker` processes, all started before any is awaited, stopped at the end."""
+    started = [WorkerProcess(name, env=env, log_dir=log_dir).start() for name in names]
+    try:
+        for worker in started:
+            # Cold starts share the cores with each other's imports: allow for a slow one.
+            worker.wait_ready(timeout=180)
+        yield started
+    finally:
+        for worker in started:
+            worker.stop()

@@ -18,7 +18,14 @@ from sqlalchemy import create_engine, func, select
 
 from ftqueue import broker, db
 from ftqueue.models import Job, JobEvent, Result
-from tests.procs import WorkerProcess, all_terminal, child_env, submit_command, wait_for
+from tests.procs import (
+    WorkerProcess,
+    all_terminal,
+    child_env,
+    running_workers,
+    submit_command,
+    wait_for,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -28,16 +35,8 @@ SEEDS = ("0..9", "10..19")
 
 @pytest.fixture
 def two_workers(pg_url: str, redis_url: str, tmp_path: Path) -> Iterator[list[WorkerProcess]]:
-    env = child_env()
-    started = [WorkerProcess(name, env=env, log_dir=tmp_path).start() for name in WORKERS]
-    try:
-        for worker in started:
-            # Two cold starts share two cores with the warm-up imports: allow for a slow one.
-            worker.wait_ready(timeout=180)
+    with running_workers(WORKERS, env=child_env(), log_dir=tmp_path) as started:
         yield started
-    finally:
-        for worker in started:
-            worker.stop()
 
 
 def submit_from_two_clis(tmp_path: Path) -> list[dict[str, object]]:

@@ -19,7 +19,7 @@ from sqlalchemy import func, select
 from ftqueue import asha, broker, db, search, submission, sweepfile, sweeps
 from ftqueue.models import Job, JobEvent, Result, RungDecision, Sweep
 from ftqueue.settings import reset_settings
-from tests.procs import WorkerProcess, child_env, statuses, wait_for
+from tests.procs import WorkerProcess, child_env, running_workers, statuses, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -50,14 +50,8 @@ def env(any_db_url: str, redis_url: str, monkeypatch: pytest.MonkeyPatch) -> dic
 
 @pytest.fixture
 def workers(env: dict[str, str], tmp_path: Path) -> Iterator[list[WorkerProcess]]:
-    started = [WorkerProcess(name, env=env, log_dir=tmp_path).start() for name in ("w1", "w2")]
-    try:
-        for worker in started:
-            worker.wait_ready(timeout=180)
+    with running_workers(("w1", "w2"), env=env, log_dir=tmp_path) as started:
         yield started
-    finally:
-        for worker in started:
-            worker.stop()
 
 
 def logs(workers: list[WorkerProcess]) -> str:
