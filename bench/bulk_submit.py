@@ -27,7 +27,7 @@ import psutil
 import redis
 
 from bench.common import drop_pg, flush_redis, scratch_pg, use
-from ftqueue import db
+from ftqueue.store import db
 from tests.procs import count_jobs
 
 # A database of its own on the shared server: FTQUEUE_TEST_REDIS_DB picks another.

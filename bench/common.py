@@ -7,8 +7,8 @@ import uuid
 
 from sqlalchemy import create_engine, text
 
-from ftqueue import db
 from ftqueue.settings import reset_settings
+from ftqueue.store import db
 
 PG_SERVER = os.environ.get("FTQUEUE_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432")
 

@@ -45,9 +45,10 @@ import redis
 from sqlalchemy import create_engine, text
 
 from bench.common import PG_SERVER, drop_pg, flush_redis, scratch_pg, use
-from ftqueue import broker, db, lifecycle, reaper
-from ftqueue.outcome import Measurement, Progress
-from ftqueue.states import Phase
+from ftqueue.core.outcome import Measurement, Progress
+from ftqueue.core.states import Phase
+from ftqueue.queue import broker, reaper
+from ftqueue.store import db, lifecycle
 
 REDIS = (
     os.environ.get("FTQUEUE_TEST_REDIS", "redis://127.0.0.1:6379")
@@ -87,7 +88,7 @@ def fleet_process(
 ) -> None:  # fmt: skip
     """One process of simulated workers; puts its Tally on ``out`` at the end."""
     use(env)
-    from ftqueue.execution import Heartbeat
+    from ftqueue.execution.attempt import Heartbeat
 
     start, end = window
     tally = Tally()

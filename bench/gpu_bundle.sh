@@ -50,7 +50,7 @@ rm -rf "$staging"
 python bench/gpu_model.py pack "$out/minilm"
 python - "$out" <<'PY'
 import shutil, sys
-from ftqueue.data import movie_snippets_path
+from ftqueue.inputs.labelled import movie_snippets_path
 shutil.copy(movie_snippets_path(), f"{sys.argv[1]}/movieReviewSnippets_GroundTruth.txt")
 PY
 du -sh "$out" "$out"/*

@@ -112,9 +112,6 @@ install() {
   fi
   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site \
     "$BUNDLE"/wheels/*.whl || return 1
-  # ftqueue.migrations is the tree's migrations/ (a package-dir mapping of the install), and
-  # the tree's own ftqueue/ comes first on sys.path under pytest and `python -m`: link it there.
-  [[ -e ftqueue/migrations ]] || ln -sfn ../migrations ftqueue/migrations
   python3 -c "import ftqueue.migrations.versions" || return 1
 }
 

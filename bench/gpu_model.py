@@ -20,7 +20,7 @@ def pack(target: Path) -> None:
     import torch
     from safetensors.torch import load_file, save_file
 
-    from ftqueue.weights import READ_FILES, minilm_path
+    from ftqueue.inputs.weights import READ_FILES, minilm_path
 
     source = Path(minilm_path())
     target.mkdir(parents=True, exist_ok=True)

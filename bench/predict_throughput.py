@@ -65,7 +65,7 @@ def ftqueue(env: dict[str, str], *args: str) -> dict[str, Any]:
 
 
 def texts(rows: int) -> list[str]:
-    from ftqueue.data import resolve_dataset
+    from ftqueue.inputs.labelled import resolve_dataset
     from ftqueue.specs import DataSpec
 
     data = resolve_dataset(DataSpec(dataset="movie-snippets"))

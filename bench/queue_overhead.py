@@ -26,8 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 from bench.common import drop_pg, flush_redis, scratch_pg, use
-from ftqueue import db
-from ftqueue.models import Job
+from ftqueue.store import db
+from ftqueue.store.schema import Job
 from tests.procs import WorkerProcess, all_terminal, submit_command, wait_for
 
 REDIS = os.environ.get("FTQUEUE_TEST_REDIS", "redis://127.0.0.1:6379") + "/11"
@@ -47,7 +47,7 @@ def time_submit(n: int) -> float:
 def latencies(n: int) -> list[float]:
     from ftqueue.kinds.lora import LoraSpec
     from ftqueue.specs import DataSpec
-    from ftqueue.submission import submit
+    from ftqueue.submit.submission import submit
 
     found = []
     for i in range(n + 3):
@@ -71,7 +71,7 @@ def first_steps(work: Path) -> tuple[float, float]:
     """Claim -> first training step, for a fresh worker's first job and its second job."""
     from ftqueue.kinds.lora import LoraSpec
     from ftqueue.specs import DataSpec
-    from ftqueue.submission import submit
+    from ftqueue.submit.submission import submit
 
     worker = WorkerProcess("cold", env=dict(os.environ), log_dir=work).start().wait_ready()
     try:

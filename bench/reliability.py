@@ -28,7 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import flush_redis, use
-from ftqueue import db
+from ftqueue.store import db
 from tests.procs import all_terminal, statuses, wait_for
 
 REDIS = "{}/{}".format(
@@ -51,7 +51,7 @@ def env(**extra: str) -> dict[str, str]:
 def job_ids() -> list[int]:
     from sqlalchemy import select
 
-    from ftqueue.models import Job
+    from ftqueue.store.schema import Job
 
     with db.session_scope() as session:
         return list(session.scalars(select(Job.id).order_by(Job.id)))
@@ -148,7 +148,7 @@ def hub_ids() -> None:
 
 
 def grid_over_one_file(work: Path) -> None:
-    from ftqueue import fingerprint
+    from ftqueue.inputs import fingerprint
 
     db.upgrade()
     path = work / "big.csv"

@@ -31,13 +31,13 @@ from typing import Any
 
 from sqlalchemy import create_engine, insert, text
 
-from ftqueue import db
 from ftqueue.kinds.evaluate import EvaluateSpec
 from ftqueue.kinds.lora import LoraSpec
-from ftqueue.models import Job, JobTag, Result
 from ftqueue.report import ReportOptions, build_report
-from ftqueue.report.export import rich_table
+from ftqueue.report.render import rich_table
 from ftqueue.specs import DataSpec
+from ftqueue.store import db
+from ftqueue.store.schema import Job, JobTag, Result
 
 TARGETS_S = {"sqlite": 2.0, "postgresql": 1.0}
 PG_SERVER = "postgresql+psycopg://postgres@127.0.0.1:5432"

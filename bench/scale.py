@@ -41,10 +41,10 @@ import psutil
 from sqlalchemy import select
 
 from bench.common import drop_pg, flush_redis, scratch_pg, use
-from ftqueue import db
 from ftqueue.kinds.lora import LoraSpec
-from ftqueue.models import Job
 from ftqueue.specs import DataSpec
+from ftqueue.store import db
+from ftqueue.store.schema import Job
 from tests.procs import WorkerProcess, all_terminal, wait_for
 
 REDIS_SERVER = os.environ.get("FTQUEUE_TEST_REDIS", "redis://127.0.0.1:6379")
@@ -123,7 +123,7 @@ class Training:
 
 
 def submit_and_wait(specs: list[LoraSpec], timeout: float) -> list[int]:
-    from ftqueue.submission import submit
+    from ftqueue.submit.submission import submit
 
     ids = [job.id for job in submit(specs).created]
     assert len(ids) == len(specs), "some jobs were taken for duplicates of earlier ones"

@@ -26,7 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import use
-from ftqueue import db
+from ftqueue.store import db
 
 MODEL = "synthetic:seconds=0,steps=4"
 
@@ -56,7 +56,7 @@ def start_server(root: Path) -> tuple[subprocess.Popen[bytes], str]:
 def one_job(seed: int) -> float:
     from ftqueue.kinds.lora import LoraSpec
     from ftqueue.specs import DataSpec
-    from ftqueue.submission import run_eagerly, submit
+    from ftqueue.submit.submission import run_eagerly, submit
 
     spec = LoraSpec(model=MODEL, data=DataSpec(dataset="movie-snippets"), epochs=2, seed=seed)
     created = submit([spec]).created

@@ -104,7 +104,7 @@ def random_bert_base(root: Path) -> str:
     import torch
     from transformers import AutoTokenizer, BertConfig, BertModel
 
-    from ftqueue.weights import minilm_path
+    from ftqueue.inputs.weights import minilm_path
 
     torch.manual_seed(0)
     path = root / "bert-base-random"
@@ -329,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from ftqueue.data import resolve_dataset
+    from ftqueue.inputs.labelled import resolve_dataset
     from ftqueue.specs import DataSpec, resolve_model
 
     if args.device == "cuda" and not torch.cuda.is_available():

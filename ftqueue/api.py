@@ -26,14 +26,16 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ftqueue import db, eager, lifecycle, store, submission
+from ftqueue.core.states import JobStatus
 from ftqueue.errors import JobNotFound, WaitTimeout
-from ftqueue.models import Job
+from ftqueue.queue import eager
 from ftqueue.settings import get_settings
 from ftqueue.specs import JobSpec
-from ftqueue.states import JobStatus
-from ftqueue.store import JobState
-from ftqueue.submission import Submission
+from ftqueue.store import db, lifecycle, reads
+from ftqueue.store.reads import JobState
+from ftqueue.store.schema import Job
+from ftqueue.submit import submission
+from ftqueue.submit.submission import Submission
 
 __all__ = [
     "JobResult",
@@ -97,7 +99,7 @@ def states(jobs: int | Iterable[int] | Submission) -> dict[int, JobState]:
 
 def _snapshot(ids: list[int]) -> dict[int, JobState]:
     eager.settle(ids)  # a job whose eager process died would never end otherwise
-    found = store.job_states(ids)
+    found = reads.job_states(ids)
     missing = sorted(set(ids) - set(found))
     if missing:
         raise JobNotFound(
@@ -146,13 +148,16 @@ def wait(
 
 @dataclass(frozen=True)
 class JobResult:
-    """One measurement a job recorded: a split after an epoch (0: no training)."""
+    """One measurement a job recorded: a split after an epoch (0: no training).
+
+    The fields come in the order of ``Measurement``, the trainer's own record of them.
+    """
 
     split: str
     epoch: int
     accuracy: float
-    macro_f1: float
     loss: float
+    macro_f1: float
     n_examples: int
     attempt: int
     recorded_at: dt.datetime | None
@@ -165,17 +170,17 @@ def results(job_id: int, *, split: str | None = None) -> list[JobResult]:
     """
     db.ensure_ready()
     with db.session_scope() as session:
-        row = store.get_job(session, job_id, with_results=True)
+        row = reads.get_job(session, job_id, with_results=True)
         return [
             JobResult(
-                r.split,
-                r.epoch,
-                r.accuracy,
-                r.macro_f1,
-                r.loss,
-                r.n_examples,
-                r.attempt,
-                r.recorded_at,
+                split=r.split,
+                epoch=r.epoch,
+                accuracy=r.accuracy,
+                loss=r.loss,
+                macro_f1=r.macro_f1,
+                n_examples=r.n_examples,
+                attempt=r.attempt,
+                recorded_at=r.recorded_at,
             )
             for r in row.results
             if split is None or r.split == split
@@ -187,7 +192,7 @@ def job(job_id: int, *, detail: bool = False) -> dict[str, Any]:
     db.ensure_ready()
     eager.settle([job_id])
     with db.session_scope() as session:
-        return store.job_summary(store.get_job(session, job_id, with_results=detail), detail=detail)
+        return reads.job_summary(reads.get_job(session, job_id, with_results=detail), detail=detail)
 
 
 def jobs(
@@ -205,12 +210,12 @@ def jobs(
 
     ``model`` and ``dataset`` match as `submit` stored them: a local path by what it points to.
     """
-    from ftqueue.inputs import stored_dataset, stored_model
+    from ftqueue.inputs.pinning import stored_dataset, stored_model
 
     db.ensure_ready()
     eager.settle()
     with db.session_scope() as session:
-        found = store.list_jobs(
+        found = reads.list_jobs(
             session,
             statuses=tuple(statuses),
             job_kinds=tuple(kinds),
@@ -221,14 +226,14 @@ def jobs(
             limit=limit,
             before=before,
         )
-        return [store.job_summary(job) for job in found]
+        return [reads.job_summary(job) for job in found]
 
 
-def cancel(jobs: int | Iterable[int] | Submission) -> list[lifecycle.CancelOutcome]:
+def cancel(jobs: int | Iterable[int] | Submission) -> list[lifecycle.Cancellation]:
     """Cancel jobs: a queued one never starts, a running one stops at its next step."""
     ids = sorted(set(_ids(jobs)))
     db.ensure_ready()
     with db.session_scope() as session:
         for jid in ids:
-            store.get_job(session, jid)
+            reads.get_job(session, jid)
     return lifecycle.cancel(ids)

@@ -11,8 +11,9 @@ from typing import Any
 
 import pytest
 
-from ftqueue import db, hub
+from ftqueue.inputs import hub
 from ftqueue.settings import reset_settings
+from ftqueue.store import db
 from ftqueue.testing import IN_CI, FtqueueEnv, service_missing
 
 # The plugin's fixtures (ftqueue/testing) make the isolated homes, databases and Redis.
@@ -112,8 +113,8 @@ class TrainedAdapter:
 @pytest.fixture(scope="session")
 def default_adapter(tmp_path_factory: pytest.TempPathFactory) -> TrainedAdapter:
     """Trained under umask 022, as a shared artifacts directory would be written."""
-    from ftqueue.artifacts import new_staging_dir, publish_dir
-    from ftqueue.data import resolve_dataset
+    from ftqueue.artifacts.publishing import new_staging_dir, publish_dir
+    from ftqueue.inputs.labelled import resolve_dataset
     from ftqueue.kinds.lora import LoraSpec
     from ftqueue.specs import DataSpec
     from ftqueue.training import run_lora

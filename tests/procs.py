@@ -16,9 +16,9 @@ from pathlib import Path
 
 from sqlalchemy import func, select
 
-from ftqueue import db
-from ftqueue.models import Job
-from ftqueue.states import TERMINAL
+from ftqueue.core.states import TERMINAL
+from ftqueue.store import db
+from ftqueue.store.schema import Job
 from ftqueue.testing import service_missing
 from ftqueue.testing.workers import WorkerProcess, child_env, wait_for
 

@@ -7,12 +7,12 @@ from pathlib import Path
 import pytest
 
 from ftqueue import api
+from ftqueue.core.states import JobStatus
 from ftqueue.errors import JobNotFound, SpecError, WaitTimeout
 from ftqueue.kinds.evaluate import EvaluateSpec
 from ftqueue.kinds.lora import LoraSpec
 from ftqueue.settings import get_settings
 from ftqueue.specs import DataSpec
-from ftqueue.states import JobStatus
 from ftqueue.testing import FtqueueEnv, WorkerProcess, synthetic_model
 
 QUICK = synthetic_model(seconds=0.05, steps=2)

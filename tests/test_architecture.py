@@ -12,12 +12,13 @@ from pathlib import Path
 import grimp
 import pytest
 
-from ftqueue import db, execution, kinds, lifecycle, store
-from ftqueue.celery_app import celery_config
+from ftqueue import kinds
+from ftqueue.core.outcome import Measurement, Outcome, Progress
+from ftqueue.core.states import AttemptEnd, Phase
 from ftqueue.errors import SpecError
+from ftqueue.execution import attempt
 from ftqueue.kinds import registry
-from ftqueue.models import Job
-from ftqueue.outcome import Measurement, Outcome, Progress
+from ftqueue.queue.app import celery_config
 from ftqueue.settings import get_settings
 from ftqueue.specs import (
     DataSpec,
@@ -27,7 +28,8 @@ from ftqueue.specs import (
     param,
     required,
 )
-from ftqueue.states import AttemptOutcome, Phase
+from ftqueue.store import db, lifecycle, reads
+from ftqueue.store.schema import Job
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "ftqueue"
@@ -147,16 +149,16 @@ def test_a_new_kind_runs_through_the_registry_alone(sqlite_url: str, echo_kind: 
     assert config["task_routes"]["ftqueue.echo-test"] == {"queue": "echo-test"}
     assert "echo-test" in {q.name for q in config["task_queues"]}
     # The execution path gives it a staging directory because it publishes one.
-    assert execution.run_job(job_id, worker="w@test") == AttemptOutcome.SUCCEEDED
+    assert attempt.run_job(job_id, worker="w@test") == AttemptEnd.SUCCEEDED
     with db.session_scope() as session:
-        row = store.get_job(session, job_id, with_results=True)
+        row = reads.get_job(session, job_id, with_results=True)
         assert row.status == "succeeded" and row.stats["words"] == 4
         assert [r.n_examples for r in row.results] == [4]
         published = Path(str(row.output_path))
     assert published == get_settings().artifacts_dir / "echoes" / f"job-{job_id}"
     assert (published / "echo.txt").read_text() == "echo " * 4
     with db.session_scope() as session:
-        assert [j.id for j in store.list_jobs(session, job_kinds=["echo-test"])] == [job_id]
+        assert [j.id for j in reads.list_jobs(session, job_kinds=["echo-test"])] == [job_id]
     # It is no run and no evaluation, so the report leaves it out.
     from ftqueue.report import ReportOptions, build_report
 

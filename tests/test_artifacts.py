@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from ftqueue.artifacts import (
+from ftqueue.artifacts.publishing import (
     ADAPTER_CONFIG,
     ADAPTER_METADATA,
     ADAPTER_WEIGHTS,
@@ -18,8 +18,8 @@ from ftqueue.artifacts import (
     new_staging_dir,
     publish_dir,
 )
+from ftqueue.core.files import write_json_atomic
 from ftqueue.errors import AdapterError, FtqueueError
-from ftqueue.files import write_json_atomic
 
 
 def test_staging_dirs_are_unique_hidden_siblings(tmp_path: Path) -> None:

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from ftqueue.data import movie_snippets_path, resolve_dataset
 from ftqueue.errors import ModelError
+from ftqueue.inputs.labelled import movie_snippets_path, resolve_dataset
+from ftqueue.inputs.weights import minilm_path, resolve_model
 from ftqueue.specs import DataSpec
-from ftqueue.weights import minilm_path, resolve_model
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -16,13 +16,14 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, func, select, text
 
-from ftqueue import broker, db, reaper
 from ftqueue.errors import DatabaseError, PublishError
 from ftqueue.kinds.lora import LoraSpec
-from ftqueue.models import Job, JobEvent
+from ftqueue.queue import broker, reaper
 from ftqueue.settings import reset_settings
 from ftqueue.specs import DataSpec
-from ftqueue.submission import submit
+from ftqueue.store import db
+from ftqueue.store.schema import Job, JobEvent
+from ftqueue.submit.submission import submit
 from tests.conftest import PG_SERVER
 from tests.procs import PrivateRedis
 

@@ -18,11 +18,12 @@ from typing import Any
 
 import pytest
 
-from ftqueue import broker, db, lifecycle
 from ftqueue.kinds.lora import LoraSpec
-from ftqueue.models import Job
+from ftqueue.queue import broker
 from ftqueue.specs import DataSpec
-from ftqueue.submission import submit
+from ftqueue.store import db, lifecycle
+from ftqueue.store.schema import Job
+from ftqueue.submit.submission import submit
 from tests.procs import WorkerProcess, all_terminal, child_env, statuses, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.redis]
@@ -46,7 +47,7 @@ class Flower:
         self.port = _free_port()
         self.log = log
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "ftqueue.celery_app:app", "flower",
+            [sys.executable, "-m", "celery", "-A", "ftqueue.queue.app:app", "flower",
              "--address=127.0.0.1", f"--port={self.port}"],
             env={**env, "FLOWER_UNAUTHENTICATED_API": "true"},
             stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True,
@@ -171,6 +172,6 @@ def test_flower_shows_failed_and_cancelled_jobs_as_such(flower, worker, tmp_path
 
 
 def test_workers_send_task_events_by_default() -> None:
-    from ftqueue.celery_app import app
+    from ftqueue.queue.app import app
 
     assert app.conf.worker_send_task_events is True

@@ -11,9 +11,10 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from ftqueue import __version__, db
+from ftqueue import __version__
 from ftqueue.cli import cli
-from ftqueue.models import Job, JobTag
+from ftqueue.store import db
+from ftqueue.store.schema import Job, JobTag
 
 
 def _all_commands(group: click.Group, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:

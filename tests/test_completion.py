@@ -6,10 +6,10 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from ftqueue import db
 from ftqueue.kinds.evaluate import EvaluateSpec
 from ftqueue.kinds.lora import LoraSpec
 from ftqueue.specs import DataSpec
+from ftqueue.store import db
 from tests.procs import child_env
 from tests.test_report import _insert
 

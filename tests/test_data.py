@@ -9,9 +9,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-import ftqueue.data as data_module
-from ftqueue.data import check_dataset, movie_snippets_path, resolve_dataset
+import ftqueue.inputs.labelled as data_module
 from ftqueue.errors import DatasetError
+from ftqueue.inputs.labelled import check_dataset, movie_snippets_path, resolve_dataset
 from ftqueue.specs import DataSpec
 
 

@@ -18,14 +18,15 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import create_engine, func, inspect, select, text
 
-from ftqueue import broker, db, lifecycle
 from ftqueue.cli import cli
 from ftqueue.errors import DatabaseError
 from ftqueue.kinds.lora import LoraSpec
-from ftqueue.models import Job, JobEvent, Result
+from ftqueue.queue import broker
 from ftqueue.settings import reset_settings
 from ftqueue.specs import DataSpec
-from ftqueue.submission import submit
+from ftqueue.store import db, lifecycle
+from ftqueue.store.schema import Job, JobEvent, Result
+from ftqueue.submit.submission import submit
 from tests.conftest import PG_SERVER, service_missing
 from tests.procs import WorkerProcess, all_terminal, child_env, statuses, wait_for
 
@@ -257,7 +258,7 @@ def test_rebuilding_a_table_keeps_the_rows_that_refer_to_it(any_db_url: str) -> 
     [job] = submit([spec(0.1, 1)]).created
     claim = lifecycle.claim(job.id, worker="w", lease_seconds=60)
     assert claim is not None
-    from ftqueue.outcome import Measurement
+    from ftqueue.core.outcome import Measurement
 
     assert lifecycle.record_success(claim, [Measurement("test", 1, 0.9, 0.3, 0.9, 10)], stats={})
 

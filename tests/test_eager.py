@@ -17,12 +17,13 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import select
 
-from ftqueue import db, eager
 from ftqueue.cli import cli
 from ftqueue.kinds.lora import LoraSpec
-from ftqueue.models import Job, utcnow
+from ftqueue.queue import eager
 from ftqueue.settings import reset_settings
 from ftqueue.specs import DataSpec
+from ftqueue.store import db
+from ftqueue.store.schema import Job, utcnow
 from tests.procs import child_env, wait_for
 
 pytestmark = pytest.mark.slow
@@ -159,7 +160,7 @@ def test_sigkill_then_cancel_cancels(eager_sqlite: dict[str, str], tmp_path: Pat
 def test_sigkill_then_the_same_spec_is_submitted_anew(
     eager_sqlite: dict[str, str], tmp_path: Path
 ) -> None:
-    from ftqueue.submission import submit as queue
+    from ftqueue.submit.submission import submit as queue
 
     submit = EagerSubmit(eager_sqlite, tmp_path / "submit.log")
     jobs = submit.wait_running()
@@ -221,7 +222,7 @@ def test_a_workers_reaper_runs_what_a_dead_eager_process_left(
 def test_the_eager_holder_is_the_name_eager_attempts_claim_with() -> None:
     from types import SimpleNamespace
 
-    from ftqueue.tasks import worker_name
+    from ftqueue.queue.tasks import worker_name
 
     assert worker_name(SimpleNamespace(hostname=None, is_eager=True)) == eager.holder()
 
@@ -230,7 +231,7 @@ def test_held_jobs_are_not_republished_while_their_holder_lives(sqlite_url: str)
     """The reaper's lost-message scan leaves a live eager process's waiting jobs alone."""
     import datetime as dt
 
-    from ftqueue import lifecycle
+    from ftqueue.store import lifecycle
 
     new = lifecycle.NewJob(kind="lora", spec={}, spec_hash="h", model="m", dataset="d")
     with db.session_scope(write=True) as session:

@@ -18,12 +18,12 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, func, select, text
 
-from ftqueue import db
 from ftqueue.kinds.lora import LoraSpec
-from ftqueue.models import Job, Result, utcnow
 from ftqueue.settings import reset_settings
 from ftqueue.specs import DataSpec
-from ftqueue.submission import submit
+from ftqueue.store import db
+from ftqueue.store.schema import Job, Result, utcnow
+from ftqueue.submit.submission import submit
 from tests.conftest import PG_SERVER
 from tests.procs import (
     PrivateRedis,
@@ -286,7 +286,7 @@ def test_8_clis_submitting_at_once_on_sqlite_see_no_lock_error(
 def test_pickle_message_is_refused_and_runs_nothing(fault_env, pool, tmp_path) -> None:  # type: ignore[no-untyped-def]
     from kombu import Connection
 
-    from ftqueue import lifecycle
+    from ftqueue.store import lifecycle
 
     worker = launch(pool, "picky", fault_env, tmp_path)
     job_spec = spec(0.1, 99)

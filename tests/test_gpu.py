@@ -21,11 +21,11 @@ from pathlib import Path
 import psutil
 import pytest
 
-from ftqueue import db
 from ftqueue.kinds.lora import LoraSpec, device_recipe
-from ftqueue.models import Job
 from ftqueue.specs import DataSpec
-from ftqueue.submission import submit
+from ftqueue.store import db
+from ftqueue.store.schema import Job
+from ftqueue.submit.submission import submit
 from tests.procs import WorkerProcess, all_terminal, child_env, statuses, wait_for
 
 

@@ -8,16 +8,17 @@ from pathlib import Path
 
 import pytest
 
-from ftqueue import db, lifecycle, reaper
+from ftqueue.core.outcome import Progress
+from ftqueue.core.states import Phase
 from ftqueue.errors import JobCancelled
-from ftqueue.execution import Heartbeat
+from ftqueue.execution.attempt import Heartbeat
 from ftqueue.kinds.lora import LoraSpec
-from ftqueue.models import Job
-from ftqueue.outcome import Progress
+from ftqueue.queue import reaper
 from ftqueue.settings import reset_settings
 from ftqueue.specs import DataSpec
-from ftqueue.states import Phase
-from ftqueue.submission import submit
+from ftqueue.store import db, lifecycle
+from ftqueue.store.schema import Job
+from ftqueue.submit.submission import submit
 from tests.procs import WorkerProcess, child_env, wait_for
 
 

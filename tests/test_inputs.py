@@ -14,13 +14,14 @@ import pytest
 from click.testing import CliRunner
 from safetensors.numpy import save_file
 
-from ftqueue import db, fingerprint, inputs, weights
 from ftqueue.cli import cli
 from ftqueue.errors import DatasetError, ModelError
+from ftqueue.inputs import fingerprint, pinning, weights
 from ftqueue.kinds.lora import LoraSpec
-from ftqueue.models import Job
 from ftqueue.specs import DataSpec
-from ftqueue.submission import validate
+from ftqueue.store import db
+from ftqueue.store.schema import Job
+from ftqueue.submit.submission import validate
 
 SYN = "synthetic:seconds=0.05,steps=2"
 
@@ -89,10 +90,10 @@ def test_a_file_edited_in_place_is_a_new_job_and_a_touch_is_not(eager: str, tmp_
 
 def test_named_splits_are_pinned_in_canonical_order(tmp_path: Path) -> None:
     train, test = _csv(tmp_path / "train.csv"), _csv(tmp_path / "test.csv", salt="t")
-    one = inputs.pin_data(DataSpec(dataset=f"test={test},train={train}"))
-    other = inputs.pin_data(DataSpec(dataset=f"train={tmp_path}/./train.csv,test={test}"))
+    one = pinning.pin_data(DataSpec(dataset=f"test={test},train={train}"))
+    other = pinning.pin_data(DataSpec(dataset=f"train={tmp_path}/./train.csv,test={test}"))
     assert one == other and one.dataset == f"train={train.resolve()},test={test.resolve()}"
-    assert inputs.pin_data(DataSpec(dataset="movie-snippets")).fingerprint is None
+    assert pinning.pin_data(DataSpec(dataset="movie-snippets")).fingerprint is None
 
 
 def test_a_grid_over_one_file_hashes_it_once(
@@ -117,8 +118,8 @@ def test_a_grid_over_one_file_hashes_it_once(
 
 def test_reading_a_changed_file_is_refused_in_one_line(tmp_path: Path) -> None:
     path = _csv(tmp_path / "data.csv")
-    pinned = inputs.pin_data(DataSpec(dataset=str(path)))
-    from ftqueue.data import resolve_dataset
+    pinned = pinning.pin_data(DataSpec(dataset=str(path)))
+    from ftqueue.inputs.labelled import resolve_dataset
 
     assert len(resolve_dataset(pinned).train) > 0
     _csv(path, salt="edited ")
@@ -191,18 +192,18 @@ def test_submit_refuses_a_pickle_model_directory_with_exit_2(eager: str, tmp_pat
 
 def test_model_directory_fingerprint_follows_its_files(tmp_path: Path) -> None:
     model = _model_dir(tmp_path / "m", BODY)
-    name, first = inputs.pin_model(str(tmp_path / "m" / ".." / "m"))
+    name, first = pinning.pin_model(str(tmp_path / "m" / ".." / "m"))
     assert name == str(model.resolve()) and first is not None
     weights.verify(model, first)
     (model / "README.md").write_text("not read by from_pretrained")
-    assert inputs.pin_model(str(model))[1] == first
+    assert pinning.pin_model(str(model))[1] == first
     save_file(
         {**BODY, "pooler.dense.weight": np.ones((4, 4), np.float32)}, model / "model.safetensors"
     )
-    assert inputs.pin_model(str(model))[1] != first
+    assert pinning.pin_model(str(model))[1] != first
     with pytest.raises(ModelError, match="changed since the job was submitted"):
         weights.verify(model, first)
-    assert inputs.pin_model("minilm") == ("minilm", None)
+    assert pinning.pin_model("minilm") == ("minilm", None)
 
 
 def test_worker_refuses_a_checkpoint_missing_body_weights(tmp_path: Path) -> None:
@@ -237,7 +238,7 @@ def test_worker_refuses_inputs_that_changed_after_submit(
     """One job reads what it was submitted with and succeeds; one finds its data file edited,
     one its model directory: both fail with one line, before any training."""
     from ftqueue.kinds.evaluate import EvaluateSpec
-    from ftqueue.submission import submit as queue
+    from ftqueue.submit.submission import submit as queue
     from tests.procs import WorkerProcess, all_terminal, child_env, wait_for
 
     source = Path(weights.resolve_model("minilm"))

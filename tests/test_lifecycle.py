@@ -7,10 +7,10 @@ import threading
 
 from sqlalchemy import func, select
 
-from ftqueue import db, lifecycle
-from ftqueue.models import Job, Result, utcnow
-from ftqueue.outcome import Measurement, Progress
-from ftqueue.states import Phase
+from ftqueue.core.outcome import Measurement, Progress
+from ftqueue.core.states import Phase
+from ftqueue.store import db, lifecycle
+from ftqueue.store.schema import Job, Result, utcnow
 
 M = Measurement("test", 1, 0.9, 0.3, 0.89, 100)
 

@@ -7,9 +7,9 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect, text
 
-from ftqueue import db
 from ftqueue.errors import DatabaseError
-from ftqueue.models import Base
+from ftqueue.store import db
+from ftqueue.store.schema import Base
 
 TABLES = {"jobs", "results", "job_tags", "job_events", "sweeps", "sweep_rungs", "alembic_version"}
 
@@ -50,7 +50,7 @@ def test_models_match_migrations(empty_url: str) -> None:
 def test_results_reject_a_second_measurement(empty_url: str) -> None:
     from sqlalchemy.exc import IntegrityError
 
-    from ftqueue.models import Job, Result
+    from ftqueue.store.schema import Job, Result
 
     db.upgrade(empty_url)
     with db.session_scope(url=empty_url, write=True) as session:

@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, func, select
 
-from ftqueue import broker, db
-from ftqueue.models import Job, JobEvent, Result
+from ftqueue.queue import broker
+from ftqueue.store import db
+from ftqueue.store.schema import Job, JobEvent, Result
 from tests.procs import (
     WorkerProcess,
     all_terminal,

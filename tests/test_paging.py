@@ -6,8 +6,8 @@ import json
 
 from click.testing import CliRunner
 
-from ftqueue import db, lifecycle
 from ftqueue.cli import cli
+from ftqueue.store import db, lifecycle
 
 
 def test_list_pages_by_id_and_points_at_the_next_page(any_db_url: str) -> None:

@@ -24,13 +24,14 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from ftqueue import broker, db
+from ftqueue.core.states import TERMINAL
 from ftqueue.kinds.lora import LoraSpec
-from ftqueue.models import Job, JobEvent, Result, utcnow
+from ftqueue.queue import broker
 from ftqueue.settings import reset_settings
 from ftqueue.specs import DataSpec
-from ftqueue.states import TERMINAL
-from ftqueue.submission import submit
+from ftqueue.store import db
+from ftqueue.store.schema import Job, JobEvent, Result, utcnow
+from ftqueue.submit.submission import submit
 from tests.conftest import service_missing
 from tests.netns import HostNetwork, NetnsUnavailable
 from tests.procs import WorkerProcess, all_terminal, child_env, wait_for

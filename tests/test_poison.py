@@ -17,11 +17,11 @@ import pytest
 import redis
 from kombu import Connection
 
-from ftqueue import broker, poison
 from ftqueue.kinds.lora import LoraSpec
+from ftqueue.queue import broker, poison
+from ftqueue.queue.tasks import MAX_JOB_ID, job_id_of
 from ftqueue.specs import DataSpec
-from ftqueue.submission import submit
-from ftqueue.tasks import MAX_JOB_ID, job_id_of
+from ftqueue.submit.submission import submit
 from tests.procs import WorkerProcess, all_terminal, child_env, statuses, wait_for
 
 SET_ASIDE = "set aside a message"

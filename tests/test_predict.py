@@ -16,12 +16,13 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import func, select
 
-from ftqueue import db, execution, lifecycle
-from ftqueue.artifacts import ADAPTER_METADATA
+from ftqueue.artifacts.publishing import ADAPTER_METADATA
 from ftqueue.cli import cli
-from ftqueue.models import Job
+from ftqueue.core.states import AttemptEnd
+from ftqueue.execution import attempt
 from ftqueue.settings import get_settings
-from ftqueue.states import AttemptOutcome
+from ftqueue.store import db, lifecycle
+from ftqueue.store.schema import Job
 from ftqueue.training import label_texts
 from tests.conftest import TrainedAdapter
 from tests.procs import WorkerProcess, all_terminal, child_env, statuses, wait_for
@@ -116,7 +117,7 @@ def test_a_predict_job_in_eager_mode(
     ]
     # A second delivery of the same message records nothing and leaves the files alone.
     before = (published / "predictions.parquet").stat().st_mtime_ns
-    assert execution.run_job(job["id"], worker="again@test") == AttemptOutcome.SKIPPED
+    assert attempt.run_job(job["id"], worker="again@test") == AttemptEnd.SKIPPED
     assert (published / "predictions.parquet").stat().st_mtime_ns == before
     # The same file again is the same job; an edited file is a new one.
     code, again = run(*args)

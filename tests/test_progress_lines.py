@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from ftqueue import db
-from ftqueue.models import Result
+from ftqueue.store import db
+from ftqueue.store.schema import Result
 from tests.procs import child_env, wait_for
 
 pytestmark = pytest.mark.slow
@@ -117,7 +117,7 @@ def test_status_follow_without_a_terminal(sqlite_url: str, tmp_path: Path) -> No
 
 
 def _exists(job_id: int) -> bool:
-    from ftqueue.models import Job
+    from ftqueue.store.schema import Job
 
     try:
         with db.session_scope() as session:

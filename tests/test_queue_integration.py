@@ -9,12 +9,13 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from ftqueue import broker, db, lifecycle
 from ftqueue.kinds.evaluate import EvaluateSpec
 from ftqueue.kinds.lora import LoraSpec
-from ftqueue.models import Job, JobEvent, Result
+from ftqueue.queue import broker
 from ftqueue.specs import DataSpec
-from ftqueue.submission import submit
+from ftqueue.store import db, lifecycle
+from ftqueue.store.schema import Job, JobEvent, Result
+from ftqueue.submit.submission import submit
 from tests.procs import WorkerProcess, all_terminal, child_env, statuses, wait_for
 
 pytestmark = pytest.mark.slow

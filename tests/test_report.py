@@ -17,14 +17,14 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from ftqueue import db
 from ftqueue.cli import cli
 from ftqueue.kinds.evaluate import EvaluateSpec
 from ftqueue.kinds.lora import LoraSpec
-from ftqueue.models import Job, JobTag, Result, utcnow
 from ftqueue.report.options import CONFIG_COLUMNS, HYPERPARAMS
 from ftqueue.settings import reset_settings
 from ftqueue.specs import DataSpec
+from ftqueue.store import db
+from ftqueue.store.schema import Job, JobTag, Result, utcnow
 
 SYNTH = "synthetic:seconds=0,steps=2"
 SNIPPETS = DataSpec(dataset="movie-snippets")
@@ -45,7 +45,7 @@ class Filled:
 def run_synthetic_jobs(filled: Filled, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Base evaluations, a LoRA grid with seeds and an adapter evaluated on another dataset,
     submitted and run through the real Celery tasks in-process."""
-    from ftqueue.submission import run_eagerly, submit
+    from ftqueue.submit.submission import run_eagerly, submit
 
     monkeypatch.setenv("FTQUEUE_EAGER", "1")
     reset_settings()

@@ -11,12 +11,12 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from ftqueue import db
 from ftqueue.cli import cli
 from ftqueue.kinds.evaluate import EvaluateSpec
 from ftqueue.kinds.lora import LoraSpec
 from ftqueue.report.plot import HIGHLIGHT, close
 from ftqueue.specs import DataSpec
+from ftqueue.store import db
 from tests.test_report import _insert
 
 MODEL = "minilm"
@@ -309,7 +309,7 @@ def test_list_fits_ordinary_terminals(grid: str, width: int) -> None:
 
 
 def test_display_names() -> None:
-    from ftqueue.text import display_name, display_names
+    from ftqueue.core.text import display_name, display_names
 
     assert display_name(SPLIT_FILES) == "reviews"
     assert display_name("train=/d/imdb/train.csv,test=/d/imdb/test.csv") == "imdb"

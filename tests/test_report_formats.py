@@ -13,11 +13,11 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from ftqueue import db
 from ftqueue.cli import cli
 from ftqueue.kinds.evaluate import EvaluateSpec
 from ftqueue.kinds.lora import LoraSpec
 from ftqueue.specs import DataSpec
+from ftqueue.store import db
 from tests.test_report import TINY, Filled, _insert, insert_rows, report_rows
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -155,7 +155,7 @@ def test_where_values_are_data_not_sql(inserted: Filled) -> None:
 
 
 def test_failed_writes_leave_no_partial_file(out_dir: Path) -> None:
-    from ftqueue.files import atomic_write, write_bytes_atomic
+    from ftqueue.core.files import atomic_write, write_bytes_atomic
 
     target = out_dir / "out.png"
     target.write_bytes(b"previous")

@@ -13,12 +13,12 @@ from typing import Any
 import pytest
 from sqlalchemy import select, text
 
-from ftqueue import db
 from ftqueue.kinds.evaluate import EvaluateSpec
 from ftqueue.kinds.lora import LoraSpec
-from ftqueue.models import Job, Result
 from ftqueue.settings import reset_settings
 from ftqueue.specs import DataSpec
+from ftqueue.store import db
+from ftqueue.store.schema import Job, Result
 
 SYNTH = "synthetic:seconds=0,steps=4"
 SNIPPETS = DataSpec(dataset="movie-snippets")
@@ -28,7 +28,7 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 @pytest.fixture
 def filled(any_db_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, Any]:
     """Two base evaluations, a 2x2 LoRA grid of 2 epochs, an adapter evaluated elsewhere."""
-    from ftqueue.submission import run_eagerly, submit
+    from ftqueue.submit.submission import run_eagerly, submit
 
     monkeypatch.setenv("FTQUEUE_EAGER", "1")
     reset_settings()

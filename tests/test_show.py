@@ -9,16 +9,16 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from ftqueue import db
 from ftqueue.cli import cli
 from ftqueue.kinds.lora import LoraSpec
-from ftqueue.models import Job
 from ftqueue.settings import reset_settings
 from ftqueue.specs import DataSpec
+from ftqueue.store import db
+from ftqueue.store.schema import Job
 
 
 def run_jobs(monkeypatch: pytest.MonkeyPatch, *specs: LoraSpec) -> list[int]:
-    from ftqueue.submission import run_eagerly, submit
+    from ftqueue.submit.submission import run_eagerly, submit
 
     monkeypatch.setenv("FTQUEUE_EAGER", "1")
     reset_settings()

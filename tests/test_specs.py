@@ -211,7 +211,8 @@ def test_hub_ids_pass_offline_checks() -> None:
 
 def test_spec_data_and_artifacts_modules_do_not_import_torch() -> None:
     code = (
-        "import sys, ftqueue.specs, ftqueue.data, ftqueue.artifacts, ftqueue.training; "
+        "import sys, ftqueue.specs, ftqueue.inputs.labelled, ftqueue.artifacts.publishing, "
+        "ftqueue.training; "
         "heavy = [m for m in ('torch', 'transformers', 'peft', 'datasets') if m in sys.modules]; "
         "print(','.join(heavy))"
     )

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from ftqueue.artifacts import ADAPTER_CONFIG, ADAPTER_METADATA, ADAPTER_WEIGHTS
+from ftqueue.artifacts.publishing import ADAPTER_CONFIG, ADAPTER_METADATA, ADAPTER_WEIGHTS
 from ftqueue.errors import AdapterError, SpecError
 from ftqueue.kinds.evaluate import EvaluateSpec
 from ftqueue.specs import resolve_model
@@ -178,7 +178,7 @@ def test_a_format_1_adapter_still_evaluates_and_exports(
 
 
 def test_heads_no_stock_class_computes_are_refused(default_adapter: TrainedAdapter) -> None:
-    from ftqueue.artifacts import check_exportable
+    from ftqueue.artifacts.publishing import check_exportable
 
     meta = json.loads((default_adapter.directory / ADAPTER_METADATA).read_text())
     check_exportable(meta, 1)

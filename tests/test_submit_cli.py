@@ -9,10 +9,10 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import func, select
 
-from ftqueue import db
 from ftqueue.cli import cli
-from ftqueue.models import Job, JobEvent, Result
 from ftqueue.settings import reset_settings
+from ftqueue.store import db
+from ftqueue.store.schema import Job, JobEvent, Result
 
 SYN = ["--model", "synthetic:seconds=0.05,steps=2", "--dataset", "movie-snippets"]
 
@@ -257,7 +257,7 @@ def test_submit_reads_its_specs_once_and_stops_at_the_cap(
     from ftqueue.errors import SpecError
     from ftqueue.kinds.lora import LoraSpec
     from ftqueue.specs import DataSpec
-    from ftqueue.submission import submit
+    from ftqueue.submit.submission import submit
 
     monkeypatch.setenv("FTQUEUE_MAX_GRID", "10")
     reset_settings()

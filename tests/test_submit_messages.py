@@ -27,7 +27,7 @@ def eager(sqlite_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
 
 
 def minilm_dir() -> str:
-    from ftqueue.weights import resolve_model
+    from ftqueue.inputs.weights import resolve_model
 
     return resolve_model("minilm")
 
@@ -99,7 +99,7 @@ def test_target_modules_are_checked_against_a_local_model_directory(eager: str) 
 
 
 def test_near_names_that_are_not_slips_are_left_alone() -> None:
-    from ftqueue.text import close_match
+    from ftqueue.core.text import close_match
 
     for name in ("bert-base-uncased", "gpt2", "distilroberta-base", "imdb", "sst2", "snippets"):
         assert close_match(name, ["minilm", "movie-snippets"]) is None, name
@@ -112,8 +112,8 @@ def test_an_unreachable_hub_fails_a_hub_dataset_fast_on_the_worker(tmp_path: Pat
     env = child_env(HF_ENDPOINT="http://127.0.0.1:1", HF_HOME=str(tmp_path / "hf"))
     env.pop("HF_HUB_OFFLINE", None)
     code = (
-        "import time; from ftqueue.data import resolve_dataset; from ftqueue.specs import "
-        "DataSpec; from ftqueue.errors import DatasetError\n"
+        "import time; from ftqueue.inputs.labelled import resolve_dataset; "
+        "from ftqueue.specs import DataSpec; from ftqueue.errors import DatasetError\n"
         "import datasets\n"  # imported first, as a worker has: the switch must still hold
         "start = time.monotonic()\n"
         "try:\n    resolve_dataset(DataSpec(dataset='org/some-data'))\n"

@@ -1,7 +1,7 @@
 """Sweeps on real worker processes, on SQLite and PostgreSQL: rung decisions, deaths, cancels.
 
 Trials are synthetic jobs whose validation accuracy per epoch is a function of their
-hyper-parameters (ftqueue.synthetic.validation_accuracy), so each check can recompute what
+hyper-parameters (ftqueue.execution.synthetic.validation_accuracy), so each check can recompute what
 ASHA should have decided from the numbers the database holds.
 """
 
@@ -16,9 +16,12 @@ import pytest
 import yaml
 from sqlalchemy import func, select
 
-from ftqueue import asha, broker, db, search, submission, sweepfile, sweeps
-from ftqueue.models import Job, JobEvent, Result, RungDecision, Sweep
+from ftqueue.queue import broker
 from ftqueue.settings import reset_settings
+from ftqueue.store import db
+from ftqueue.store.schema import Job, JobEvent, Result, RungDecision, Sweep
+from ftqueue.submit import submission
+from ftqueue.sweeps import asha, search, sweepfile, trials
 from tests.procs import WorkerProcess, child_env, running_workers, statuses, wait_for
 
 pytestmark = pytest.mark.slow
@@ -60,7 +63,7 @@ def logs(workers: list[WorkerProcess]) -> str:
 
 def wait_finished(sweep_id: str, workers: list[WorkerProcess], timeout: float = 240) -> None:
     try:
-        wait_for(lambda: sweeps.finished(sweep_id), timeout=timeout, what=sweep_id, poll=0.5)
+        wait_for(lambda: trials.finished(sweep_id), timeout=timeout, what=sweep_id, poll=0.5)
     except AssertionError as exc:
         raise AssertionError(f"{exc}\n{logs(workers)}") from None
 
@@ -102,7 +105,7 @@ def test_rungs_decided_once_under_two_workers_then_redelivery_and_cancel(
     assert len(started.created) == 2  # max_parallel: the workers make the rest
     wait_finished("pair", workers)
     rows = check_asha("pair", eta=2)
-    final = statuses(sweeps.job_statuses("pair"))
+    final = statuses(trials.job_statuses("pair"))
     assert len(final) == 6
     for job_id, status in final.items():
         verdicts = [r.keep for r in rows if r.job_id == job_id]
@@ -151,8 +154,8 @@ def test_rungs_decided_once_under_two_workers_then_redelivery_and_cancel(
         timeout=60,
     )
     assert result.returncode == 0, result.stderr
-    wait_for(lambda: sweeps.finished("stopme"), timeout=60, what="stopme to end")
-    assert sweeps.job_statuses("stopme") == {first: "cancelled"}
+    wait_for(lambda: trials.finished("stopme"), timeout=60, what="stopme to end")
+    assert trials.job_statuses("stopme") == {first: "cancelled"}
     with db.session_scope() as session:
         sweep = session.get(Sweep, "stopme")
         assert sweep is not None and sweep.status == "cancelled" and sweep.created == 1

@@ -15,14 +15,16 @@ import yaml
 from click.testing import CliRunner
 from sqlalchemy import func, select
 
-from ftqueue import asha, db, execution, lifecycle, sweepfile
-from ftqueue.artifacts import ADAPTER_METADATA
+from ftqueue.artifacts.publishing import ADAPTER_METADATA
 from ftqueue.cli import cli
 from ftqueue.errors import JobSuperseded, SweepFileError
+from ftqueue.execution import attempt
 from ftqueue.kinds.lora import LoraSpec
-from ftqueue.models import Job, Result, RungDecision, Sweep
 from ftqueue.settings import reset_settings
 from ftqueue.specs import DataSpec
+from ftqueue.store import db, lifecycle
+from ftqueue.store.schema import Job, Result, RungDecision, Sweep
+from ftqueue.sweeps import asha, sweepfile
 
 BASE: dict[str, Any] = {
     "model": "synthetic:seconds=0.05,steps=6",
@@ -228,7 +230,7 @@ def test_select_epoch_last_keeps_the_last_epoch(sqlite_url: str) -> None:
                 max_attempts=1,
             )
             job_id = job.id
-        assert execution.run_job(job_id, worker="w") == "succeeded"
+        assert attempt.run_job(job_id, worker="w") == "succeeded"
         with db.session_scope() as session:
             row = session.get(Job, job_id)
             assert row is not None

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.slow
 USES_FIXTURE = """
 import os
 
-from ftqueue.celery_app import app
+from ftqueue.queue.app import app
 from ftqueue.settings import get_settings, reset_settings
 
 

@@ -21,12 +21,12 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from ftqueue import db
 from ftqueue.kinds.lora import LoraSpec
-from ftqueue.models import Job, Result
 from ftqueue.settings import reset_settings
 from ftqueue.specs import DataSpec
-from ftqueue.submission import run_eagerly, submit
+from ftqueue.store import db
+from ftqueue.store.schema import Job, Result
+from ftqueue.submit.submission import run_eagerly, submit
 from tests.procs import WorkerProcess, all_terminal, child_env, wait_for
 
 pytest.importorskip("mlflow")
@@ -126,7 +126,7 @@ def test_each_job_is_an_mlflow_run(
     }, worker.log()[-3000:]
     # The attempt that died with its worker was ended when the next attempt started.
     assert every[str(crashed.id), "1"].info.status == "KILLED"
-    assert every[str(crashed.id), "1"].data.tags["ftqueue.outcome"] == "worker lost"
+    assert every[str(crashed.id), "1"].data.tags["ftqueue.core.outcome"] == "worker lost"
     assert every[str(crashed.id), "2"].info.status == "FINISHED"
     runs = {job: run for (job, attempt), run in every.items() if attempt == "1"}
 
@@ -184,10 +184,10 @@ def test_an_unreachable_tracker_does_not_fail_the_job(
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     reset_settings()
     created = submit([synthetic(0.1)]).created
-    with caplog.at_level(logging.WARNING, logger="ftqueue.tracking"):
+    with caplog.at_level(logging.WARNING, logger="ftqueue.execution.tracking"):
         run_eagerly(created)
     with db.session_scope() as session:
         job = session.get(Job, created[0].id)
         assert job is not None and job.status == "succeeded"
-    warnings = [r for r in caplog.records if r.name == "ftqueue.tracking"]
+    warnings = [r for r in caplog.records if r.name == "ftqueue.execution.tracking"]
     assert len(warnings) == 1 and "not logged to MLflow" in warnings[0].getMessage()

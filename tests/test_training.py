@@ -14,8 +14,13 @@ import peft
 import pytest
 import torch
 
-from ftqueue.artifacts import ADAPTER_METADATA, ADAPTER_WEIGHTS, new_staging_dir, publish_dir
-from ftqueue.data import resolve_dataset
+from ftqueue.artifacts.publishing import (
+    ADAPTER_METADATA,
+    ADAPTER_WEIGHTS,
+    new_staging_dir,
+    publish_dir,
+)
+from ftqueue.core.outcome import Outcome, Progress
 from ftqueue.errors import (
     AdapterError,
     DatasetError,
@@ -24,9 +29,9 @@ from ftqueue.errors import (
     ModelError,
     SpecError,
 )
+from ftqueue.inputs.labelled import resolve_dataset
 from ftqueue.kinds.evaluate import EvaluateSpec
 from ftqueue.kinds.lora import LoraSpec
-from ftqueue.outcome import Outcome, Progress
 from ftqueue.specs import DataSpec
 from ftqueue.training import load_adapter, run_evaluate, run_lora
 from ftqueue.training.loop import predict

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from ftqueue.errors import DatasetError
-from ftqueue.unlabelled import file_sha256, read_texts
+from ftqueue.inputs.unlabelled import file_sha256, read_texts
 
 TEXTS = ["a gripping film", "dull, far too long", "42"]
 

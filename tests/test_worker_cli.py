@@ -12,10 +12,10 @@ import psutil
 import pytest
 from click.testing import CliRunner
 
-from ftqueue.celery_app import celery_config
 from ftqueue.cli import cli
+from ftqueue.queue.app import celery_config
+from ftqueue.queue.supervisor import detect_gpus, plan_slots
 from ftqueue.settings import load_settings
-from ftqueue.supervisor import detect_gpus, plan_slots
 from tests.procs import WorkerProcess, child_env
 
 
@@ -39,7 +39,8 @@ def test_cpu_workers_see_no_gpu_and_share_the_cores(monkeypatch: pytest.MonkeyPa
 
 def test_the_supervisor_never_imports_torch() -> None:
     code = (
-        "import sys, ftqueue.supervisor, ftqueue.reaper, ftqueue.tasks, ftqueue.cli.worker_cmd; "
+        "import sys, ftqueue.queue.supervisor, ftqueue.queue.reaper, ftqueue.queue.tasks, "
+        "ftqueue.cli.worker_cmd; "
         "print('torch' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

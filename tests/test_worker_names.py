@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 import redis
 
-from ftqueue import nodes
 from ftqueue.errors import NameTaken
 from ftqueue.kinds.lora import LoraSpec
-from ftqueue.models import Job
+from ftqueue.queue import nodes
 from ftqueue.specs import DataSpec
-from ftqueue.submission import submit
+from ftqueue.store.schema import Job
+from ftqueue.submit.submission import submit
 from tests.procs import WorkerProcess, all_terminal, child_env, statuses, wait_for
 
 
@@ -62,7 +62,7 @@ def test_a_second_worker_with_a_live_workers_name_refuses_to_start(
     assert refused_after < nodes.LEASE_SECONDS
     # ... and a Celery worker started directly under that name refuses too.
     direct = subprocess.run(
-        [sys.executable, "-m", "celery", "-A", "ftqueue.celery_app:app", "worker",
+        [sys.executable, "-m", "celery", "-A", "ftqueue.queue.app:app", "worker",
          "--hostname", node, "--pool", "solo"],
         env=env, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
@@ -90,7 +90,7 @@ def test_a_second_worker_with_a_live_workers_name_refuses_to_start(
 
 
 def _session():  # type: ignore[no-untyped-def]
-    from ftqueue import db
+    from ftqueue.store import db
 
     return db.session_scope()
 

@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
+from ftqueue.core.text import clip
 from ftqueue.errors import FtqueueError
-from ftqueue.text import clip
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -36,11 +36,12 @@ def complete_jobs(incomplete: str, *, runs_only: bool = False) -> list[Any]:
     from click.shell_completion import CompletionItem
 
     try:
-        from ftqueue import db, kinds, store
-        from ftqueue.text import display_name
+        from ftqueue import kinds
+        from ftqueue.core.text import display_name
+        from ftqueue.store import db, reads
 
         with db.session_scope() as session:
-            jobs = store.list_jobs(
+            jobs = reads.list_jobs(
                 session,
                 statuses=("succeeded",) if runs_only else (),
                 job_kinds=kinds.with_role(kinds.Role.RUN) if runs_only else (),

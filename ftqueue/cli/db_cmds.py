@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from ftqueue import db
 from ftqueue.cli.common import echo_json, json_option
+from ftqueue.store import db
 
 
 @click.group("db")

@@ -35,15 +35,17 @@ def export_cmd(
       ftqueue export 12 exported/reviews
       ftqueue export 12 exported/reviews --push-to-hub my-org/reviews-classifier --private
     """
-    from ftqueue import artifacts, db, hub, store
+    from ftqueue.artifacts import publishing
+    from ftqueue.inputs import hub
+    from ftqueue.store import db, reads
 
     if repo is not None:
         hub.check_repo(repo)
-    artifacts.check_new_dir(directory, param="DIR")
+    publishing.check_new_dir(directory, param="DIR")
     db.ensure_ready()
-    adapter = store.adapter_dir_of(job_id, flag="job")
-    metadata = artifacts.check_adapter_dir(adapter)
-    artifacts.check_exportable(metadata, job_id)
+    adapter = reads.adapter_dir_of(job_id, flag="job")
+    metadata = publishing.check_adapter_dir(adapter)
+    publishing.check_exportable(metadata, job_id)
     from ftqueue import training
 
     out = training.export_adapter(adapter, directory, job_id=job_id)

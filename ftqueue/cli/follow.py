@@ -6,12 +6,13 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from ftqueue import api, store
-from ftqueue.models import utcnow
+from ftqueue import api
+from ftqueue.core.states import JobStatus
+from ftqueue.core.text import duration
 from ftqueue.settings import get_settings
-from ftqueue.states import JobStatus
-from ftqueue.store import JobState
-from ftqueue.text import duration
+from ftqueue.store import reads
+from ftqueue.store.reads import JobState
+from ftqueue.store.schema import utcnow
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -156,9 +157,9 @@ def summary_table(job_ids: Sequence[int]) -> Any:
 
     from ftqueue.cli.render import status_text
 
-    snaps = store.job_states(job_ids)
-    results = store.final_results(job_ids)
-    outputs = store.outputs_of(job_ids)
+    snaps = reads.job_states(job_ids)
+    results = reads.final_results(job_ids)
+    outputs = reads.outputs_of(job_ids)
     table = Table(header_style="bold")
     for name in ("job", "kind", "status", "split", "accuracy", "macro-F1", "loss", "note"):
         table.add_column(

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import click
 
-from ftqueue import db, eager, kinds, store
+from ftqueue import kinds
 from ftqueue.cli.common import COUNT, JOB_ID, console, echo_json, json_option
 from ftqueue.cli.render import job_details, jobs_table
-from ftqueue.states import STATUSES, JobStatus
-from ftqueue.text import quote
+from ftqueue.core.states import STATUSES, JobStatus
+from ftqueue.core.text import quote
+from ftqueue.queue import eager
+from ftqueue.store import db, reads
 
 
 @click.command("list")
@@ -60,7 +62,7 @@ def list_cmd(
       ftqueue list --before 950      # the page after one that ended at job 950
     """
     from ftqueue import api
-    from ftqueue.inputs import stored_dataset, stored_model
+    from ftqueue.inputs.pinning import stored_dataset, stored_model
 
     if as_json:
         echo_json(
@@ -79,7 +81,7 @@ def list_cmd(
     db.ensure_ready()
     eager.settle()
     with db.session_scope() as session:
-        jobs = store.list_jobs(
+        jobs = reads.list_jobs(
             session,
             statuses=statuses,
             job_kinds=job_kinds,
@@ -126,7 +128,7 @@ def status_cmd(job_id: int, follow: bool, as_json: bool) -> None:
     db.ensure_ready()
     eager.settle([job_id])
     with db.session_scope() as session:
-        job = store.get_job(session, job_id)
+        job = reads.get_job(session, job_id)
         if not follow:
             console().print(job_details(job))
             return
@@ -142,7 +144,7 @@ def status_cmd(job_id: int, follow: bool, as_json: bool) -> None:
         echo_json(api.job(job_id))
     else:
         with db.session_scope() as session:
-            out.print(job_details(store.get_job(session, job_id)))
+            out.print(job_details(reads.get_job(session, job_id)))
     raise SystemExit(exit_code(list(statuses.values())))
 
 
@@ -158,17 +160,18 @@ def cancel_cmd(job_ids: tuple[int, ...], sweep: str | None, as_json: bool) -> No
       ftqueue cancel 12 13
       ftqueue cancel --sweep 7f3a9c
     """
-    from ftqueue import api, sweeps
+    from ftqueue import api
+    from ftqueue.sweeps import trials
 
     if not job_ids and not sweep:
         raise click.UsageError("give job ids, or --sweep S")
     ids = list(job_ids)
-    if sweep and sweeps.stop(sweep):
+    if sweep and trials.stop(sweep):
         click.echo(f"sweep {sweep}: stopped; it makes no more trials", err=as_json)
     if sweep:
         db.ensure_ready()
         with db.session_scope() as session:
-            found = store.list_jobs(session, sweep=sweep, limit=None)
+            found = reads.list_jobs(session, sweep=sweep, limit=None)
         if not found:
             raise click.ClickException(
                 f"no jobs in sweep {quote(sweep)}: `ftqueue list` shows them"

@@ -1,5 +1,5 @@
 """Click options made from spec fields: each flag's type, range, help and default come from
-the field's ``Param`` (ftqueue/specs.py), so the command line and the checks cannot drift.
+the field's ``Param`` (ftqueue/specs/fields.py), so the command line and the checks cannot drift.
 """
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ from typing import Any, TypeVar
 import click
 
 from ftqueue.cli.common import complete_jobs, json_option
+from ftqueue.core.text import quote
 from ftqueue.errors import SpecError
 from ftqueue.kinds.registry import ADAPTER_FIELD
 from ftqueue.settings import get_settings
 from ftqueue.specs import DataSpec, Param, Spec, flag, spec_params
-from ftqueue.text import quote
 
 F = TypeVar("F", bound=Callable[..., Any])
 

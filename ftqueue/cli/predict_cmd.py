@@ -15,10 +15,11 @@ from ftqueue.kinds.predict import PredictSpec
 
 def _adapters(job_ids: list[int]) -> dict[int, dict[str, Any]]:
     """Each adapter's metadata (its model and max length become the job's)."""
-    from ftqueue import artifacts, db, store
+    from ftqueue.artifacts import publishing
+    from ftqueue.store import db, reads
 
     db.ensure_ready()
-    return {jid: artifacts.check_adapter_dir(store.adapter_dir_of(jid)) for jid in job_ids}
+    return {jid: publishing.check_adapter_dir(reads.adapter_dir_of(jid)) for jid in job_ids}
 
 
 @click.command("predict")
@@ -41,7 +42,7 @@ def submit_predict(**kw: Any) -> None:
       ftqueue submit predict --adapter-job 12 --input posts.jsonl --text-column body
       ftqueue submit predict --adapter-job 12,13 --input reviews.parquet   # one job each
     """
-    from ftqueue import unlabelled
+    from ftqueue.inputs import unlabelled
 
     queue = pop_queue_options(kw)
     queue["output_dir"] = kw.pop("output_dir")
@@ -74,13 +75,14 @@ def predict_cmd(job_id: int, texts: tuple[str, ...], as_json: bool) -> None:
       ftqueue predict 12 "not bad at all" --json
     For a file of texts, queue a job: ftqueue submit predict --adapter-job 12 --input FILE
     """
-    from ftqueue import artifacts, db, store
+    from ftqueue.artifacts import publishing
+    from ftqueue.store import db, reads
 
     if any(not t.strip() for t in texts):
         raise click.BadParameter("every TEXT must hold some text", param_hint="TEXT")
     db.ensure_ready()
-    adapter = store.adapter_dir_of(job_id, flag="job")
-    artifacts.check_adapter_dir(adapter)
+    adapter = reads.adapter_dir_of(job_id, flag="job")
+    publishing.check_adapter_dir(adapter)
     from ftqueue import training
 
     labelled = training.label_texts(adapter, list(texts))

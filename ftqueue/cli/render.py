@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from ftqueue.models import Job, utcnow
-from ftqueue.states import JobStatus
-from ftqueue.store import published
-from ftqueue.text import age, display_names, duration
+from ftqueue.core.states import JobStatus
+from ftqueue.core.text import age, display_names, duration
+from ftqueue.store.reads import published
+from ftqueue.store.schema import Job, utcnow
 
 STATUS_STYLE: dict[str, str] = {
     JobStatus.QUEUED: "cyan",

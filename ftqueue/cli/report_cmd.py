@@ -7,14 +7,15 @@ from typing import Any
 
 import click
 
-from ftqueue import db, eager, store
 from ftqueue.cli.common import JOB_ID, console, echo_json, json_option
 from ftqueue.cli.render import job_details
-from ftqueue.files import write_bytes_atomic
-from ftqueue.models import Job
+from ftqueue.core.files import write_bytes_atomic
+from ftqueue.core.states import STATUSES
+from ftqueue.core.text import duration
+from ftqueue.queue import eager
 from ftqueue.specs import SPLITS
-from ftqueue.states import STATUSES
-from ftqueue.text import duration
+from ftqueue.store import db, reads
+from ftqueue.store.schema import Job
 
 
 @click.command("report")
@@ -147,8 +148,8 @@ def report_cmd(
       ftqueue report --since 2d --plot report.png --html report.html
       ftqueue report --group-by r,lr --plot grid.jpg --top 10
     """
-    from ftqueue.inputs import stored_dataset, stored_model
-    from ftqueue.report import ReportOptions, build_report, export, validation_curves
+    from ftqueue.inputs.pinning import stored_dataset, stored_model
+    from ftqueue.report import ReportOptions, build_report, render, validation_curves
     from ftqueue.report.options import check_output
 
     if as_json:
@@ -178,16 +179,16 @@ def report_cmd(
         report = build_report(session, opts, plotting=drawing)
         curves = validation_curves(session, opts, opts.group_by) if drawing else {}
     if fmt == "json":
-        click.echo(export.to_json(report))
+        click.echo(render.to_json(report))
     elif fmt == "csv":
-        click.echo(export.to_csv(report), nl=False)
+        click.echo(render.to_csv(report), nl=False)
     elif not report.rows:
         click.echo("No results match. `ftqueue list --status succeeded` shows the finished jobs.")
     elif fmt == "markdown":
-        click.echo(export.to_markdown(report), nl=False)
+        click.echo(render.to_markdown(report), nl=False)
     else:
         out = console()
-        out.print(export.rich_table(report, out.width))
+        out.print(render.rich_table(report, out.width))
     if not drawing:
         return
     from ftqueue.report import plot as plotting
@@ -202,7 +203,7 @@ def report_cmd(
             write_bytes_atomic(plot_file, image)
             click.echo(f"wrote {plot_file}", err=True)
         if html_file is not None:
-            page = export.to_html(report, png or plotting.render(fig, "png"))
+            page = render.to_html(report, png or plotting.render(fig, "png"))
             write_bytes_atomic(html_file, page.encode("utf-8"))
             click.echo(f"wrote {html_file}", err=True)
     finally:
@@ -251,7 +252,7 @@ def show_cmd(job_id: int, as_json: bool) -> None:
     db.ensure_ready()
     eager.settle([job_id])
     with db.session_scope() as session:
-        job = store.get_job(session, job_id, with_results=True)
+        job = reads.get_job(session, job_id, with_results=True)
         out = console()
         out.print(job_details(job))
         for table in _show_tables(job):

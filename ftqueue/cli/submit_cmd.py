@@ -18,11 +18,11 @@ from ftqueue.cli.options import (
     split_grid,
 )
 from ftqueue.cli.submitting import submit_specs
+from ftqueue.core.text import clip
 from ftqueue.errors import SpecError
 from ftqueue.kinds.evaluate import EvaluateSpec
 from ftqueue.kinds.lora import LoraSpec
 from ftqueue.specs import field_param
-from ftqueue.text import clip
 
 
 class KindFirst(click.Group):
@@ -112,7 +112,7 @@ def submit_evaluate(**kw: Any) -> None:
 
 def _adapter_model(adapters: Sequence[int]) -> str:
     """The one model the given adapters were trained on."""
-    from ftqueue import db, store
+    from ftqueue.store import db, reads
 
     if not adapters:
         raise SpecError(
@@ -123,10 +123,10 @@ def _adapter_model(adapters: Sequence[int]) -> str:
     for job_id in adapters:
         bounds.check("adapter_job", job_id)  # the spec's own range, before any query
     db.ensure_ready()
-    found = store.models_of(adapters)
+    found = reads.models_of(adapters)
     for job_id in adapters:
         if job_id not in found:
-            store.adapter_dir_of(job_id)  # says "no such job", and what to look at instead
+            reads.adapter_dir_of(job_id)  # says "no such job", and what to look at instead
     models = set(found.values())
     if len(models) != 1:
         listed = ", ".join(f"{job_id} on {clip(found[job_id], 60)}" for job_id in adapters)

@@ -21,8 +21,8 @@ from ftqueue.specs import JobSpec
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from ftqueue.models import Job
-    from ftqueue.submission import Submission
+    from ftqueue.store.schema import Job
+    from ftqueue.submit.submission import Submission
 
 
 def submit_specs(
@@ -118,7 +118,7 @@ def _stopping_signals() -> Iterator[None]:
 
 def _stop_eager(signum: int) -> None:
     """End this process's eager jobs at once, say so if anyone can hear, exit 128 + signal."""
-    from ftqueue import eager
+    from ftqueue.queue import eager
 
     name = signal.Signals(signum).name
     ended = eager.end_own(f"the eager `ftqueue submit` running it received {name}")
@@ -171,14 +171,14 @@ def run_eager_jobs(jobs: list[Job], out: Console) -> dict[int, str]:
 
 
 def _payload(sub: Submission, statuses: dict[int, str] | None = None) -> dict[str, Any]:
-    from ftqueue import store
+    from ftqueue.store import reads
 
     statuses = statuses or {}
     return {
         "sweep_id": sub.sweep_id,
         "notes": sub.notes,
         "jobs": [
-            {**store.job_summary(job), "status": statuses.get(job.id, job.status)}
+            {**reads.job_summary(job), "status": statuses.get(job.id, job.status)}
             for job in sub.created
         ],
         "duplicates": [

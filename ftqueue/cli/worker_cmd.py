@@ -35,7 +35,7 @@ def worker_cmd(
     """Run jobs: one worker process per GPU (CUDA_VISIBLE_DEVICES set), one job at a time each.
 
     Falls back to CPU workers where no GPU is visible. A worker keeps imports, tokenized data
-    and the base model between jobs. `celery -A ftqueue.celery_app worker` works too.
+    and the base model between jobs. `celery -A ftqueue.queue.app worker` works too.
 
     \b
     Examples:
@@ -43,9 +43,10 @@ def worker_cmd(
       ftqueue worker --gpus 0,1 --queues lora
       FTQUEUE_DATABASE_URL=postgresql+psycopg://ftq@db/ftq ftqueue worker --processes 2
     """
-    from ftqueue import db, nodes, supervisor
-    from ftqueue.broker import check_broker, redis_client
-    from ftqueue.submission import check_label
+    from ftqueue.queue import nodes, supervisor
+    from ftqueue.queue.broker import check_broker, redis_client
+    from ftqueue.store import db
+    from ftqueue.submit.submission import check_label
 
     names = [q.strip() for q in queues.split(",") if q.strip()]
     known = kinds.queues()

@@ -5,9 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from ftqueue.core.outcome import Outcome
+from ftqueue.core.text import clip
 from ftqueue.errors import AdapterError, ModelError, SpecError
 from ftqueue.kinds.registry import JobContext, JobKind, Role, register
-from ftqueue.outcome import Outcome
 from ftqueue.specs import (
     POOLINGS,
     SPLITS,
@@ -21,7 +22,6 @@ from ftqueue.specs import (
     resolve_model,
     seed_field,
 )
-from ftqueue.text import clip
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -88,10 +88,10 @@ def check(spec: EvaluateSpec) -> None:
     """The adapter to evaluate exists, succeeded, is on this machine, and was trained on the
     model given (the same directory content, where it is a local one)."""
     if spec.adapter_job is not None:
-        from ftqueue import store
+        from ftqueue.store import reads
 
-        store.adapter_dir_of(spec.adapter_job)
-        check_base_model(spec, store.spec_of(spec.adapter_job) or {})
+        reads.adapter_dir_of(spec.adapter_job)
+        check_base_model(spec, reads.spec_of(spec.adapter_job) or {})
 
 
 def check_base_model(spec: EvaluateSpec, trained_spec: dict[str, Any]) -> None:
@@ -123,9 +123,10 @@ def _same_model(a: str, b: str) -> bool:
 
 
 def perform(spec: EvaluateSpec, ctx: JobContext) -> Outcome:
-    from ftqueue import store, training
+    from ftqueue import training
+    from ftqueue.store import reads
 
-    adapter = store.adapter_dir_of(spec.adapter_job) if spec.adapter_job is not None else None
+    adapter = reads.adapter_dir_of(spec.adapter_job) if spec.adapter_job is not None else None
     return training.run_evaluate(
         spec, cache_dir=ctx.cache_dir, adapter_dir=adapter, on_progress=ctx.on_progress
     )

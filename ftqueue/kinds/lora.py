@@ -5,9 +5,10 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from ftqueue.core.outcome import Outcome
+from ftqueue.core.text import clip, close_match
 from ftqueue.errors import SpecError
 from ftqueue.kinds.registry import JobContext, JobKind, Role, register
-from ftqueue.outcome import Outcome
 from ftqueue.specs import (
     BIASES,
     POOLINGS,
@@ -21,7 +22,6 @@ from ftqueue.specs import (
     required,
     seed_field,
 )
-from ftqueue.text import clip, close_match
 
 #: The recipe's values that depend on where a job runs. On a GPU a step of batch 32 is bound by
 #: kernel launches (thousands per step, each a few microseconds), so a larger batch costs little
@@ -144,8 +144,8 @@ class LoraSpec(ModelSpec):
 def check(spec: LoraSpec) -> None:
     """--target-modules names layers the model has, where its weights are on this machine
     (the alias, a local directory); a hub id's are checked when a worker loads it."""
-    from ftqueue import synthetic
-    from ftqueue.weights import layer_names, resolve_model
+    from ftqueue.execution import synthetic
+    from ftqueue.inputs.weights import layer_names, resolve_model
 
     if synthetic.is_synthetic(spec.model):
         return

@@ -10,9 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from ftqueue.core.outcome import Outcome
 from ftqueue.errors import AdapterError
 from ftqueue.kinds.registry import JobContext, JobKind, Role, register
-from ftqueue.outcome import Outcome
 from ftqueue.specs import (
     MAX_LENGTH_CAP,
     JobSpec,
@@ -58,11 +58,13 @@ class PredictSpec(JobSpec):
 
 def check(spec: PredictSpec) -> None:
     """The adapter exists and fits the model; the input is readable text, as submitted."""
-    from ftqueue import artifacts, store, unlabelled
+    from ftqueue.artifacts import publishing
+    from ftqueue.inputs import unlabelled
     from ftqueue.specs import resolve_model
+    from ftqueue.store import reads
 
-    adapter = store.adapter_dir_of(spec.adapter_job)
-    metadata = artifacts.check_adapter_dir(adapter)
+    adapter = reads.adapter_dir_of(spec.adapter_job)
+    metadata = publishing.check_adapter_dir(adapter)
     if resolve_model(str(metadata["model"])) != resolve_model(spec.model):
         raise AdapterError(
             f"adapter of job {spec.adapter_job} was trained on model {metadata['model']}, not "
@@ -73,12 +75,13 @@ def check(spec: PredictSpec) -> None:
 
 
 def perform(spec: PredictSpec, ctx: JobContext) -> Outcome:
-    from ftqueue import store, training
+    from ftqueue import training
+    from ftqueue.store import reads
 
     assert ctx.staging is not None, "a predict job publishes its predictions"
     return training.run_predict(
         spec,
-        adapter_dir=Path(store.adapter_dir_of(spec.adapter_job)),
+        adapter_dir=Path(reads.adapter_dir_of(spec.adapter_job)),
         out_dir=ctx.staging,
         on_progress=ctx.on_progress,
     )

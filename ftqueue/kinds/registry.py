@@ -15,8 +15,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
+from ftqueue.core.outcome import Outcome, ProgressCallback
 from ftqueue.errors import SpecError
-from ftqueue.outcome import Outcome, ProgressCallback
 from ftqueue.specs import JobSpec
 
 S = TypeVar("S", bound=JobSpec)
@@ -105,7 +105,7 @@ def register(kind: JobKind[S]) -> JobKind[S]:
     return kind
 
 
-def get(name: str) -> JobKind[Any]:
+def lookup(name: str) -> JobKind[Any]:
     """The kind called ``name``, or SpecError listing the known ones."""
     try:
         return _KINDS[name]
@@ -115,7 +115,7 @@ def get(name: str) -> JobKind[Any]:
         ) from None
 
 
-def find(name: str) -> JobKind[Any] | None:
+def get(name: str) -> JobKind[Any] | None:
     """The kind called ``name``, or None (rows may name a kind this version does not know)."""
     return _KINDS.get(name)
 

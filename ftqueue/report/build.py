@@ -10,10 +10,10 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from ftqueue.core.text import display_names
 from ftqueue.report import query
 from ftqueue.report.options import CONFIG_COLUMNS, HYPERPARAMS, PLOT_MAX, ReportOptions
 from ftqueue.report.query import Config, Group
-from ftqueue.text import display_names
 
 Where = tuple[str, str, str]  # model, dataset, split
 

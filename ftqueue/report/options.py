@@ -16,11 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ftqueue.core.states import STATUSES
+from ftqueue.core.text import quote
 from ftqueue.errors import FilterError
 from ftqueue.kinds import Role, all_kinds
 from ftqueue.specs import SPLITS, DataSpec, Param, spec_params
-from ftqueue.states import STATUSES
-from ftqueue.text import quote
 
 SELECT_BY = ("validation", "test")
 #: Most bars in one panel of a plot even without --top: past that the labels cannot be read.

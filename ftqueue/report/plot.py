@@ -13,11 +13,11 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+from ftqueue.core.text import quote
 from ftqueue.errors import FilterError
 from ftqueue.report.build import Report
 from ftqueue.report.options import CONFIG_COLUMNS
 from ftqueue.report.query import ADAPTER, CurvePoint, Group
-from ftqueue.text import quote
 
 #: Image types by file suffix, as matplotlib names them.
 FORMATS = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".svg": "svg", ".pdf": "pdf"}

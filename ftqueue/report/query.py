@@ -30,8 +30,8 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session, aliased
 
 from ftqueue.kinds import ADAPTER_FIELD, Role, with_role
-from ftqueue.models import Job, JobTag, Result
 from ftqueue.report.options import HYPERPARAMS, OPERATORS, Column, Condition, ReportOptions
+from ftqueue.store.schema import Job, JobTag, Result
 
 #: ``Group.source`` of the base line; runs have their kind's name, adapter evaluations ADAPTER.
 BASE = "base"

@@ -16,10 +16,10 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from ftqueue.models import Job, Result, RungDecision, Sweep
-from ftqueue.states import JobStatus
-from ftqueue.sweepfile import SweepPlan
-from ftqueue.text import duration
+from ftqueue.core.states import JobStatus
+from ftqueue.core.text import duration
+from ftqueue.store.schema import Job, Result, RungDecision, Sweep
+from ftqueue.sweeps.sweepfile import SweepPlan
 
 
 @dataclass

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import pytest
 
-from ftqueue.synthetic import model_name as synthetic_model
+from ftqueue.execution.synthetic import model_name as synthetic_model
 from ftqueue.testing.workers import WorkerProcess, child_env, wait_for
 
 __all__ = [
@@ -69,8 +69,8 @@ def redis_test_url() -> str:
 
 def _reset() -> None:
     """Forget settings and the engines built from them, so the next use reads the env again."""
-    from ftqueue import db
     from ftqueue.settings import reset_settings
+    from ftqueue.store import db
 
     reset_settings()
     db.dispose_engines()
@@ -135,7 +135,7 @@ def pytest_runtest_makereport(
 @pytest.fixture
 def ftqueue_sqlite(ftqueue_home: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     """A migrated SQLite database in FTQUEUE_HOME, set as FTQUEUE_DATABASE_URL."""
-    from ftqueue import db
+    from ftqueue.store import db
 
     url = f"sqlite:///{ftqueue_home / 'test.db'}"
     monkeypatch.setenv("FTQUEUE_DATABASE_URL", url)

@@ -16,9 +16,9 @@ from typing import Any
 import torch
 from peft import PeftModel
 
-from ftqueue.artifacts import ADAPTER_METADATA, ADAPTER_WEIGHTS, check_adapter_dir
+from ftqueue.artifacts.publishing import ADAPTER_METADATA, ADAPTER_WEIGHTS, check_adapter_dir
+from ftqueue.core.files import share_tree, write_json_atomic
 from ftqueue.errors import AdapterError, first_line
-from ftqueue.files import share_tree, write_json_atomic
 from ftqueue.training.cards import write_adapter_card
 from ftqueue.training.modeling import (
     LEGACY_BODY_ATTR,

@@ -16,15 +16,15 @@ from typing import Any
 import torch
 from transformers import AutoModelForSequenceClassification
 
-from ftqueue.artifacts import (
+from ftqueue.artifacts.publishing import (
     check_adapter_dir,
     check_exportable,
     check_new_dir,
     new_staging_dir,
     publish_dir,
 )
+from ftqueue.core.files import share_tree
 from ftqueue.errors import AdapterError, FtqueueError
-from ftqueue.files import share_tree
 from ftqueue.training.adapters import save_tokenizer
 from ftqueue.training.cards import write_export_card
 from ftqueue.training.modeling import classifier_of, hub_id, stock_class_name

@@ -14,12 +14,12 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 import torch
 from peft import LoraConfig, PeftModel, TaskType, get_peft_model
 
-from ftqueue.artifacts import check_adapter_dir
-from ftqueue.data import LoadedData, resolve_dataset
+from ftqueue.artifacts.publishing import check_adapter_dir
+from ftqueue.core.outcome import Measurement, Outcome, Progress, ProgressCallback
+from ftqueue.core.states import Phase
 from ftqueue.errors import AdapterError, FtqueueError, SpecError, first_line
-from ftqueue.outcome import Measurement, Outcome, Progress, ProgressCallback
+from ftqueue.inputs.labelled import LoadedData, resolve_dataset
 from ftqueue.specs import JobSpec, resolve_model, validate_against_model
-from ftqueue.states import Phase
 from ftqueue.training.adapters import load_adapter, save_adapter
 from ftqueue.training.loop import (
     FitPlan,

@@ -14,8 +14,8 @@ from sklearn.metrics import accuracy_score, f1_score
 from torch import nn
 from transformers import get_linear_schedule_with_warmup
 
-from ftqueue.outcome import Measurement, Progress, ProgressCallback
-from ftqueue.states import TIMED_PHASES, Phase
+from ftqueue.core.outcome import Measurement, Progress, ProgressCallback
+from ftqueue.core.states import TIMED_PHASES, Phase
 from ftqueue.training.tokens import Batch, Tokens, batches, eval_batches, train_batches
 
 #: Steps between progress reports; each report costs a device sync for the loss.

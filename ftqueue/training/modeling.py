@@ -18,10 +18,10 @@ from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTo
 from transformers.modeling_outputs import SequenceClassifierOutput
 from transformers.utils import logging as hf_logging
 
-from ftqueue import hub, weights
+from ftqueue.core.text import clip
 from ftqueue.errors import ModelError, SpecError, first_line
+from ftqueue.inputs import hub, weights
 from ftqueue.specs import MODEL_ALIASES, resolve_model
-from ftqueue.text import clip
 
 #: Base models kept in memory; a worker usually alternates between one or two.
 MODEL_CACHE_SIZE = 2

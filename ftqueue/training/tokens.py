@@ -11,8 +11,8 @@ import numpy as np
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from ftqueue.data import LoadedData
-from ftqueue.files import atomic_write
+from ftqueue.core.files import atomic_write
+from ftqueue.inputs.labelled import LoadedData
 from ftqueue.specs import SPLITS
 
 #: Bumped when the cache layout changes, so old files are simply not found.

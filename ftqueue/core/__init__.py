@@ -1,0 +1,1 @@
+"""The leaf layer: job states, progress and outcomes, text for people, atomic files."""

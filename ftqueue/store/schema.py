@@ -1,0 +1,277 @@
+"""The results schema as ORM classes; the Alembic revisions in ftqueue/migrations change it."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    CheckConstraint,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+    false,
+    func,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.types import TypeDecorator
+
+from ftqueue.core.states import STATUSES, JobStatus
+from ftqueue.specs import config_hash
+
+# Stable constraint names keep migrations identical on SQLite and PostgreSQL.
+NAMING = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def _in(column: str, values: tuple[str, ...]) -> str:
+    return f"{column} IN ({', '.join(repr(str(v)) for v in values)})"
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _config_hash_default(context: Any) -> str:
+    return config_hash(context.get_current_parameters()["spec"])
+
+
+class UTCDateTime(TypeDecorator[dt.datetime]):
+    """Timezone-aware UTC on every backend (SQLite drops the zone; this puts it back)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: Dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=dt.UTC)
+        value = value.astimezone(dt.UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(
+        self, value: dt.datetime | None, dialect: Dialect
+    ) -> dt.datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+    type_annotation_map = {dt.datetime: UTCDateTime(), dict[str, Any]: JSON}
+
+
+class Job(Base):
+    """One job of any kind: its spec, where it is in its life, and what it cost.
+
+    ``kind`` is checked against the registry of kinds (ftqueue.kinds) when a job is created,
+    not by the schema, so that adding a kind needs no migration.
+    """
+
+    __tablename__ = "jobs"
+    __table_args__ = (
+        CheckConstraint(_in("status", STATUSES), name="status"),
+        Index("ix_jobs_status_created_at", "status", "created_at"),
+        Index("ix_jobs_model_dataset_kind", "model", "dataset", "kind"),
+        Index("ix_jobs_spec_hash_status", "spec_hash", "status"),
+        # `list` pages newest first within a status or a sweep: (filter, id) serves both
+        # the filter and the order, instead of a walk back through every later job.
+        Index("ix_jobs_status_id", "status", "id"),
+        Index("ix_jobs_sweep_id_id", "sweep_id", "id"),
+        Index("ix_jobs_config_hash", "config_hash"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(
+        String(16), default=JobStatus.QUEUED.value, server_default=JobStatus.QUEUED.value
+    )
+    #: ``jsonb`` on PostgreSQL (revision 0005b), so ad-hoc SQL can index and compare it.
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON().with_variant(JSONB(), "postgresql"))
+    spec_hash: Mapped[str] = mapped_column(String(64))
+    #: Groups repeats (seeds) of one configuration in reports without parsing JSON in SQL.
+    config_hash: Mapped[str] = mapped_column(String(64), default=_config_hash_default)
+    model: Mapped[str] = mapped_column(String(512))
+    dataset: Mapped[str] = mapped_column(String(1024))
+    sweep_id: Mapped[str | None] = mapped_column(String(64))
+    #: The trial's number in its sweep (Optuna's trial number for an ``optuna`` sweep).
+    trial: Mapped[int | None] = mapped_column(Integer)
+    name: Mapped[str | None] = mapped_column(String(128))
+
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    max_attempts: Mapped[int] = mapped_column(Integer, default=3, server_default="3")
+    worker: Mapped[str | None] = mapped_column(String(255))
+    task_id: Mapped[str | None] = mapped_column(String(64))
+    cancel_requested: Mapped[bool] = mapped_column(default=False, server_default=false())
+
+    progress_phase: Mapped[str | None] = mapped_column(String(16))
+    progress_epoch: Mapped[int | None] = mapped_column(Integer)
+    progress_step: Mapped[int | None] = mapped_column(Integer)
+    progress_total: Mapped[int | None] = mapped_column(Integer)
+    progress_loss: Mapped[float | None] = mapped_column(Float)
+    #: Validation accuracy after the last finished epoch, and that epoch, for followers.
+    progress_val_accuracy: Mapped[float | None] = mapped_column(Float)
+    progress_val_epoch: Mapped[int | None] = mapped_column(Integer)
+
+    error_type: Mapped[str | None] = mapped_column(String(128))
+    error_message: Mapped[str | None] = mapped_column(Text)
+    #: The job's published directory (an adapter, predictions), once it succeeded.
+    output_path: Mapped[str | None] = mapped_column(Text)
+    #: Where under the artifacts directory the job's files are published (as <dir>/job-<id>).
+    output_dir: Mapped[str | None] = mapped_column(String(512))
+
+    # What the run cost, as columns so reports can sort and average them in SQL.
+    train_seconds: Mapped[float | None] = mapped_column(Float)
+    samples_per_second: Mapped[float | None] = mapped_column(Float)
+    peak_memory_mb: Mapped[float | None] = mapped_column(Float)
+    trainable_params: Mapped[int | None] = mapped_column(Integer)
+    total_params: Mapped[int | None] = mapped_column(Integer)
+    stats: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    #: The epoch whose adapter was kept and whose test accuracy is reported (best or last).
+    selected_epoch: Mapped[int | None] = mapped_column(Integer)
+
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow, server_default=func.now())
+    #: When the job last entered the queue (submitted or re-queued): lost-message detection.
+    queued_at: Mapped[dt.datetime | None]
+    started_at: Mapped[dt.datetime | None]
+    heartbeat_at: Mapped[dt.datetime | None]
+    lease_expires_at: Mapped[dt.datetime | None]
+    finished_at: Mapped[dt.datetime | None]
+
+    tags: Mapped[list[JobTag]] = relationship(
+        back_populates="job", cascade="all, delete-orphan", lazy="selectin", order_by="JobTag.tag"
+    )
+    results: Mapped[list[Result]] = relationship(
+        back_populates="job", cascade="all, delete-orphan", order_by="(Result.split, Result.epoch)"
+    )
+    events: Mapped[list[JobEvent]] = relationship(
+        back_populates="job", cascade="all, delete-orphan", order_by="JobEvent.id"
+    )
+
+    @property
+    def tag_names(self) -> list[str]:
+        return [t.tag for t in self.tags]
+
+    @property
+    def trainable_share(self) -> float | None:
+        if not self.trainable_params or not self.total_params:
+            return None
+        return self.trainable_params / self.total_params
+
+
+class JobTag(Base):
+    """A free-form label on a job, for filtering lists and reports."""
+
+    __tablename__ = "job_tags"
+    __table_args__ = (Index("ix_job_tags_tag", "tag"),)
+
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    tag: Mapped[str] = mapped_column(String(64), primary_key=True)
+
+    job: Mapped[Job] = relationship(back_populates="tags")
+
+
+class Result(Base):
+    """One measurement: a job's accuracy, macro-F1 and loss on one split after one epoch."""
+
+    __tablename__ = "results"
+    __table_args__ = (
+        UniqueConstraint("job_id", "split", "epoch"),
+        Index("ix_results_split_job_id", "split", "job_id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    attempt: Mapped[int] = mapped_column(Integer)
+    split: Mapped[str] = mapped_column(String(32))
+    epoch: Mapped[int] = mapped_column(Integer)
+    accuracy: Mapped[float] = mapped_column(Float)
+    loss: Mapped[float] = mapped_column(Float)
+    macro_f1: Mapped[float] = mapped_column(Float)
+    n_examples: Mapped[int] = mapped_column(Integer)
+    recorded_at: Mapped[dt.datetime] = mapped_column(default=utcnow, server_default=func.now())
+
+    job: Mapped[Job] = relationship(back_populates="results")
+
+
+class JobEvent(Base):
+    """A change in a job's life (queued, claimed, retried, finished ...), for `ftqueue show`."""
+
+    __tablename__ = "job_events"
+    __table_args__ = (Index("ix_job_events_job_id", "job_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    at: Mapped[dt.datetime] = mapped_column(default=utcnow, server_default=func.now())
+    status: Mapped[str] = mapped_column(String(16))
+    attempt: Mapped[int] = mapped_column(Integer, default=0)
+    worker: Mapped[str | None] = mapped_column(String(255))
+    detail: Mapped[str | None] = mapped_column(Text)
+
+    job: Mapped[Job] = relationship(back_populates="events")
+
+
+class Sweep(Base):
+    """A search over a space of specs: how trials are drawn, how many, and when to stop one.
+
+    Trials are created ``max_parallel`` at a time, by the submitting command and then by
+    whichever worker ends a trial; ``created`` is the next trial's number, taken under the
+    row's lock so two workers never make the same trial.
+    """
+
+    __tablename__ = "sweeps"
+    __table_args__ = (CheckConstraint(_in("status", ("active", "cancelled")), name="status"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    method: Mapped[str] = mapped_column(String(16))
+    #: The checked sweep file, with the base spec every trial starts from (pinned at submit).
+    definition: Mapped[dict[str, Any]] = mapped_column(JSON)
+    max_jobs: Mapped[int] = mapped_column(Integer)
+    max_parallel: Mapped[int] = mapped_column(Integer)
+    created: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    #: ASHA: keep the top 1/eta at each rung (None: no early stopping).
+    eta: Mapped[int | None] = mapped_column(Integer)
+    rungs: Mapped[list[int] | None] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(16), default="active", server_default="active")
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow, server_default=func.now())
+
+
+class RungDecision(Base):
+    """One trial at one rung of its sweep: its validation accuracy there and the verdict.
+
+    Written once per (trial, rung) under the sweep row's lock; a later attempt of the same
+    job reaching the rung reads the verdict instead of deciding again.
+    """
+
+    __tablename__ = "sweep_rungs"
+    __table_args__ = (Index("ix_sweep_rungs_sweep_id_rung", "sweep_id", "rung"),)
+
+    sweep_id: Mapped[str] = mapped_column(
+        ForeignKey("sweeps.id", ondelete="CASCADE"), primary_key=True
+    )
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    rung: Mapped[int] = mapped_column(Integer, primary_key=True)
+    attempt: Mapped[int] = mapped_column(Integer)
+    value: Mapped[float] = mapped_column(Float)
+    keep: Mapped[bool] = mapped_column()
+    #: The trial's rank among the ``out_of`` trials that had reached the rung when it decided.
+    rank: Mapped[int] = mapped_column(Integer)
+    out_of: Mapped[int] = mapped_column(Integer)
+    decided_at: Mapped[dt.datetime] = mapped_column(default=utcnow, server_default=func.now())

@@ -1,0 +1,1 @@
+"""Submitting jobs: check specs, write the rows, commit, then publish their ids."""

@@ -1,0 +1,265 @@
+"""Sweeps in the queue: create one from a plan, fill its free slots with trials, cancel it.
+
+There is no sweep process to lose. `ftqueue sweep` inserts the sweep row and its first
+``max_parallel`` trials (submission.start_sweep); from then on, whichever worker ends a trial
+fills the freed slot (``after_trial``), and the reaper fills any slot left free by a worker
+that died in between.
+Each fill holds the sweep row's lock while it takes trial numbers, so two workers ending
+trials at once never make the same trial, nor more than the budget.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from sqlalchemy import func, select
+
+from ftqueue.core.states import JobStatus
+from ftqueue.errors import SpecError
+from ftqueue.queue import eager
+from ftqueue.settings import get_settings
+from ftqueue.store import db, lifecycle
+from ftqueue.store.schema import Job, Result, Sweep
+from ftqueue.sweeps.sweepfile import SweepPlan
+
+log = logging.getLogger(__name__)
+
+ACTIVE = "active"
+CANCELLED = "cancelled"
+_PENDING = (JobStatus.QUEUED, JobStatus.RUNNING)
+
+
+def create(sweep_id: str, plan: SweepPlan) -> None:
+    """Write the sweep row (no trials yet); SpecError when the id is taken."""
+    with db.session_scope(write=True) as session:
+        if session.get(Sweep, sweep_id) is not None or session.scalar(
+            select(func.count()).select_from(Job).where(Job.sweep_id == sweep_id)
+        ):
+            raise SpecError(
+                f"sweep {sweep_id!r} already exists: give the sweep another name, or "
+                "leave name out for a new id",
+                param="name",
+            )
+        session.add(
+            Sweep(
+                id=sweep_id,
+                kind=plan.kind,
+                method=plan.method,
+                definition=plan.to_dict(),
+                max_jobs=plan.max_jobs,
+                max_parallel=plan.max_parallel,
+                created=0,
+                eta=plan.eta,
+                rungs=list(plan.rungs) if plan.eta else None,
+                status=ACTIVE,
+            )
+        )
+    if plan.method == "optuna":
+        from ftqueue.sweeps import search
+
+        search.create_study(sweep_id, plan)
+
+
+def plan_of(sweep: Sweep) -> SweepPlan:
+    return SweepPlan.from_dict(dict(sweep.definition))
+
+
+def fill(sweep_id: str) -> list[Job]:
+    """Queue trials into the sweep's free slots (none when cancelled or out of budget).
+
+    The new jobs are published, or, in eager mode, held by this process to run itself.
+    """
+    settings = get_settings()
+    asked: list[tuple[int, dict[str, Any]]] = []
+    sweep = get(sweep_id)
+    if sweep is None or sweep.status != ACTIVE:
+        return []
+    # Read first: the reaper calls this for every active sweep on every pass, and most find
+    # no free slot; only a sweep with one takes the lock (on SQLite, the database's).
+    wanted = _free_slots(sweep_id, sweep)
+    if wanted <= 0:
+        return []
+    plan = plan_of(sweep)
+    if plan.method == "optuna":
+        from ftqueue.sweeps import search
+
+        # Optuna is asked before the sweep row is locked: an ask takes a while. A proposal
+        # that finds its slot taken meanwhile is told to Optuna as failed (search.discard).
+        asked = [search.ask(sweep_id, plan) for _ in range(wanted)]
+    with db.session_scope(write=True) as session:
+        sweep = session.scalars(
+            select(Sweep).where(Sweep.id == sweep_id).with_for_update()
+        ).one_or_none()
+        if sweep is None or sweep.status != ACTIVE:
+            free = 0
+        else:
+            free = _free_slots(sweep_id, sweep, session)
+        if plan.method == "optuna":
+            trials, unused = asked[:free], asked[free:]
+        else:
+            trials = (
+                [(n, plan.trial_values(n)) for n in range(sweep.created, sweep.created + free)]
+                if sweep
+                else []
+            )
+            unused = []
+        jobs = _create(session, sweep_id, plan, trials) if trials else []
+        if sweep is not None:
+            sweep.created += len(trials)
+    if unused:
+        from ftqueue.sweeps import search
+
+        search.discard(sweep_id, [number for number, _ in unused])
+    if jobs and not settings.eager:
+        publish(jobs)
+    return jobs
+
+
+def publish(jobs: list[Job]) -> None:
+    """Publish new trials; a trial whose message could not be sent stays queued for the reaper."""
+    from ftqueue.queue import broker
+
+    broker.publish(jobs)
+
+
+def _free_slots(sweep_id: str, sweep: Sweep, session: Any = None) -> int:
+    """How many trials the sweep may start now: free parallel slots, within the budget."""
+    query = (
+        select(func.count())
+        .select_from(Job)
+        .where(Job.sweep_id == sweep_id, Job.status.in_(_PENDING))
+    )
+    if session is None:
+        with db.session_scope() as own:
+            pending = own.scalar(query)
+    else:
+        pending = session.scalar(query)
+    return max(0, min(sweep.max_parallel - int(pending or 0), sweep.max_jobs - sweep.created))
+
+
+def _create(
+    session: Any, sweep_id: str, plan: SweepPlan, trials: list[tuple[int, dict[str, Any]]]
+) -> list[Job]:
+    settings = get_settings()
+    new = []
+    for number, values in trials:
+        spec = plan.spec(values)
+        new.append(
+            lifecycle.NewJob(
+                kind=spec.kind,
+                spec=spec.to_dict(),
+                spec_hash=spec.spec_hash(),
+                model=spec.model,
+                dataset=spec.source(),
+                tags=plan.tags,
+                sweep_id=sweep_id,
+                trial=number,
+                output_dir=None,
+            )
+        )
+    return lifecycle.create_jobs(
+        session,
+        new,
+        max_attempts=settings.max_attempts,
+        held_by=eager.holder() if settings.eager else None,
+        lease_seconds=settings.lease_seconds,
+    )
+
+
+def after_trial(job_id: int) -> list[Job]:
+    """A trial ended: report it to the sweep's search (Optuna), then fill the free slots."""
+    with db.session_scope() as session:
+        row = session.execute(
+            select(Job.sweep_id, Job.trial, Job.status, Sweep.method)
+            .join(Sweep, Sweep.id == Job.sweep_id)
+            .where(Job.id == job_id)
+        ).one_or_none()
+    if row is None:
+        return []
+    if row.method == "optuna" and row.trial is not None and JobStatus(row.status).terminal:
+        from ftqueue.sweeps import search
+
+        search.tell(row.sweep_id, row.trial, row.status, validation_curve(job_id))
+    return fill(row.sweep_id)
+
+
+def validation_curve(job_id: int) -> list[tuple[int, float]]:
+    """(epoch, validation accuracy) of a job, in epoch order."""
+    with db.session_scope() as session:
+        rows = session.execute(
+            select(Result.epoch, Result.accuracy)
+            .where(Result.job_id == job_id, Result.split == "validation")
+            .order_by(Result.epoch)
+        )
+        return [(int(e), float(a)) for e, a in rows]
+
+
+def fill_all() -> list[Job]:
+    """Fill every active sweep's free slots (the reaper's pass)."""
+    with db.session_scope() as session:
+        active = list(session.scalars(select(Sweep.id).where(Sweep.status == ACTIVE)))
+    created: list[Job] = []
+    for sweep_id in active:
+        created += fill(sweep_id)
+    return created
+
+
+def stop(sweep_id: str) -> bool:
+    """Make no more trials for the sweep; False when there is no such sweep row.
+
+    `ftqueue cancel --sweep` calls this before it cancels the sweep's jobs, so a worker
+    filling a slot at the same moment either made its trial before (and it gets cancelled) or
+    sees the sweep stopped.
+    """
+    with db.session_scope(write=True) as session:
+        sweep = session.scalars(
+            select(Sweep).where(Sweep.id == sweep_id).with_for_update()
+        ).one_or_none()
+        if sweep is None:
+            return False
+        sweep.status = CANCELLED
+        return True
+
+
+def get(sweep_id: str) -> Sweep | None:
+    with db.session_scope() as session:
+        sweep = session.get(Sweep, sweep_id)
+        if sweep is not None:
+            session.expunge(sweep)
+        return sweep
+
+
+def job_statuses(sweep_id: str) -> dict[int, str]:
+    """The status of every trial made so far, by job id."""
+    with db.session_scope() as session:
+        rows = session.execute(select(Job.id, Job.status).where(Job.sweep_id == sweep_id))
+        return {int(i): str(s) for i, s in rows}
+
+
+def finished(sweep_id: str) -> bool:
+    """No trial pending and none still to make (out of budget, or stopped)."""
+    sweep = get(sweep_id)
+    statuses = job_statuses(sweep_id)
+    if any(JobStatus(s).pending for s in statuses.values()):
+        return False
+    return sweep is None or sweep.status != ACTIVE or sweep.created >= sweep.max_jobs
+
+
+def held_queued(sweep_id: str) -> list[Job]:
+    """The sweep's queued trials held by this eager process, oldest first."""
+    with db.session_scope() as session:
+        jobs = list(
+            session.scalars(
+                select(Job)
+                .where(
+                    Job.sweep_id == sweep_id,
+                    Job.status == JobStatus.QUEUED,
+                    Job.worker == eager.holder(),
+                )
+                .order_by(Job.id)
+            )
+        )
+        for job in jobs:
+            session.expunge(job)
+        return jobs
