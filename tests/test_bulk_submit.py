@@ -82,6 +82,7 @@ def durable_redis(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[P
     server.kill()
 
 
+@pytest.mark.slow
 def test_redis_killed_mid_publish_leaves_rows_the_reaper_publishes_once(
     any_db_url: str, durable_redis: PrivateRedis
 ) -> None:

@@ -41,6 +41,7 @@ CUDA = _cuda()
 DRY_RUN = not CUDA and os.environ.get("FTQUEUE_GPU_CHECK_CPU", "") == "1"
 pytestmark = [
     pytest.mark.gpu,
+    pytest.mark.slow,
     pytest.mark.skipif(not (CUDA or DRY_RUN), reason="needs a CUDA GPU"),
 ]
 #: Where the GPU check collects what these tests measured (peak memory per job).

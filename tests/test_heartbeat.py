@@ -87,6 +87,7 @@ def test_a_cancel_is_seen_within_2s_by_a_beat_that_writes_nothing(any_db_url: st
     assert beat.writes == 0 and beat.reads >= 2
 
 
+@pytest.mark.slow
 def test_a_quiet_job_keeps_its_lease_and_a_dead_workers_lease_lapses(
     pg_url: str, redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

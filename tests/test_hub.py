@@ -17,6 +17,9 @@ import pytest
 
 from tests.procs import child_env, count_jobs
 
+# Each test starts a local server (a fake hub, or one that never answers) and a subprocess.
+pytestmark = pytest.mark.slow
+
 KNOWN = {"/api/models/org/known-model", "/api/datasets/org/known-data"}
 
 

@@ -118,6 +118,7 @@ def spec(seed: int) -> LoraSpec:
     )
 
 
+@pytest.mark.slow
 def test_two_workers_survive_a_dozen_kinds_of_garbage_then_run_jobs(
     workers: list[WorkerProcess], redis_url: str
 ) -> None:

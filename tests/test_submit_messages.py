@@ -106,6 +106,7 @@ def test_near_names_that_are_not_slips_are_left_alone() -> None:
     assert close_match("movie_snippets", ["movie-snippets"]) == "movie-snippets"
 
 
+@pytest.mark.slow
 def test_an_unreachable_hub_fails_a_hub_dataset_fast_on_the_worker(tmp_path: Path) -> None:
     """Loading a hub dataset while the hub refuses connections: the local cache only, then
     one line, not the libraries' five retries (about 25 s)."""
@@ -130,6 +131,7 @@ def test_an_unreachable_hub_fails_a_hub_dataset_fast_on_the_worker(tmp_path: Pat
     assert float(seconds) < 8, (seconds, time.monotonic() - started)
 
 
+@pytest.mark.slow
 def test_an_unreachable_hub_fails_a_hub_model_fast_on_the_worker(tmp_path: Path) -> None:
     env = child_env(HF_ENDPOINT="http://127.0.0.1:1", HF_HOME=str(tmp_path / "hf"))
     env.pop("HF_HUB_OFFLINE", None)

@@ -31,6 +31,7 @@ def pool() -> Iterator[list[WorkerProcess]]:
         worker.stop()
 
 
+@pytest.mark.slow
 def test_a_second_worker_with_a_live_workers_name_refuses_to_start(
     pg_url: str, redis_url: str, pool: list[WorkerProcess], tmp_path: Path
 ) -> None:
