@@ -16,6 +16,10 @@ text says what to do when something is wrong.
 
 Under FTQUEUE_EAGER=1 ``submit`` runs the new jobs in this process before it returns, so
 ``wait`` finds them ended.
+
+This module holds the jobs' functions; what the other commands need lives in one module per
+concern (``adapters``: predict, export; ``reporting``; ``sweeping``; ``admin``: schema and
+workers; ``following``), each function also reachable as ``api.<name>``.
 """
 
 from __future__ import annotations
