@@ -36,26 +36,18 @@ def complete_jobs(incomplete: str, *, runs_only: bool = False) -> list[Any]:
     from click.shell_completion import CompletionItem
 
     try:
-        from ftqueue import kinds
+        from ftqueue import api
         from ftqueue.core.text import display_name
-        from ftqueue.store import db, reads
 
-        with db.session_scope() as session:
-            jobs = reads.list_jobs(
-                session,
-                statuses=("succeeded",) if runs_only else (),
-                job_kinds=kinds.with_role(kinds.Role.RUN) if runs_only else (),
-                limit=COMPLETIONS,
+        return [
+            CompletionItem(
+                str(job["id"]),
+                help=f"{job['kind']} {job['status']}: {display_name(job['model'])} on "
+                f"{display_name(job['dataset'])}",
             )
-            return [
-                CompletionItem(
-                    str(job.id),
-                    help=f"{job.kind} {job.status}: {display_name(job.model)} on "
-                    f"{display_name(job.dataset)}",
-                )
-                for job in jobs
-                if str(job.id).startswith(incomplete)
-            ]
+            for job in api.completions(runs_only=runs_only, limit=COMPLETIONS)
+            if str(job["id"]).startswith(incomplete)
+        ]
     except Exception:
         return []
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import click
 
 from ftqueue.cli.common import echo_json, json_option
-from ftqueue.store import db
 
 
 @click.group("db")
@@ -23,10 +22,10 @@ def upgrade(revision: str) -> None:
       ftqueue db upgrade
       FTQUEUE_DATABASE_URL=postgresql+psycopg://postgres@db/ftqueue ftqueue db upgrade
     """
-    url = db.database_url()
-    before = db.upgrade(url, revision)  # read under the lock: a concurrent upgrade came first
-    after = db.current_revision(url)
-    where = db.safe_url(url)
+    from ftqueue import api
+
+    where = api.db_url()
+    before, after = api.db_upgrade(revision=revision)
     if before == after:
         click.echo(f"{where} is already at revision {after}.")
     else:
@@ -51,9 +50,10 @@ def downgrade(revision: str, yes: bool) -> None:
     if revision.startswith("--"):
         # Unknown options pass as arguments here so that `-1` can; a flag is still a mistake.
         raise click.NoSuchOption(revision, ctx=click.get_current_context())
-    url = db.database_url()
-    where = db.safe_url(url)
-    loss = db.downgrade_loss(url, revision)
+    from ftqueue import api
+
+    where = api.db_url()
+    loss = api.db_downgrade_loss(revision=revision)
     if loss is not None:
         jobs, results = loss
         what = f"drops every table of {where}: {jobs} jobs and {results} results"
@@ -61,8 +61,8 @@ def downgrade(revision: str, yes: bool) -> None:
             click.echo(f"Downgrading to {revision} {what}.")
         else:
             click.confirm(f"Downgrading to {revision} {what} would be lost. Continue?", abort=True)
-    db.downgrade(url, revision)
-    click.echo(f"{where} is now at revision {db.current_revision(url) or 'base'}.")
+    now = api.db_downgrade(revision=revision)
+    click.echo(f"{where} is now at revision {now or 'base'}.")
 
 
 @db_group.command("current")
@@ -74,11 +74,12 @@ def current(as_json: bool) -> None:
     Example:
       ftqueue db current --json
     """
-    url = db.database_url()
-    rev = db.current_revision(url)
-    head = db.head_revision()
+    from ftqueue import api
+
+    schema = api.db_current()
     if as_json:
-        echo_json({"url": db.safe_url(url), "revision": rev, "head": head})
+        echo_json(schema)
         return
+    rev, head = schema["revision"], schema["head"]
     state = "up to date" if rev == head else "run `ftqueue db upgrade`"
-    click.echo(f"{db.safe_url(url)}: revision {rev or 'none'} (head {head}, {state})")
+    click.echo(f"{schema['url']}: revision {rev or 'none'} (head {head}, {state})")

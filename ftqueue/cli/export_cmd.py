@@ -35,27 +35,14 @@ def export_cmd(
       ftqueue export 12 exported/reviews
       ftqueue export 12 exported/reviews --push-to-hub my-org/reviews-classifier --private
     """
-    from ftqueue.artifacts import publishing
-    from ftqueue.inputs import hub
-    from ftqueue.store import db, reads
+    from ftqueue import api
 
-    if repo is not None:
-        hub.check_repo(repo)
-    publishing.check_new_dir(directory, param="DIR")
-    db.ensure_ready()
-    adapter = reads.adapter_dir_of(job_id, flag="job")
-    metadata = publishing.check_adapter_dir(adapter)
-    publishing.check_exportable(metadata, job_id)
-    from ftqueue import training
-
-    out = training.export_adapter(adapter, directory, job_id=job_id)
-    url = None
-    if repo is not None:
-        url = hub.push(out, repo, private=private, message=f"ftqueue export of job {job_id}")
+    done = api.export(job_id=job_id, directory=directory, repo=repo, private=private)
     if as_json:
-        echo_json({"job_id": job_id, "directory": str(out), "hub_url": url})
+        echo_json({"job_id": job_id, "directory": str(done.directory), "hub_url": done.hub_url})
         return
-    labels = ", ".join(str(n) for n in metadata["label_names"])
-    click.echo(f"job {job_id}: exported to {out} (labels: {labels})")
-    if url is not None:
-        click.echo(f"uploaded to {url}")
+    click.echo(
+        f"job {job_id}: exported to {done.directory} (labels: {', '.join(done.label_names)})"
+    )
+    if done.hub_url is not None:
+        click.echo(f"uploaded to {done.hub_url}")

@@ -7,12 +7,11 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ftqueue import api
+from ftqueue.api import JobState
+from ftqueue.cli.render import utcnow
 from ftqueue.core.states import JobStatus
 from ftqueue.core.text import duration
 from ftqueue.settings import get_settings
-from ftqueue.store import reads
-from ftqueue.store.reads import JobState
-from ftqueue.store.schema import utcnow
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -157,31 +156,25 @@ def summary_table(job_ids: Sequence[int]) -> Any:
 
     from ftqueue.cli.render import status_text
 
-    snaps = reads.job_states(job_ids)
-    results = reads.final_results(job_ids)
-    outputs = reads.outputs_of(job_ids)
     table = Table(header_style="bold")
     for name in ("job", "kind", "status", "split", "accuracy", "macro-F1", "loss", "note"):
         table.add_column(
             name, justify="right" if name in ("job", "accuracy", "macro-F1", "loss") else "left"
         )
-    for jid in job_ids:
-        s = snaps.get(jid)
-        if s is None:
-            continue
-        r = results.get(jid)
-        note = s.error or ""
-        if not r and jid in outputs:  # nothing measured (predictions): where the files are
-            label, paths = outputs[jid]
+    for end in api.endings(job_ids=job_ids):
+        r = end.result
+        note = end.error or ""
+        if not r and end.output:  # nothing measured (predictions): where the files are
+            label, paths = end.output
             note = f"{label}: {paths[0]}"
         table.add_row(
-            str(jid),
-            s.kind,
-            status_text(s.status),
-            r.split if r else "",
-            f"{r.accuracy:.4f}" if r else "",
-            f"{r.macro_f1:.4f}" if r else "",
-            f"{r.loss:.4f}" if r else "",
+            str(end.id),
+            end.kind,
+            status_text(end.status),
+            r["split"] if r else "",
+            f"{r['accuracy']:.4f}" if r else "",
+            f"{r['macro_f1']:.4f}" if r else "",
+            f"{r['loss']:.4f}" if r else "",
             note[:160],
         )
     return table

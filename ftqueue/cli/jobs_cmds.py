@@ -8,9 +8,6 @@ from ftqueue import kinds
 from ftqueue.cli.common import COUNT, JOB_ID, console, echo_json, json_option
 from ftqueue.cli.render import job_details, jobs_table
 from ftqueue.core.states import STATUSES, JobStatus
-from ftqueue.core.text import quote
-from ftqueue.queue import eager
-from ftqueue.store import db, reads
 
 
 @click.command("list")
@@ -62,43 +59,27 @@ def list_cmd(
       ftqueue list --before 950      # the page after one that ended at job 950
     """
     from ftqueue import api
-    from ftqueue.inputs.pinning import stored_dataset, stored_model
 
+    jobs = api.jobs(
+        statuses=statuses,
+        kinds=job_kinds,
+        sweep=sweep,
+        tags=tags,
+        model=model,
+        dataset=dataset,
+        limit=None if show_all else limit,
+        before=before,
+    )
     if as_json:
-        echo_json(
-            api.jobs(
-                statuses=statuses,
-                kinds=job_kinds,
-                sweep=sweep,
-                tags=tags,
-                model=model,
-                dataset=dataset,
-                limit=None if show_all else limit,
-                before=before,
-            )
-        )
+        echo_json(jobs)
         return
-    db.ensure_ready()
-    eager.settle()
-    with db.session_scope() as session:
-        jobs = reads.list_jobs(
-            session,
-            statuses=statuses,
-            job_kinds=job_kinds,
-            sweep=sweep,
-            tags=tags,
-            model=stored_model(model) if model else None,
-            dataset=stored_dataset(dataset) if dataset else None,
-            limit=None if show_all else limit,
-            before=before,
-        )
-        if not jobs:
-            click.echo("No jobs match. Submit one with `ftqueue submit lora --help`.")
-            return
-        out = console()
-        out.print(jobs_table(jobs, width=out.width))
-        if not show_all and len(jobs) == limit:
-            click.echo(f"older jobs: the same command with --before {jobs[-1].id}")
+    if not jobs:
+        click.echo("No jobs match. Submit one with `ftqueue submit lora --help`.")
+        return
+    out = console()
+    out.print(jobs_table(jobs, width=out.width))
+    if not show_all and len(jobs) == limit:
+        click.echo(f"older jobs: the same command with --before {jobs[-1]['id']}")
 
 
 @click.command("status")
@@ -125,16 +106,13 @@ def status_cmd(job_id: int, follow: bool, as_json: bool) -> None:
     if as_json and not follow:
         echo_json(api.job(job_id))
         return
-    db.ensure_ready()
-    eager.settle([job_id])
-    with db.session_scope() as session:
-        job = reads.get_job(session, job_id)
-        if not follow:
-            console().print(job_details(job))
-            return
+    if not follow:
+        console().print(job_details(api.job(job_id, detail=True)))
+        return
     from ftqueue.cli.follow import exit_code
     from ftqueue.cli.follow import follow as follow_jobs
 
+    api.states(job_id)  # no such job: say so before following
     out = console()
     try:
         statuses = follow_jobs([job_id], console=out)
@@ -143,8 +121,7 @@ def status_cmd(job_id: int, follow: bool, as_json: bool) -> None:
     if as_json:
         echo_json(api.job(job_id))
     else:
-        with db.session_scope() as session:
-            out.print(job_details(reads.get_job(session, job_id)))
+        out.print(job_details(api.job(job_id, detail=True)))
     raise SystemExit(exit_code(list(statuses.values())))
 
 
@@ -161,23 +138,12 @@ def cancel_cmd(job_ids: tuple[int, ...], sweep: str | None, as_json: bool) -> No
       ftqueue cancel --sweep 7f3a9c
     """
     from ftqueue import api
-    from ftqueue.sweeps import trials
 
     if not job_ids and not sweep:
         raise click.UsageError("give job ids, or --sweep S")
-    ids = list(job_ids)
-    if sweep and trials.stop(sweep):
+    if sweep and api.stop_sweep(sweep_id=sweep):
         click.echo(f"sweep {sweep}: stopped; it makes no more trials", err=as_json)
-    if sweep:
-        db.ensure_ready()
-        with db.session_scope() as session:
-            found = reads.list_jobs(session, sweep=sweep, limit=None)
-        if not found:
-            raise click.ClickException(
-                f"no jobs in sweep {quote(sweep)}: `ftqueue list` shows them"
-            )
-        ids += [job.id for job in found]
-    outcomes = api.cancel(ids)
+    outcomes = api.cancel(job_ids, sweep=sweep)
     if as_json:
         echo_json([{"id": o.job_id, "before": o.before, "after": o.after} for o in outcomes])
         return

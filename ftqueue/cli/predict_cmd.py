@@ -13,15 +13,6 @@ from ftqueue.cli.submitting import submit_specs
 from ftqueue.kinds.predict import PredictSpec
 
 
-def _adapters(job_ids: list[int]) -> dict[int, dict[str, Any]]:
-    """Each adapter's metadata (its model and max length become the job's)."""
-    from ftqueue.artifacts import publishing
-    from ftqueue.store import db, reads
-
-    db.ensure_ready()
-    return {jid: publishing.check_adapter_dir(reads.adapter_dir_of(jid)) for jid in job_ids}
-
-
 @click.command("predict")
 @spec_options(PredictSpec)
 @click.option(
@@ -42,17 +33,18 @@ def submit_predict(**kw: Any) -> None:
       ftqueue submit predict --adapter-job 12 --input posts.jsonl --text-column body
       ftqueue submit predict --adapter-job 12,13 --input reviews.parquet   # one job each
     """
-    from ftqueue.inputs import unlabelled
+    from ftqueue import api
 
     queue = pop_queue_options(kw)
     queue["output_dir"] = kw.pop("output_dir")
     # Workers read the file, maybe from another directory: the path goes in absolute.
     path = Path(kw.pop("input")).expanduser().absolute()
-    digest = unlabelled.file_sha256(path)
+    digest = api.file_sha256(path=path)
     fixed, grid = split_grid(PredictSpec, kw)
     # A handful of rows (one per adapter and value): read twice, so kept as a list.
     rows = list(expand({**fixed, "input": str(path), "input_sha256": digest}, grid))
-    adapters = _adapters(sorted({row["adapter_job"] for row in rows}))
+    # Each adapter's metadata: its model and max length become the job's.
+    adapters = api.adapters(job_ids=sorted({row["adapter_job"] for row in rows}))
     specs = []
     for row in rows:
         meta = adapters[row["adapter_job"]]
@@ -75,26 +67,12 @@ def predict_cmd(job_id: int, texts: tuple[str, ...], as_json: bool) -> None:
       ftqueue predict 12 "not bad at all" --json
     For a file of texts, queue a job: ftqueue submit predict --adapter-job 12 --input FILE
     """
-    from ftqueue.artifacts import publishing
-    from ftqueue.store import db, reads
+    from ftqueue import api
 
     if any(not t.strip() for t in texts):
         raise click.BadParameter("every TEXT must hold some text", param_hint="TEXT")
-    db.ensure_ready()
-    adapter = reads.adapter_dir_of(job_id, flag="job")
-    publishing.check_adapter_dir(adapter)
-    from ftqueue import training
-
-    labelled = training.label_texts(adapter, list(texts))
-    names = labelled.label_names
-    rows: list[dict[str, Any]] = [
-        {
-            "text": text,
-            "label": label,
-            "probabilities": dict(zip(names, map(float, p), strict=True)),
-        }
-        for text, label, p in zip(texts, labelled.labels, labelled.probabilities, strict=True)
-    ]
+    rows = api.predict(job_id=job_id, texts=texts)
+    names = list(rows[0]["probabilities"])
     if as_json:
         echo_json(rows)
         return

@@ -1,13 +1,16 @@
-"""Rich renderings of jobs for the terminal."""
+"""Rich renderings of jobs for the terminal, from their JSON form (``api.job``, ``api.jobs``)."""
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
+from ftqueue import kinds
 from ftqueue.core.states import JobStatus
 from ftqueue.core.text import age, display_names, duration
-from ftqueue.store.reads import published
-from ftqueue.store.schema import Job, utcnow
+
+#: A job as ``api.job`` and ``api.jobs`` give it (and `--json` prints it).
+Job = dict[str, Any]
 
 STATUS_STYLE: dict[str, str] = {
     JobStatus.QUEUED: "cyan",
@@ -26,19 +29,30 @@ def dataset_name_of(spec: Any) -> str | None:
     return name if isinstance(name, str) else None
 
 
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def when(value: str | None) -> dt.datetime | None:
+    """A time of a job's JSON form (ISO 8601) as a datetime."""
+    return dt.datetime.fromisoformat(value) if value is not None else None
+
+
 def elapsed(job: Job) -> float | None:
-    if job.started_at is None:
+    started = when(job["started_at"])
+    if started is None:
         return None
-    end = job.finished_at or utcnow()
-    return (end - job.started_at).total_seconds()
+    end = when(job["finished_at"]) or utcnow()
+    return (end - started).total_seconds()
 
 
 def progress_text(job: Job) -> str:
-    if job.status != JobStatus.RUNNING or not job.progress_total:
+    p = job["progress"]
+    if job["status"] != JobStatus.RUNNING or not p["total"]:
         return ""
-    pct = 100.0 * (job.progress_step or 0) / job.progress_total
-    loss = f" loss {job.progress_loss:.3f}" if job.progress_loss is not None else ""
-    epoch = f"ep {job.progress_epoch} " if job.progress_epoch else ""
+    pct = 100.0 * (p["step"] or 0) / p["total"]
+    loss = f" loss {p['loss']:.3f}" if p["loss"] is not None else ""
+    epoch = f"ep {p['epoch']} " if p["epoch"] else ""
     return f"{epoch}{pct:.0f}%{loss}"
 
 
@@ -60,21 +74,22 @@ def jobs_table(jobs: list[Job], *, width: int | None = None, title: str | None =
     """
     from rich.markup import escape
 
-    given = {j.dataset: name for j in jobs if (name := dataset_name_of(j.spec))}
-    names = display_names([*(j.model for j in jobs), *(j.dataset for j in jobs)], given)
+    given = {j["dataset"]: name for j in jobs if (name := dataset_name_of(j["spec"]))}
+    names = display_names([*(j["model"] for j in jobs), *(j["dataset"] for j in jobs)], given)
+    now = utcnow()
     rows = [
         {
-            "id": str(job.id),
-            "kind": job.kind,
-            "status": status_text(job.status),
-            "model": escape(names[job.model]),
-            "dataset": escape(names[job.dataset]),
-            "sweep": job.sweep_id or "",
-            "tags": escape(",".join(job.tag_names)),
-            "try": f"{job.attempts}/{job.max_attempts}",
+            "id": str(job["id"]),
+            "kind": job["kind"],
+            "status": status_text(job["status"]),
+            "model": escape(names[job["model"]]),
+            "dataset": escape(names[job["dataset"]]),
+            "sweep": job["sweep_id"] or "",
+            "tags": escape(",".join(job["tags"])),
+            "try": f"{job['attempts']}/{job['max_attempts']}",
             "progress": progress_text(job),
             "time": duration(elapsed(job)),
-            "age": duration((utcnow() - job.created_at).total_seconds()),
+            "age": duration((now - _created(job)).total_seconds()),
         }
         for job in jobs
     ]
@@ -121,50 +136,65 @@ def _jobs_table(
             justify="right" if name in ("id", "try", "time", "age") else "left",
             no_wrap=name not in ("model", "dataset", "tags", "progress", "sweep"),
             overflow="fold",
-            min_width=max(len(j.status) for j in jobs) if name == "status" else None,
+            min_width=max(len(j["status"]) for j in jobs) if name == "status" else None,
         )
     for row in rows:
         table.add_row(*(row[c] for c in columns))
     return table
 
 
+def _created(job: Job) -> dt.datetime:
+    created = when(job["created_at"])
+    assert created is not None, "every job has a creation time"
+    return created
+
+
+def published(job: Job) -> tuple[str, list[str]]:
+    """What a job published, as its kind names it, and the paths to show."""
+    kind = kinds.get(job["kind"])
+    return (kind.output_label if kind is not None else "output"), job["output_files"]
+
+
 def job_details(job: Job) -> Any:
+    """One job's key facts; ``job`` is its detailed JSON form (``api.job(id, detail=True)``)."""
     from rich.table import Table
 
     table = Table(show_header=False, box=None, pad_edge=False)
     table.add_column(style="bold")
     table.add_column()
     rows: list[tuple[str, str]] = [
-        ("job", f"{job.id} ({job.kind})"),
-        ("status", status_text(job.status)),
-        ("model", job.model),
-        ("dataset", job.dataset),
+        ("job", f"{job['id']} ({job['kind']})"),
+        ("status", status_text(job["status"])),
+        ("model", job["model"]),
+        ("dataset", job["dataset"]),
     ]
-    if job.name:
-        rows.append(("name", job.name))
-    if job.sweep_id:
-        trial = f" (trial {job.trial})" if job.trial is not None else ""
-        rows.append(("sweep", f"{job.sweep_id}{trial}"))
-    if job.selected_epoch is not None:
-        pruned = (job.stats or {}).get("pruned_at")
+    if job["name"]:
+        rows.append(("name", job["name"]))
+    if job["sweep_id"]:
+        trial = f" (trial {job['trial']})" if job["trial"] is not None else ""
+        rows.append(("sweep", f"{job['sweep_id']}{trial}"))
+    if job["selected_epoch"] is not None:
+        pruned = (job["stats"] or {}).get("pruned_at")
         why = f"pruned at epoch {pruned}; " if pruned else ""
-        rows.append(("selected epoch", f"{job.selected_epoch} ({why}its adapter is kept)"))
-    if job.tags:
-        rows.append(("tags", ", ".join(job.tag_names)))
-    rows.append(("attempts", f"{job.attempts} of {job.max_attempts}"))
-    if job.worker:
-        rows.append(("worker", job.worker))
-    if job.status == JobStatus.RUNNING:
-        rows.append(("progress", progress_text(job) or (job.progress_phase or "starting")))
-    if job.cancel_requested and job.status == JobStatus.RUNNING:
+        rows.append(("selected epoch", f"{job['selected_epoch']} ({why}its adapter is kept)"))
+    if job["tags"]:
+        rows.append(("tags", ", ".join(job["tags"])))
+    rows.append(("attempts", f"{job['attempts']} of {job['max_attempts']}"))
+    if job["worker"]:
+        rows.append(("worker", job["worker"]))
+    if job["status"] == JobStatus.RUNNING:
+        phase = job["progress"]["phase"]
+        rows.append(("progress", progress_text(job) or (phase or "starting")))
+    if job["cancel_requested"] and job["status"] == JobStatus.RUNNING:
         rows.append(("cancel", "requested; stops at its next step"))
-    rows.append(("created", f"{job.created_at:%Y-%m-%d %H:%M:%S} UTC ({age(job.created_at)})"))
-    if job.started_at:
+    created = _created(job)
+    rows.append(("created", f"{created:%Y-%m-%d %H:%M:%S} UTC ({age(created)})"))
+    if job["started_at"]:
         rows.append(("run time", duration(elapsed(job))))
-    if job.samples_per_second:
-        rows.append(("speed", f"{job.samples_per_second:,.0f} samples/s"))
-    if job.error_message:
-        rows.append(("error", f"[red]{job.error_type}: {job.error_message}[/]"))
+    if job["samples_per_second"]:
+        rows.append(("speed", f"{job['samples_per_second']:,.0f} samples/s"))
+    if job["error_message"]:
+        rows.append(("error", f"[red]{job['error_type']}: {job['error_message']}[/]"))
     label, paths = published(job)
     rows += [(label, path) for path in paths]
     for key, value in rows:

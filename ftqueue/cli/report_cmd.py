@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from ftqueue.cli.common import JOB_ID, console, echo_json, json_option
-from ftqueue.cli.render import job_details
+from ftqueue.cli.render import Job, job_details, when
 from ftqueue.core.files import write_bytes_atomic
 from ftqueue.core.states import STATUSES
 from ftqueue.core.text import duration
-from ftqueue.queue import eager
 from ftqueue.specs import SPLITS
-from ftqueue.store import db, reads
-from ftqueue.store.schema import Job
+
+if TYPE_CHECKING:
+    from ftqueue.report.sweep import SweepReport
 
 
 @click.command("report")
@@ -148,9 +148,8 @@ def report_cmd(
       ftqueue report --since 2d --plot report.png --html report.html
       ftqueue report --group-by r,lr --plot grid.jpg --top 10
     """
-    from ftqueue.inputs.pinning import stored_dataset, stored_model
-    from ftqueue.report import ReportOptions, build_report, render, validation_curves
-    from ftqueue.report.options import check_output
+    from ftqueue import api
+    from ftqueue.report import render
 
     if as_json:
         if fmt not in ("table", "json"):
@@ -159,25 +158,20 @@ def report_cmd(
                 param_hint="--json",
             )
         fmt = "json"
-    # Local files and directories are stored as absolute paths: match them however named.
-    filters["models"] = tuple(map(stored_model, filters.get("models") or ()))
-    filters["datasets"] = tuple(map(stored_dataset, filters.get("datasets") or ()))
-    opts = ReportOptions.from_text(
-        statuses=statuses or ("succeeded",), splits=splits or ("test",), **filters
+    reported = api.report(
+        statuses=statuses or ("succeeded",),
+        splits=splits or ("test",),
+        plot=plot,
+        html=html_path,
+        **filters,
     )
-    plot_file = check_output(plot, "--plot")
-    html_file = check_output(html_path, "--html")
-    drawing = plot_file is not None or html_file is not None
-    if plot_file is not None:
-        from ftqueue.report.plot import image_format
-
-        image_format(plot_file)  # an unknown suffix is refused before any work
-    db.ensure_ready()
-    if len(opts.sweeps) == 1 and _sweep_report(opts.sweeps[0], fmt, plot_file):
+    if reported.sweep is not None:
+        _sweep_report(reported.sweep, fmt, reported.plot)
         return
-    with db.session_scope() as session:
-        report = build_report(session, opts, plotting=drawing)
-        curves = validation_curves(session, opts, opts.group_by) if drawing else {}
+    report = reported.table
+    assert report is not None, "a report that is no sweep's is a table"
+    plot_file, html_file = reported.plot, reported.html
+    drawing = plot_file is not None or html_file is not None
     if fmt == "json":
         click.echo(render.to_json(report))
     elif fmt == "csv":
@@ -193,7 +187,7 @@ def report_cmd(
         return
     from ftqueue.report import plot as plotting
 
-    fig = plotting.figure(report, curves)
+    fig = plotting.figure(report, reported.curves)
     try:
         png = None
         if plot_file is not None:
@@ -210,14 +204,10 @@ def report_cmd(
         plotting.close(fig)
 
 
-def _sweep_report(sweep_id: str, fmt: str, plot_file: Path | None) -> bool:
-    """Print the report of a sweep started by `ftqueue sweep`; False when it is not one."""
+def _sweep_report(report: SweepReport, fmt: str, plot_file: Path | None) -> None:
+    """Print the report of a sweep started by `ftqueue sweep`."""
     from ftqueue.report import sweep
 
-    with db.session_scope() as session:
-        report = sweep.sweep_report(session, sweep_id)
-    if report is None:
-        return False
     if fmt == "json":
         click.echo(sweep.to_json(report))
     elif fmt == "csv":
@@ -230,7 +220,6 @@ def _sweep_report(sweep_id: str, fmt: str, plot_file: Path | None) -> bool:
     if plot_file is not None:
         write_bytes_atomic(plot_file, sweep.plot_png(report))
         click.echo(f"wrote {plot_file}", err=True)
-    return True
 
 
 @click.command("show")
@@ -246,17 +235,14 @@ def show_cmd(job_id: int, as_json: bool) -> None:
     """
     from ftqueue import api
 
+    job = api.job(job_id, detail=True)
     if as_json:
-        echo_json(api.job(job_id, detail=True))
+        echo_json(job)
         return
-    db.ensure_ready()
-    eager.settle([job_id])
-    with db.session_scope() as session:
-        job = reads.get_job(session, job_id, with_results=True)
-        out = console()
-        out.print(job_details(job))
-        for table in _show_tables(job):
-            out.print(table)
+    out = console()
+    out.print(job_details(job))
+    for table in _show_tables(job):
+        out.print(table)
 
 
 def _flatten(data: dict[str, Any], prefix: str = "") -> list[tuple[str, str]]:
@@ -278,51 +264,51 @@ def _show_tables(job: Job) -> list[Any]:
     from rich.markup import escape
     from rich.table import Table
 
-    tables = [_pairs("spec", _flatten(job.spec))]
-    if job.events:
+    tables = [_pairs("spec", _flatten(job["spec"]))]
+    if job["events"]:
         history = Table(title="status history", title_justify="left", header_style="bold")
         for name in ("at", "status", "attempt", "worker", "detail"):
             history.add_column(name)
-        for e in job.events:
+        for e in job["events"]:
             history.add_row(
-                f"{e.at:%Y-%m-%d %H:%M:%S}",
-                e.status,
-                str(e.attempt),
-                escape(e.worker or ""),
-                escape(e.detail or ""),
+                f"{when(e['at']):%Y-%m-%d %H:%M:%S}",
+                e["status"],
+                str(e["attempt"]),
+                escape(e["worker"] or ""),
+                escape(e["detail"] or ""),
             )
         tables.append(history)
-    if job.results:
+    if job["results"]:
         results = Table(title="results", title_justify="left", header_style="bold")
         for name in ("split", "epoch", "accuracy", "macro F1", "loss", "examples", "attempt"):
             results.add_column(name, justify="left" if name == "split" else "right")
-        for r in job.results:
+        for r in job["results"]:
             results.add_row(
-                r.split,
-                str(r.epoch),
-                f"{r.accuracy:.4f}",
-                f"{r.macro_f1:.4f}",
-                f"{r.loss:.4f}",
-                str(r.n_examples),
-                str(r.attempt),
+                r["split"],
+                str(r["epoch"]),
+                f"{r['accuracy']:.4f}",
+                f"{r['macro_f1']:.4f}",
+                f"{r['loss']:.4f}",
+                str(r["n_examples"]),
+                str(r["attempt"]),
             )
         tables.append(results)
     timings = []
-    if job.queued_at and job.started_at:
-        timings.append(("queued for", duration((job.started_at - job.queued_at).total_seconds())))
-    if job.train_seconds is not None:
-        timings.append(("training", duration(job.train_seconds)))
-    if job.finished_at:
-        timings.append(("finished", f"{job.finished_at:%Y-%m-%d %H:%M:%S} UTC"))
-    if job.trainable_share is not None:
-        share = 100 * job.trainable_share
-        timings.append(
-            ("trainable", f"{job.trainable_params:,} of {job.total_params:,} params ({share:.3g}%)")
-        )
+    queued, started, finished = (when(job[k]) for k in ("queued_at", "started_at", "finished_at"))
+    if queued and started:
+        timings.append(("queued for", duration((started - queued).total_seconds())))
+    if job["train_seconds"] is not None:
+        timings.append(("training", duration(job["train_seconds"])))
+    if finished:
+        timings.append(("finished", f"{finished:%Y-%m-%d %H:%M:%S} UTC"))
+    trainable, total = job["trainable_params"], job["total_params"]
+    if trainable and total:
+        share = 100 * trainable / total
+        timings.append(("trainable", f"{trainable:,} of {total:,} params ({share:.3g}%)"))
     if timings:
         tables.append(_pairs("timings", timings))
-    if job.stats:
-        tables.append(_pairs("stats", _flatten(job.stats)))
+    if job["stats"]:
+        tables.append(_pairs("stats", _flatten(job["stats"])))
     return tables
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import click
@@ -19,10 +18,8 @@ from ftqueue.cli.options import (
 )
 from ftqueue.cli.submitting import submit_specs
 from ftqueue.core.text import clip
-from ftqueue.errors import SpecError
 from ftqueue.kinds.evaluate import EvaluateSpec
 from ftqueue.kinds.lora import LoraSpec
-from ftqueue.specs import field_param
 
 
 class KindFirst(click.Group):
@@ -102,37 +99,11 @@ def submit_evaluate(**kw: Any) -> None:
       ftqueue submit evaluate --adapter-job 12 --dataset my_reviews.csv  # adapter, new data
       ftqueue submit evaluate --model minilm --dataset movie-snippets --seed 0..2 --wait
     """
+    from ftqueue import api
+
     queue = pop_queue_options(kw)
     data = data_spec(kw)
-    model = kw.pop("model") or _adapter_model(list(kw.get("adapter_job") or []))
+    model = kw.pop("model") or api.adapter_model(job_ids=list(kw.get("adapter_job") or []))
     fixed, grid = split_grid(EvaluateSpec, kw)
     fixed.update(model=model, data=data)
     submit_specs(build_specs(EvaluateSpec, expand(fixed, grid)), **queue)
-
-
-def _adapter_model(adapters: Sequence[int]) -> str:
-    """The one model the given adapters were trained on."""
-    from ftqueue.store import db, reads
-
-    if not adapters:
-        raise SpecError(
-            "give --model, or --adapter-job to evaluate a LoRA job's adapter", param="--model"
-        )
-    bounds = field_param(EvaluateSpec, "adapter_job")
-    assert bounds is not None
-    for job_id in adapters:
-        bounds.check("adapter_job", job_id)  # the spec's own range, before any query
-    db.ensure_ready()
-    found = reads.models_of(adapters)
-    for job_id in adapters:
-        if job_id not in found:
-            reads.adapter_dir_of(job_id)  # says "no such job", and what to look at instead
-    models = set(found.values())
-    if len(models) != 1:
-        listed = ", ".join(f"{job_id} on {clip(found[job_id], 60)}" for job_id in adapters)
-        raise SpecError(
-            f"the adapters given were trained on different models ({listed}): give --model, "
-            "or evaluate them separately",
-            param="--adapter-job",
-        )
-    return models.pop()

@@ -21,8 +21,8 @@ from ftqueue.specs import JobSpec
 if TYPE_CHECKING:
     from rich.console import Console
 
+    from ftqueue.api import Submission
     from ftqueue.store.schema import Job
-    from ftqueue.submit.submission import Submission
 
 
 def submit_specs(
@@ -118,10 +118,10 @@ def _stopping_signals() -> Iterator[None]:
 
 def _stop_eager(signum: int) -> None:
     """End this process's eager jobs at once, say so if anyone can hear, exit 128 + signal."""
-    from ftqueue.queue import eager
+    from ftqueue import api
 
     name = signal.Signals(signum).name
-    ended = eager.end_own(f"the eager `ftqueue submit` running it received {name}")
+    ended = api.end_eager(reason=f"the eager `ftqueue submit` running it received {name}")
     with contextlib.suppress(OSError, ValueError):  # the terminal may be gone (SIGHUP)
         click.echo(f"\n{name}: ended job(s) {', '.join(map(str, ended)) or 'none'}", err=True)
         sys.stderr.flush()
@@ -171,15 +171,15 @@ def run_eager_jobs(jobs: list[Job], out: Console) -> dict[int, str]:
 
 
 def _payload(sub: Submission, statuses: dict[int, str] | None = None) -> dict[str, Any]:
-    from ftqueue.store import reads
+    from ftqueue import api
 
     statuses = statuses or {}
     return {
         "sweep_id": sub.sweep_id,
         "notes": sub.notes,
         "jobs": [
-            {**reads.job_summary(job), "status": statuses.get(job.id, job.status)}
-            for job in sub.created
+            {**summary, "status": statuses.get(summary["id"], summary["status"])}
+            for summary in api.describe(sub.created)
         ],
         "duplicates": [
             {

@@ -33,12 +33,11 @@ def sweep_cmd(file: Path, wait: bool, as_json: bool) -> None:
       ftqueue report --sweep demo-sweep              # trials, pruned ones, time saved
       ftqueue cancel --sweep demo-sweep              # no more trials; running ones stop
     """
+    from ftqueue import api
     from ftqueue.settings import get_settings
-    from ftqueue.submit import submission
-    from ftqueue.sweeps import sweepfile, trials
 
-    plan = sweepfile.load(file)
-    started = submission.start_sweep(plan)
+    started = api.start_sweep(file=file)
+    plan = started.plan
     for note in started.notes:
         click.echo(f"note: {note}", err=True)
     out = console(quiet=as_json)
@@ -59,9 +58,11 @@ def sweep_cmd(file: Path, wait: bool, as_json: bool) -> None:
         _follow(started.sweep_id, out)
     else:
         if as_json:
-            echo_json({"sweep_id": started.sweep_id, "jobs": trials.job_statuses(started.sweep_id)})
+            echo_json(
+                {"sweep_id": started.sweep_id, "jobs": api.sweep_jobs(sweep_id=started.sweep_id)}
+            )
         return
-    statuses = trials.job_statuses(started.sweep_id)
+    statuses = api.sweep_jobs(sweep_id=started.sweep_id)
     if as_json:
         echo_json({"sweep_id": started.sweep_id, "jobs": statuses})
     else:
@@ -76,11 +77,11 @@ def sweep_cmd(file: Path, wait: bool, as_json: bool) -> None:
 
 def _run_eager(sweep_id: str, out: object) -> None:
     """Run the trials in this process, each next one made as the one before ends."""
+    from ftqueue import api
     from ftqueue.cli.submitting import run_eager_jobs
-    from ftqueue.sweeps import trials
 
     while True:
-        jobs = trials.held_queued(sweep_id)
+        jobs = api.sweep_trials_to_run(sweep_id=sweep_id)
         if not jobs:
             return
         run_eager_jobs(jobs, out)  # type: ignore[arg-type]
@@ -88,13 +89,14 @@ def _run_eager(sweep_id: str, out: object) -> None:
 
 def _follow(sweep_id: str, out: object) -> None:
     """Follow the pending trials, batch after batch, until the sweep has nothing left."""
+    from ftqueue import api
     from ftqueue.cli.follow import follow
     from ftqueue.core.states import JobStatus
-    from ftqueue.sweeps import trials
 
     try:
-        while not trials.finished(sweep_id):
-            pending = [j for j, s in trials.job_statuses(sweep_id).items() if JobStatus(s).pending]
+        while not api.sweep_finished(sweep_id=sweep_id):
+            statuses = api.sweep_jobs(sweep_id=sweep_id)
+            pending = [j for j, s in statuses.items() if JobStatus(s).pending]
             if pending:
                 follow(pending, console=out)  # type: ignore[arg-type]
             else:

@@ -43,10 +43,7 @@ def worker_cmd(
       ftqueue worker --gpus 0,1 --queues lora
       FTQUEUE_DATABASE_URL=postgresql+psycopg://ftq@db/ftq ftqueue worker --processes 2
     """
-    from ftqueue.queue import nodes, supervisor
-    from ftqueue.queue.broker import check_broker, redis_client
-    from ftqueue.store import db
-    from ftqueue.submit.submission import check_label
+    from ftqueue import api
 
     names = [q.strip() for q in queues.split(",") if q.strip()]
     known = kinds.queues()
@@ -56,11 +53,7 @@ def worker_cmd(
             f"unknown queue(s) {', '.join(unknown) or '(none)'}; known: {', '.join(known)}",
             param_hint="--queues",
         )
-    if prefix:
-        check_label(prefix, "--name")
-    db.ensure_ready()
-    check_broker()
-    visible = supervisor.detect_gpus()
+    visible = api.check_workers(prefix=prefix)
     chosen = [g.strip() for g in gpus.split(",") if g.strip()] if gpus else visible
     if gpus is not None and not chosen:
         raise click.BadParameter(
@@ -79,8 +72,7 @@ def worker_cmd(
             f"GPU(s) {', '.join(missing)} not visible (visible: {', '.join(visible)})",
             param_hint="--gpus",
         )
-    slots = supervisor.plan_slots(chosen, processes=processes, prefix=prefix)
-    nodes.check_free(redis_client(), [slot.name for slot in slots])
+    slots = api.plan_workers(gpus=chosen, processes=processes, prefix=prefix)
     kind = "GPU" if chosen else "CPU"
     click.echo(f"starting {len(slots)} {kind} worker(s): {', '.join(s.name for s in slots)}")
-    raise SystemExit(supervisor.supervise(slots, queues=names, loglevel=loglevel.upper()))
+    raise SystemExit(api.run_workers(slots, queues=names, loglevel=loglevel.upper()))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 
 from ftqueue.core.outcome import Outcome
 from ftqueue.core.text import clip, close_match
@@ -194,3 +195,10 @@ KIND = register(
         check=check,
     )
 )
+
+
+def export_model(adapter_dir: Path, out_dir: Path, *, job_id: int) -> Path:
+    """Write a LoRA run's model, LoRA merged into the weights, as a transformers model."""
+    from ftqueue import training
+
+    return training.export_adapter(adapter_dir, out_dir, job_id=job_id)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ftqueue.core.outcome import Outcome
 from ftqueue.errors import AdapterError
@@ -21,6 +22,9 @@ from ftqueue.specs import (
     param,
     required,
 )
+
+if TYPE_CHECKING:
+    from ftqueue.training.predicting import Labelled
 
 PREDICTIONS_FILES = ("predictions.parquet", "predictions.csv")
 
@@ -99,3 +103,10 @@ KIND = register(
         check=check,
     )
 )
+
+
+def label_texts(adapter_dir: Path, texts: list[str]) -> Labelled:
+    """Label a few texts in this process with an adapter, for a quick try (``ftqueue predict``)."""
+    from ftqueue import training
+
+    return training.label_texts(adapter_dir, texts)

@@ -16,6 +16,10 @@ text says what to do when something is wrong.
 
 Under FTQUEUE_EAGER=1 ``submit`` runs the new jobs in this process before it returns, so
 ``wait`` finds them ended.
+
+This module holds the jobs' functions; what the other commands need lives in one module per
+concern (``adapters``: predict, export; ``reporting``; ``sweeping``; ``admin``: schema and
+workers; ``following``), each function also reachable as ``api.<name>``.
 """
 
 from __future__ import annotations
@@ -27,7 +31,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from ftqueue.core.states import JobStatus
-from ftqueue.errors import JobNotFound, WaitTimeout
+from ftqueue.core.text import quote
+from ftqueue.errors import FtqueueError, JobNotFound, WaitTimeout
 from ftqueue.queue import eager
 from ftqueue.settings import get_settings
 from ftqueue.specs import JobSpec
@@ -38,16 +43,43 @@ from ftqueue.submit import submission
 from ftqueue.submit.submission import Submission
 
 __all__ = [
+    "Ending",
+    "Export",
     "JobResult",
     "JobState",
+    "Reported",
     "Submission",
+    "adapter_model",
+    "adapters",
     "cancel",
+    "check_workers",
+    "completions",
+    "db_current",
+    "db_downgrade",
+    "db_downgrade_loss",
+    "db_upgrade",
+    "db_url",
+    "describe",
+    "end_eager",
+    "endings",
+    "export",
+    "file_sha256",
     "job",
     "jobs",
+    "plan_workers",
+    "predict",
+    "report",
     "results",
     "run_eager",
+    "run_workers",
+    "start_sweep",
     "states",
+    "stop_sweep",
     "submit",
+    "sweep_finished",
+    "sweep_jobs",
+    "sweep_report",
+    "sweep_trials_to_run",
     "wait",
     "watch",
 ]
@@ -229,11 +261,50 @@ def jobs(
         return [reads.job_summary(job) for job in found]
 
 
-def cancel(jobs: int | Iterable[int] | Submission) -> list[lifecycle.Cancellation]:
-    """Cancel jobs: a queued one never starts, a running one stops at its next step."""
-    ids = sorted(set(_ids(jobs)))
+def cancel(
+    jobs: int | Iterable[int] | Submission, *, sweep: str | None = None
+) -> list[lifecycle.Cancellation]:
+    """Cancel jobs, and every job of ``sweep`` if given: a queued one never starts, a running
+    one stops at its next step. ``stop_sweep`` first keeps the sweep from making more."""
+    ids = list(_ids(jobs))
     db.ensure_ready()
     with db.session_scope() as session:
+        if sweep:
+            found = reads.list_jobs(session, sweep=sweep, limit=None)
+            if not found:
+                raise FtqueueError(f"no jobs in sweep {quote(sweep)}: `ftqueue list` shows them")
+            ids += [job.id for job in found]
+        ids = sorted(set(ids))
         for jid in ids:
             reads.get_job(session, jid)
     return lifecycle.cancel(ids)
+
+
+# The commands' own functions, one module per concern; all of them are ``api.<name>``.
+from ftqueue.api.adapters import (  # noqa: E402
+    Export,
+    adapter_model,
+    adapters,
+    export,
+    file_sha256,
+    predict,
+)
+from ftqueue.api.admin import (  # noqa: E402
+    check_workers,
+    db_current,
+    db_downgrade,
+    db_downgrade_loss,
+    db_upgrade,
+    db_url,
+    plan_workers,
+    run_workers,
+)
+from ftqueue.api.following import Ending, completions, describe, end_eager, endings  # noqa: E402
+from ftqueue.api.reporting import Reported, report, sweep_report  # noqa: E402
+from ftqueue.api.sweeping import (  # noqa: E402
+    start_sweep,
+    stop_sweep,
+    sweep_finished,
+    sweep_jobs,
+    sweep_trials_to_run,
+)
