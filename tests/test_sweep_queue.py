@@ -21,7 +21,8 @@ from ftqueue.settings import reset_settings
 from ftqueue.store import db
 from ftqueue.store.schema import Job, JobEvent, Result, RungDecision, Sweep
 from ftqueue.submit import submission
-from ftqueue.sweeps import asha, search, sweepfile, trials
+from ftqueue.sweeps import asha, sweepfile, trials
+from ftqueue.sweeps.methods.study import storage_url
 from tests.procs import WorkerProcess, child_env, running_workers, statuses, wait_for
 
 pytestmark = pytest.mark.slow
@@ -225,7 +226,7 @@ def test_optuna_trials_recorded_and_continued_after_the_submitter_exits(
     # The submitting process is gone: workers ask Optuna for the other five trials.
     wait_finished("tpe", workers, timeout=300)
     check_asha("tpe", eta=2)
-    url, options = search.storage_url()
+    url, options = storage_url()
     storage = optuna.storages.RDBStorage(url, engine_kwargs=options)
     study = optuna.load_study(study_name="ftqueue-tpe", storage=storage)
     everything = study.get_trials()
