@@ -28,11 +28,15 @@ def ready() -> None:
         broker.check_broker()
 
 
-def jobs(make: Callable[[Session], Sequence[lifecycle.NewJob]]) -> list[Job]:
-    """Insert the jobs ``make`` returns in one write transaction, commit, then publish their ids.
+NewJobs = Sequence[lifecycle.NewJob]
 
-    ``make`` runs inside the transaction, so what decides the jobs (earlier identical specs, a
-    sweep's free slots under its lock) is read in the same one. In eager mode the rows are
+
+def jobs(new: NewJobs | Callable[[Session], NewJobs]) -> list[Job]:
+    """Insert the jobs in one write transaction, commit, then publish their ids.
+
+    ``new`` is the jobs, or a function that makes them inside the transaction, so that what
+    decides them (earlier identical specs, a sweep's free slots under its lock) is read in
+    the same one. In eager mode the rows are
     held by this process, which runs them itself, and nothing is published. A PublishError
     (with the ids that were sent) leaves the committed rows queued, for the reaper's
     lost-message scan to publish.
@@ -41,7 +45,7 @@ def jobs(make: Callable[[Session], Sequence[lifecycle.NewJob]]) -> list[Job]:
     with db.session_scope(write=True) as session:
         created = lifecycle.create_jobs(
             session,
-            make(session),
+            new(session) if callable(new) else new,
             max_attempts=settings.max_attempts,
             held_by=eager.holder() if settings.eager else None,
             lease_seconds=settings.lease_seconds,
