@@ -1,4 +1,4 @@
-"""Sweep methods through their registry: the known ones, and ``sobol`` added through the seam.
+"""Sweep methods through their registry: the known ones, ``sobol``, and one a test adds.
 
 ``sobol`` proposals are checked against the space and for determinism on a real study (in
 the SQLite file's ``.optuna.db``), and an eager ``ftqueue sweep`` runs one to the end.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,9 @@ from ftqueue.settings import reset_settings
 from ftqueue.store import db
 from ftqueue.store.schema import Job
 from ftqueue.sweeps import methods, sweepfile
+from ftqueue.sweeps.methods import grid, registry
 from ftqueue.sweeps.methods.study import storage_url, study_name
+from ftqueue.sweeps.plan import Dimension, SweepPlan, combinations
 
 SOBOL: dict[str, Any] = {
     "model": "synthetic:seconds=0.05,steps=6",
@@ -62,7 +65,7 @@ def proposals(sweep_id: str, plan: sweepfile.SweepPlan, count: int) -> list[dict
     """``count`` trials asked one at a time, as workers filling one slot each would."""
     method = methods.lookup("sobol")
     method.start(sweep_id, plan)
-    made = []
+    made: list[dict[str, Any]] = []
     for _ in range(count):
         offer = method.propose(sweep_id, plan, 1)
         [proposal] = offer.take(len(made), 1)
@@ -118,3 +121,42 @@ def test_an_eager_sobol_sweep_runs_and_tells_every_trial(
         assert trial.state.name == {"succeeded": "COMPLETE", "pruned": "PRUNED"}[job.status]
         assert trial.params["lr"] == pytest.approx(job.spec["lr"])
         assert trial.params["r"] == job.spec["r"]
+
+
+class Backwards(methods.SweepMethod):
+    """A grid walked from its last combination: a method added by a test, through the registry."""
+
+    name = "backwards-test"
+
+    def size(self, space: Sequence[Dimension]) -> int | None:
+        return combinations(space)
+
+    def propose(self, sweep_id: str, plan: SweepPlan, count: int) -> methods.Offer:
+        last = plan.grid_size - 1
+        return methods.Numbered(lambda number: grid.values(plan, last - number))
+
+
+@pytest.fixture
+def backwards() -> Iterator[None]:
+    registry.register(Backwards())
+    yield
+    registry.unregister(Backwards.name)
+
+
+def test_a_method_added_through_the_registry_alone_runs_a_sweep(
+    backwards: None, sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FTQUEUE_EAGER", "1")
+    reset_settings()
+    raw = {**SOBOL, "name": "back", "method": "backwards-test", "space": {"lr": [1e-4, 1e-3]}}
+    del raw["budget"]  # the method's size (2) is the budget
+    path = tmp_path / "back.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    result = CliRunner().invoke(cli, ["sweep", str(path), "--json"], prog_name="ftqueue")
+    assert result.exit_code == 0, result.output
+    with db.session_scope() as session:
+        jobs = list(session.scalars(select(Job).where(Job.sweep_id == "back").order_by(Job.trial)))
+    assert [(j.trial, j.spec["lr"], j.status) for j in jobs] == [
+        (0, 1e-3, "succeeded"),
+        (1, 1e-4, "succeeded"),
+    ]
