@@ -139,10 +139,10 @@ def parse(raw: Any, *, where: str = "sweep file") -> SweepPlan:
     base = {**fixed, "data": data}
 
     method_name = raw.get("method", "grid")
-    known = methods.names()
-    if not isinstance(method_name, str) or method_name not in known:
-        raise _err(where, "method", f"must be one of {', '.join(known)}; got {method_name!r}")
-    method = methods.lookup(method_name)
+    method = methods.get(method_name) if isinstance(method_name, str) else None
+    if method is None:
+        known = ", ".join(methods.names())
+        raise _err(where, "method", f"must be one of {known}; got {method_name!r}")
     seed = _int(where, "seed", raw.get("seed", 0), 0, 2**31 - 1)
     for dim in space:
         problem = method.check(dim)

@@ -4,7 +4,8 @@ Quasi-random: like ``random`` the trials ignore how earlier ones ended, but they
 space more evenly, and the sweep's seed fixes the scrambling. The sequence's position is kept
 in the study, so every worker continues the same sequence; the study's first trial is drawn
 at random (seeded too), as QMCSampler learns the space from it. Powers of two of trials
-cover the space best.
+cover the space best. Optuna moves the position without a lock: two workers asking at the
+same moment may both get the same point, a trial run twice rather than a point skipped.
 """
 
 from __future__ import annotations
