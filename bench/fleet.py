@@ -49,6 +49,7 @@ from ftqueue.core.outcome import Measurement, Progress
 from ftqueue.core.states import Phase
 from ftqueue.queue import broker, reaper
 from ftqueue.store import db, lifecycle
+from ftqueue.submit import enqueue
 
 REDIS = (
     os.environ.get("FTQUEUE_TEST_REDIS", "redis://127.0.0.1:6379")
@@ -200,9 +201,7 @@ def fill(n: int) -> None:
                              model=s.model, dataset="movie-snippets", sweep_id="fleet")
             for s in specs
         ]  # fmt: skip
-        with db.session_scope(write=True) as session:
-            jobs = lifecycle.create_jobs(session, new, max_attempts=3)
-        broker.publish(jobs)
+        enqueue.jobs(new)
 
 
 def alone(claims: int = 100, passes: int = 3) -> tuple[list[float], list[float], list[float]]:

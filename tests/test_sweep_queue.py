@@ -11,6 +11,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -21,7 +22,8 @@ from ftqueue.settings import reset_settings
 from ftqueue.store import db
 from ftqueue.store.schema import Job, JobEvent, Result, RungDecision, Sweep
 from ftqueue.submit import submission
-from ftqueue.sweeps import asha, search, sweepfile, trials
+from ftqueue.sweeps import asha, sweepfile, trials
+from ftqueue.sweeps.methods.study import storage_url
 from tests.procs import WorkerProcess, child_env, running_workers, statuses, wait_for
 
 pytestmark = pytest.mark.slow
@@ -66,6 +68,22 @@ def wait_finished(sweep_id: str, workers: list[WorkerProcess], timeout: float = 
         wait_for(lambda: trials.finished(sweep_id), timeout=timeout, what=sweep_id, poll=0.5)
     except AssertionError as exc:
         raise AssertionError(f"{exc}\n{logs(workers)}") from None
+
+
+def settled_study(sweep_id: str) -> Any:
+    """The sweep's Optuna study once every trial in it is told (workers tell just after a
+    trial's end is recorded, and give back proposals that found no slot just after a fill)."""
+    import optuna
+
+    url, options = storage_url()
+    storage = optuna.storages.RDBStorage(url, engine_kwargs=options)
+    study = optuna.load_study(study_name=f"ftqueue-{sweep_id}", storage=storage)
+    wait_for(
+        lambda: all(t.state.is_finished() for t in study.get_trials(deepcopy=False)),
+        timeout=30,
+        what=f"every trial of {sweep_id} told to its study",
+    )
+    return study
 
 
 def decisions(sweep_id: str) -> list[RungDecision]:
@@ -199,7 +217,6 @@ def test_worker_killed_at_a_rung_gets_the_same_verdict_again(
 def test_optuna_trials_recorded_and_continued_after_the_submitter_exits(
     workers: list[WorkerProcess], tmp_path: Path
 ) -> None:
-    import optuna
 
     path = sweep_file(
         tmp_path,
@@ -225,10 +242,7 @@ def test_optuna_trials_recorded_and_continued_after_the_submitter_exits(
     # The submitting process is gone: workers ask Optuna for the other five trials.
     wait_finished("tpe", workers, timeout=300)
     check_asha("tpe", eta=2)
-    url, options = search.storage_url()
-    storage = optuna.storages.RDBStorage(url, engine_kwargs=options)
-    study = optuna.load_study(study_name="ftqueue-tpe", storage=storage)
-    everything = study.get_trials()
+    everything = settled_study("tpe").get_trials()
     # Proposals that lost their slot to another worker asking at the same moment.
     discarded = [t for t in everything if "ftqueue" in t.user_attrs]
     assert all(t.state.name == "FAIL" for t in discarded)
@@ -246,3 +260,33 @@ def test_optuna_trials_recorded_and_continued_after_the_submitter_exits(
         if job.status == "succeeded":
             best = max(v for v in trial.intermediate_values.values())
             assert trial.value == pytest.approx(best)
+
+
+def test_a_sobol_sweep_runs_on_workers_and_tells_each_trial(
+    workers: list[WorkerProcess], tmp_path: Path
+) -> None:
+
+    path = sweep_file(
+        tmp_path,
+        "qmc",
+        model="synthetic:seconds=0.6,steps=6",
+        space={"lr": {"low": 1e-5, "high": 1e-2, "log": True}, "r": [4, 8, 16]},
+        method="sobol",
+        seed=11,
+        budget={"max_jobs": 4, "max_parallel": 2},
+    )
+    started = submission.start_sweep(sweepfile.load(path))
+    assert len(started.created) == 2  # the workers ask for the other two
+    wait_finished("qmc", workers)
+    check_asha("qmc", eta=2)
+    everything = settled_study("qmc").get_trials()
+    trials_run = {t.number: t for t in everything if "ftqueue" not in t.user_attrs}
+    with db.session_scope() as session:
+        jobs = list(session.scalars(select(Job).where(Job.sweep_id == "qmc")))
+    assert len(jobs) == len(trials_run) == 4
+    for job in jobs:
+        assert job.trial is not None
+        trial = trials_run[job.trial]
+        assert trial.state.name == {"succeeded": "COMPLETE", "pruned": "PRUNED"}[job.status]
+        assert trial.params["lr"] == pytest.approx(job.spec["lr"])
+        assert 1e-5 <= job.spec["lr"] <= 1e-2 and job.spec["r"] in (4, 8, 16)

@@ -25,6 +25,8 @@ from ftqueue.specs import DataSpec
 from ftqueue.store import db, lifecycle
 from ftqueue.store.schema import Job, Result, RungDecision, Sweep
 from ftqueue.sweeps import asha, sweepfile
+from ftqueue.sweeps.methods import grid as grid_method
+from ftqueue.sweeps.methods import random_search
 
 BASE: dict[str, Any] = {
     "model": "synthetic:seconds=0.05,steps=6",
@@ -96,7 +98,7 @@ def test_unreadable_and_malformed_files(tmp_path: Path) -> None:
 def test_grid_and_random_trials_are_functions_of_the_file(tmp_path: Path) -> None:
     grid = sweepfile.load(write(tmp_path, BASE))
     assert grid.max_jobs == grid.grid_size == 9 and grid.rungs == (1, 2)
-    combos = {tuple(grid.trial_values(n).values()) for n in range(9)}
+    combos = {tuple(grid_method.values(grid, n).values()) for n in range(9)}
     assert len(combos) == 9
     random_raw = {
         **BASE,
@@ -112,9 +114,9 @@ def test_grid_and_random_trials_are_functions_of_the_file(tmp_path: Path) -> Non
     one = sweepfile.load(write(tmp_path, random_raw, "a.yaml"))
     two = sweepfile.load(write(tmp_path, random_raw, "b.yaml"))
     other = sweepfile.load(write(tmp_path, {**random_raw, "seed": 8}, "c.yaml"))
-    draws = [one.trial_values(n) for n in range(20)]
-    assert draws == [two.trial_values(n) for n in range(20)]
-    assert draws != [other.trial_values(n) for n in range(20)]
+    draws = [random_search.values(one, n) for n in range(20)]
+    assert draws == [random_search.values(two, n) for n in range(20)]
+    assert draws != [random_search.values(other, n) for n in range(20)]
     for values in draws:
         assert 1e-5 <= values["lr"] <= 1e-2 and isinstance(values["r"], int)
         assert one.spec(values).target_modules in (
@@ -122,7 +124,7 @@ def test_grid_and_random_trials_are_functions_of_the_file(tmp_path: Path) -> Non
             ("query", "key", "value", "dense"),
         )
     # Log-uniform: about as many draws below 3e-4 as above it (the geometric middle).
-    lows = sum(v["lr"] < 3.2e-4 for v in (one.trial_values(n) for n in range(400)))
+    lows = sum(v["lr"] < 3.2e-4 for v in (random_search.values(one, n) for n in range(400)))
     assert 140 < lows < 260
 
 

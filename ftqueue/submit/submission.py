@@ -7,7 +7,8 @@ import re
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+
+from sqlalchemy.orm import Session
 
 from ftqueue import kinds
 from ftqueue.artifacts.paths import check_output_dir
@@ -19,9 +20,10 @@ from ftqueue.inputs import hub, pinning
 from ftqueue.queue import eager
 from ftqueue.settings import get_settings
 from ftqueue.specs import MODEL_ALIASES, DataSpec, JobSpec, is_local_model
-from ftqueue.store import db, lifecycle, reads
+from ftqueue.store import lifecycle, reads
 from ftqueue.store.schema import Job
-from ftqueue.sweeps.sweepfile import SweepPlan
+from ftqueue.submit import enqueue
+from ftqueue.sweeps.plan import SweepPlan
 
 #: Tags, names and sweep ids end up in file names, URLs and shell commands.
 _LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:+=@-]{0,63}$")
@@ -183,17 +185,14 @@ def submit(
             )
         pinned = checker(spec)
         unique.setdefault(pinned.spec_hash(), pinned)
-    db.ensure_ready()
-    if not settings.eager:
-        from ftqueue.queue import broker
-
-        broker.check_broker()
+    enqueue.ready()
 
     sweep_id = sweep or (uuid.uuid4().hex[:8] if count > 1 else None)
     submission = Submission(sweep_id=sweep_id, notes=checker.notes)
     # A job whose eager process died would otherwise stand in for this spec forever.
     eager.settle()
-    with db.session_scope(write=True) as session:
+
+    def new_jobs(session: Session) -> list[lifecycle.NewJob]:
         earlier = {} if force else reads.find_same_spec(session, unique)
         new = []
         for spec_hash, spec in unique.items():
@@ -214,33 +213,25 @@ def submit(
                     output_dir=output_dir if kinds.lookup(spec.kind).publishes else None,
                 )
             )
-        submission.created = lifecycle.create_jobs(
-            session,
-            new,
-            max_attempts=settings.max_attempts,
-            held_by=eager.holder() if settings.eager else None,
-            lease_seconds=settings.lease_seconds,
-        )
-    if submission.created and not settings.eager:
-        _publish(submission.created)
+        return new
+
+    try:
+        submission.created = enqueue.jobs(new_jobs)
+    except PublishError as exc:
+        raise _unsent(exc, len(unique) - len(submission.duplicates)) from None
     return submission
 
 
-def _publish(jobs: list[Job]) -> None:
-    """Publish the committed rows' messages; the reaper publishes any that do not go out."""
-    from ftqueue.queue import broker
-
-    try:
-        broker.publish(jobs)
-    except PublishError as exc:
-        left = len(jobs) - len(exc.sent)
-        # The rows stay: withdrawing them could race a worker that already received one of
-        # an uncertain batch, and the reaper's lost-message scan exists for exactly this.
-        raise PublishError(
-            f"{exc.message}; the other {left:,} stay queued and a worker's reaper publishes "
-            f"them once Redis is back (after {_grace_text()}): do not submit them again",
-            sent=exc.sent,
-        ) from None
+def _unsent(exc: PublishError, created: int) -> PublishError:
+    """The error of a failed publish, saying what becomes of the messages not sent."""
+    left = created - len(exc.sent)
+    # The rows stay: withdrawing them could race a worker that already received one of an
+    # uncertain batch, and the reaper's lost-message scan exists for exactly this.
+    return PublishError(
+        f"{exc.message}; the other {left:,} stay queued and a worker's reaper publishes "
+        f"them once Redis is back (after {_grace_text()}): do not submit them again",
+        sent=exc.sent,
+    )
 
 
 def _grace_text() -> str:
@@ -265,34 +256,20 @@ def start_sweep(plan: SweepPlan) -> StartedSweep:
     The model and data are checked and pinned once, on the first trial; trials differ only in
     searched settings, so the pinned base holds for all. A grid's every trial is checked.
     """
-    from ftqueue.sweeps import trials
+    from ftqueue.sweeps import methods, trials
 
     sweep_id = check_label(plan.name or uuid.uuid4().hex[:8], "name")
     checker = Checker()
-    pinned = checker(plan.spec(_first_values(plan)))
+    first, *others = methods.lookup(plan.method).values_to_check(plan)
+    pinned = checker(plan.spec(first))
     searched = {d.name for d in plan.space} | {"kind"}
     base = {k: v for k, v in pinned.to_dict().items() if k not in searched}
-    if plan.method == "grid":
-        for number in range(plan.max_jobs):
-            checker(plan.spec(plan.trial_values(number)))
+    for values in others:
+        checker(plan.spec(values))
     plan = SweepPlan.from_dict(plan.to_dict() | {"base": base})
-    db.ensure_ready()
-    if not get_settings().eager:
-        from ftqueue.queue import broker
-
-        broker.check_broker()
+    enqueue.ready()
     trials.create(sweep_id, plan)
     return StartedSweep(sweep_id, plan, trials.fill(sweep_id), checker.notes)
-
-
-def _first_values(plan: SweepPlan) -> dict[str, Any]:
-    if plan.method != "optuna":
-        return plan.trial_values(0)
-    first = {}
-    for d in plan.space:
-        low = int(d.low) if d.integer and d.low is not None else d.low
-        first[d.name] = d.values[0] if d.values else low
-    return first
 
 
 def run_eagerly(jobs: Sequence[Job]) -> None:

@@ -1,132 +1,40 @@
 """Sweep files: a YAML (or TOML) search over a job kind's spec, checked into a ``SweepPlan``.
 
 A plan is everything a trial needs and nothing from the database: the base spec, the space,
-the method and its seed, the budget and the early-stopping rungs. Trial ``n`` of a ``grid``
-or ``random`` plan is a pure function of the plan and ``n``, so whichever process makes a
-trial makes the same one. Every error names the file and the key, says what is allowed, and
-is raised before anything is written.
+the method and its seed, the budget and the early-stopping rungs. Every error names the file
+and the key, says what is allowed, and is raised before anything is written.
+
+``method`` names one of ``sweeps/methods``:
+
+- ``grid`` (the default): every combination of the listed values, in order; ranges are refused.
+- ``random``: each trial drawn from lists and ranges (``log`` ranges on a log scale); trial
+  ``n`` is a pure function of the file, its ``seed`` and ``n``.
+- ``optuna``: Optuna's TPE sampler proposes each next trial from how the earlier ones ended.
+- ``sobol``: a scrambled Sobol sequence (Optuna's QMCSampler, scrambled by ``seed``) spreads
+  the trials over the space more evenly than ``random``; best with a power of two of trials.
+
+Every method but ``grid`` needs ``budget.max_jobs``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
-import random
 import tomllib
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ftqueue import kinds
 from ftqueue.errors import SpecError, SweepFileError
-from ftqueue.specs import DataSpec, JobSpec, Param, spec_params
+from ftqueue.specs import DataSpec, Param, spec_params
+from ftqueue.sweeps import methods
+from ftqueue.sweeps.plan import Dimension, SweepPlan, first_values, hashable
 
-METHODS = ("grid", "random", "optuna")
 TOP_KEYS = (
     "kind", "name", "model", "dataset", "data", "fixed", "space", "method", "seed",
     "budget", "early_stopping", "tags",
 )  # fmt: skip
 #: Spec fields a sweep file may not set: they are pinned by ftqueue at submit.
 _PINNED = ("model_fingerprint",)
-
-
-@dataclass(frozen=True)
-class Dimension:
-    """One searched spec field: a list of values, or a numeric range (``log`` for rates)."""
-
-    name: str
-    values: tuple[Any, ...] = ()
-    low: float | None = None
-    high: float | None = None
-    log: bool = False
-    integer: bool = False
-
-    @property
-    def is_range(self) -> bool:
-        return self.low is not None
-
-    def draw(self, rng: random.Random) -> Any:
-        if not self.is_range:
-            return self.values[rng.randrange(len(self.values))]
-        assert self.low is not None and self.high is not None
-        if self.integer:
-            if self.log:
-                return round(math.exp(rng.uniform(math.log(self.low), math.log(self.high))))
-            return rng.randint(int(self.low), int(self.high))
-        if self.log:
-            return math.exp(rng.uniform(math.log(self.low), math.log(self.high)))
-        return rng.uniform(self.low, self.high)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self) | {"values": list(self.values)}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Dimension:
-        return cls(**(d | {"values": tuple(_hashable(v) for v in d["values"])}))
-
-
-@dataclass(frozen=True)
-class SweepPlan:
-    """A checked sweep file. ``base`` is the spec every trial starts from, as a dict."""
-
-    kind: str
-    name: str | None
-    base: dict[str, Any]
-    space: tuple[Dimension, ...]
-    method: str
-    seed: int
-    max_jobs: int
-    max_parallel: int
-    eta: int | None
-    rungs: tuple[int, ...]
-    tags: tuple[str, ...] = ()
-
-    def trial_values(self, number: int) -> dict[str, Any]:
-        """The searched values of trial ``number`` (grid and random plans)."""
-        if self.method == "grid":
-            sizes = [len(d.values) for d in self.space]
-            values = {}
-            rest = number
-            for dim, size in reversed(list(zip(self.space, sizes, strict=True))):
-                rest, index = divmod(rest, size)
-                values[dim.name] = dim.values[index]
-            return {d.name: values[d.name] for d in self.space}
-        if self.method == "random":
-            rng = random.Random(f"{self.seed}:{number}")
-            return {d.name: d.draw(rng) for d in self.space}
-        raise ValueError(f"{self.method} trials come from the search, not from the plan")
-
-    def spec(self, values: dict[str, Any]) -> JobSpec:
-        """The trial's spec: the base with the searched values put in."""
-        return kinds.lookup(self.kind).spec({**self.base, **_as_spec_values(values)})
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self) | {"space": [d.to_dict() for d in self.space]}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> SweepPlan:
-        return cls(
-            **(
-                d
-                | {
-                    "space": tuple(Dimension.from_dict(x) for x in d["space"]),
-                    "rungs": tuple(d["rungs"]),
-                    "tags": tuple(d.get("tags", ())),
-                }
-            )
-        )
-
-    @property
-    def grid_size(self) -> int:
-        return math.prod(len(d.values) for d in self.space)
-
-
-def _hashable(value: Any) -> Any:
-    return tuple(value) if isinstance(value, list) else value
-
-
-def _as_spec_values(values: dict[str, Any]) -> dict[str, Any]:
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
 
 
 def load(path: Path) -> SweepPlan:
@@ -230,33 +138,32 @@ def parse(raw: Any, *, where: str = "sweep file") -> SweepPlan:
         space.append(_dimension(where, key, field_name, value, params[field_name]))
     base = {**fixed, "data": data}
 
-    method = raw.get("method", "grid")
-    if method not in METHODS:
-        raise _err(where, "method", f"must be one of {', '.join(METHODS)}; got {method!r}")
+    method_name = raw.get("method", "grid")
+    method = methods.get(method_name) if isinstance(method_name, str) else None
+    if method is None:
+        known = ", ".join(methods.names())
+        raise _err(where, "method", f"must be one of {known}; got {method_name!r}")
     seed = _int(where, "seed", raw.get("seed", 0), 0, 2**31 - 1)
-    if method == "grid":
-        for dim in space:
-            if dim.is_range:
-                raise _err(
-                    where,
-                    f"space.{dim.name}",
-                    "a range cannot be enumerated by method grid: give a list, or use method "
-                    "random or optuna",
-                )
+    for dim in space:
+        problem = method.check(dim)
+        if problem is not None:
+            raise _err(where, f"space.{dim.name}", problem)
 
     budget = _mapping(where, "budget", raw.get("budget"))
     for key in budget:
         if key not in ("max_jobs", "max_parallel"):
             raise _err(where, f"budget.{key}", "unknown; use max_jobs, max_parallel")
-    grid_size = math.prod(len(d.values) for d in space) if method == "grid" else None
+    size = method.size(space)
     if "max_jobs" in budget:
         max_jobs = _int(where, "budget.max_jobs", budget["max_jobs"], 1, 10_000)
-    elif grid_size is not None:
-        max_jobs = grid_size
+    elif size is not None:
+        max_jobs = size
     else:
-        raise _err(where, "budget.max_jobs", f"missing: method {method} needs a number of trials")
-    if grid_size is not None:
-        max_jobs = min(max_jobs, grid_size)
+        raise _err(
+            where, "budget.max_jobs", f"missing: method {method_name} needs a number of trials"
+        )
+    if size is not None:
+        max_jobs = min(max_jobs, size)
     max_parallel = _int(
         where, "budget.max_parallel", budget.get("max_parallel", max_jobs), 1, 10_000
     )
@@ -283,7 +190,7 @@ def parse(raw: Any, *, where: str = "sweep file") -> SweepPlan:
         name,
         base,
         tuple(space),
-        method,
+        method_name,
         seed,
         max_jobs,
         max_parallel,
@@ -306,7 +213,7 @@ def _dimension(where: str, key: str, name: str, value: Any, p: Param) -> Dimensi
     if isinstance(value, list):
         if not value:
             raise _err(where, key, "an empty list: give at least one value")
-        values = tuple(_hashable(v) for v in value)
+        values = tuple(hashable(v) for v in value)
         if len(set(values)) != len(values):
             raise _err(where, key, "a value is listed twice")
         return Dimension(name, values=values)
@@ -372,7 +279,7 @@ def _early_stopping(
 
 def _check_values(plan: SweepPlan, where: str) -> None:
     """Every listed value and both ends of every range, against the kind's own checks."""
-    first = {d.name: (d.values[0] if d.values else d.low) for d in plan.space}
+    first = first_values(plan.space)
     for dim in plan.space:
         candidates = dim.values if not dim.is_range else (dim.low, dim.high)
         for value in candidates:

@@ -18,10 +18,11 @@ from sqlalchemy import func, select
 from ftqueue.core.states import JobStatus
 from ftqueue.errors import SpecError
 from ftqueue.queue import eager
-from ftqueue.settings import get_settings
 from ftqueue.store import db, lifecycle
 from ftqueue.store.schema import Job, Result, Sweep
-from ftqueue.sweeps.sweepfile import SweepPlan
+from ftqueue.submit import enqueue
+from ftqueue.sweeps import methods
+from ftqueue.sweeps.plan import SweepPlan
 
 log = logging.getLogger(__name__)
 
@@ -55,10 +56,7 @@ def create(sweep_id: str, plan: SweepPlan) -> None:
                 status=ACTIVE,
             )
         )
-    if plan.method == "optuna":
-        from ftqueue.sweeps import search
-
-        search.create_study(sweep_id, plan)
+    methods.lookup(plan.method).start(sweep_id, plan)
 
 
 def plan_of(sweep: Sweep) -> SweepPlan:
@@ -70,8 +68,6 @@ def fill(sweep_id: str) -> list[Job]:
 
     The new jobs are published, or, in eager mode, held by this process to run itself.
     """
-    settings = get_settings()
-    asked: list[tuple[int, dict[str, Any]]] = []
     sweep = get(sweep_id)
     if sweep is None or sweep.status != ACTIVE:
         return []
@@ -81,46 +77,25 @@ def fill(sweep_id: str) -> list[Job]:
     if wanted <= 0:
         return []
     plan = plan_of(sweep)
-    if plan.method == "optuna":
-        from ftqueue.sweeps import search
-
-        # Optuna is asked before the sweep row is locked: an ask takes a while. A proposal
-        # that finds its slot taken meanwhile is told to Optuna as failed (search.discard).
-        asked = [search.ask(sweep_id, plan) for _ in range(wanted)]
-    with db.session_scope(write=True) as session:
-        sweep = session.scalars(
-            select(Sweep).where(Sweep.id == sweep_id).with_for_update()
-        ).one_or_none()
-        if sweep is None or sweep.status != ACTIVE:
-            free = 0
-        else:
-            free = _free_slots(sweep_id, sweep, session)
-        if plan.method == "optuna":
-            trials, unused = asked[:free], asked[free:]
-        else:
-            trials = (
-                [(n, plan.trial_values(n)) for n in range(sweep.created, sweep.created + free)]
-                if sweep
-                else []
-            )
-            unused = []
-        jobs = _create(session, sweep_id, plan, trials) if trials else []
-        if sweep is not None:
-            sweep.created += len(trials)
-    if unused:
-        from ftqueue.sweeps import search
-
-        search.discard(sweep_id, [number for number, _ in unused])
-    if jobs and not settings.eager:
-        publish(jobs)
-    return jobs
+    offer = methods.lookup(plan.method).propose(sweep_id, plan, wanted)
+    try:
+        return enqueue.jobs(lambda session: _take(session, sweep_id, plan, offer))
+    finally:
+        offer.release()
 
 
-def publish(jobs: list[Job]) -> None:
-    """Publish new trials; a trial whose message could not be sent stays queued for the reaper."""
-    from ftqueue.queue import broker
-
-    broker.publish(jobs)
+def _take(
+    session: Any, sweep_id: str, plan: SweepPlan, offer: methods.Offer
+) -> list[lifecycle.NewJob]:
+    """Under the sweep row's lock: the trials for the slots still free, counted as made."""
+    sweep = session.scalars(
+        select(Sweep).where(Sweep.id == sweep_id).with_for_update()
+    ).one_or_none()
+    if sweep is None or sweep.status != ACTIVE:
+        return []
+    proposals = offer.take(sweep.created, _free_slots(sweep_id, sweep, session))
+    sweep.created += len(proposals)
+    return [_new_job(sweep_id, plan, p) for p in proposals]
 
 
 def _free_slots(sweep_id: str, sweep: Sweep, session: Any = None) -> int:
@@ -138,37 +113,23 @@ def _free_slots(sweep_id: str, sweep: Sweep, session: Any = None) -> int:
     return max(0, min(sweep.max_parallel - int(pending or 0), sweep.max_jobs - sweep.created))
 
 
-def _create(
-    session: Any, sweep_id: str, plan: SweepPlan, trials: list[tuple[int, dict[str, Any]]]
-) -> list[Job]:
-    settings = get_settings()
-    new = []
-    for number, values in trials:
-        spec = plan.spec(values)
-        new.append(
-            lifecycle.NewJob(
-                kind=spec.kind,
-                spec=spec.to_dict(),
-                spec_hash=spec.spec_hash(),
-                model=spec.model,
-                dataset=spec.source(),
-                tags=plan.tags,
-                sweep_id=sweep_id,
-                trial=number,
-                output_dir=None,
-            )
-        )
-    return lifecycle.create_jobs(
-        session,
-        new,
-        max_attempts=settings.max_attempts,
-        held_by=eager.holder() if settings.eager else None,
-        lease_seconds=settings.lease_seconds,
+def _new_job(sweep_id: str, plan: SweepPlan, proposal: methods.Proposal) -> lifecycle.NewJob:
+    spec = plan.spec(proposal.values)
+    return lifecycle.NewJob(
+        kind=spec.kind,
+        spec=spec.to_dict(),
+        spec_hash=spec.spec_hash(),
+        model=spec.model,
+        dataset=spec.source(),
+        tags=plan.tags,
+        sweep_id=sweep_id,
+        trial=proposal.number,
+        output_dir=None,
     )
 
 
 def after_trial(job_id: int) -> list[Job]:
-    """A trial ended: report it to the sweep's search (Optuna), then fill the free slots."""
+    """A trial ended: tell the sweep's method how, then fill the free slots."""
     with db.session_scope() as session:
         row = session.execute(
             select(Job.sweep_id, Job.trial, Job.status, Sweep.method)
@@ -177,10 +138,9 @@ def after_trial(job_id: int) -> list[Job]:
         ).one_or_none()
     if row is None:
         return []
-    if row.method == "optuna" and row.trial is not None and JobStatus(row.status).terminal:
-        from ftqueue.sweeps import search
-
-        search.tell(row.sweep_id, row.trial, row.status, validation_curve(job_id))
+    if row.trial is not None and JobStatus(row.status).terminal:
+        method = methods.lookup(row.method)
+        method.tell(row.sweep_id, row.trial, row.status, validation_curve(job_id))
     return fill(row.sweep_id)
 
 
