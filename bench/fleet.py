@@ -48,7 +48,7 @@ from bench.common import PG_SERVER, drop_pg, flush_redis, scratch_pg, use
 from ftqueue.core.outcome import Measurement, Progress
 from ftqueue.core.states import Phase
 from ftqueue.queue import broker, reaper
-from ftqueue.store import db, lifecycle
+from ftqueue.store import db, insert, lifecycle, recovery
 
 REDIS = (
     os.environ.get("FTQUEUE_TEST_REDIS", "redis://127.0.0.1:6379")
@@ -196,12 +196,12 @@ def fill(n: int) -> None:
             for i in range(start, min(n, start + 10_000))
         ]
         new = [
-            lifecycle.NewJob(kind="lora", spec=s.to_dict(), spec_hash=s.spec_hash(),
+            insert.NewJob(kind="lora", spec=s.to_dict(), spec_hash=s.spec_hash(),
                              model=s.model, dataset="movie-snippets", sweep_id="fleet")
             for s in specs
         ]  # fmt: skip
         with db.session_scope(write=True) as session:
-            jobs = lifecycle.create_jobs(session, new, max_attempts=3)
+            jobs = insert.create_jobs(session, new, max_attempts=3)
         broker.publish(jobs)
 
 
@@ -238,7 +238,7 @@ def timed_reap() -> float:
 def timed_scan() -> float:
     began = time.perf_counter()
     pending = broker.pending_task_ids()
-    lifecycle.queued_without_message(pending, older_than=lifecycle.utcnow())
+    recovery.queued_without_message(pending, older_than=lifecycle.utcnow())
     return time.perf_counter() - began
 
 

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from ftqueue.artifacts import publishing
 from ftqueue.errors import DatabaseError
 from ftqueue.settings import get_settings
-from ftqueue.store import lifecycle
+from ftqueue.store import recovery
 
 log = logging.getLogger(__name__)
 
@@ -57,14 +57,14 @@ class Keeper:
         while not self._stop.wait(self.interval):
             try:
                 # Only queued rows: the running one is renewed by its attempt's heartbeat.
-                lifecycle.renew_held(name, lease_seconds=self.lease_seconds)
+                recovery.renew_held(name, lease_seconds=self.lease_seconds)
             except DatabaseError as exc:
                 log.warning("eager jobs: lease renewal failed: %s", exc)
 
 
 def settle(job_ids: Sequence[int] | None = None) -> list[int]:
     """End the jobs (all, or these) whose eager process died; returns their ids."""
-    ended = lifecycle.end_abandoned(job_ids, holder_prefix=PREFIX)
+    ended = recovery.end_abandoned(job_ids, holder_prefix=PREFIX)
     if ended:
         log.warning("ended jobs abandoned by their eager process: %s", ended)
         _remove_staging(ended)
@@ -73,7 +73,7 @@ def settle(job_ids: Sequence[int] | None = None) -> list[int]:
 
 def end_own(reason: str) -> list[int]:
     """End the jobs this process holds, because it is stopping (SIGHUP, SIGTERM)."""
-    ended = lifecycle.end_held(
+    ended = recovery.end_held(
         holder(), error_type="Interrupted", message=f"{reason}: submit it again to run it"
     )
     _remove_staging(ended)

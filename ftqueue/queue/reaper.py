@@ -21,7 +21,7 @@ from ftqueue.artifacts import publishing
 from ftqueue.errors import first_line
 from ftqueue.queue import broker
 from ftqueue.settings import get_settings
-from ftqueue.store import lifecycle, reads
+from ftqueue.store import reads, recovery
 from ftqueue.store.schema import utcnow
 
 log = logging.getLogger(__name__)
@@ -77,14 +77,14 @@ def reap_once(*, lock_seconds: float = 10.0, grace_seconds: float | None = None)
         return summary
     summary.ran = True
     try:
-        report = lifecycle.reap_expired()
+        report = recovery.reap_expired()
         summary.failed = report.failed
         if report.requeued:
             broker.publish(report.requeued)
             summary.requeued = [job.id for job in report.requeued]
         grace = grace_seconds if grace_seconds is not None else lost_message_grace()
         pending = broker.pending_task_ids()
-        lost = lifecycle.queued_without_message(
+        lost = recovery.queued_without_message(
             pending, older_than=utcnow() - dt.timedelta(seconds=grace)
         )
         if lost:

@@ -19,7 +19,7 @@ from ftqueue.inputs import hub, pinning
 from ftqueue.queue import eager
 from ftqueue.settings import get_settings
 from ftqueue.specs import MODEL_ALIASES, DataSpec, JobSpec, is_local_model
-from ftqueue.store import db, lifecycle, reads
+from ftqueue.store import db, insert, reads
 from ftqueue.store.schema import Job
 from ftqueue.sweeps.sweepfile import SweepPlan
 
@@ -202,7 +202,7 @@ def submit(
                 submission.duplicates.append(Duplicate(spec, job.id, job.status))
                 continue
             new.append(
-                lifecycle.NewJob(
+                insert.NewJob(
                     kind=spec.kind,
                     spec=spec.to_dict(),
                     spec_hash=spec_hash,
@@ -214,7 +214,7 @@ def submit(
                     output_dir=output_dir if kinds.lookup(spec.kind).publishes else None,
                 )
             )
-        submission.created = lifecycle.create_jobs(
+        submission.created = insert.create_jobs(
             session,
             new,
             max_attempts=settings.max_attempts,

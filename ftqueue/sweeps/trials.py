@@ -19,7 +19,7 @@ from ftqueue.core.states import JobStatus
 from ftqueue.errors import SpecError
 from ftqueue.queue import eager
 from ftqueue.settings import get_settings
-from ftqueue.store import db, lifecycle
+from ftqueue.store import db, insert
 from ftqueue.store.schema import Job, Result, Sweep
 from ftqueue.sweeps.sweepfile import SweepPlan
 
@@ -146,7 +146,7 @@ def _create(
     for number, values in trials:
         spec = plan.spec(values)
         new.append(
-            lifecycle.NewJob(
+            insert.NewJob(
                 kind=spec.kind,
                 spec=spec.to_dict(),
                 spec_hash=spec.spec_hash(),
@@ -158,7 +158,7 @@ def _create(
                 output_dir=None,
             )
         )
-    return lifecycle.create_jobs(
+    return insert.create_jobs(
         session,
         new,
         max_attempts=settings.max_attempts,
