@@ -3,7 +3,7 @@
 Each simulated worker is a thread doing what a worker's job slot does to the two servers:
 take a message from the `lora` list (BRPOP, then the unacked hash, as Celery's Redis
 transport does with acks_late), claim the job (`lifecycle.claim`, the real conditional
-UPDATE), heart-beat it (the real `execution.Heartbeat.beat`, once a second, by a ticker per
+UPDATE), heart-beat it (the real `Heartbeat.beat`, once a second, by a ticker per
 process), report progress every --progress-every seconds, record three results
 (`lifecycle.record_success`) and acknowledge. Threads are spread over a few processes, each
 with ftqueue's own connection pool (5 + 10 overflow), so the database sees what a connection
@@ -88,7 +88,7 @@ def fleet_process(
 ) -> None:  # fmt: skip
     """One process of simulated workers; puts its Tally on ``out`` at the end."""
     use(env)
-    from ftqueue.execution.attempt import Heartbeat
+    from ftqueue.execution.heartbeat import Heartbeat
 
     start, end = window
     tally = Tally()

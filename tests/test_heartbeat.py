@@ -11,7 +11,7 @@ import pytest
 from ftqueue.core.outcome import Progress
 from ftqueue.core.states import Phase
 from ftqueue.errors import JobCancelled
-from ftqueue.execution.attempt import Heartbeat
+from ftqueue.execution.heartbeat import Heartbeat
 from ftqueue.kinds.lora import LoraSpec
 from ftqueue.queue import reaper
 from ftqueue.settings import reset_settings
