@@ -8,8 +8,8 @@ holds the job, so a superseded or cancelled attempt records nothing.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -118,6 +118,7 @@ def execute(claim: lifecycle.Claim) -> AttemptEnd:
     """Run a claimed attempt to its end and record that end."""
     settings = get_settings()
     staging: Path | None = None
+    cleanup = contextlib.ExitStack()
     heartbeat = Heartbeat(claim, lease_seconds=settings.lease_seconds)
     tracked: tracking.MlflowRun | None = None
     published: list[str] = []
@@ -131,8 +132,8 @@ def execute(claim: lifecycle.Claim) -> AttemptEnd:
                 heartbeat.on_epoch = tracked.epoch
             if kinds.lookup(claim.kind).publishes:
                 final = published_dir(claim)
-                remove_stale_staging(final)
-                staging = publishing.new_staging_dir(final.parent, final.name)
+                publishing.remove_stale_staging(final)
+                staging = cleanup.enter_context(publishing.staging_dir(final))
             outcome = perform(claim, staging=staging, heartbeat=heartbeat)
         heartbeat.check()
         publish: Callable[[], str | None] | None = None
@@ -194,8 +195,7 @@ def execute(claim: lifecycle.Claim) -> AttemptEnd:
         return AttemptEnd.FAILED
     finally:
         # Still here only when nothing was published (failure, cancel, superseded).
-        if staging is not None and staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
+        cleanup.close()
 
 
 def _headline(measurements: list[Measurement]) -> str:
@@ -204,15 +204,6 @@ def _headline(measurements: list[Measurement]) -> str:
         return ""
     m = measurements[-1]
     return f": {m.split} accuracy {m.accuracy:.4f}, loss {m.loss:.4f} (epoch {m.epoch})"
-
-
-def remove_stale_staging(final: Path) -> list[Path]:
-    """Delete staging directories left by earlier attempts of a job this attempt now holds."""
-    root = final.parent
-    stale = sorted(root.glob(f"{publishing.STAGING_PREFIX}{final.name}-*")) if root.is_dir() else []
-    for path in stale:
-        shutil.rmtree(path, ignore_errors=True)
-    return stale
 
 
 def _soft_time_limit(exc: BaseException) -> bool:

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
-import shutil
 import socket
 import threading
 from collections.abc import Sequence
@@ -80,13 +78,9 @@ def end_own(reason: str) -> list[int]:
     return ended
 
 
-_STAGING_JOB = re.compile(r"^\.(?:staging|replaced)-job-(\d+)-")
-
-
 def _remove_staging(job_ids: Sequence[int]) -> None:
     """Staging directories a dead eager attempt left (no worker's reaper may ever see them)."""
-    ids = set(job_ids)
-    for path in publishing.find_stray_staging(get_settings().artifacts_dir):
-        match = _STAGING_JOB.match(path.name)
-        if match and int(match.group(1)) in ids:
-            shutil.rmtree(path, ignore_errors=True)
+    strays = publishing.stray_staging_by_job(get_settings().artifacts_dir)
+    for job_id in set(job_ids) & set(strays):
+        for path in strays[job_id]:
+            publishing.discard(path)
