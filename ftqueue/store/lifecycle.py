@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 from ftqueue.core.outcome import Measurement, Progress
 from ftqueue.core.states import JobStatus, Phase
 from ftqueue.store.db import session_scope
-from ftqueue.store.schema import Job, JobEvent, Result, utcnow
+from ftqueue.store.schema import Job, JobEvent, Result, held_by_attempt, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -163,13 +163,7 @@ def finish_cancelled(session: Session, job: Job, worker: str | None, detail: str
 def holding(session: Session, claim: Claim) -> Job | None:
     """The job row, locked, if this attempt still holds it."""
     return session.scalars(
-        select(Job)
-        .where(
-            Job.id == claim.job_id,
-            Job.attempts == claim.attempt,
-            Job.status == JobStatus.RUNNING,
-        )
-        .with_for_update()
+        select(Job).where(held_by_attempt(claim.job_id, claim.attempt)).with_for_update()
     ).one_or_none()
 
 
@@ -198,11 +192,7 @@ def heartbeat(claim: Claim, progress: Progress | None, *, lease_seconds: int) ->
     with session_scope(write=True) as session:
         cancel = session.execute(
             update(Job)
-            .where(
-                Job.id == claim.job_id,
-                Job.attempts == claim.attempt,
-                Job.status == JobStatus.RUNNING,
-            )
+            .where(held_by_attempt(claim.job_id, claim.attempt))
             .values(**values)
             .returning(Job.cancel_requested)
             .execution_options(synchronize_session=False)
