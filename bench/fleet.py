@@ -3,7 +3,7 @@
 Each simulated worker is a thread doing what a worker's job slot does to the two servers:
 take a message from the `lora` list (BRPOP, then the unacked hash, as Celery's Redis
 transport does with acks_late), claim the job (`lifecycle.claim`, the real conditional
-UPDATE), heart-beat it (the real `execution.Heartbeat.beat`, once a second, by a ticker per
+UPDATE), heart-beat it (the real `Heartbeat.beat`, once a second, by a ticker per
 process), report progress every --progress-every seconds, record three results
 (`lifecycle.record_success`) and acknowledge. Threads are spread over a few processes, each
 with ftqueue's own connection pool (5 + 10 overflow), so the database sees what a connection
@@ -48,7 +48,7 @@ from bench.common import PG_SERVER, drop_pg, flush_redis, scratch_pg, use
 from ftqueue.core.outcome import Measurement, Progress
 from ftqueue.core.states import Phase
 from ftqueue.queue import broker, reaper
-from ftqueue.store import db, lifecycle
+from ftqueue.store import db, insert, lifecycle, recovery
 from ftqueue.submit import enqueue
 
 REDIS = (
@@ -89,7 +89,7 @@ def fleet_process(
 ) -> None:  # fmt: skip
     """One process of simulated workers; puts its Tally on ``out`` at the end."""
     use(env)
-    from ftqueue.execution.attempt import Heartbeat
+    from ftqueue.execution.heartbeat import Heartbeat
 
     start, end = window
     tally = Tally()
@@ -197,7 +197,7 @@ def fill(n: int) -> None:
             for i in range(start, min(n, start + 10_000))
         ]
         new = [
-            lifecycle.NewJob(kind="lora", spec=s.to_dict(), spec_hash=s.spec_hash(),
+            insert.NewJob(kind="lora", spec=s.to_dict(), spec_hash=s.spec_hash(),
                              model=s.model, dataset="movie-snippets", sweep_id="fleet")
             for s in specs
         ]  # fmt: skip
@@ -237,7 +237,7 @@ def timed_reap() -> float:
 def timed_scan() -> float:
     began = time.perf_counter()
     pending = broker.pending_task_ids()
-    lifecycle.queued_without_message(pending, older_than=lifecycle.utcnow())
+    recovery.queued_without_message(pending, older_than=lifecycle.utcnow())
     return time.perf_counter() - began
 
 

@@ -215,7 +215,7 @@ def ours(
     import contextlib
 
     from ftqueue.kinds.lora import LoraSpec, device_recipe
-    from ftqueue.training import jobs, run_lora
+    from ftqueue.training import lora, run_lora
 
     values = device_recipe(recipe)
     for item in filter(None, args.set.split(",")):
@@ -227,7 +227,7 @@ def ours(
     if args.random_init_bert_base:
         # A random body has no useful pooled states; the throughput is what is compared.
         spec = LoraSpec.from_dict({**spec.to_dict(), "pooling": "mean"})
-    fit = jobs.fit
+    fit = lora.fit
     if counter is not None:
         # Count inside the training loop only: its epoch-end evaluation is paused below.
         def counted_fit(*a: Any, **kw: Any) -> int:
@@ -243,12 +243,12 @@ def ours(
             with counter or contextlib.nullcontext():
                 return fit(*rest, paused, **kw)
 
-        jobs.fit = counted_fit  # type: ignore[assignment]
+        lora.fit = counted_fit  # type: ignore[assignment]
     try:
         outcome = run_lora(spec, adapter_dir=out / f"adapter-{recipe}-{seed}-{time.time_ns()}",
                            cache_dir=out / "cache")  # fmt: skip
     finally:
-        jobs.fit = fit  # type: ignore[assignment]
+        lora.fit = fit  # type: ignore[assignment]
     test = next(m for m in outcome.measurements if m.split == "test")
     return {
         "samples_per_second": outcome.stats["samples_per_second"],

@@ -28,7 +28,7 @@ from ftqueue.specs import (
     param,
     required,
 )
-from ftqueue.store import db, lifecycle, reads
+from ftqueue.store import db, insert, reads
 from ftqueue.store.schema import Job
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -130,10 +130,10 @@ def echo_kind() -> object:
 def test_a_new_kind_runs_through_the_registry_alone(sqlite_url: str, echo_kind: object) -> None:
     spec = EchoSpec(model="any", data=DataSpec(dataset="movie-snippets"), words=4)
     with db.session_scope(write=True) as session:
-        [job] = lifecycle.create_jobs(
+        [job] = insert.create_jobs(
             session,
             [
-                lifecycle.NewJob(
+                insert.NewJob(
                     kind=spec.kind,
                     spec=spec.to_dict(),
                     spec_hash=spec.spec_hash(),
@@ -168,9 +168,9 @@ def test_a_new_kind_runs_through_the_registry_alone(sqlite_url: str, echo_kind: 
 
 def test_unknown_kinds_are_refused_where_jobs_are_made(sqlite_url: str) -> None:
     with pytest.raises(SpecError, match="unknown job kind 'nope'"), db.session_scope() as session:
-        lifecycle.create_jobs(
+        insert.create_jobs(
             session,
-            [lifecycle.NewJob(kind="nope", spec={}, spec_hash="h", model="m", dataset="d")],
+            [insert.NewJob(kind="nope", spec={}, spec_hash="h", model="m", dataset="d")],
             max_attempts=1,
         )
     with db.session_scope() as session:

@@ -9,8 +9,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-import ftqueue.inputs.labelled as data_module
 from ftqueue.errors import DatasetError
+from ftqueue.inputs import tables
 from ftqueue.inputs.labelled import check_dataset, movie_snippets_path, resolve_dataset
 from ftqueue.specs import DataSpec
 
@@ -126,7 +126,7 @@ def test_unsupported_extension_and_size_limit(
     path.write_text("text\tlabel\n")
     _assert_refused(DataSpec(dataset=str(path)), "unsupported extension '.txt'", ".parquet")
     big = _csv(tmp_path / "big.csv", _rows(20))
-    monkeypatch.setattr(data_module, "MAX_FILE_BYTES", 100)
+    monkeypatch.setattr(tables, "MAX_FILE_BYTES", 100)
     _assert_refused(DataSpec(dataset=str(big)), "big.csv", "limit")
 
 

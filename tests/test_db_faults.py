@@ -24,7 +24,7 @@ from ftqueue.kinds.lora import LoraSpec
 from ftqueue.queue import broker
 from ftqueue.settings import reset_settings
 from ftqueue.specs import DataSpec
-from ftqueue.store import db, lifecycle
+from ftqueue.store import db, insert, lifecycle
 from ftqueue.store.schema import Job, JobEvent, Result
 from ftqueue.submit.submission import submit
 from tests.conftest import PG_SERVER, service_missing
@@ -92,10 +92,10 @@ OUTAGES = {
 def queued_rows(specs: list[LoraSpec]) -> list[Job]:
     """Queued job rows whose messages are not published yet."""
     with db.session_scope(write=True) as session:
-        return lifecycle.create_jobs(
+        return insert.create_jobs(
             session,
             [
-                lifecycle.NewJob(
+                insert.NewJob(
                     kind="lora",
                     spec=s.to_dict(),
                     spec_hash=s.spec_hash(),

@@ -231,17 +231,17 @@ def test_held_jobs_are_not_republished_while_their_holder_lives(sqlite_url: str)
     """The reaper's lost-message scan leaves a live eager process's waiting jobs alone."""
     import datetime as dt
 
-    from ftqueue.store import lifecycle
+    from ftqueue.store import insert, recovery
 
-    new = lifecycle.NewJob(kind="lora", spec={}, spec_hash="h", model="m", dataset="d")
+    new = insert.NewJob(kind="lora", spec={}, spec_hash="h", model="m", dataset="d")
     with db.session_scope(write=True) as session:
-        [held] = lifecycle.create_jobs(
+        [held] = insert.create_jobs(
             session, [new], max_attempts=3, held_by=eager.holder(), lease_seconds=60
         )
     later = utcnow() + dt.timedelta(seconds=1)
-    assert lifecycle.queued_without_message(set(), older_than=later) == []
+    assert recovery.queued_without_message(set(), older_than=later) == []
     with db.session_scope(write=True) as session:
         row = session.get(Job, held.id)
         assert row is not None
         row.lease_expires_at = utcnow() - dt.timedelta(seconds=1)
-    assert [j.id for j in lifecycle.queued_without_message(set(), older_than=later)] == [held.id]
+    assert [j.id for j in recovery.queued_without_message(set(), older_than=later)] == [held.id]

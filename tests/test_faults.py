@@ -286,15 +286,15 @@ def test_8_clis_submitting_at_once_on_sqlite_see_no_lock_error(
 def test_pickle_message_is_refused_and_runs_nothing(fault_env, pool, tmp_path) -> None:  # type: ignore[no-untyped-def]
     from kombu import Connection
 
-    from ftqueue.store import lifecycle
+    from ftqueue.store import insert
 
     worker = launch(pool, "picky", fault_env, tmp_path)
     job_spec = spec(0.1, 99)
     with db.session_scope(write=True) as session:  # a queued row whose only message is pickle
-        [job] = lifecycle.create_jobs(
+        [job] = insert.create_jobs(
             session,
             [
-                lifecycle.NewJob(
+                insert.NewJob(
                     kind="lora",
                     spec=job_spec.to_dict(),
                     spec_hash=job_spec.spec_hash(),

@@ -11,12 +11,12 @@ import pytest
 from ftqueue.core.outcome import Progress
 from ftqueue.core.states import Phase
 from ftqueue.errors import JobCancelled
-from ftqueue.execution.attempt import Heartbeat
+from ftqueue.execution.heartbeat import Heartbeat
 from ftqueue.kinds.lora import LoraSpec
 from ftqueue.queue import reaper
 from ftqueue.settings import reset_settings
 from ftqueue.specs import DataSpec
-from ftqueue.store import db, lifecycle
+from ftqueue.store import db, insert, lifecycle
 from ftqueue.store.schema import Job
 from ftqueue.submit.submission import submit
 from tests.procs import WorkerProcess, child_env, wait_for
@@ -24,9 +24,9 @@ from tests.procs import WorkerProcess, child_env, wait_for
 
 def make_claim(lease_seconds: int) -> lifecycle.Claim:
     with db.session_scope(write=True) as session:
-        [job] = lifecycle.create_jobs(
+        [job] = insert.create_jobs(
             session,
-            [lifecycle.NewJob(kind="lora", spec={"r": 8}, spec_hash="h", model="m", dataset="d")],
+            [insert.NewJob(kind="lora", spec={"r": 8}, spec_hash="h", model="m", dataset="d")],
             max_attempts=3,
         )
     claim = lifecycle.claim(job.id, worker="w", lease_seconds=lease_seconds)

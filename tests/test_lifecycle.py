@@ -9,7 +9,7 @@ from sqlalchemy import func, select
 
 from ftqueue.core.outcome import Measurement, Progress
 from ftqueue.core.states import Phase
-from ftqueue.store import db, lifecycle
+from ftqueue.store import db, insert, lifecycle, recovery
 from ftqueue.store.schema import Job, Result, utcnow
 
 M = Measurement("test", 1, 0.9, 0.3, 0.89, 100)
@@ -17,9 +17,9 @@ M = Measurement("test", 1, 0.9, 0.3, 0.89, 100)
 
 def make_job(max_attempts: int = 3, spec_hash: str = "h") -> int:
     with db.session_scope(write=True) as session:
-        [job] = lifecycle.create_jobs(
+        [job] = insert.create_jobs(
             session,
-            [lifecycle.NewJob(kind="lora", spec={"r": 8}, spec_hash=spec_hash, model="m",
+            [insert.NewJob(kind="lora", spec={"r": 8}, spec_hash=spec_hash, model="m",
                               dataset="d")],
             max_attempts=max_attempts,
         )  # fmt: skip
@@ -62,7 +62,7 @@ def test_a_superseded_attempt_cannot_record(any_db_url: str) -> None:
     first = lifecycle.claim(job_id, worker="a", lease_seconds=1)
     assert first is not None
     # The lease lapses; the reaper hands the job to a new attempt.
-    report = lifecycle.reap_expired(now=utcnow() + dt.timedelta(seconds=5))
+    report = recovery.reap_expired(now=utcnow() + dt.timedelta(seconds=5))
     assert [j.id for j in report.requeued] == [job_id]
     second = lifecycle.claim(job_id, worker="b", lease_seconds=60)
     assert second is not None and second.attempt == 2
@@ -98,7 +98,7 @@ def test_attempts_are_bounded(any_db_url: str) -> None:
     later = utcnow() + dt.timedelta(seconds=5)
     for _ in range(2):
         assert lifecycle.claim(job_id, worker="w", lease_seconds=1) is not None
-        lifecycle.reap_expired(now=later)
+        recovery.reap_expired(now=later)
         later += dt.timedelta(seconds=5)
     job = row(job_id)
     assert (job.status, job.attempts, job.error_type) == ("failed", 2, "WorkerLost")
@@ -135,8 +135,8 @@ def test_lost_messages_are_found_by_task_id(any_db_url: str) -> None:
     pending = {row(kept).task_id or ""}
     old_task = row(lost).task_id
     assert (
-        lifecycle.queued_without_message(pending, older_than=utcnow() - dt.timedelta(hours=1)) == []
+        recovery.queued_without_message(pending, older_than=utcnow() - dt.timedelta(hours=1)) == []
     )
-    found = lifecycle.queued_without_message(pending, older_than=utcnow() + dt.timedelta(seconds=1))
+    found = recovery.queued_without_message(pending, older_than=utcnow() + dt.timedelta(seconds=1))
     assert [j.id for j in found] == [lost]
     assert row(lost).task_id != old_task  # re-published under a new id

@@ -7,14 +7,14 @@ import json
 from click.testing import CliRunner
 
 from ftqueue.cli import cli
-from ftqueue.store import db, lifecycle
+from ftqueue.store import db, insert
 
 
 def test_list_pages_by_id_and_points_at_the_next_page(any_db_url: str) -> None:
     with db.session_scope(write=True) as session:
-        jobs = lifecycle.create_jobs(
+        jobs = insert.create_jobs(
             session,
-            [lifecycle.NewJob(kind="lora", spec={"seed": i}, spec_hash=f"h{i}", model="m",
+            [insert.NewJob(kind="lora", spec={"seed": i}, spec_hash=f"h{i}", model="m",
                               dataset="d", sweep_id="big" if i % 2 else None)
              for i in range(120)],
             max_attempts=3,

@@ -21,7 +21,7 @@ from ftqueue.cli import cli
 from ftqueue.core.states import AttemptEnd
 from ftqueue.execution import attempt
 from ftqueue.settings import get_settings
-from ftqueue.store import db, lifecycle
+from ftqueue.store import db, insert, lifecycle
 from ftqueue.store.schema import Job
 from ftqueue.training import label_texts
 from tests.conftest import TrainedAdapter
@@ -43,7 +43,7 @@ def register_adapter(adapter: TrainedAdapter, *, metadata: dict[str, object] | N
     """A succeeded lora job whose published adapter is a copy of ``adapter``, recorded through
     the lifecycle a worker uses (so no training here)."""
     spec = adapter.spec
-    new = lifecycle.NewJob(
+    new = insert.NewJob(
         kind="lora",
         spec=spec.to_dict(),
         spec_hash=spec.spec_hash(),
@@ -51,7 +51,7 @@ def register_adapter(adapter: TrainedAdapter, *, metadata: dict[str, object] | N
         dataset=spec.source(),
     )
     with db.session_scope(write=True) as session:
-        [job] = lifecycle.create_jobs(session, [new], max_attempts=1)
+        [job] = insert.create_jobs(session, [new], max_attempts=1)
         job_id = job.id
     claim = lifecycle.claim(job_id, worker="trainer@test", lease_seconds=60)
     assert claim is not None
@@ -203,9 +203,9 @@ def test_bad_predict_input_is_refused_before_anything_is_written(
     adapter_job = register_adapter(default_adapter)
     with db.session_scope(write=True) as session:
         spec = {"model": "minilm", "data": {"dataset": "movie-snippets"}}
-        [evaluate] = lifecycle.create_jobs(
+        [evaluate] = insert.create_jobs(
             session,
-            [lifecycle.NewJob("evaluate", spec, "h", "minilm", "movie-snippets")],
+            [insert.NewJob("evaluate", spec, "h", "minilm", "movie-snippets")],
             max_attempts=1,
         )
         evaluate_job = evaluate.id

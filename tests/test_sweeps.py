@@ -22,7 +22,7 @@ from ftqueue.execution import attempt
 from ftqueue.kinds.lora import LoraSpec
 from ftqueue.settings import reset_settings
 from ftqueue.specs import DataSpec
-from ftqueue.store import db, lifecycle
+from ftqueue.store import db, insert, lifecycle
 from ftqueue.store.schema import Job, Result, RungDecision, Sweep
 from ftqueue.sweeps import asha, sweepfile
 from ftqueue.sweeps.methods import grid as grid_method
@@ -136,10 +136,10 @@ def _claimed_trials(n: int, eta: int = 3) -> list[lifecycle.Claim]:
                   max_parallel=n, created=n, eta=eta, rungs=[1, 2], status="active")
         )  # fmt: skip
         session.flush()
-        jobs = lifecycle.create_jobs(
+        jobs = insert.create_jobs(
             session,
             [
-                lifecycle.NewJob(
+                insert.NewJob(
                     kind="lora",
                     spec={**spec.to_dict(), "seed": i},
                     spec_hash=str(i),
@@ -218,10 +218,10 @@ def test_select_epoch_last_keeps_the_last_epoch(sqlite_url: str) -> None:
         spec = LoraSpec(model="synthetic:seconds=0.01,steps=5", data=data, epochs=5,
                         seed=11, select_epoch=select_epoch)  # fmt: skip
         with db.session_scope(write=True) as session:
-            [job] = lifecycle.create_jobs(
+            [job] = insert.create_jobs(
                 session,
                 [
-                    lifecycle.NewJob(
+                    insert.NewJob(
                         kind="lora",
                         spec=spec.to_dict(),
                         spec_hash=spec.spec_hash(),

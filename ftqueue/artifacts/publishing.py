@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +19,8 @@ from ftqueue.errors import AdapterError, FtqueueError, SpecError
 
 STAGING_PREFIX = ".staging-"
 ASIDE_PREFIX = ".replaced-"
+#: A stray staging or moved-aside directory of a job's directory (``job-<id>``).
+_STRAY_JOB = re.compile(r"^\.(?:staging|replaced)-job-(\d+)-")
 
 
 def new_staging_dir(parent: Path, name: str) -> Path:
@@ -28,6 +33,31 @@ def new_staging_dir(parent: Path, name: str) -> Path:
     staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{name}-", dir=parent))
     staging.chmod(dir_mode())
     return staging
+
+
+@contextmanager
+def staging_dir(final: Path) -> Iterator[Path]:
+    """A new staging directory for ``final``, removed on the way out unless it was published."""
+    staging = new_staging_dir(final.parent, final.name)
+    try:
+        yield staging
+    finally:
+        discard(staging)
+
+
+def discard(path: Path) -> None:
+    """Remove a staging or moved-aside directory, if it is still there."""
+    if path.exists():
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def remove_stale_staging(final: Path) -> list[Path]:
+    """Delete staging directories left by earlier attempts of a job this attempt now holds."""
+    root = final.parent
+    stale = sorted(root.glob(f"{STAGING_PREFIX}{final.name}-*")) if root.is_dir() else []
+    for path in stale:
+        discard(path)
+    return stale
 
 
 def _fsync_tree(root: Path) -> None:
@@ -102,6 +132,16 @@ def find_stray_staging(root: Path, *, older_than: float = 0.0) -> list[Path]:
                 if path.stat().st_mtime <= cutoff:
                     found.append(path)
     return sorted(found)
+
+
+def stray_staging_by_job(root: Path) -> dict[int, list[Path]]:
+    """The stray directories under ``root`` (see find_stray_staging) by the job they were for."""
+    strays: dict[int, list[Path]] = {}
+    for path in find_stray_staging(root):
+        match = _STRAY_JOB.match(path.name)
+        if match:
+            strays.setdefault(int(match.group(1)), []).append(path)
+    return strays
 
 
 ADAPTER_METADATA = "ftqueue_adapter.json"

@@ -8,22 +8,17 @@ holds the job, so a superseded or cancelled attempt records nothing.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import shutil
 import sys
-import threading
-import time
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
-from typing import TypeVar
 
 from ftqueue import kinds
 from ftqueue.artifacts import paths, publishing
-from ftqueue.core.outcome import Measurement, Outcome, Progress
-from ftqueue.core.states import AttemptEnd, JobStatus, Phase
+from ftqueue.core.outcome import Measurement, Outcome
+from ftqueue.core.states import AttemptEnd, JobStatus
 from ftqueue.errors import (
-    DatabaseError,
     DatabaseReplaced,
     FtqueueError,
     JobCancelled,
@@ -31,169 +26,13 @@ from ftqueue.errors import (
     first_line,
 )
 from ftqueue.execution import synthetic, tracking
+from ftqueue.execution.heartbeat import Heartbeat
+from ftqueue.execution.retry import with_db_retry
 from ftqueue.settings import get_settings
-from ftqueue.store import lifecycle, reads
+from ftqueue.store import lifecycle
 from ftqueue.sweeps import asha
 
-T = TypeVar("T")
-
 log = logging.getLogger(__name__)
-
-#: How long a finished attempt keeps trying to record while the database is unreachable.
-RECORD_RETRY_SECONDS = 300.0
-#: The longest wait between two tries of an unavailable database.
-MAX_RETRY_DELAY = 10.0
-
-
-class Heartbeat:
-    """Renews a running job's lease and writes its progress from a background thread.
-
-    The work calls :meth:`on_progress`; it raises JobCancelled or JobSuperseded there once the
-    heartbeat learns that the job was cancelled or taken over, so the work stops at a step.
-
-    Every beat (each second) looks at the row, so a cancel is seen within a second or two,
-    but it writes only when the progress changed or a third of the lease has gone by since
-    the last write: a thousand jobs waiting on something cost a thousand cheap reads a
-    second, not a thousand row versions.
-    """
-
-    def __init__(
-        self,
-        claim: lifecycle.Claim,
-        *,
-        lease_seconds: int,
-        on_epoch: Callable[[Progress], None] | None = None,
-    ) -> None:
-        self.claim = claim
-        self.on_epoch = on_epoch
-        self.lease_seconds = lease_seconds
-        self.interval = min(1.0, lease_seconds / 4)
-        #: A lease is renewed this long after the last write; two renewals may fail in a row
-        #: (a database restart) before it lapses.
-        self.renew_after = lease_seconds / 3
-        self._written = time.monotonic()  # the claim wrote the first lease
-        #: Writes and read-only looks since the start, for the fleet benchmark and tests.
-        self.writes = 0
-        self.reads = 0
-        self.progress = Progress(Phase.STARTING)
-        #: The last training step reported: an epoch's end is told with its step and loss.
-        self._last_step: Progress | None = None
-        self._dirty = False
-        self.cancelled = threading.Event()
-        self.superseded = threading.Event()
-        self.lost_because = f"job {claim.job_id} was taken over by another attempt"
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self.started = time.monotonic()
-        #: Seconds from the claim to the first training step: what a warm worker saves.
-        self.first_step_after: float | None = None
-        self._thread = threading.Thread(
-            target=self._run, name=f"heartbeat-{claim.job_id}", daemon=True
-        )
-
-    def __enter__(self) -> Heartbeat:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.stop()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive() and threading.current_thread() is not self._thread:
-            self._thread.join(timeout=30)
-
-    def on_progress(self, update: Progress) -> None:
-        with self._lock:
-            last = self.progress
-            if update.phase == Phase.TRAIN and update.step:
-                self._last_step = update
-            epoch_end = update.val_accuracy is not None
-            if epoch_end:
-                # An epoch's end says only its accuracy; the step and loss are the last seen.
-                step = self._last_step or last
-                update = replace(
-                    update,
-                    step=update.step if update.step is not None else step.step,
-                    total=update.total if update.total is not None else step.total,
-                    loss=update.loss if update.loss is not None else step.loss,
-                )
-            else:
-                update = replace(update, val_accuracy=last.val_accuracy, val_epoch=last.val_epoch)
-            self.progress = update
-            self._dirty = True
-            if self.first_step_after is None and update.phase == Phase.TRAIN and update.step:
-                self.first_step_after = time.monotonic() - self.started
-        if epoch_end:
-            self._epoch_ended(update)
-        self.check()
-
-    def _epoch_ended(self, p: Progress) -> None:
-        steps = f"step {p.step}/{p.total}" if p.step is not None and p.total else "step ?"
-        loss = f"train loss {p.loss:.4f}" if p.loss is not None else "train loss ?"
-        log.info("job %s: epoch %s: %s, %s, validation accuracy %.4f",
-                 self.claim.job_id, p.val_epoch, steps, loss, p.val_accuracy)  # fmt: skip
-        if self.on_epoch is not None:
-            self.on_epoch(p)
-
-    def check(self) -> None:
-        if self.superseded.is_set():
-            raise JobSuperseded(self.lost_because)
-        if self.cancelled.is_set():
-            raise JobCancelled(f"job {self.claim.job_id} was cancelled")
-
-    def beat(self) -> None:
-        now = time.monotonic()
-        with self._lock:
-            update = self.progress if self._dirty else None
-            self._dirty = False
-        if update is not None or now - self._written >= self.renew_after:
-            try:
-                owned, cancel = lifecycle.heartbeat(
-                    self.claim, update, lease_seconds=self.lease_seconds
-                )
-            except BaseException:
-                if update is not None:
-                    with self._lock:  # written by the next beat, unless newer progress came
-                        self._dirty = True
-                raise
-            self._written = now
-            self.writes += 1
-        else:
-            owned, cancel = reads.attempt_held(self.claim.job_id, self.claim.attempt)
-            self.reads += 1
-        if not owned:
-            log.warning(
-                "job %s: attempt %s no longer holds it; stopping, nothing recorded",
-                self.claim.job_id,
-                self.claim.attempt,
-            )
-            self.superseded.set()
-        elif cancel:
-            self.cancelled.set()
-
-    def _run(self) -> None:
-        failing = False
-        while not self._stop.wait(self.interval):
-            try:
-                self.beat()
-                if failing:
-                    log.warning("job %s: heartbeat recorded again", self.claim.job_id)
-                failing = False
-            except DatabaseReplaced as exc:
-                self.lost_because = f"job {self.claim.job_id}: {exc.message}"
-                log.error("%s; this attempt stops and records nothing", self.lost_because)
-                self.superseded.set()
-            except DatabaseError as exc:
-                # The lease may lapse while the database is away; ownership is checked again
-                # when the result is recorded, so this attempt cannot record over another.
-                if not failing:
-                    log.warning("job %s: heartbeat failed: %s", self.claim.job_id, exc)
-                failing = True
-            except Exception:
-                log.exception("job %s: heartbeat failed", self.claim.job_id)
-            if self.superseded.is_set():
-                return
 
 
 def run_job(job_id: int, *, worker: str, task_id: str | None = None) -> AttemptEnd:
@@ -227,24 +66,15 @@ def claim_when_writable(
     A worker takes no job it could not record: while it waits here its one slot stays taken,
     so it fetches no other message, and this one stays unacknowledged in Redis.
     """
-    delay, since = 0.5, None
-    while True:
-        try:
-            claim = lifecycle.claim(
-                job_id, worker=worker, lease_seconds=get_settings().lease_seconds, task_id=task_id
-            )
-        except DatabaseReplaced:
-            raise
-        except DatabaseError as exc:
-            if since is None:
-                since = time.monotonic()
-                log.warning("job %s: not claiming until the database is back: %s", job_id, exc)
-            time.sleep(delay)
-            delay = min(delay * 2, MAX_RETRY_DELAY)
-            continue
-        if since is not None:
-            log.warning("job %s: database back after %.0fs", job_id, time.monotonic() - since)
-        return claim
+    lease_seconds = get_settings().lease_seconds
+    return with_db_retry(
+        lambda: lifecycle.claim(
+            job_id, worker=worker, lease_seconds=lease_seconds, task_id=task_id
+        ),
+        give_up_after=None,
+        waiting="not claiming until the database is back",
+        prefix=f"job {job_id}: ",
+    )
 
 
 def published_dir(claim: lifecycle.Claim) -> Path:
@@ -256,13 +86,13 @@ def published_dir(claim: lifecycle.Claim) -> Path:
 
 def rung_check(claim: lifecycle.Claim, heartbeat: Heartbeat) -> Callable[[int, float], bool]:
     """The job's ``keep_going``: its sweep's rung decision at each rung, True elsewhere."""
-    policy = _with_db_retry(lambda: asha.policy_of(claim.job_id))
+    policy = with_db_retry(lambda: asha.policy_of(claim.job_id))
 
     def keep_going(epoch: int, accuracy: float) -> bool:
         heartbeat.check()
         if policy is None or epoch not in policy.rungs:
             return True
-        return _with_db_retry(lambda: asha.decide(claim, policy, epoch, accuracy))
+        return with_db_retry(lambda: asha.decide(claim, policy, epoch, accuracy))
 
     return keep_going
 
@@ -288,6 +118,7 @@ def execute(claim: lifecycle.Claim) -> AttemptEnd:
     """Run a claimed attempt to its end and record that end."""
     settings = get_settings()
     staging: Path | None = None
+    cleanup = contextlib.ExitStack()
     heartbeat = Heartbeat(claim, lease_seconds=settings.lease_seconds)
     tracked: tracking.MlflowRun | None = None
     published: list[str] = []
@@ -301,8 +132,8 @@ def execute(claim: lifecycle.Claim) -> AttemptEnd:
                 heartbeat.on_epoch = tracked.epoch
             if kinds.lookup(claim.kind).publishes:
                 final = published_dir(claim)
-                remove_stale_staging(final)
-                staging = publishing.new_staging_dir(final.parent, final.name)
+                publishing.remove_stale_staging(final)
+                staging = cleanup.enter_context(publishing.staging_dir(final))
             outcome = perform(claim, staging=staging, heartbeat=heartbeat)
         heartbeat.check()
         publish: Callable[[], str | None] | None = None
@@ -319,7 +150,7 @@ def execute(claim: lifecycle.Claim) -> AttemptEnd:
         stats = {**outcome.stats, "seconds_to_first_step": heartbeat.first_step_after}
         pruned = stats.get("pruned_at") is not None
         status = JobStatus.PRUNED if pruned else JobStatus.SUCCEEDED
-        recorded = _with_db_retry(
+        recorded = with_db_retry(
             lambda: lifecycle.record_success(
                 claim, measurements, stats=stats, publish=publish, status=status
             )
@@ -337,7 +168,7 @@ def execute(claim: lifecycle.Claim) -> AttemptEnd:
             tracked.finish(AttemptEnd.SUPERSEDED, outcome)
         return AttemptEnd.SUPERSEDED
     except JobCancelled:
-        _with_db_retry(lambda: lifecycle.record_cancelled(claim))
+        with_db_retry(lambda: lifecycle.record_cancelled(claim))
         if tracked is not None:
             tracked.finish(AttemptEnd.CANCELLED)
         return AttemptEnd.CANCELLED
@@ -358,14 +189,13 @@ def execute(claim: lifecycle.Claim) -> AttemptEnd:
             log.error("job %s failed: %s: %s", claim.job_id, error_type, message)
         else:
             log.exception("job %s failed", claim.job_id)
-        _with_db_retry(lambda: lifecycle.record_failure(claim, error_type, message))
+        with_db_retry(lambda: lifecycle.record_failure(claim, error_type, message))
         if tracked is not None:
             tracked.finish(AttemptEnd.FAILED, error=f"{error_type}: {message}")
         return AttemptEnd.FAILED
     finally:
         # Still here only when nothing was published (failure, cancel, superseded).
-        if staging is not None and staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
+        cleanup.close()
 
 
 def _headline(measurements: list[Measurement]) -> str:
@@ -374,15 +204,6 @@ def _headline(measurements: list[Measurement]) -> str:
         return ""
     m = measurements[-1]
     return f": {m.split} accuracy {m.accuracy:.4f}, loss {m.loss:.4f} (epoch {m.epoch})"
-
-
-def remove_stale_staging(final: Path) -> list[Path]:
-    """Delete staging directories left by earlier attempts of a job this attempt now holds."""
-    root = final.parent
-    stale = sorted(root.glob(f"{publishing.STAGING_PREFIX}{final.name}-*")) if root.is_dir() else []
-    for path in stale:
-        shutil.rmtree(path, ignore_errors=True)
-    return stale
 
 
 def _soft_time_limit(exc: BaseException) -> bool:
@@ -415,27 +236,3 @@ def describe_failure(exc: BaseException) -> tuple[str, str]:
             f"{first_line(exc)} - lower --batch-size or --max-length, or use a larger GPU"
         )
     return type(exc).__name__, str(exc).strip() or repr(exc)
-
-
-def _with_db_retry(action: Callable[[], T]) -> T:
-    started = time.monotonic()
-    delay = 0.5
-    failing = False
-    while True:
-        try:
-            done = action()
-        except DatabaseReplaced:
-            raise
-        except DatabaseError as exc:
-            if time.monotonic() > started + RECORD_RETRY_SECONDS:
-                raise
-            if not failing:
-                log.warning("database unavailable, retrying for up to %.0fs: %s",
-                            RECORD_RETRY_SECONDS, exc)  # fmt: skip
-            failing = True
-            time.sleep(delay)
-            delay = min(delay * 2, MAX_RETRY_DELAY)
-            continue
-        if failing:
-            log.warning("database back after %.0fs", time.monotonic() - started)
-        return done

@@ -10,6 +10,7 @@ the long export starts.
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,6 +19,9 @@ from typing import Any, Literal
 
 from ftqueue.core.text import clip, quote
 from ftqueue.errors import DatasetError, FtqueueError, ModelError, SpecError, first_line
+
+#: A hub repository id, NAME or ORG/NAME, spelt as the hub allows (no "--" and no "..").
+HUB_ID = re.compile(r"^(?!.*(--|\.\.))([A-Za-z0-9][\w.-]{0,95}/)?[A-Za-z0-9][\w.-]{0,95}$")
 
 #: One request, this long at most: a reachable hub answers in well under a second.
 PROBE_SECONDS = 3.0

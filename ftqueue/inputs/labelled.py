@@ -8,7 +8,6 @@ import json
 import math
 import os
 import re
-import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,15 +17,24 @@ import numpy as np
 from ftqueue.core.files import stat_or_none
 from ftqueue.core.text import clip, close_match, quote
 from ftqueue.errors import DatasetError, first_line
-from ftqueue.inputs import fingerprint
+from ftqueue.inputs import fingerprint, tables
+from ftqueue.inputs.hub import HUB_ID
 from ftqueue.specs import DATASET_ALIASES, SPLITS, DataSpec
 
-# Hub dataset ids: `name` or `org/name` (no dots, so `notes.txt` is never mistaken for one).
-_HUB_ID = re.compile(r"^(?!.*--)([A-Za-z0-9][\w-]{0,95}/)?[A-Za-z0-9][\w-]{0,95}$")
-
-#: Files above this are refused before they are read; a sentence-classification set is far less.
-MAX_FILE_BYTES = 2 * 1024**3
 SUPPORTED_EXTENSIONS = (".csv", ".jsonl", ".json", ".parquet")
+DATASET_FILE = tables.FileRole(
+    noun="dataset file",
+    directory_noun="dataset",
+    param="--dataset",
+    extensions=SUPPORTED_EXTENSIONS,
+    missing="give an existing .csv/.jsonl/.json/.parquet file, a hub id, or the alias "
+    "movie-snippets",
+    directory="give a file inside it (.csv/.jsonl/.json/.parquet)",
+    empty="it needs a header and rows",
+    too_big="use a subset of it",
+    noun_when_undecodable=False,
+    clipped=True,
+)
 #: More classes than this means the label column holds ids or scores, not classes.
 MAX_CLASSES = 1000
 EVAL_FRACTION = 0.1
@@ -108,91 +116,13 @@ def _movie_snippets() -> Split:
     return Split(texts, labels)
 
 
-def _read_bytes(path: Path) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise DatasetError(f"cannot read {clip(path)}: {exc.strerror}", param="--dataset") from None
-
-
-def _decode(data: bytes, path: Path) -> str:
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = data[: exc.start].count(b"\n") + 1
-        raise DatasetError(
-            f"{clip(path)} is not UTF-8 text (bad byte at line {line}): re-save it as UTF-8",
-            param="--dataset",
-        ) from None
-
-
 def _read_text(path: Path) -> str:
-    return _decode(_read_bytes(path), path)
+    return tables.decode(tables.read_bytes(path, DATASET_FILE), path, DATASET_FILE)
 
 
 def check_labelled_file(path: Path) -> None:
     """Refuse a file before reading it: missing, directory, empty, too big, unknown kind."""
-    where = clip(path)
-    st = stat_or_none(path)
-    if st is None:
-        raise DatasetError(
-            f"dataset file {where} does not exist: give an existing .csv/.jsonl/.json/.parquet "
-            "file, a hub id, or the alias movie-snippets",
-            param="--dataset",
-        )
-    if stat.S_ISDIR(st.st_mode):
-        raise DatasetError(
-            f"dataset {where} is a directory: give a file inside it (.csv/.jsonl/.json/.parquet)",
-            param="--dataset",
-        )
-    if path.suffix.lower() not in SUPPORTED_EXTENSIONS:
-        raise DatasetError(
-            f"dataset file {where} has unsupported extension {quote(path.suffix)}: "
-            f"use one of {', '.join(SUPPORTED_EXTENSIONS)}",
-            param="--dataset",
-        )
-    size = st.st_size
-    if size == 0:
-        raise DatasetError(
-            f"dataset file {where} is empty: it needs a header and rows", param="--dataset"
-        )
-    if size > MAX_FILE_BYTES:
-        raise DatasetError(
-            f"dataset file {where} is {size / 1024**3:.1f} GiB, over the "
-            f"{MAX_FILE_BYTES // 1024**3} GiB limit: use a subset of it",
-            param="--dataset",
-        )
-
-
-def _read_table(path: Path, data: bytes | None = None) -> Any:
-    """A pandas DataFrame of the file, from ``data`` when the caller read (and fingerprinted)
-    its bytes already, so that what is checked is what is parsed."""
-    import io
-
-    import pandas as pd
-
-    if data is None:
-        check_labelled_file(path)
-        data = _read_bytes(path)
-    suffix = path.suffix.lower()
-    try:
-        if suffix == ".parquet":
-            return pd.read_parquet(io.BytesIO(data))
-        text = _decode(data, path)
-        if not text.strip():
-            raise DatasetError(
-                f"dataset file {clip(path)} has no rows (only blank space)", param="--dataset"
-            )
-        if suffix == ".csv":
-            return pd.read_csv(io.StringIO(text), keep_default_na=False, na_values=[""])
-        return pd.read_json(io.StringIO(text), lines=suffix == ".jsonl")
-    except DatasetError:
-        raise
-    except Exception as exc:  # pandas/pyarrow raise many types for malformed files
-        raise DatasetError(
-            f"cannot parse {clip(path)} as {suffix[1:]}: {clip(first_line(exc))}",
-            param="--dataset",
-        ) from None
+    tables.check_file(path, DATASET_FILE)
 
 
 def _to_split(rows: Any, where: str, spec: DataSpec) -> Split:
@@ -292,7 +222,7 @@ def local_files(spec: DataSpec) -> dict[str, Path] | None:
             "rotten_tomatoes)",
             param="--dataset",
         )
-    if _HUB_ID.match(spec.dataset):
+    if HUB_ID.match(spec.dataset):
         return None
     raise DatasetError(
         f"unknown dataset {quote(spec.dataset)}: give a .csv/.jsonl/.json/.parquet file, "
@@ -303,9 +233,9 @@ def local_files(spec: DataSpec) -> dict[str, Path] | None:
 
 def _load_file(name: str, path: Path, spec: DataSpec, digests: dict[str, str]) -> Split:
     check_labelled_file(path)
-    data = _read_bytes(path)
+    data = tables.read_bytes(path, DATASET_FILE)
     digests[name] = fingerprint.bytes_digest(data)
-    return _to_split(_read_table(path, data), clip(path), spec)
+    return _to_split(tables.read_table(path, data, DATASET_FILE), clip(path), spec)
 
 
 def _check_unchanged(spec: DataSpec, digests: dict[str, str], source: str) -> None:

@@ -9,15 +9,22 @@ from 1 in messages, counting data rows (the header is not a row).
 from __future__ import annotations
 
 import hashlib
-import io
 from pathlib import Path
-from typing import Any
 
-from ftqueue.errors import DatasetError, first_line
+from ftqueue.errors import DatasetError
+from ftqueue.inputs import tables
 
 INPUT_EXTENSIONS = (".csv", ".jsonl", ".parquet")
-#: Files above this are refused before they are read.
-MAX_INPUT_BYTES = 2 * 1024**3
+INPUT_FILE = tables.FileRole(
+    noun="input file",
+    directory_noun="input",
+    param="--input",
+    extensions=INPUT_EXTENSIONS,
+    missing="give a .csv, .jsonl or .parquet file",
+    directory="give a .csv, .jsonl or .parquet file in it",
+    empty="it needs a header (or keys) and rows",
+    too_big="split it into several jobs",
+)
 _CHUNK = 1 << 20
 
 
@@ -27,23 +34,7 @@ def _fail(message: str, param: str = "--input") -> DatasetError:
 
 def check_unlabelled_file(path: Path) -> None:
     """Refuse a path before reading it: missing, a directory, unknown kind, empty, too big."""
-    if not path.exists():
-        raise _fail(f"input file {path} does not exist: give a .csv, .jsonl or .parquet file")
-    if path.is_dir():
-        raise _fail(f"input {path} is a directory: give a .csv, .jsonl or .parquet file in it")
-    if path.suffix.lower() not in INPUT_EXTENSIONS:
-        raise _fail(
-            f"input file {path} has unsupported extension {path.suffix!r}: "
-            f"use one of {', '.join(INPUT_EXTENSIONS)}"
-        )
-    size = path.stat().st_size
-    if size == 0:
-        raise _fail(f"input file {path} is empty: it needs a header (or keys) and rows")
-    if size > MAX_INPUT_BYTES:
-        raise _fail(
-            f"input file {path} is {size / 1024**3:.1f} GiB, over the "
-            f"{MAX_INPUT_BYTES // 1024**3} GiB limit: split it into several jobs"
-        )
+    tables.check_file(path, INPUT_FILE)
 
 
 def file_sha256(path: Path) -> str:
@@ -56,16 +47,6 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _decode(path: Path, data: bytes) -> str:
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = data[: exc.start].count(b"\n") + 1
-        raise _fail(
-            f"input file {path} is not UTF-8 text (bad byte at line {line}): re-save it as UTF-8"
-        ) from None
-
-
 def _column(path: Path, columns: list[str], column: str) -> None:
     if column not in columns:
         raise _fail(
@@ -75,37 +56,6 @@ def _column(path: Path, columns: list[str], column: str) -> None:
         )
 
 
-def _table(path: Path, data: bytes, column: str) -> Any:
-    """The text column as a pandas Series (CSV cells are read as text, never as numbers)."""
-    import pandas as pd
-
-    suffix = path.suffix.lower()
-    try:
-        if suffix == ".parquet":
-            import pyarrow.parquet as pq
-
-            columns = list(pq.read_schema(io.BytesIO(data)).names)
-            _column(path, columns, column)
-            return pd.read_parquet(io.BytesIO(data), columns=[column])[column]
-        text = _decode(path, data)
-        if not text.strip():
-            raise _fail(f"input file {path} has no rows (only blank space)")
-        if suffix == ".csv":
-            header = pd.read_csv(io.StringIO(text), nrows=0)
-            _column(path, [str(c) for c in header.columns], column)
-            frame = pd.read_csv(
-                io.StringIO(text), usecols=[column], dtype=str, keep_default_na=False
-            )
-            return frame[column]
-        frame = pd.read_json(io.StringIO(text), lines=True, dtype=False)
-        _column(path, [str(c) for c in frame.columns], column)
-        return frame[column]
-    except DatasetError:
-        raise
-    except Exception as exc:  # pandas/pyarrow raise many types for malformed files
-        raise _fail(f"cannot parse {path} as {suffix[1:]}: {first_line(exc)}") from None
-
-
 def read_texts(value: str, column: str, *, sha256: str | None = None) -> list[str]:
     """The checked texts of ``column``, in file order.
 
@@ -113,13 +63,17 @@ def read_texts(value: str, column: str, *, sha256: str | None = None) -> list[st
     """
     path = Path(value).expanduser()
     check_unlabelled_file(path)
-    data = path.read_bytes()
+    data = tables.read_bytes(path, INPUT_FILE)
     if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
         raise _fail(
             f"input file {path} has changed since the job was submitted: submit the job again "
             "to label the file as it is now"
         )
-    cells = list(_table(path, data, column))
+    cells = list(
+        tables.read_table(
+            path, data, INPUT_FILE, column=column, check_columns=lambda c: _column(path, c, column)
+        )
+    )
     if not cells:
         raise _fail(f"input file {path} has no rows: it needs at least one text to label")
     for row, cell in enumerate(cells, start=1):

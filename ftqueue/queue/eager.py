@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
-import shutil
 import socket
 import threading
 from collections.abc import Sequence
@@ -22,7 +20,7 @@ from collections.abc import Sequence
 from ftqueue.artifacts import publishing
 from ftqueue.errors import DatabaseError
 from ftqueue.settings import get_settings
-from ftqueue.store import lifecycle
+from ftqueue.store import recovery
 
 log = logging.getLogger(__name__)
 
@@ -57,14 +55,14 @@ class Keeper:
         while not self._stop.wait(self.interval):
             try:
                 # Only queued rows: the running one is renewed by its attempt's heartbeat.
-                lifecycle.renew_held(name, lease_seconds=self.lease_seconds)
+                recovery.renew_held(name, lease_seconds=self.lease_seconds)
             except DatabaseError as exc:
                 log.warning("eager jobs: lease renewal failed: %s", exc)
 
 
 def settle(job_ids: Sequence[int] | None = None) -> list[int]:
     """End the jobs (all, or these) whose eager process died; returns their ids."""
-    ended = lifecycle.end_abandoned(job_ids, holder_prefix=PREFIX)
+    ended = recovery.end_abandoned(job_ids, holder_prefix=PREFIX)
     if ended:
         log.warning("ended jobs abandoned by their eager process: %s", ended)
         _remove_staging(ended)
@@ -73,20 +71,16 @@ def settle(job_ids: Sequence[int] | None = None) -> list[int]:
 
 def end_own(reason: str) -> list[int]:
     """End the jobs this process holds, because it is stopping (SIGHUP, SIGTERM)."""
-    ended = lifecycle.end_held(
+    ended = recovery.end_held(
         holder(), error_type="Interrupted", message=f"{reason}: submit it again to run it"
     )
     _remove_staging(ended)
     return ended
 
 
-_STAGING_JOB = re.compile(r"^\.(?:staging|replaced)-job-(\d+)-")
-
-
 def _remove_staging(job_ids: Sequence[int]) -> None:
     """Staging directories a dead eager attempt left (no worker's reaper may ever see them)."""
-    ids = set(job_ids)
-    for path in publishing.find_stray_staging(get_settings().artifacts_dir):
-        match = _STAGING_JOB.match(path.name)
-        if match and int(match.group(1)) in ids:
-            shutil.rmtree(path, ignore_errors=True)
+    strays = publishing.stray_staging_by_job(get_settings().artifacts_dir)
+    for job_id in set(job_ids) & set(strays):
+        for path in strays[job_id]:
+            publishing.discard(path)

@@ -9,8 +9,6 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import logging
-import re
-import shutil
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,14 +19,13 @@ from ftqueue.artifacts import publishing
 from ftqueue.errors import first_line
 from ftqueue.queue import broker
 from ftqueue.settings import get_settings
-from ftqueue.store import lifecycle, reads
+from ftqueue.store import reads, recovery
 from ftqueue.store.schema import utcnow
 
 log = logging.getLogger(__name__)
 
 REAPER_LOCK = "ftqueue:reaper"
 # A stray's name carries its job: .staging-job-12-xxxx, or .replaced-job-12-xxxx from publish.
-_STRAY_JOB = re.compile(r"^\.(?:staging|replaced)-job-(\d+)-")
 
 
 class Reaper(threading.Thread):
@@ -77,14 +74,14 @@ def reap_once(*, lock_seconds: float = 10.0, grace_seconds: float | None = None)
         return summary
     summary.ran = True
     try:
-        report = lifecycle.reap_expired()
+        report = recovery.reap_expired()
         summary.failed = report.failed
         if report.requeued:
             broker.publish(report.requeued)
             summary.requeued = [job.id for job in report.requeued]
         grace = grace_seconds if grace_seconds is not None else lost_message_grace()
         pending = broker.pending_task_ids()
-        lost = lifecycle.queued_without_message(
+        lost = recovery.queued_without_message(
             pending, older_than=utcnow() - dt.timedelta(seconds=grace)
         )
         if lost:
@@ -121,17 +118,13 @@ def _fill_sweeps(failed: list[int]) -> list[int]:
 
 def clean_staging() -> list[Path]:
     """Remove staging (and moved-aside) directories of jobs no attempt is writing to any more."""
-    strays: dict[int, list[Path]] = {}
-    for path in publishing.find_stray_staging(get_settings().artifacts_dir):
-        match = _STRAY_JOB.match(path.name)
-        if match:
-            strays.setdefault(int(match.group(1)), []).append(path)
+    strays = publishing.stray_staging_by_job(get_settings().artifacts_dir)
     if not strays:
         return []
     live = reads.unfinished(strays)
     removed = []
     for jid in set(strays) - live:
         for path in strays[jid]:
-            shutil.rmtree(path, ignore_errors=True)
+            publishing.discard(path)
             removed.append(path)
     return removed

@@ -20,7 +20,7 @@ from ftqueue.core.states import STATUSES, JobStatus
 from ftqueue.errors import AdapterError, FilterError, JobNotFound
 from ftqueue.kinds import registry as kinds
 from ftqueue.store import db
-from ftqueue.store.schema import Job, JobTag, Result
+from ftqueue.store.schema import Job, JobTag, Result, held_by_attempt
 
 
 def get_job(session: Session, job_id: int, *, with_results: bool = False) -> Job:
@@ -109,9 +109,7 @@ def attempt_held(job_id: int, attempt: int) -> tuple[bool, bool]:
     """
     with db.session_scope() as session:
         cancel = session.scalar(
-            select(Job.cancel_requested).where(
-                Job.id == job_id, Job.attempts == attempt, Job.status == JobStatus.RUNNING
-            )
+            select(Job.cancel_requested).where(held_by_attempt(job_id, attempt))
         )
     return (cancel is not None, bool(cancel))
 

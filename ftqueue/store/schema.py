@@ -17,12 +17,14 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    and_,
     false,
     func,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.types import TypeDecorator
 
 from ftqueue.core.states import STATUSES, JobStatus
@@ -173,6 +175,11 @@ class Job(Base):
         if not self.trainable_params or not self.total_params:
             return None
         return self.trainable_params / self.total_params
+
+
+def held_by_attempt(job_id: int, attempt: int) -> ColumnElement[bool]:
+    """The fence: an attempt holds its job while the row runs under its attempt number."""
+    return and_(Job.id == job_id, Job.attempts == attempt, Job.status == JobStatus.RUNNING)
 
 
 class JobTag(Base):

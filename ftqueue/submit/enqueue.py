@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from ftqueue.queue import eager
 from ftqueue.settings import get_settings
-from ftqueue.store import db, lifecycle
+from ftqueue.store import db, insert
 from ftqueue.store.schema import Job
 
 
@@ -28,7 +28,7 @@ def ready() -> None:
         broker.check_broker()
 
 
-NewJobs = Sequence[lifecycle.NewJob]
+NewJobs = Sequence[insert.NewJob]
 
 
 def jobs(new: NewJobs | Callable[[Session], NewJobs]) -> list[Job]:
@@ -43,7 +43,7 @@ def jobs(new: NewJobs | Callable[[Session], NewJobs]) -> list[Job]:
     """
     settings = get_settings()
     with db.session_scope(write=True) as session:
-        created = lifecycle.create_jobs(
+        created = insert.create_jobs(
             session,
             new(session) if callable(new) else new,
             max_attempts=settings.max_attempts,

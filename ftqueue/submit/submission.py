@@ -20,7 +20,7 @@ from ftqueue.inputs import hub, pinning
 from ftqueue.queue import eager
 from ftqueue.settings import get_settings
 from ftqueue.specs import MODEL_ALIASES, DataSpec, JobSpec, is_local_model
-from ftqueue.store import lifecycle, reads
+from ftqueue.store import insert, reads
 from ftqueue.store.schema import Job
 from ftqueue.submit import enqueue
 from ftqueue.sweeps.plan import SweepPlan
@@ -192,7 +192,7 @@ def submit(
     # A job whose eager process died would otherwise stand in for this spec forever.
     eager.settle()
 
-    def new_jobs(session: Session) -> list[lifecycle.NewJob]:
+    def new_jobs(session: Session) -> list[insert.NewJob]:
         earlier = {} if force else reads.find_same_spec(session, unique)
         new = []
         for spec_hash, spec in unique.items():
@@ -201,7 +201,7 @@ def submit(
                 submission.duplicates.append(Duplicate(spec, job.id, job.status))
                 continue
             new.append(
-                lifecycle.NewJob(
+                insert.NewJob(
                     kind=spec.kind,
                     spec=spec.to_dict(),
                     spec_hash=spec_hash,

@@ -18,7 +18,7 @@ from sqlalchemy import func, select
 from ftqueue.core.states import JobStatus
 from ftqueue.errors import SpecError
 from ftqueue.queue import eager
-from ftqueue.store import db, lifecycle
+from ftqueue.store import db, insert
 from ftqueue.store.schema import Job, Result, Sweep
 from ftqueue.submit import enqueue
 from ftqueue.sweeps import methods
@@ -86,7 +86,7 @@ def fill(sweep_id: str) -> list[Job]:
 
 def _take(
     session: Any, sweep_id: str, plan: SweepPlan, offer: methods.Offer
-) -> list[lifecycle.NewJob]:
+) -> list[insert.NewJob]:
     """Under the sweep row's lock: the trials for the slots still free, counted as made."""
     sweep = session.scalars(
         select(Sweep).where(Sweep.id == sweep_id).with_for_update()
@@ -113,9 +113,9 @@ def _free_slots(sweep_id: str, sweep: Sweep, session: Any = None) -> int:
     return max(0, min(sweep.max_parallel - int(pending or 0), sweep.max_jobs - sweep.created))
 
 
-def _new_job(sweep_id: str, plan: SweepPlan, proposal: methods.Proposal) -> lifecycle.NewJob:
+def _new_job(sweep_id: str, plan: SweepPlan, proposal: methods.Proposal) -> insert.NewJob:
     spec = plan.spec(proposal.values)
-    return lifecycle.NewJob(
+    return insert.NewJob(
         kind=spec.kind,
         spec=spec.to_dict(),
         spec_hash=spec.spec_hash(),

@@ -11,14 +11,16 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ftqueue.training.adapters import LoadedAdapter, load_adapter
+    from ftqueue.training.evaluating import run_evaluate
     from ftqueue.training.exporting import export_adapter
-    from ftqueue.training.jobs import release_memory, run_evaluate, run_lora
+    from ftqueue.training.lora import run_lora
     from ftqueue.training.predicting import Labelled, label_texts, run_predict
+    from ftqueue.training.preparing import release_memory
 
 _LAZY = {
-    "run_lora": "ftqueue.training.jobs",
-    "run_evaluate": "ftqueue.training.jobs",
-    "release_memory": "ftqueue.training.jobs",
+    "run_lora": "ftqueue.training.lora",
+    "run_evaluate": "ftqueue.training.evaluating",
+    "release_memory": "ftqueue.training.preparing",
     "load_adapter": "ftqueue.training.adapters",
     "LoadedAdapter": "ftqueue.training.adapters",
     "run_predict": "ftqueue.training.predicting",

@@ -45,12 +45,6 @@ def _summary(metadata: dict[str, Any], base: str) -> str:
 def write_adapter_card(directory: Path, metadata: dict[str, Any], base: str | None) -> None:
     """README.md of a LoRA adapter directory."""
     name = base or public_name(str(metadata["model"]))
-    data = ModelCardData(
-        base_model=base,
-        library_name="peft",
-        pipeline_tag="text-classification",
-        tags=["lora", "text-classification", "ftqueue"],
-    )
     stock = metadata.get("stock_class")
     if stock:
         labels = [str(n) for n in metadata["label_names"]]
@@ -75,18 +69,12 @@ def write_adapter_card(directory: Path, metadata: dict[str, Any], base: str | No
         f"Trained by ftqueue. {_summary(metadata, name)}\n"
         f"{load}{_metrics(metadata)}"
     )
-    ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}").save(directory / "README.md")
+    _save_card(directory, base, "peft", ["lora", "text-classification", "ftqueue"], body)
 
 
 def write_export_card(directory: Path, metadata: dict[str, Any], base: str | None) -> None:
     """README.md of a standalone model exported from an adapter (LoRA merged in)."""
     name = base or public_name(str(metadata["model"]))
-    data = ModelCardData(
-        base_model=base,
-        library_name="transformers",
-        pipeline_tag="text-classification",
-        tags=["text-classification", "lora-merged", "ftqueue"],
-    )
     body = (
         f"# {name} fine-tuned for text classification (LoRA merged)\n\n"
         f"Exported by ftqueue from a LoRA adapter. {_summary(metadata, name)}\n"
@@ -94,5 +82,14 @@ def write_export_card(directory: Path, metadata: dict[str, Any], base: str | Non
         'classify = pipeline("text-classification", model="THIS_DIR")\n'
         'classify(["a gripping, beautifully acted film"], truncation=True)\n```\n'
         f"{_metrics(metadata)}"
+    )
+    tags = ["text-classification", "lora-merged", "ftqueue"]
+    _save_card(directory, base, "transformers", tags, body)
+
+
+def _save_card(directory: Path, base: str | None, library: str, tags: list[str], body: str) -> None:
+    """README.md: the hub's metadata block, then ``body``."""
+    data = ModelCardData(
+        base_model=base, library_name=library, pipeline_tag="text-classification", tags=tags
     )
     ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}").save(directory / "README.md")

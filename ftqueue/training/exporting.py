@@ -9,7 +9,6 @@ are written, the exported model's logits are checked against the adapter's own.
 from __future__ import annotations
 
 import copy
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +19,8 @@ from ftqueue.artifacts.publishing import (
     check_adapter_dir,
     check_exportable,
     check_new_dir,
-    new_staging_dir,
     publish_dir,
+    staging_dir,
 )
 from ftqueue.core.files import share_tree
 from ftqueue.errors import AdapterError, FtqueueError
@@ -90,13 +89,9 @@ def export_adapter(adapter_dir: Path, out_dir: Path, *, job_id: int) -> Path:
     stock = _stock_model(classifier, metadata, job_id)
     max_length = int(metadata["max_length"])
     _check_same_logits(classifier, stock, loaded.base.tokenizer, max_length)
-    staging = new_staging_dir(out_dir.absolute().parent, out_dir.name)
-    try:
+    with staging_dir(out_dir.absolute()) as staging:
         stock.save_pretrained(str(staging), safe_serialization=True)
         save_tokenizer(loaded.base, staging, max_length)
         write_export_card(staging, metadata, hub_id(str(metadata["model"])))
         share_tree(staging)
         return publish_dir(staging, out_dir.absolute())
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)

@@ -22,9 +22,9 @@ from ftqueue.core.states import Phase
 from ftqueue.inputs.unlabelled import read_texts
 from ftqueue.kinds.predict import PREDICTIONS_FILES
 from ftqueue.training.adapters import library_versions, load_adapter
-from ftqueue.training.jobs import releases_memory
 from ftqueue.training.loop import Tracker, predict
 from ftqueue.training.modeling import autocast_dtype, configure_torch, pick_device
+from ftqueue.training.preparing import releases_memory
 from ftqueue.training.tokens import encode
 
 if TYPE_CHECKING:
