@@ -47,9 +47,10 @@ from sqlalchemy import create_engine, text
 from bench.common import PG_SERVER, drop_pg, flush_redis, scratch_pg, use
 from ftqueue.core.outcome import Measurement, Progress
 from ftqueue.core.states import Phase
-from ftqueue.queue import broker, reaper
+from ftqueue.queue import broker
 from ftqueue.store import db, insert, lifecycle, recovery
 from ftqueue.submit import enqueue
+from ftqueue.worker import reaper
 
 REDIS = (
     os.environ.get("FTQUEUE_TEST_REDIS", "redis://127.0.0.1:6379")

@@ -56,7 +56,8 @@ def start_server(root: Path) -> tuple[subprocess.Popen[bytes], str]:
 def one_job(seed: int) -> float:
     from ftqueue.kinds.lora import LoraSpec
     from ftqueue.specs import DataSpec
-    from ftqueue.submit.submission import run_eagerly, submit
+    from ftqueue.submit.submission import submit
+    from ftqueue.worker.tasks import run_eagerly
 
     spec = LoraSpec(model=MODEL, data=DataSpec(dataset="movie-snippets"), epochs=2, seed=seed)
     created = submit([spec]).created

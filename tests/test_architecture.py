@@ -4,8 +4,10 @@ and a new kind added through the registry alone."""
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +32,7 @@ from ftqueue.specs import (
 )
 from ftqueue.store import db, insert, reads
 from ftqueue.store.schema import Job
+from ftqueue.submit import enqueue
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "ftqueue"
@@ -47,6 +50,36 @@ def test_no_import_cycles() -> None:
             if back:
                 cycles.append(f"{module} -> {' -> '.join(back)}")
     assert cycles == []
+
+
+def test_lazy_imports_are_dependencies_too() -> None:
+    """The trainer loads on first use; the checks must still see what it loads, or a cycle
+    through a lazy import (kinds -> training -> kinds) would pass unseen."""
+    graph = grimp.build_graph("ftqueue", exclude_type_checking_imports=True)
+    lazy = graph.find_modules_directly_imported_by("ftqueue.training")
+    assert {"ftqueue.training.lora", "ftqueue.training.predicting"} <= lazy
+    assert not graph.chain_exists(importer="ftqueue.training", imported="ftqueue.kinds")
+
+
+def _layers() -> list[list[str]]:
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]
+    [contract] = [c for c in config["contracts"] if c["type"] == "layers"]
+    return [re.split(r"\s*[|:]\s*", layer) for layer in contract["layers"]]
+
+
+def test_every_package_has_a_layer() -> None:
+    """A new package cannot slip past the layers: each one, and each top-level module that is
+    not an entry point, is in exactly one layer."""
+    named = [name.removeprefix("ftqueue.") for layer in _layers() for name in layer]
+    packages = {p.parent.name for p in PACKAGE.glob("*/__init__.py")} - {"migrations"}
+    modules = {p.stem for p in PACKAGE.glob("*.py")} - {"__init__", "__main__", "pytest_entry"}
+    assert sorted(named) == sorted(packages | modules)
+
+
+def test_the_top_level_is_small() -> None:
+    """Concerns live in packages; the top level holds the version, the entry points, the
+    settings and the error types."""
+    assert len(list(PACKAGE.glob("*.py"))) <= 6
 
 
 def test_import_contracts_hold() -> None:
@@ -167,11 +200,8 @@ def test_a_new_kind_runs_through_the_registry_alone(sqlite_url: str, echo_kind: 
 
 
 def test_unknown_kinds_are_refused_where_jobs_are_made(sqlite_url: str) -> None:
-    with pytest.raises(SpecError, match="unknown job kind 'nope'"), db.session_scope() as session:
-        insert.create_jobs(
-            session,
-            [insert.NewJob(kind="nope", spec={}, spec_hash="h", model="m", dataset="d")],
-            max_attempts=1,
-        )
+    """Jobs are made in one place (submit.enqueue), and there the registry checks the kind."""
+    with pytest.raises(SpecError, match="unknown job kind 'nope'"):
+        enqueue.jobs([insert.NewJob(kind="nope", spec={}, spec_hash="h", model="m", dataset="d")])
     with db.session_scope() as session:
         assert session.query(Job).count() == 0

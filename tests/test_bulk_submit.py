@@ -18,12 +18,13 @@ from sqlalchemy import create_engine, func, select, text
 
 from ftqueue.errors import DatabaseError, PublishError
 from ftqueue.kinds.lora import LoraSpec
-from ftqueue.queue import broker, reaper
+from ftqueue.queue import broker
 from ftqueue.settings import reset_settings
 from ftqueue.specs import DataSpec
 from ftqueue.store import db
 from ftqueue.store.schema import Job, JobEvent
 from ftqueue.submit.submission import submit
+from ftqueue.worker import reaper
 from tests.conftest import PG_SERVER
 from tests.procs import PrivateRedis
 

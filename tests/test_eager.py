@@ -222,7 +222,7 @@ def test_a_workers_reaper_runs_what_a_dead_eager_process_left(
 def test_the_eager_holder_is_the_name_eager_attempts_claim_with() -> None:
     from types import SimpleNamespace
 
-    from ftqueue.queue.tasks import worker_name
+    from ftqueue.worker.tasks import worker_name
 
     assert worker_name(SimpleNamespace(hostname=None, is_eager=True)) == eager.holder()
 

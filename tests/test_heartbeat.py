@@ -13,12 +13,12 @@ from ftqueue.core.states import Phase
 from ftqueue.errors import JobCancelled
 from ftqueue.execution.heartbeat import Heartbeat
 from ftqueue.kinds.lora import LoraSpec
-from ftqueue.queue import reaper
 from ftqueue.settings import reset_settings
 from ftqueue.specs import DataSpec
 from ftqueue.store import db, insert, lifecycle
 from ftqueue.store.schema import Job
 from ftqueue.submit.submission import submit
+from ftqueue.worker import reaper
 from tests.procs import WorkerProcess, child_env, wait_for
 
 

@@ -18,10 +18,11 @@ import redis
 from kombu import Connection
 
 from ftqueue.kinds.lora import LoraSpec
-from ftqueue.queue import broker, poison
-from ftqueue.queue.tasks import MAX_JOB_ID, job_id_of
+from ftqueue.queue import broker
 from ftqueue.specs import DataSpec
 from ftqueue.submit.submission import submit
+from ftqueue.worker import poison
+from ftqueue.worker.tasks import MAX_JOB_ID, job_id_of
 from tests.procs import WorkerProcess, all_terminal, child_env, statuses, wait_for
 
 SET_ASIDE = "set aside a message"

@@ -45,7 +45,8 @@ class Filled:
 def run_synthetic_jobs(filled: Filled, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Base evaluations, a LoRA grid with seeds and an adapter evaluated on another dataset,
     submitted and run through the real Celery tasks in-process."""
-    from ftqueue.submit.submission import run_eagerly, submit
+    from ftqueue.submit.submission import submit
+    from ftqueue.worker.tasks import run_eagerly
 
     monkeypatch.setenv("FTQUEUE_EAGER", "1")
     reset_settings()

@@ -28,7 +28,8 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 @pytest.fixture
 def filled(any_db_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, Any]:
     """Two base evaluations, a 2x2 LoRA grid of 2 epochs, an adapter evaluated elsewhere."""
-    from ftqueue.submit.submission import run_eagerly, submit
+    from ftqueue.submit.submission import submit
+    from ftqueue.worker.tasks import run_eagerly
 
     monkeypatch.setenv("FTQUEUE_EAGER", "1")
     reset_settings()

@@ -18,7 +18,8 @@ from ftqueue.store.schema import Job
 
 
 def run_jobs(monkeypatch: pytest.MonkeyPatch, *specs: LoraSpec) -> list[int]:
-    from ftqueue.submit.submission import run_eagerly, submit
+    from ftqueue.submit.submission import submit
+    from ftqueue.worker.tasks import run_eagerly
 
     monkeypatch.setenv("FTQUEUE_EAGER", "1")
     reset_settings()

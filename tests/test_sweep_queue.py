@@ -1,7 +1,7 @@
 """Sweeps on real worker processes, on SQLite and PostgreSQL: rung decisions, deaths, cancels.
 
 Trials are synthetic jobs whose validation accuracy per epoch is a function of their
-hyper-parameters (ftqueue.execution.synthetic.validation_accuracy), so each check can recompute what
+hyper-parameters (ftqueue.kinds.synthetic.validation_accuracy), so each check can recompute what
 ASHA should have decided from the numbers the database holds.
 """
 
@@ -21,7 +21,6 @@ from ftqueue.queue import broker
 from ftqueue.settings import reset_settings
 from ftqueue.store import db
 from ftqueue.store.schema import Job, JobEvent, Result, RungDecision, Sweep
-from ftqueue.submit import submission
 from ftqueue.sweeps import asha, sweepfile, trials
 from ftqueue.sweeps.methods.study import storage_url
 from tests.procs import WorkerProcess, child_env, running_workers, statuses, wait_for
@@ -119,7 +118,7 @@ def test_rungs_decided_once_under_two_workers_then_redelivery_and_cancel(
     workers: list[WorkerProcess], tmp_path: Path
 ) -> None:
     plan = sweepfile.load(sweep_file(tmp_path, "pair"))
-    started = submission.start_sweep(plan)
+    started = trials.start_sweep(plan)
     assert len(started.created) == 2  # max_parallel: the workers make the rest
     wait_finished("pair", workers)
     rows = check_asha("pair", eta=2)
@@ -161,7 +160,7 @@ def test_rungs_decided_once_under_two_workers_then_redelivery_and_cancel(
         model="synthetic:seconds=30,steps=60",
         budget={"max_jobs": 6, "max_parallel": 1},
     )
-    started = submission.start_sweep(sweepfile.load(slow))
+    started = trials.start_sweep(sweepfile.load(slow))
     [first] = [job.id for job in started.created]
     wait_for(lambda: statuses([first])[first] == "running", timeout=60, what="trial running")
     result = subprocess.run(
@@ -191,7 +190,7 @@ def test_worker_killed_at_a_rung_gets_the_same_verdict_again(
         space={"lr": [1e-4, 3e-4, 1e-3, 3e-3]},
         budget={"max_jobs": 4, "max_parallel": 2},
     )
-    submission.start_sweep(sweepfile.load(path))
+    trials.start_sweep(sweepfile.load(path))
     wait_finished("crashy", workers, timeout=300)
     rows = check_asha("crashy", eta=2)
     with db.session_scope() as session:
@@ -275,7 +274,7 @@ def test_a_sobol_sweep_runs_on_workers_and_tells_each_trial(
         seed=11,
         budget={"max_jobs": 4, "max_parallel": 2},
     )
-    started = submission.start_sweep(sweepfile.load(path))
+    started = trials.start_sweep(sweepfile.load(path))
     assert len(started.created) == 2  # the workers ask for the other two
     wait_finished("qmc", workers)
     check_asha("qmc", eta=2)

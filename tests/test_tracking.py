@@ -26,7 +26,8 @@ from ftqueue.settings import reset_settings
 from ftqueue.specs import DataSpec
 from ftqueue.store import db
 from ftqueue.store.schema import Job, Result
-from ftqueue.submit.submission import run_eagerly, submit
+from ftqueue.submit.submission import submit
+from ftqueue.worker.tasks import run_eagerly
 from tests.procs import WorkerProcess, all_terminal, child_env, wait_for
 
 pytest.importorskip("mlflow")

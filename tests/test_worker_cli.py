@@ -14,8 +14,8 @@ from click.testing import CliRunner
 
 from ftqueue.cli import cli
 from ftqueue.queue.app import celery_config
-from ftqueue.queue.supervisor import detect_gpus, plan_slots
 from ftqueue.settings import load_settings
+from ftqueue.worker.supervisor import detect_gpus, plan_slots
 from tests.procs import WorkerProcess, child_env
 
 
@@ -39,7 +39,7 @@ def test_cpu_workers_see_no_gpu_and_share_the_cores(monkeypatch: pytest.MonkeyPa
 
 def test_the_supervisor_never_imports_torch() -> None:
     code = (
-        "import sys, ftqueue.queue.supervisor, ftqueue.queue.reaper, ftqueue.queue.tasks, "
+        "import sys, ftqueue.worker.supervisor, ftqueue.worker.reaper, ftqueue.worker.tasks, "
         "ftqueue.cli.worker_cmd; "
         "print('torch' in sys.modules)"
     )

@@ -16,10 +16,10 @@ import redis
 
 from ftqueue.errors import NameTaken
 from ftqueue.kinds.lora import LoraSpec
-from ftqueue.queue import nodes
 from ftqueue.specs import DataSpec
 from ftqueue.store.schema import Job
 from ftqueue.submit.submission import submit
+from ftqueue.worker import nodes
 from tests.procs import WorkerProcess, all_terminal, child_env, statuses, wait_for
 
 

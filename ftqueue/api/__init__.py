@@ -33,6 +33,7 @@ from typing import Any
 from ftqueue.core.states import JobStatus
 from ftqueue.core.text import quote
 from ftqueue.errors import FtqueueError, JobNotFound, WaitTimeout
+from ftqueue.kinds import registry, rows
 from ftqueue.queue import eager
 from ftqueue.settings import get_settings
 from ftqueue.specs import JobSpec
@@ -112,7 +113,9 @@ def submit(
 
 def run_eager(jobs: Submission | Sequence[Job]) -> None:
     """Run the new jobs of an eager submission here, one after the other, as a worker would."""
-    submission.run_eagerly(jobs.created if isinstance(jobs, Submission) else jobs)
+    from ftqueue.worker.tasks import run_eagerly
+
+    run_eagerly(jobs.created if isinstance(jobs, Submission) else jobs)
 
 
 def _ids(jobs: int | Iterable[int] | Submission) -> list[int]:
@@ -224,7 +227,7 @@ def job(job_id: int, *, detail: bool = False) -> dict[str, Any]:
     db.ensure_ready()
     eager.settle([job_id])
     with db.session_scope() as session:
-        return reads.job_summary(reads.get_job(session, job_id, with_results=detail), detail=detail)
+        return rows.job_summary(reads.get_job(session, job_id, with_results=detail), detail=detail)
 
 
 def jobs(
@@ -246,6 +249,8 @@ def jobs(
 
     db.ensure_ready()
     eager.settle()
+    for kind in kinds:
+        registry.lookup(kind)  # an unknown kind is a typo to report, not an empty list
     with db.session_scope() as session:
         found = reads.list_jobs(
             session,
@@ -258,7 +263,7 @@ def jobs(
             limit=limit,
             before=before,
         )
-        return [reads.job_summary(job) for job in found]
+        return [rows.job_summary(job) for job in found]
 
 
 def cancel(

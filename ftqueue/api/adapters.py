@@ -9,6 +9,7 @@ from typing import Any
 
 from ftqueue.core.text import clip
 from ftqueue.errors import SpecError
+from ftqueue.kinds import rows
 from ftqueue.store import db, reads
 
 
@@ -17,7 +18,7 @@ def adapters(*, job_ids: Sequence[int]) -> dict[int, dict[str, Any]]:
     from ftqueue.artifacts import publishing
 
     db.ensure_ready()
-    return {jid: publishing.check_adapter_dir(reads.adapter_dir_of(jid)) for jid in job_ids}
+    return {jid: publishing.check_adapter_dir(rows.adapter_dir_of(jid)) for jid in job_ids}
 
 
 def adapter_model(*, job_ids: Sequence[int]) -> str:
@@ -37,7 +38,7 @@ def adapter_model(*, job_ids: Sequence[int]) -> str:
     found = reads.models_of(job_ids)
     for job_id in job_ids:
         if job_id not in found:
-            reads.adapter_dir_of(job_id)  # says "no such job", and what to look at instead
+            rows.adapter_dir_of(job_id)  # says "no such job", and what to look at instead
     models = set(found.values())
     if len(models) != 1:
         listed = ", ".join(f"{job_id} on {clip(found[job_id], 60)}" for job_id in job_ids)
@@ -62,7 +63,7 @@ def predict(*, job_id: int, texts: Sequence[str]) -> list[dict[str, Any]]:
     from ftqueue.kinds import predict as predict_kind
 
     db.ensure_ready()
-    adapter = reads.adapter_dir_of(job_id, flag="job")
+    adapter = rows.adapter_dir_of(job_id, flag="job")
     publishing.check_adapter_dir(adapter)
     labelled = predict_kind.label_texts(adapter, list(texts))
     names = labelled.label_names
@@ -99,7 +100,7 @@ def export(
         hub.check_repo(repo)
     publishing.check_new_dir(directory, param="DIR")
     db.ensure_ready()
-    adapter = reads.adapter_dir_of(job_id, flag="job")
+    adapter = rows.adapter_dir_of(job_id, flag="job")
     metadata = publishing.check_adapter_dir(adapter)
     publishing.check_exportable(metadata, job_id)
     out = lora.export_model(adapter, directory, job_id=job_id)

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 from ftqueue.store import db
 
 if TYPE_CHECKING:
-    from ftqueue.queue.supervisor import Slot
+    from ftqueue.worker.supervisor import Slot
 
 
 def db_url() -> str:
@@ -47,9 +47,9 @@ def db_current() -> dict[str, Any]:
 
 def check_workers(*, prefix: str | None = None) -> list[str]:
     """Check the workers' name prefix, the database and the broker; returns the GPUs visible."""
-    from ftqueue.queue import supervisor
     from ftqueue.queue.broker import check_broker
     from ftqueue.submit.submission import check_label
+    from ftqueue.worker import supervisor
 
     if prefix:
         check_label(prefix, "--name")
@@ -60,8 +60,8 @@ def check_workers(*, prefix: str | None = None) -> list[str]:
 
 def plan_workers(*, gpus: Sequence[str], processes: int, prefix: str | None) -> list[Slot]:
     """One worker per GPU (CPU workers when none), each name checked free of a live worker."""
-    from ftqueue.queue import nodes, supervisor
     from ftqueue.queue.broker import redis_client
+    from ftqueue.worker import nodes, supervisor
 
     slots = supervisor.plan_slots(list(gpus), processes=processes, prefix=prefix)
     nodes.check_free(redis_client(), [slot.name for slot in slots])
@@ -70,6 +70,6 @@ def plan_workers(*, gpus: Sequence[str], processes: int, prefix: str | None) -> 
 
 def run_workers(slots: Sequence[Slot], *, queues: Sequence[str], loglevel: str) -> int:
     """Start the workers and restart them as needed until stopped; returns the exit code."""
-    from ftqueue.queue import supervisor
+    from ftqueue.worker import supervisor
 
     return supervisor.supervise(list(slots), queues=list(queues), loglevel=loglevel)

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ftqueue.kinds import rows
 from ftqueue.store import db, reads
 
 if TYPE_CHECKING:
@@ -30,7 +31,7 @@ def endings(*, job_ids: Sequence[int]) -> list[Ending]:
     """How each of the jobs ended (or where it is), in the order given; missing ones left out."""
     states = reads.job_states(job_ids)
     results = reads.final_results(job_ids)
-    outputs = reads.outputs_of(job_ids)
+    outputs = rows.outputs_of(job_ids)
     out = []
     for jid in job_ids:
         s = states.get(jid)
@@ -48,7 +49,7 @@ def endings(*, job_ids: Sequence[int]) -> list[Ending]:
 
 def describe(jobs: Sequence[Job]) -> list[dict[str, Any]]:
     """The JSON form of jobs already read, such as a submission's new ones."""
-    return [reads.job_summary(job) for job in jobs]
+    return [rows.job_summary(job) for job in jobs]
 
 
 def completions(*, runs_only: bool = False, limit: int = 200) -> list[dict[str, Any]]:

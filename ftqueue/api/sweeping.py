@@ -7,15 +7,14 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from ftqueue.store.schema import Job
-    from ftqueue.submit.submission import StartedSweep
+    from ftqueue.sweeps.trials import StartedSweep
 
 
 def start_sweep(*, file: Path) -> StartedSweep:
     """Check a sweep file and its inputs, write the sweep, queue its first trials."""
-    from ftqueue.submit import submission
-    from ftqueue.sweeps import sweepfile
+    from ftqueue.sweeps import sweepfile, trials
 
-    return submission.start_sweep(sweepfile.load(file))
+    return trials.start_sweep(sweepfile.load(file))
 
 
 def sweep_jobs(*, sweep_id: str) -> dict[int, str]:

@@ -147,6 +147,8 @@ def stray_staging_by_job(root: Path) -> dict[int, list[Path]]:
 ADAPTER_METADATA = "ftqueue_adapter.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
+#: What a predict job publishes; the trainer writes them, the kind names them.
+PREDICTIONS_FILES = ("predictions.parquet", "predictions.csv")
 #: Weight formats that unpickle (and so can run code) on load; never read.
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 _METADATA_KEYS = ("model", "num_labels", "label_names", "pooling", "max_length")

@@ -18,16 +18,11 @@ from ftqueue import kinds
 from ftqueue.artifacts import paths, publishing
 from ftqueue.core.outcome import Measurement, Outcome
 from ftqueue.core.states import AttemptEnd, JobStatus
-from ftqueue.errors import (
-    DatabaseReplaced,
-    FtqueueError,
-    JobCancelled,
-    JobSuperseded,
-    first_line,
-)
-from ftqueue.execution import synthetic, tracking
+from ftqueue.errors import DatabaseReplaced, FtqueueError, JobCancelled, JobSuperseded, first_line
+from ftqueue.execution import tracking
 from ftqueue.execution.heartbeat import Heartbeat
 from ftqueue.execution.retry import with_db_retry
+from ftqueue.kinds import synthetic
 from ftqueue.settings import get_settings
 from ftqueue.store import lifecycle
 from ftqueue.sweeps import asha

@@ -88,9 +88,10 @@ def check(spec: EvaluateSpec) -> None:
     """The adapter to evaluate exists, succeeded, is on this machine, and was trained on the
     model given (the same directory content, where it is a local one)."""
     if spec.adapter_job is not None:
+        from ftqueue.kinds import rows
         from ftqueue.store import reads
 
-        reads.adapter_dir_of(spec.adapter_job)
+        rows.adapter_dir_of(spec.adapter_job)
         check_base_model(spec, reads.spec_of(spec.adapter_job) or {})
 
 
@@ -124,9 +125,9 @@ def _same_model(a: str, b: str) -> bool:
 
 def perform(spec: EvaluateSpec, ctx: JobContext) -> Outcome:
     from ftqueue import training
-    from ftqueue.store import reads
+    from ftqueue.kinds import rows
 
-    adapter = reads.adapter_dir_of(spec.adapter_job) if spec.adapter_job is not None else None
+    adapter = rows.adapter_dir_of(spec.adapter_job) if spec.adapter_job is not None else None
     return training.run_evaluate(
         spec, cache_dir=ctx.cache_dir, adapter_dir=adapter, on_progress=ctx.on_progress
     )

@@ -145,8 +145,8 @@ class LoraSpec(ModelSpec):
 def check(spec: LoraSpec) -> None:
     """--target-modules names layers the model has, where its weights are on this machine
     (the alias, a local directory); a hub id's are checked when a worker loads it."""
-    from ftqueue.execution import synthetic
     from ftqueue.inputs.weights import layer_names, resolve_model
+    from ftqueue.kinds import synthetic
 
     if synthetic.is_synthetic(spec.model):
         return

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ftqueue.artifacts import publishing
 from ftqueue.core.outcome import Outcome
 from ftqueue.errors import AdapterError
 from ftqueue.kinds.registry import JobContext, JobKind, Role, register
@@ -25,8 +26,6 @@ from ftqueue.specs import (
 
 if TYPE_CHECKING:
     from ftqueue.training.predicting import Labelled
-
-PREDICTIONS_FILES = ("predictions.parquet", "predictions.csv")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -62,12 +61,11 @@ class PredictSpec(JobSpec):
 
 def check(spec: PredictSpec) -> None:
     """The adapter exists and fits the model; the input is readable text, as submitted."""
-    from ftqueue.artifacts import publishing
     from ftqueue.inputs import unlabelled
+    from ftqueue.kinds import rows
     from ftqueue.specs import resolve_model
-    from ftqueue.store import reads
 
-    adapter = reads.adapter_dir_of(spec.adapter_job)
+    adapter = rows.adapter_dir_of(spec.adapter_job)
     metadata = publishing.check_adapter_dir(adapter)
     if resolve_model(str(metadata["model"])) != resolve_model(spec.model):
         raise AdapterError(
@@ -80,12 +78,12 @@ def check(spec: PredictSpec) -> None:
 
 def perform(spec: PredictSpec, ctx: JobContext) -> Outcome:
     from ftqueue import training
-    from ftqueue.store import reads
+    from ftqueue.kinds import rows
 
     assert ctx.staging is not None, "a predict job publishes its predictions"
     return training.run_predict(
         spec,
-        adapter_dir=Path(reads.adapter_dir_of(spec.adapter_job)),
+        adapter_dir=Path(rows.adapter_dir_of(spec.adapter_job)),
         out_dir=ctx.staging,
         on_progress=ctx.on_progress,
     )
@@ -99,7 +97,7 @@ KIND = register(
         role=Role.OTHER,
         artifacts="predictions",
         output_label="predictions",
-        output_files=PREDICTIONS_FILES,
+        output_files=publishing.PREDICTIONS_FILES,
         check=check,
     )
 )

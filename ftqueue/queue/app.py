@@ -10,7 +10,7 @@ from kombu import Exchange, Queue
 from ftqueue import kinds
 from ftqueue.settings import Settings, get_settings, on_reset
 
-app = Celery("ftqueue", set_as_current=False, include=["ftqueue.queue.tasks"])
+app = Celery("ftqueue", set_as_current=False, include=["ftqueue.worker.tasks"])
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -31,7 +31,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "broker_url": settings.broker_url,
         # Workers survive any bytes on their queues: see poison.py.
         "broker_transport": _screening_transport(settings.broker_url),
-        "worker_consumer": "ftqueue.queue.poison:Consumer",
+        "worker_consumer": "ftqueue.worker.poison:Consumer",
         "broker_transport_options": transport,
         "result_backend_transport_options": transport,
         "broker_connection_retry_on_startup": True,
@@ -76,7 +76,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
 def _screening_transport(broker_url: str) -> str | None:
     """kombu's Redis transport with poison screening, for redis:// and rediss:// brokers."""
     scheme = broker_url.split("://", 1)[0].lower()
-    return "ftqueue.queue.poison:Transport" if scheme in ("redis", "rediss") else None
+    return "ftqueue.worker.poison:Transport" if scheme in ("redis", "rediss") else None
 
 
 @app.on_configure.connect

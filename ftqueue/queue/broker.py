@@ -139,3 +139,12 @@ def pending_task_ids(queues: Iterable[str] | None = None) -> set[str]:
             if task_id:
                 found.add(task_id)
     return found
+
+
+def lost_message_grace() -> float:
+    """How long a queued job may go without a message in Redis before it is re-published.
+
+    Long enough for a submit to publish what it committed, and for a message taken by a
+    worker to show up in the unacked hash.
+    """
+    return max(10.0, float(get_settings().lease_seconds))

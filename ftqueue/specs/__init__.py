@@ -29,15 +29,7 @@ from ftqueue.specs.base import (
     seed_field,
     validate_against_model,
 )
-from ftqueue.specs.params import (
-    Param,
-    ParamKind,
-    field_param,
-    flag,
-    param,
-    required,
-    spec_params,
-)
+from ftqueue.specs.params import Param, ParamKind, field_param, flag, param, required, spec_params
 
 __all__ = [
     "BIASES",

@@ -15,7 +15,6 @@ from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.orm.instrumentation import manager_of_class
 
 from ftqueue.core.states import JobStatus
-from ftqueue.kinds import registry as kinds
 from ftqueue.specs import config_hash
 from ftqueue.store.schema import Job, JobEvent, JobTag, UTCDateTime, utcnow
 
@@ -60,7 +59,6 @@ def create_jobs(
     wanted = list(jobs)
     rows: list[dict[str, Any]] = []
     for new in wanted:
-        kinds.lookup(new.kind)  # the schema does not check kinds: the registry does
         rows.append(
             {
                 "kind": new.kind,

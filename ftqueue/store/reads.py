@@ -1,7 +1,7 @@
 """Reading jobs: every query that reads job rows lives here (writes are in lifecycle.py).
 
-Small keyword-only functions over a session, shared by the CLI, the worker, the reaper and
-the kinds; and the one JSON form of a job that every `--json` prints.
+Small keyword-only functions over a session, shared by the API, the worker, the reaper and
+the kinds. What a job's kind says about its row (its outputs, its JSON form) is in kinds/rows.py.
 """
 
 from __future__ import annotations
@@ -9,7 +9,6 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
@@ -17,8 +16,7 @@ from sqlalchemy.orm import Session, selectinload
 
 from ftqueue.core.outcome import Progress
 from ftqueue.core.states import STATUSES, JobStatus
-from ftqueue.errors import AdapterError, FilterError, JobNotFound
-from ftqueue.kinds import registry as kinds
+from ftqueue.errors import FilterError, JobNotFound
 from ftqueue.store import db
 from ftqueue.store.schema import Job, JobTag, Result, held_by_attempt
 
@@ -57,8 +55,6 @@ def list_jobs(
                 f"unknown status {status!r}: use one of {', '.join(STATUSES)}.",
                 param="--status",
             )
-    for kind in job_kinds:
-        kinds.lookup(kind)
     query = select(Job).order_by(Job.id.desc())
     if before is not None:
         query = query.where(Job.id < before)
@@ -175,57 +171,12 @@ def final_results(job_ids: Sequence[int]) -> dict[int, Result]:
     return best
 
 
-def outputs_of(job_ids: Sequence[int]) -> dict[int, tuple[str, list[str]]]:
-    """What each job that published something published (see ``published``)."""
-    with db.session_scope() as session:
-        rows = session.scalars(
-            select(Job).where(Job.id.in_(job_ids), Job.output_path.is_not(None))
-        ).all()
-        return {job.id: published(job) for job in rows}
-
-
 def unfinished(job_ids: Iterable[int]) -> set[int]:
     """Those of the jobs that exist and have not ended."""
     ids = list(job_ids)
     with db.session_scope() as session:
         rows = session.execute(select(Job.id, Job.status).where(Job.id.in_(ids)))
         return {job_id for job_id, status in rows if not JobStatus(status).terminal}
-
-
-_ADAPTERS_HINT = "`ftqueue list --status succeeded` shows the jobs that trained one."
-
-
-def adapter_dir_of(job_id: int, *, flag: str = "--adapter-job") -> Path:
-    """The published adapter of an earlier training job, or AdapterError saying why not.
-
-    ``flag`` is how the command the user typed names the job (``--adapter-job``, ``JOB``).
-    """
-    with db.session_scope() as session:
-        row = session.execute(
-            select(Job.kind, Job.status, Job.output_path).where(Job.id == job_id)
-        ).one_or_none()
-    if row is None:
-        raise AdapterError(f"{flag} {job_id}: no such job; {_ADAPTERS_HINT}", param=flag)
-    kind, status, path = row
-    if kind not in kinds.with_role(kinds.Role.RUN):
-        raise AdapterError(
-            f"{flag} {job_id} is an {kind} job, which trains no adapter; {_ADAPTERS_HINT}",
-            param=flag,
-        )
-    # A pruned trial keeps the adapter of the epochs it trained.
-    if status not in (JobStatus.SUCCEEDED, JobStatus.PRUNED) or not path:
-        raise AdapterError(
-            f"{flag} {job_id} has status {status}, not succeeded, so it has no "
-            f"adapter; {_ADAPTERS_HINT}",
-            param=flag,
-        )
-    if not Path(path).is_dir():
-        raise AdapterError(
-            f"{flag} {job_id}: its adapter {path} is missing from this machine; check "
-            "that FTQUEUE_ARTIFACTS_DIR is the shared directory the job wrote to.",
-            param=flag,
-        )
-    return Path(path)
 
 
 def models_of(job_ids: Sequence[int]) -> dict[int, str]:
@@ -240,94 +191,3 @@ def spec_of(job_id: int) -> dict[str, Any] | None:
     with db.session_scope() as session:
         spec = session.scalar(select(Job.spec).where(Job.id == job_id))
     return dict(spec) if spec is not None else None
-
-
-def published(job: Job) -> tuple[str, list[str]]:
-    """What a job published, as its kind names it, and the paths to show: its files, else the
-    directory; no paths while it has published nothing."""
-    kind = kinds.get(job.kind)
-    label = kind.output_label if kind is not None else "output"
-    if not job.output_path:
-        return label, []
-    names = kind.output_files if kind is not None else ()
-    return label, [str(Path(job.output_path, n)) for n in names] or [job.output_path]
-
-
-def _iso(value: dt.datetime | None) -> str | None:
-    return value.isoformat() if value is not None else None
-
-
-def job_summary(job: Job, *, detail: bool = False) -> dict[str, Any]:
-    """The JSON form of a job, for every `--json`; ``detail`` adds stats, history and results.
-
-    With ``detail`` the job must have been read with ``get_job(..., with_results=True)``.
-    """
-    out: dict[str, Any] = {
-        "id": job.id,
-        "kind": job.kind,
-        "status": job.status,
-        "model": job.model,
-        "dataset": job.dataset,
-        "name": job.name,
-        "sweep_id": job.sweep_id,
-        "trial": job.trial,
-        "selected_epoch": job.selected_epoch,
-        "tags": job.tag_names,
-        "attempts": job.attempts,
-        "max_attempts": job.max_attempts,
-        "worker": job.worker,
-        "task_id": job.task_id,
-        "cancel_requested": job.cancel_requested,
-        "progress": {
-            "phase": job.progress_phase,
-            "epoch": job.progress_epoch,
-            "step": job.progress_step,
-            "total": job.progress_total,
-            "loss": job.progress_loss,
-            "val_accuracy": job.progress_val_accuracy,
-            "val_epoch": job.progress_val_epoch,
-        },
-        "error_type": job.error_type,
-        "error_message": job.error_message,
-        "output_path": job.output_path,
-        "output_files": published(job)[1] if job.output_path else [],
-        "train_seconds": job.train_seconds,
-        "samples_per_second": job.samples_per_second,
-        "peak_memory_mb": job.peak_memory_mb,
-        "trainable_params": job.trainable_params,
-        "total_params": job.total_params,
-        "created_at": _iso(job.created_at),
-        "started_at": _iso(job.started_at),
-        "heartbeat_at": _iso(job.heartbeat_at),
-        "finished_at": _iso(job.finished_at),
-        "spec_hash": job.spec_hash,
-        "spec": job.spec,
-    }
-    if not detail:
-        return out
-    out["queued_at"] = _iso(job.queued_at)
-    out["stats"] = job.stats
-    out["events"] = [
-        {
-            "at": _iso(e.at),
-            "status": e.status,
-            "attempt": e.attempt,
-            "worker": e.worker,
-            "detail": e.detail,
-        }
-        for e in job.events
-    ]
-    out["results"] = [
-        {
-            "split": r.split,
-            "epoch": r.epoch,
-            "accuracy": r.accuracy,
-            "loss": r.loss,
-            "macro_f1": r.macro_f1,
-            "n_examples": r.n_examples,
-            "attempt": r.attempt,
-            "recorded_at": _iso(r.recorded_at),
-        }
-        for r in job.results
-    ]
-    return out

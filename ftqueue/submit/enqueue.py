@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 
 from sqlalchemy.orm import Session
 
+from ftqueue.kinds import registry
 from ftqueue.queue import eager
 from ftqueue.settings import get_settings
 from ftqueue.store import db, insert
@@ -43,9 +44,12 @@ def jobs(new: NewJobs | Callable[[Session], NewJobs]) -> list[Job]:
     """
     settings = get_settings()
     with db.session_scope(write=True) as session:
+        wanted = new(session) if callable(new) else new
+        for job in wanted:
+            registry.lookup(job.kind)  # the schema does not check kinds: the registry does
         created = insert.create_jobs(
             session,
-            new(session) if callable(new) else new,
+            wanted,
             max_attempts=settings.max_attempts,
             held_by=eager.holder() if settings.eager else None,
             lease_seconds=settings.lease_seconds,

@@ -15,15 +15,14 @@ from ftqueue.artifacts.paths import check_output_dir
 from ftqueue.core.states import JobStatus
 from ftqueue.core.text import quote
 from ftqueue.errors import PublishError, SpecError
-from ftqueue.execution import synthetic
 from ftqueue.inputs import hub, pinning
+from ftqueue.kinds import synthetic
 from ftqueue.queue import eager
 from ftqueue.settings import get_settings
 from ftqueue.specs import MODEL_ALIASES, DataSpec, JobSpec, is_local_model
 from ftqueue.store import insert, reads
 from ftqueue.store.schema import Job
 from ftqueue.submit import enqueue
-from ftqueue.sweeps.plan import SweepPlan
 
 #: Tags, names and sweep ids end up in file names, URLs and shell commands.
 _LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:+=@-]{0,63}$")
@@ -235,50 +234,6 @@ def _unsent(exc: PublishError, created: int) -> PublishError:
 
 
 def _grace_text() -> str:
-    from ftqueue.queue.reaper import lost_message_grace
+    from ftqueue.queue.broker import lost_message_grace
 
     return f"{lost_message_grace():.0f}s"
-
-
-@dataclass
-class StartedSweep:
-    """What `ftqueue sweep` did: the sweep's id, its checked plan, the trials it queued."""
-
-    sweep_id: str
-    plan: SweepPlan
-    created: list[Job] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-
-
-def start_sweep(plan: SweepPlan) -> StartedSweep:
-    """Check a sweep's inputs, write the sweep row, and queue its first trials.
-
-    The model and data are checked and pinned once, on the first trial; trials differ only in
-    searched settings, so the pinned base holds for all. A grid's every trial is checked.
-    """
-    from ftqueue.sweeps import methods, trials
-
-    sweep_id = check_label(plan.name or uuid.uuid4().hex[:8], "name")
-    checker = Checker()
-    first, *others = methods.lookup(plan.method).values_to_check(plan)
-    pinned = checker(plan.spec(first))
-    searched = {d.name for d in plan.space} | {"kind"}
-    base = {k: v for k, v in pinned.to_dict().items() if k not in searched}
-    for values in others:
-        checker(plan.spec(values))
-    plan = SweepPlan.from_dict(plan.to_dict() | {"base": base})
-    enqueue.ready()
-    trials.create(sweep_id, plan)
-    return StartedSweep(sweep_id, plan, trials.fill(sweep_id), checker.notes)
-
-
-def run_eagerly(jobs: Sequence[Job]) -> None:
-    """Run jobs in this process through the same Celery tasks a worker would (FTQUEUE_EAGER=1).
-
-    The jobs not yet started stay held by this process (see eager.Keeper).
-    """
-    from ftqueue.queue.tasks import TASKS
-
-    with eager.Keeper():
-        for job in jobs:
-            TASKS[job.kind].apply_async((job.id,), task_id=job.task_id)

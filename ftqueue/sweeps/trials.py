@@ -1,7 +1,7 @@
 """Sweeps in the queue: create one from a plan, fill its free slots with trials, cancel it.
 
 There is no sweep process to lose. `ftqueue sweep` inserts the sweep row and its first
-``max_parallel`` trials (submission.start_sweep); from then on, whichever worker ends a trial
+``max_parallel`` trials (``start_sweep``); from then on, whichever worker ends a trial
 fills the freed slot (``after_trial``), and the reaper fills any slot left free by a worker
 that died in between.
 Each fill holds the sweep row's lock while it takes trial numbers, so two workers ending
@@ -11,6 +11,8 @@ trials at once never make the same trial, nor more than the budget.
 from __future__ import annotations
 
 import logging
+import uuid
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import func, select
@@ -20,7 +22,7 @@ from ftqueue.errors import SpecError
 from ftqueue.queue import eager
 from ftqueue.store import db, insert
 from ftqueue.store.schema import Job, Result, Sweep
-from ftqueue.submit import enqueue
+from ftqueue.submit import enqueue, submission
 from ftqueue.sweeps import methods
 from ftqueue.sweeps.plan import SweepPlan
 
@@ -29,6 +31,36 @@ log = logging.getLogger(__name__)
 ACTIVE = "active"
 CANCELLED = "cancelled"
 _PENDING = (JobStatus.QUEUED, JobStatus.RUNNING)
+
+
+@dataclass
+class StartedSweep:
+    """What `ftqueue sweep` did: the sweep's id, its checked plan, the trials it queued."""
+
+    sweep_id: str
+    plan: SweepPlan
+    created: list[Job] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def start_sweep(plan: SweepPlan) -> StartedSweep:
+    """Check a sweep's inputs, write the sweep row, and queue its first trials.
+
+    The model and data are checked and pinned once, on the first trial; trials differ only in
+    searched settings, so the pinned base holds for all. A grid's every trial is checked.
+    """
+    sweep_id = submission.check_label(plan.name or uuid.uuid4().hex[:8], "name")
+    checker = submission.Checker()
+    first, *others = methods.lookup(plan.method).values_to_check(plan)
+    pinned = checker(plan.spec(first))
+    searched = {d.name for d in plan.space} | {"kind"}
+    base = {k: v for k, v in pinned.to_dict().items() if k not in searched}
+    for values in others:
+        checker(plan.spec(values))
+    plan = SweepPlan.from_dict(plan.to_dict() | {"base": base})
+    enqueue.ready()
+    create(sweep_id, plan)
+    return StartedSweep(sweep_id, plan, fill(sweep_id), checker.notes)
 
 
 def create(sweep_id: str, plan: SweepPlan) -> None:

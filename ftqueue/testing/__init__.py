@@ -30,7 +30,7 @@ from pathlib import Path
 
 import pytest
 
-from ftqueue.execution.synthetic import model_name as synthetic_model
+from ftqueue.kinds.synthetic import model_name as synthetic_model
 from ftqueue.testing.workers import WorkerProcess, child_env, wait_for
 
 __all__ = [

@@ -6,7 +6,6 @@ call into it from their ``perform``; nothing in the queue imports it.
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -17,22 +16,16 @@ if TYPE_CHECKING:
     from ftqueue.training.predicting import Labelled, label_texts, run_predict
     from ftqueue.training.preparing import release_memory
 
-_LAZY = {
-    "run_lora": "ftqueue.training.lora",
-    "run_evaluate": "ftqueue.training.evaluating",
-    "release_memory": "ftqueue.training.preparing",
-    "load_adapter": "ftqueue.training.adapters",
-    "LoadedAdapter": "ftqueue.training.adapters",
-    "run_predict": "ftqueue.training.predicting",
-    "label_texts": "ftqueue.training.predicting",
-    "Labelled": "ftqueue.training.predicting",
-    "export_adapter": "ftqueue.training.exporting",
-}
-
-
 def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
+    if name not in __all__:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    # A plain import statement, not importlib: the import checks (grimp, import-linter) then
+    # see the package's lazy dependencies, so a cycle through one is caught like any other.
+    from ftqueue.training import adapters, evaluating, exporting, lora, predicting, preparing
+
+    for module in (lora, evaluating, preparing, adapters, predicting, exporting):
+        if name in vars(module):
+            return vars(module)[name]
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

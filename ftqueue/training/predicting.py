@@ -15,12 +15,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from ftqueue.artifacts.publishing import check_adapter_dir
+from ftqueue.artifacts.publishing import PREDICTIONS_FILES, check_adapter_dir
 from ftqueue.core.files import share_tree, write_json_atomic
 from ftqueue.core.outcome import Outcome, Progress, ProgressCallback
 from ftqueue.core.states import Phase
 from ftqueue.inputs.unlabelled import read_texts
-from ftqueue.kinds.predict import PREDICTIONS_FILES
 from ftqueue.training.adapters import library_versions, load_adapter
 from ftqueue.training.loop import Tracker, predict
 from ftqueue.training.modeling import autocast_dtype, configure_torch, pick_device

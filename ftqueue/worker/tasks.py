@@ -19,6 +19,7 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from celery import Task, signals
@@ -29,10 +30,12 @@ from ftqueue.core.states import AttemptEnd, JobStatus
 from ftqueue.errors import DatabaseReplaced, JobFailed, NameTaken
 from ftqueue.execution import attempt
 from ftqueue.kinds import JobKind, all_kinds
-from ftqueue.queue import broker, nodes, poison
+from ftqueue.queue import broker, eager
 from ftqueue.queue.app import app
 from ftqueue.settings import get_settings
 from ftqueue.store import db, lifecycle, reads
+from ftqueue.store.schema import Job
+from ftqueue.worker import nodes, poison
 
 log = logging.getLogger(__name__)
 
@@ -220,7 +223,7 @@ def _give_up_node_name(**_: Any) -> None:
 
 @signals.worker_ready.connect
 def _worker_ready(sender: Any = None, **_: Any) -> None:
-    from ftqueue.queue.reaper import Reaper
+    from ftqueue.worker.reaper import Reaper
 
     Reaper().start()
     if db.sqlite_path(db.database_url()) is not None:
@@ -242,3 +245,13 @@ def _watch_database(interval: float = 1.0) -> None:
             log.critical("%s; stopping this worker", exc.message)
             os.kill(os.getpid(), signal.SIGTERM)
             return
+
+
+def run_eagerly(jobs: Sequence[Job]) -> None:
+    """Run jobs in this process through the same Celery tasks a worker would (FTQUEUE_EAGER=1).
+
+    The jobs not yet started stay held by this process (see eager.Keeper).
+    """
+    with eager.Keeper():
+        for job in jobs:
+            TASKS[job.kind].apply_async((job.id,), task_id=job.task_id)

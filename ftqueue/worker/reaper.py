@@ -79,7 +79,7 @@ def reap_once(*, lock_seconds: float = 10.0, grace_seconds: float | None = None)
         if report.requeued:
             broker.publish(report.requeued)
             summary.requeued = [job.id for job in report.requeued]
-        grace = grace_seconds if grace_seconds is not None else lost_message_grace()
+        grace = grace_seconds if grace_seconds is not None else broker.lost_message_grace()
         pending = broker.pending_task_ids()
         lost = recovery.queued_without_message(
             pending, older_than=utcnow() - dt.timedelta(seconds=grace)
@@ -96,15 +96,6 @@ def reap_once(*, lock_seconds: float = 10.0, grace_seconds: float | None = None)
         if getattr(summary, what):
             log.warning("reaper %s: %s", what, getattr(summary, what))
     return summary
-
-
-def lost_message_grace() -> float:
-    """How long a queued job may go without a message in Redis before it is re-published.
-
-    Long enough for a submit to publish what it committed, and for a message taken by a
-    worker to show up in the unacked hash.
-    """
-    return max(10.0, float(get_settings().lease_seconds))
 
 
 def _fill_sweeps(failed: list[int]) -> list[int]:

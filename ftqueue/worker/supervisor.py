@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from ftqueue.queue.nodes import NAME_TAKEN_EXIT
+from ftqueue.worker.nodes import NAME_TAKEN_EXIT
 
 log = logging.getLogger(__name__)
 

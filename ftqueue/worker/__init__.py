@@ -1,0 +1,1 @@
+"""Workers: the Celery tasks, worker processes per GPU, their names, poison messages, the reaper."""
