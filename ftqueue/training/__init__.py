@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from ftqueue.training.predicting import Labelled, label_texts, run_predict
     from ftqueue.training.preparing import release_memory
 
+
 def __getattr__(name: str) -> Any:
     if name not in __all__:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
