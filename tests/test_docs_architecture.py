@@ -48,3 +48,23 @@ def test_everything_the_page_names_exists() -> None:
     references = {match.group(0) for match in REFERENCE.finditer(text)}
     assert references, "the page names no ftqueue/ path"
     assert sorted(ref for ref in references if not _exists(ref)) == []
+
+
+def _sections() -> dict[str, str]:
+    """Each `## ftqueue/...` section's text, by the package it is about."""
+    text = PAGE.read_text(encoding="utf-8")
+    parts = re.split(r"^## `?(ftqueue/[\w/]+)`?\s*$", text, flags=re.M)
+    return dict(zip(parts[1::2], parts[2::2], strict=True))
+
+
+def test_each_section_names_every_module_of_its_package() -> None:
+    """A module added to a package is described in the package's section."""
+    sections = _sections()
+    missing = [
+        f"{package}/{module.stem}"
+        for package, text in sections.items()
+        if package != "ftqueue/migrations"
+        for module in sorted((ROOT / package).glob("*.py"))
+        if module.stem != "__init__" and f"`{module.stem}`" not in text
+    ]
+    assert missing == []

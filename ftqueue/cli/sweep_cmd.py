@@ -20,7 +20,7 @@ from ftqueue.cli.common import console, echo_json, json_option
 )
 @json_option
 def sweep_cmd(file: Path, wait: bool, as_json: bool) -> None:
-    """Start a sweep: grid, random or Optuna search, with early stopping (ASHA).
+    """Start a sweep: grid, random, Optuna (TPE) or Sobol search, with early stopping (ASHA).
 
     FILE is YAML (or TOML) naming the model, the dataset, fixed settings, the searched
     space, the method, a budget and the early-stopping rungs; README's "Sweeps" section

@@ -1,1 +1,1 @@
-"""Delivery: the Celery app and tasks, the broker, worker processes and names, reaper, eager."""
+"""The transport: the one Celery app and its queues, publishing to the broker, eager runs."""

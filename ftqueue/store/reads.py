@@ -1,4 +1,4 @@
-"""Reading jobs: every query that reads job rows lives here (writes are in lifecycle.py).
+"""Reading jobs: queries over job rows (writes: insert.py, lifecycle.py, recovery.py).
 
 Small keyword-only functions over a session, shared by the API, the worker, the reaper and
 the kinds. What a job's kind says about its row (its outputs, its JSON form) is in kinds/rows.py.

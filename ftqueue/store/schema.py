@@ -112,7 +112,7 @@ class Job(Base):
     model: Mapped[str] = mapped_column(String(512))
     dataset: Mapped[str] = mapped_column(String(1024))
     sweep_id: Mapped[str | None] = mapped_column(String(64))
-    #: The trial's number in its sweep (Optuna's trial number for an ``optuna`` sweep).
+    #: The trial's number in its sweep (the Optuna trial's number for ``optuna`` and ``sobol``).
     trial: Mapped[int | None] = mapped_column(Integer)
     name: Mapped[str | None] = mapped_column(String(128))
 
