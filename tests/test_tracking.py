@@ -127,7 +127,7 @@ def test_each_job_is_an_mlflow_run(
     }, worker.log()[-3000:]
     # The attempt that died with its worker was ended when the next attempt started.
     assert every[str(crashed.id), "1"].info.status == "KILLED"
-    assert every[str(crashed.id), "1"].data.tags["ftqueue.core.outcome"] == "worker lost"
+    assert every[str(crashed.id), "1"].data.tags["ftqueue.outcome"] == "worker lost"
     assert every[str(crashed.id), "2"].info.status == "FINISHED"
     runs = {job: run for (job, attempt), run in every.items() if attempt == "1"}
 

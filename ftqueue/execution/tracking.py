@@ -113,7 +113,7 @@ class MlflowRun:
         if chosen:
             self._try("logging", lambda: self.client.log_batch(self.run_id, params=chosen))
         metrics: list[Any] = []
-        tags = [RunTag("ftqueue.core.outcome", str(ended))]
+        tags = [RunTag("ftqueue.outcome", str(ended))]
         if outcome is not None:
             for m in outcome.measurements:
                 for name in ("accuracy", "loss", "macro_f1"):
@@ -176,7 +176,7 @@ def _end_earlier_attempts(client: Any, experiment_id: str, job_id: int) -> None:
     """Runs of earlier attempts left RUNNING by a worker that died: they ended, KILLED."""
     query = f"tags.`ftqueue.job_id` = '{job_id}' and attributes.status = 'RUNNING'"
     for run in client.search_runs([experiment_id], filter_string=query):
-        client.set_tag(run.info.run_id, "ftqueue.core.outcome", "worker lost")
+        client.set_tag(run.info.run_id, "ftqueue.outcome", "worker lost")
         client.set_terminated(run.info.run_id, "KILLED")
 
 
