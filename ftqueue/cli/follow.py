@@ -68,6 +68,42 @@ def _validation(s: JobState) -> str:
     return f"; epoch {p.val_epoch} val acc {p.val_accuracy:.4f}"
 
 
+def idle_queue_line(queue: str) -> str:
+    """The one line said when no live worker consumes a queue that jobs wait in."""
+    return f"warning: no live worker consumes queue {queue}; start one with `ftqueue worker`"
+
+
+#: Seconds a followed job stays queued before followers look for a live worker.
+QUEUED_CHECK_AFTER = 10.0
+
+
+class IdleQueues:
+    """Says once per queue when a followed job has stayed queued with no live worker on it."""
+
+    def __init__(self, *, after: float = QUEUED_CHECK_AFTER) -> None:
+        self.after = after
+        self.started = time.monotonic()
+        self.checked = self.started
+        self.told: set[str] = set()
+        # Eager jobs wait for this process, not for a worker.
+        self.enabled = not get_settings().eager
+
+    def lines(self, snaps: dict[int, JobState]) -> list[str]:
+        now = time.monotonic()
+        if not self.enabled or now - self.checked < self.after:
+            return []
+        self.checked = now
+        waiting = [s.kind for s in snaps.values() if s.status == JobStatus.QUEUED]
+        if not waiting:
+            return []
+        try:
+            idle = [q for q in api.idle_queues(waiting) if q not in self.told]
+        except Exception:  # a hint only: following goes on without it
+            return []
+        self.told.update(idle)
+        return [idle_queue_line(q) for q in idle]
+
+
 def _plain(s: JobState) -> tuple[str, tuple[object, ...]]:
     """A job's plain line, and what must change for it to be printed before it is due."""
     if s.status != JobStatus.RUNNING:
@@ -107,7 +143,10 @@ def follow(
     last: dict[int, tuple[object, ...]] = {}
     printed_at: dict[int, float] = {}
     snaps: dict[int, JobState] = {}
+    idle = IdleQueues()
     for snaps in api.watch(job_ids, poll=poll, keep_going=keep_going):
+        for warning in idle.lines(snaps):
+            console.print(warning, highlight=False, soft_wrap=True)
         now = time.monotonic()
         for jid in job_ids:
             s = snaps[jid]
@@ -134,7 +173,10 @@ def _follow_live(
     with Progress(*columns, console=console, transient=False) as progress:
         bars = {jid: progress.add_task(f"job {jid}", total=None) for jid in job_ids}
         snaps: dict[int, JobState] = {}
+        idle = IdleQueues()
         for snaps in api.watch(job_ids, poll=poll, keep_going=keep_going):
+            for warning in idle.lines(snaps):
+                progress.console.print(warning, highlight=False, soft_wrap=True)
             for jid, s in snaps.items():
                 done = s.ended
                 total = s.progress.total or None
