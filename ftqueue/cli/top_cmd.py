@@ -101,17 +101,32 @@ def queues_table(snap: Snapshot) -> Any:
 
 
 def failures_table(jobs: list[Job], *, width: int) -> Any:
-    """The newest failed jobs, each error cut to the room there is."""
+    """The newest failed jobs, one line each: the error is cut to the room there is."""
     from rich.markup import escape
 
+    rows = [
+        [
+            str(job["id"]),
+            job["kind"],
+            age(when(job["finished_at"])),
+            clip(f"{job['error_type'] or 'error'}: {job['error_message'] or ''}"),
+        ]
+        for job in jobs
+    ]
     table = _table("recent failures", ["job", "kind", "ended", "error"], ("job",))
-    for job in jobs:
-        ended = when(job["finished_at"])
-        error = f"{job['error_type'] or 'error'}: {job['error_message'] or ''}"
-        room = max(20, width - 30)
-        table.add_row(str(job["id"]), job["kind"], age(ended), escape(clip(error, room)))
-    table.columns[-1].no_wrap = True
-    table.columns[-1].overflow = "ellipsis"
+    fixed = [
+        max(len(name), *(len(row[i]) for row in rows))
+        for i, name in enumerate(("job", "kind", "ended"))
+    ]
+    for column, size in zip(table.columns[:3], fixed, strict=True):
+        column.no_wrap = True
+        column.min_width = size
+    # One space after each column but the last.
+    table.columns[3].max_width = max(10, width - sum(fixed) - 3)
+    table.columns[3].no_wrap = True
+    table.columns[3].overflow = "ellipsis"
+    for row in rows:
+        table.add_row(*row[:3], escape(row[3]))
     return table
 
 

@@ -13,17 +13,18 @@ from ftqueue.core.text import duration
 #: A worker as ``api.workers`` gives it (and `--json` prints it).
 Worker = dict[str, Any]
 
-#: Dropped in this order while the table is wider than the terminal; the rest always stay.
-_DROP_FIRST = ("versions", "pid", "queues", "up")
+#: Dropped in this order while the table is wider than the terminal (``gpu_name``: the GPU's
+#: name, its index and memory stay); the rest always stay.
+_DROP_FIRST = ("versions", "pid", "queues", "up", "gpu_name")
 _RIGHT = ("seen", "up", "pid")
 
 
-def gpu_text(worker: Worker) -> str:
+def gpu_text(worker: Worker, *, named: bool = True) -> str:
     """``0 NVIDIA H200 140G``, ``0`` where NVML told nothing, ``cpu`` without a GPU."""
     if worker["gpu"] is None:
         return "cpu"
     parts = [str(worker["gpu"])]
-    if worker["gpu_name"]:
+    if worker["gpu_name"] and named:
         parts.append(worker["gpu_name"])
     if worker["gpu_memory_mb"]:
         parts.append(f"{worker['gpu_memory_mb'] / 1024:.0f}G")
@@ -69,6 +70,7 @@ def _rows(workers: list[Worker]) -> list[dict[str, str]]:
                 "worker": escape(w["name"]),
                 "state": state,
                 "gpu": escape(gpu_text(w)),
+                "gpu_name": escape(gpu_text(w, named=False)),
                 "job": job_text(w["job"]) or ("idle" if w["state"] == "live" else ""),
                 "seen": f"{duration(w['seen_ago'])} ago",
                 "up": duration((now - started).total_seconds()) if started else "",
@@ -83,12 +85,16 @@ def _rows(workers: list[Worker]) -> list[dict[str, str]]:
 def workers_table(workers: list[Worker], *, width: int | None = None) -> Any:
     """One line per worker; the least needed columns go while it is wider than ``width``."""
     rows = _rows(workers)
-    columns = list(rows[0]) if rows else []
+    columns = [c for c in rows[0] if c != "gpu_name"] if rows else []
     table = _table(rows, columns)
     for name in _DROP_FIRST:
         if width is None or natural_width(table) <= width:
             break
-        columns.remove(name)
+        if name == "gpu_name":
+            # The short form under the same header.
+            rows = [{**row, "gpu": row["gpu_name"]} for row in rows]
+        else:
+            columns.remove(name)
         table = _table(rows, columns)
     return table
 
