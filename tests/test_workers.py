@@ -139,7 +139,7 @@ def test_a_top_frame_fits_the_terminal(width: int) -> None:
     assert lora.split() == ["lora", "12", "2"]
     # The error is one line, cut to the room there is.
     [failure] = [line for line in lines if "RuntimeError" in line]
-    assert failure.split()[:2] == ["99", "lora"]
+    assert failure.split()[:2] == ["99", "lora"] and failure.endswith("…")
 
 
 # --- real rows -----------------------------------------------------------------------------

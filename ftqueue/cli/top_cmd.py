@@ -46,6 +46,7 @@ def _table(title: str, columns: list[str], right: tuple[str, ...] = ()) -> Any:
         box=box.SIMPLE_HEAD,
         padding=(0, 1, 0, 0),
         pad_edge=False,
+        show_edge=False,
     )
     for name in columns:
         table.add_column(name, justify="right" if name in right else "left")
@@ -121,12 +122,11 @@ def failures_table(jobs: list[Job], *, width: int) -> Any:
     for column, size in zip(table.columns[:3], fixed, strict=True):
         column.no_wrap = True
         column.min_width = size
-    # One space after each column but the last.
-    table.columns[3].max_width = max(10, width - sum(fixed) - 3)
-    table.columns[3].no_wrap = True
-    table.columns[3].overflow = "ellipsis"
+    # Two spaces after each column but the last; the error gets what is left, on one line.
+    room = max(10, width - sum(fixed) - 6)
     for row in rows:
-        table.add_row(*row[:3], escape(row[3]))
+        error = row[3] if len(row[3]) <= room else row[3][: room - 1] + "…"
+        table.add_row(*row[:3], escape(error))
     return table
 
 
@@ -137,16 +137,19 @@ def frame(snap: Snapshot, *, width: int) -> Any:
 
     parts: list[Any] = [_header(snap), Text("")]
     if snap["workers"]:
-        parts.append(workers_table(snap["workers"], width=width))
+        parts += [
+            Text("workers", style="bold"),
+            workers_table(snap["workers"], width=width, edge=False),
+        ]
     else:
-        parts += ["no workers have registered: start one with `ftqueue worker`", Text("")]
+        parts.append("no workers have registered: start one with `ftqueue worker`")
     if snap["running"]:
-        parts.append(running_table(snap["running"], width=width))
+        parts += [Text(""), running_table(snap["running"], width=width)]
     else:
-        parts += ["no job is running", Text("")]
-    parts.append(queues_table(snap))
+        parts += [Text(""), "no job is running"]
+    parts += [Text(""), queues_table(snap)]
     if snap["failures"]:
-        parts.append(failures_table(snap["failures"], width=width))
+        parts += [Text(""), failures_table(snap["failures"], width=width)]
     return Group(*parts)
 
 

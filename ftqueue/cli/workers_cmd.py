@@ -82,11 +82,14 @@ def _rows(workers: list[Worker]) -> list[dict[str, str]]:
     return rows
 
 
-def workers_table(workers: list[Worker], *, width: int | None = None) -> Any:
-    """One line per worker; the least needed columns go while it is wider than ``width``."""
+def workers_table(workers: list[Worker], *, width: int | None = None, edge: bool = True) -> Any:
+    """One line per worker; the least needed columns go while it is wider than ``width``.
+
+    ``edge=False`` leaves out the blank lines above and below, as a section of `top`.
+    """
     rows = _rows(workers)
     columns = [c for c in rows[0] if c != "gpu_name"] if rows else []
-    table = _table(rows, columns)
+    table = _table(rows, columns, edge)
     for name in _DROP_FIRST:
         if width is None or natural_width(table) <= width:
             break
@@ -95,15 +98,21 @@ def workers_table(workers: list[Worker], *, width: int | None = None) -> Any:
             rows = [{**row, "gpu": row["gpu_name"]} for row in rows]
         else:
             columns.remove(name)
-        table = _table(rows, columns)
+        table = _table(rows, columns, edge)
     return table
 
 
-def _table(rows: list[dict[str, str]], columns: list[str]) -> Any:
+def _table(rows: list[dict[str, str]], columns: list[str], edge: bool) -> Any:
     from rich import box
     from rich.table import Table
 
-    table = Table(header_style="bold", box=box.SIMPLE_HEAD, padding=(0, 1, 0, 0), pad_edge=False)
+    table = Table(
+        header_style="bold",
+        box=box.SIMPLE_HEAD,
+        padding=(0, 1, 0, 0),
+        pad_edge=False,
+        show_edge=edge,
+    )
     for name in columns:
         table.add_column(
             name,
