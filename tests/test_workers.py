@@ -237,6 +237,48 @@ def test_submit_says_in_one_line_when_no_live_worker_consumes_the_queue(
     assert result.exit_code == 0 and result.stderr == ""
 
 
+def test_wait_says_once_when_its_queued_job_has_no_live_worker(
+    sqlite_url: str, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ftqueue.cli import follow
+
+    monkeypatch.setattr(follow, "QUEUED_CHECK_AFTER", 0.0)
+    [job_id] = _submit(1)
+    polls = iter(range(5))
+    out = Console(file=io.StringIO(), width=120, color_system=None)
+    follow.follow(
+        [job_id], console=out, poll=0.05, keep_going=lambda: next(polls, None) is not None
+    )
+    lines = out.file.getvalue().splitlines()  # type: ignore[attr-defined]
+    warning = "warning: no live worker consumes queue lora; start one with `ftqueue worker`"
+    assert lines.count(warning) == 1, lines
+    assert f"job {job_id} lora: queued" in lines
+
+
+def test_a_worker_row_reads_versions_without_importing_torch() -> None:
+    code = (
+        "import sys; from ftqueue.worker import roster; "
+        "row = roster.describe('cpu0@x', ['lora']); "
+        "assert 'torch' not in sys.modules, 'torch imported'; "
+        "assert row['torch_version'] and row['transformers_version'] and row['ftqueue_version']; "
+        "print(row['gpu'], row['gpu_name'], row['gpu_memory_mb'])"
+    )
+    env = child_env(CUDA_VISIBLE_DEVICES="")
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["None", "None", "None"] and done.stderr == ""
+
+
+def test_no_nvidia_driver_means_no_gpu_details_and_no_noise() -> None:
+    from ftqueue.worker.roster import gpu_info
+
+    # On a machine with NVIDIA GPUs, index 0 has a name and memory; elsewhere None, quietly.
+    name, memory = gpu_info("0")
+    assert (name is None) == (memory is None)
+    assert gpu_info("GPU-00000000-0000-0000-0000-000000000000") == (None, None)
+    assert gpu_info(None) == (None, None)
+
+
 # --- real workers --------------------------------------------------------------------------
 
 

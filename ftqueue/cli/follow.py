@@ -80,8 +80,8 @@ QUEUED_CHECK_AFTER = 10.0
 class IdleQueues:
     """Says once per queue when a followed job has stayed queued with no live worker on it."""
 
-    def __init__(self, *, after: float = QUEUED_CHECK_AFTER) -> None:
-        self.after = after
+    def __init__(self, *, after: float | None = None) -> None:
+        self.after = QUEUED_CHECK_AFTER if after is None else after
         self.started = time.monotonic()
         self.checked = self.started
         self.told: set[str] = set()
