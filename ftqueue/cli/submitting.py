@@ -54,12 +54,12 @@ def submit_specs(
     # Eager jobs wait for no worker.
     idle = [] if eager or not sub.created else api.idle_queues(j.kind for j in sub.created)
     if as_json and not (wait or eager):
-        _warn_idle(idle)
+        warn_idle(idle)
         echo_json(_payload(sub))
         return
     if not as_json:
         _print_submission(out, sub, eager=eager)
-    _warn_idle(idle)
+    warn_idle(idle)
     # With --json, progress goes nowhere: stdout is for the JSON document alone.
     progress_out = console(quiet=True) if as_json else out
     statuses: dict[int, str] = {}
@@ -82,7 +82,8 @@ def submit_specs(
         raise SystemExit(exit_code(everything))
 
 
-def _warn_idle(queues: list[str]) -> None:
+def warn_idle(queues: list[str]) -> None:
+    """One line for each queue that jobs were just queued to and no live worker consumes."""
     from ftqueue.cli.follow import idle_queue_line
 
     for queue in queues:
