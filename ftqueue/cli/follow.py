@@ -82,8 +82,7 @@ class IdleQueues:
 
     def __init__(self, *, after: float | None = None) -> None:
         self.after = QUEUED_CHECK_AFTER if after is None else after
-        self.started = time.monotonic()
-        self.checked = self.started
+        self.checked = time.monotonic()
         self.told: set[str] = set()
         # Eager jobs wait for this process, not for a worker.
         self.enabled = not get_settings().eager

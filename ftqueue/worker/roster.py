@@ -24,6 +24,10 @@ from ftqueue.worker.supervisor import SUPERVISOR_ENV
 
 log = logging.getLogger(__name__)
 
+#: Beats between two looks for rows to forget: each reads every row, and a fleet of a
+#: thousand workers looking on every beat would read 200,000 rows a second for nothing.
+FORGET_EVERY = 12
+
 
 def version_of(package: str) -> str | None:
     """An installed distribution's version, read without importing it (torch takes seconds)."""
@@ -96,6 +100,7 @@ class Roster(threading.Thread):
         self.interval = self.row["refresh_seconds"]
         self.stopping = threading.Event()
         self._registered = False
+        self._beats = 0
 
     def run(self) -> None:
         failing: str | None = None
@@ -118,7 +123,9 @@ class Roster(threading.Thread):
         if not self._registered or not workers.refresh(name, pid=pid):
             workers.register(**self.row)
             self._registered = True
-        workers.forget_gone()
+        if self._beats % FORGET_EVERY == 0:
+            workers.forget_gone()
+        self._beats += 1
 
     def stop(self) -> None:
         self.stopping.set()
