@@ -23,6 +23,7 @@ from sqlalchemy import update
 
 from ftqueue import api
 from ftqueue.cli import cli
+from ftqueue.cli.follow import follow
 from ftqueue.cli.top_cmd import frame
 from ftqueue.cli.workers_cmd import workers_table
 from ftqueue.kinds.lora import LoraSpec
@@ -217,6 +218,9 @@ def test_a_running_job_past_its_lease_reads_as_lost(sqlite_url: str, redis_url: 
     assert "heartbeat  lost? last heartbeat 2m1" in status, status
     assert "run time" not in status
     assert "lost? last heartbeat 2m1" in _show("list")
+    lines = io.StringIO()
+    follow([job_id], console=Console(file=lines, width=120), keep_going=lambda: False)
+    assert f"job {job_id} lora: running on gpu0@a: lost? last heartbeat 2m1" in lines.getvalue()
     with db.session_scope() as session:
         session.execute(update(Job).where(Job.id == job_id).values(
             heartbeat_at=now, lease_expires_at=now + dt.timedelta(seconds=120)))  # fmt: skip

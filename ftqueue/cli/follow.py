@@ -40,10 +40,22 @@ def _describe(s: JobState) -> str:
             f" (attempt {s.attempts + 1})" if s.attempts else ""
         )
     if s.status == JobStatus.RUNNING:
+        if _lost(s):
+            return f"job {s.id} {s.kind}: {_lost(s)}"
         # The live bar counts the steps itself, and has less room.
         return f"job {s.id} {s.kind}: {_progress(s, compact=True)}"
     # An epoch's accuracy the follower had no time to see is told at the end.
     return f"job {s.id} {s.kind}: {s.status}{_validation(s) if s.ended else ''}"
+
+
+def _lost(s: JobState) -> str:
+    """``lost? last heartbeat 2m10s ago`` for a running job whose lease lapsed; else empty."""
+    now = utcnow()
+    if s.status != JobStatus.RUNNING or s.heartbeat_at is None or s.lease_expires_at is None:
+        return ""
+    if s.lease_expires_at >= now:
+        return ""
+    return f"lost? last heartbeat {duration((now - s.heartbeat_at).total_seconds())} ago"
 
 
 def _progress(s: JobState, *, compact: bool = False) -> str:
@@ -108,6 +120,9 @@ def _plain(s: JobState) -> tuple[str, tuple[object, ...]]:
     if s.status != JobStatus.RUNNING:
         return _describe(s), (s.status, s.attempts)
     where = f" on {s.worker}" if s.worker else ""
+    if _lost(s):
+        # Its worker died: a run time would only keep growing until the reaper re-queues it.
+        return f"job {s.id} {s.kind}: running{where}: {_lost(s)}", (s.status, s.worker, "lost")
     if s.started_at is not None:
         where += f" for {duration((utcnow() - s.started_at).total_seconds())}"
     p = s.progress

@@ -123,6 +123,9 @@ class JobState:
     error: str | None
     #: When the current attempt started (None while queued).
     started_at: dt.datetime | None = None
+    #: The running attempt's last heartbeat write, and when its lease lapses.
+    heartbeat_at: dt.datetime | None = None
+    lease_expires_at: dt.datetime | None = None
 
     @property
     def ended(self) -> bool:
@@ -146,14 +149,25 @@ def job_states(job_ids: Sequence[int]) -> dict[int, JobState]:
         Job.progress_val_epoch,
         Job.error_message,
         Job.started_at,
+        Job.heartbeat_at,
+        Job.lease_expires_at,
     )
     with db.session_scope() as session:
         rows = session.execute(select(*cols).where(Job.id.in_(job_ids))).all()
     return {
         job_id: JobState(
-            job_id, kind, JobStatus(status), attempts, worker, Progress(*progress), error, started
+            job_id,
+            kind,
+            JobStatus(status),
+            attempts,
+            worker,
+            Progress(*progress),
+            error,
+            started,
+            beat,
+            lease,
         )
-        for job_id, kind, status, attempts, worker, *progress, error, started in rows
+        for job_id, kind, status, attempts, worker, *progress, error, started, beat, lease in rows
     }
 
 
