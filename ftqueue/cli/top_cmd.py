@@ -165,7 +165,7 @@ def frame(snap: Snapshot, *, width: int) -> Any:
 @json_option
 def top_cmd(once: bool, interval: float, as_json: bool) -> None:
     """Watch the fleet: workers, running jobs with progress and heartbeat age, queue depths,
-    recent failures; redrawn every second until Ctrl-C.
+    recent failures; redrawn every second until Ctrl-C (piped: one frame, as --once).
 
     \b
     Examples:
