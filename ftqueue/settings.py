@@ -49,6 +49,9 @@ class Settings:
     mlflow_tracking_uri: str | None = None
     #: FTQUEUE_MLFLOW_EXPERIMENT: the MLflow experiment those runs go into.
     mlflow_experiment: str = "ftqueue"
+    #: FTQUEUE_WORKER_REFRESH: each worker refreshes its row of the workers table this often
+    #: (seconds); one not seen for three intervals reads as gone.
+    worker_refresh_seconds: int = 5
 
     @property
     def soft_time_limit(self) -> int:
@@ -131,6 +134,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         progress_every=_int(env, "FTQUEUE_PROGRESS_EVERY", 30),
         mlflow_tracking_uri=env.get("FTQUEUE_MLFLOW_TRACKING_URI") or None,
         mlflow_experiment=env.get("FTQUEUE_MLFLOW_EXPERIMENT") or "ftqueue",
+        worker_refresh_seconds=_int(env, "FTQUEUE_WORKER_REFRESH", 5),
     )
 
 

@@ -19,7 +19,8 @@ Under FTQUEUE_EAGER=1 ``submit`` runs the new jobs in this process before it ret
 
 This module holds the jobs' functions; what the other commands need lives in one module per
 concern (``adapters``: predict, export; ``reporting``; ``sweeping``; ``admin``: schema and
-workers; ``following``), each function also reachable as ``api.<name>``.
+workers; ``fleet``: live workers and queues; ``following``), each function also reachable as
+``api.<name>``.
 """
 
 from __future__ import annotations
@@ -65,8 +66,10 @@ __all__ = [
     "endings",
     "export",
     "file_sha256",
+    "idle_queues",
     "job",
     "jobs",
+    "live_consumers",
     "plan_workers",
     "predict",
     "report",
@@ -81,8 +84,10 @@ __all__ = [
     "sweep_jobs",
     "sweep_report",
     "sweep_trials_to_run",
+    "top",
     "wait",
     "watch",
+    "workers",
 ]
 
 
@@ -227,7 +232,10 @@ def job(job_id: int, *, detail: bool = False) -> dict[str, Any]:
     db.ensure_ready()
     eager.settle([job_id])
     with db.session_scope() as session:
-        return rows.job_summary(reads.get_job(session, job_id, with_results=detail), detail=detail)
+        summary = rows.job_summary(
+            reads.get_job(session, job_id, with_results=detail), detail=detail
+        )
+    return fleet.annotate([summary])[0]
 
 
 def jobs(
@@ -263,7 +271,8 @@ def jobs(
             limit=limit,
             before=before,
         )
-        return [rows.job_summary(job) for job in found]
+        summaries = [rows.job_summary(job) for job in found]
+    return fleet.annotate(summaries)
 
 
 def cancel(
@@ -286,6 +295,7 @@ def cancel(
 
 
 # The commands' own functions, one module per concern; all of them are ``api.<name>``.
+from ftqueue.api import fleet  # noqa: E402
 from ftqueue.api.adapters import (  # noqa: E402
     Export,
     adapter_model,
@@ -304,6 +314,7 @@ from ftqueue.api.admin import (  # noqa: E402
     plan_workers,
     run_workers,
 )
+from ftqueue.api.fleet import idle_queues, live_consumers, top, workers  # noqa: E402
 from ftqueue.api.following import Ending, completions, describe, end_eager, endings  # noqa: E402
 from ftqueue.api.reporting import Reported, report, sweep_report  # noqa: E402
 from ftqueue.api.sweeping import (  # noqa: E402

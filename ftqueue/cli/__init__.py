@@ -17,7 +17,9 @@ from ftqueue.cli import (
     report_cmd,
     submit_cmd,
     sweep_cmd,
+    top_cmd,
     worker_cmd,
+    workers_cmd,
 )
 from ftqueue.cli.common import CONTEXT, FtqueueGroup
 
@@ -55,6 +57,8 @@ for command in (
     predict_cmd.predict_cmd,
     export_cmd.export_cmd,
     worker_cmd.worker_cmd,
+    workers_cmd.workers_cmd,
+    top_cmd.top_cmd,
 ):
     cli.add_command(command)
 

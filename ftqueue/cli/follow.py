@@ -40,10 +40,22 @@ def _describe(s: JobState) -> str:
             f" (attempt {s.attempts + 1})" if s.attempts else ""
         )
     if s.status == JobStatus.RUNNING:
+        if _lost(s):
+            return f"job {s.id} {s.kind}: {_lost(s)}"
         # The live bar counts the steps itself, and has less room.
         return f"job {s.id} {s.kind}: {_progress(s, compact=True)}"
     # An epoch's accuracy the follower had no time to see is told at the end.
     return f"job {s.id} {s.kind}: {s.status}{_validation(s) if s.ended else ''}"
+
+
+def _lost(s: JobState) -> str:
+    """``lost? last heartbeat 2m10s ago`` for a running job whose lease lapsed; else empty."""
+    now = utcnow()
+    if s.status != JobStatus.RUNNING or s.heartbeat_at is None or s.lease_expires_at is None:
+        return ""
+    if s.lease_expires_at >= now:
+        return ""
+    return f"lost? last heartbeat {duration((now - s.heartbeat_at).total_seconds())} ago"
 
 
 def _progress(s: JobState, *, compact: bool = False) -> str:
@@ -68,11 +80,49 @@ def _validation(s: JobState) -> str:
     return f"; epoch {p.val_epoch} val acc {p.val_accuracy:.4f}"
 
 
+def idle_queue_line(queue: str) -> str:
+    """The one line said when no live worker consumes a queue that jobs wait in."""
+    return f"warning: no live worker consumes queue {queue}; start one with `ftqueue worker`"
+
+
+#: Seconds a followed job stays queued before followers look for a live worker.
+QUEUED_CHECK_AFTER = 10.0
+
+
+class IdleQueues:
+    """Says once per queue when a followed job has stayed queued with no live worker on it."""
+
+    def __init__(self, *, after: float | None = None) -> None:
+        self.after = QUEUED_CHECK_AFTER if after is None else after
+        self.checked = time.monotonic()
+        self.told: set[str] = set()
+        # Eager jobs wait for this process, not for a worker.
+        self.enabled = not get_settings().eager
+
+    def lines(self, snaps: dict[int, JobState]) -> list[str]:
+        now = time.monotonic()
+        if not self.enabled or now - self.checked < self.after:
+            return []
+        self.checked = now
+        waiting = [s.kind for s in snaps.values() if s.status == JobStatus.QUEUED]
+        if not waiting:
+            return []
+        try:
+            idle = [q for q in api.idle_queues(waiting) if q not in self.told]
+        except Exception:  # a hint only: following goes on without it
+            return []
+        self.told.update(idle)
+        return [idle_queue_line(q) for q in idle]
+
+
 def _plain(s: JobState) -> tuple[str, tuple[object, ...]]:
     """A job's plain line, and what must change for it to be printed before it is due."""
     if s.status != JobStatus.RUNNING:
         return _describe(s), (s.status, s.attempts)
     where = f" on {s.worker}" if s.worker else ""
+    if _lost(s):
+        # Its worker died: a run time would only keep growing until the reaper re-queues it.
+        return f"job {s.id} {s.kind}: running{where}: {_lost(s)}", (s.status, s.worker, "lost")
     if s.started_at is not None:
         where += f" for {duration((utcnow() - s.started_at).total_seconds())}"
     p = s.progress
@@ -107,7 +157,10 @@ def follow(
     last: dict[int, tuple[object, ...]] = {}
     printed_at: dict[int, float] = {}
     snaps: dict[int, JobState] = {}
+    idle = IdleQueues()
     for snaps in api.watch(job_ids, poll=poll, keep_going=keep_going):
+        for warning in idle.lines(snaps):
+            console.print(warning, highlight=False, soft_wrap=True)
         now = time.monotonic()
         for jid in job_ids:
             s = snaps[jid]
@@ -134,7 +187,10 @@ def _follow_live(
     with Progress(*columns, console=console, transient=False) as progress:
         bars = {jid: progress.add_task(f"job {jid}", total=None) for jid in job_ids}
         snaps: dict[int, JobState] = {}
+        idle = IdleQueues()
         for snaps in api.watch(job_ids, poll=poll, keep_going=keep_going):
+            for warning in idle.lines(snaps):
+                progress.console.print(warning, highlight=False, soft_wrap=True)
             for jid, s in snaps.items():
                 done = s.ended
                 total = s.progress.total or None

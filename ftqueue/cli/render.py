@@ -56,13 +56,53 @@ def progress_text(job: Job) -> str:
     return f"{epoch}{pct:.0f}%{loss}"
 
 
+def ordinal(n: int) -> str:
+    """1st, 2nd, 3rd, 4th, 11th, 21st."""
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
+
+
+def workers_text(count: int) -> str:
+    return "no live worker" if not count else f"{count} live worker{'s' if count > 1 else ''}"
+
+
+def queue_text(job: Job, *, short: bool = False) -> str:
+    """A queued job's place in its queue and who consumes it; empty for other jobs."""
+    q = job.get("queue")
+    if not q:
+        return ""
+    place = f"{ordinal(q['position'])} of {q['depth']}" if q["position"] else f"{q['depth']} queued"
+    if short:
+        return f"{place}, {workers_text(q['live_workers'])}"
+    count = q["live_workers"]
+    if not count:
+        who = "no live worker consumes it: start one with `ftqueue worker`"
+    else:
+        who = f"{workers_text(count)} consume{'s' if count == 1 else ''} it"
+    return f"{q['name']}: {place} queued; {who}"
+
+
+def lost_text(job: Job) -> str:
+    """``lost? last heartbeat 2m10s ago`` for a running job whose lease lapsed; else empty."""
+    if job["status"] != JobStatus.RUNNING or not job.get("lost"):
+        return ""
+    return f"lost? last heartbeat {duration(job.get('heartbeat_age'))} ago"
+
+
+def beat_text(job: Job) -> str:
+    """A running job's heartbeat age (``3.2s``); empty for other jobs."""
+    if job["status"] != JobStatus.RUNNING or job.get("heartbeat_age") is None:
+        return ""
+    return duration(job["heartbeat_age"])
+
+
 def status_text(status: str) -> str:
     return f"[{STATUS_STYLE.get(status, 'white')}]{status}[/]"
 
 
 #: Dropped in this order, as long as the table does not fit the terminal: the least needed
 #: first. id, kind, status, model and dataset always stay.
-_DROP_FIRST = ("age", "try", "sweep", "tags", "time", "progress")
+_DROP_FIRST = ("age", "try", "sweep", "tags", "beat", "time", "progress")
 
 
 def jobs_table(jobs: list[Job], *, width: int | None = None, title: str | None = None) -> Any:
@@ -87,8 +127,10 @@ def jobs_table(jobs: list[Job], *, width: int | None = None, title: str | None =
             "sweep": job["sweep_id"] or "",
             "tags": escape(",".join(job["tags"])),
             "try": f"{job['attempts']}/{job['max_attempts']}",
-            "progress": progress_text(job),
-            "time": duration(elapsed(job)),
+            "progress": lost_text(job) or progress_text(job) or queue_text(job, short=True),
+            # A lost job's run time would only grow: its last heartbeat says more.
+            "beat": "" if lost_text(job) else beat_text(job),
+            "time": "" if lost_text(job) else duration(elapsed(job)),
             "age": duration((now - _created(job)).total_seconds()),
         }
         for job in jobs
@@ -104,7 +146,7 @@ def jobs_table(jobs: list[Job], *, width: int | None = None, title: str | None =
     )
     table = _jobs_table(jobs, rows, columns, title)
     for name in _DROP_FIRST:
-        if width is None or _natural_width(table) <= width:
+        if width is None or natural_width(table) <= width:
             break
         if name in columns:
             columns.remove(name)
@@ -112,7 +154,8 @@ def jobs_table(jobs: list[Job], *, width: int | None = None, title: str | None =
     return table
 
 
-def _natural_width(table: Any) -> int:
+def natural_width(table: Any) -> int:
+    """The width a renderable takes when nothing limits it."""
     from rich.console import Console
     from rich.measure import Measurement
 
@@ -133,7 +176,7 @@ def _jobs_table(
     for name in columns:
         table.add_column(
             name,
-            justify="right" if name in ("id", "try", "time", "age") else "left",
+            justify="right" if name in ("id", "try", "beat", "time", "age") else "left",
             no_wrap=name not in ("model", "dataset", "tags", "progress", "sweep"),
             overflow="fold",
             min_width=max(len(j["status"]) for j in jobs) if name == "status" else None,
@@ -182,14 +225,20 @@ def job_details(job: Job) -> Any:
     rows.append(("attempts", f"{job['attempts']} of {job['max_attempts']}"))
     if job["worker"]:
         rows.append(("worker", job["worker"]))
+    if job.get("queue"):
+        rows.append(("queue", queue_text(job)))
     if job["status"] == JobStatus.RUNNING:
         phase = job["progress"]["phase"]
         rows.append(("progress", progress_text(job) or (phase or "starting")))
+        if lost_text(job):
+            rows.append(("heartbeat", f"[red]{lost_text(job)}[/]"))
+        elif beat_text(job):
+            rows.append(("heartbeat", f"{beat_text(job)} ago"))
     if job["cancel_requested"] and job["status"] == JobStatus.RUNNING:
         rows.append(("cancel", "requested; stops at its next step"))
     created = _created(job)
     rows.append(("created", f"{created:%Y-%m-%d %H:%M:%S} UTC ({age(created)})"))
-    if job["started_at"]:
+    if job["started_at"] and not lost_text(job):
         rows.append(("run time", duration(elapsed(job))))
     if job["samples_per_second"]:
         rows.append(("speed", f"{job['samples_per_second']:,.0f} samples/s"))

@@ -51,11 +51,15 @@ def submit_specs(
     eager = get_settings().eager
     for note in sub.notes:
         click.echo(f"note: {note}", err=True)
+    # Eager jobs wait for no worker.
+    idle = [] if eager or not sub.created else api.idle_queues(j.kind for j in sub.created)
     if as_json and not (wait or eager):
+        warn_idle(idle)
         echo_json(_payload(sub))
         return
     if not as_json:
         _print_submission(out, sub, eager=eager)
+    warn_idle(idle)
     # With --json, progress goes nowhere: stdout is for the JSON document alone.
     progress_out = console(quiet=True) if as_json else out
     statuses: dict[int, str] = {}
@@ -76,6 +80,14 @@ def submit_specs(
             d.status for d in sub.duplicates if d.job_id not in statuses
         ]
         raise SystemExit(exit_code(everything))
+
+
+def warn_idle(queues: list[str]) -> None:
+    """One line for each queue that jobs were just queued to and no live worker consumes."""
+    from ftqueue.cli.follow import idle_queue_line
+
+    for queue in queues:
+        click.echo(idle_queue_line(queue), err=True)
 
 
 def _wait(job_ids: list[int], out: Console) -> dict[int, str]:

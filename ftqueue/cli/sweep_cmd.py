@@ -52,6 +52,10 @@ def sweep_cmd(file: Path, wait: bool, as_json: bool) -> None:
             f"{plan.max_parallel} at a time, {stopping}; trials "
             f"{', '.join(str(j.id) for j in started.created)} queued"
         )
+    if not get_settings().eager and started.created:
+        from ftqueue.cli.submitting import warn_idle
+
+        warn_idle(api.idle_queues(job.kind for job in started.created))
     if get_settings().eager:
         _run_eager(started.sweep_id, out)
     elif wait:

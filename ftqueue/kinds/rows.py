@@ -120,6 +120,7 @@ def job_summary(job: Job, *, detail: bool = False) -> dict[str, Any]:
         "created_at": _iso(job.created_at),
         "started_at": _iso(job.started_at),
         "heartbeat_at": _iso(job.heartbeat_at),
+        "lease_expires_at": _iso(job.lease_expires_at),
         "finished_at": _iso(job.finished_at),
         "spec_hash": job.spec_hash,
         "spec": job.spec,

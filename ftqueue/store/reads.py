@@ -11,7 +11,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload
 
 from ftqueue.core.outcome import Progress
@@ -123,6 +123,9 @@ class JobState:
     error: str | None
     #: When the current attempt started (None while queued).
     started_at: dt.datetime | None = None
+    #: The running attempt's last heartbeat write, and when its lease lapses.
+    heartbeat_at: dt.datetime | None = None
+    lease_expires_at: dt.datetime | None = None
 
     @property
     def ended(self) -> bool:
@@ -146,14 +149,25 @@ def job_states(job_ids: Sequence[int]) -> dict[int, JobState]:
         Job.progress_val_epoch,
         Job.error_message,
         Job.started_at,
+        Job.heartbeat_at,
+        Job.lease_expires_at,
     )
     with db.session_scope() as session:
         rows = session.execute(select(*cols).where(Job.id.in_(job_ids))).all()
     return {
         job_id: JobState(
-            job_id, kind, JobStatus(status), attempts, worker, Progress(*progress), error, started
+            job_id,
+            kind,
+            JobStatus(status),
+            attempts,
+            worker,
+            Progress(*progress),
+            error,
+            started,
+            beat,
+            lease,
         )
-        for job_id, kind, status, attempts, worker, *progress, error, started in rows
+        for job_id, kind, status, attempts, worker, *progress, error, started, beat, lease in rows
     }
 
 
@@ -191,3 +205,33 @@ def spec_of(job_id: int) -> dict[str, Any] | None:
     with db.session_scope() as session:
         spec = session.scalar(select(Job.spec).where(Job.id == job_id))
     return dict(spec) if spec is not None else None
+
+
+def queue_depths() -> dict[str, int]:
+    """How many jobs of each kind are queued (kinds with none are left out)."""
+    with db.session_scope() as session:
+        rows = session.execute(
+            select(Job.kind, func.count()).where(Job.status == JobStatus.QUEUED).group_by(Job.kind)
+        )
+        return {kind: int(count) for kind, count in rows}
+
+
+def queue_positions(job_ids: Sequence[int]) -> dict[int, int]:
+    """Each queued job's place among the queued jobs of its kind (1: next), oldest queued first.
+
+    A re-queued job goes to the back, as its message does; jobs not queued are left out.
+    """
+    if not job_ids:
+        return {}
+    # Time first, id second: one submit queues many jobs within the same instant.
+    order = (func.coalesce(Job.queued_at, Job.created_at), Job.id)
+    ranked = (
+        select(Job.id, func.row_number().over(partition_by=Job.kind, order_by=order).label("n"))
+        .where(Job.status == JobStatus.QUEUED)
+        .subquery()
+    )
+    with db.session_scope() as session:
+        rows = session.execute(
+            select(ranked.c.id, ranked.c.n).where(ranked.c.id.in_(list(job_ids)))
+        )
+        return {job_id: int(n) for job_id, n in rows}

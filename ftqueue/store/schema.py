@@ -282,3 +282,35 @@ class RungDecision(Base):
     rank: Mapped[int] = mapped_column(Integer)
     out_of: Mapped[int] = mapped_column(Integer)
     decided_at: Mapped[dt.datetime] = mapped_column(default=utcnow, server_default=func.now())
+
+
+class Worker(Base):
+    """One live (or lately live) Celery worker process, kept fresh by the process itself.
+
+    A row whose ``last_seen_at`` is older than a few refresh intervals belongs to a worker
+    that is gone; workers still alive delete such rows a while later (store/workers.py).
+    """
+
+    __tablename__ = "workers"
+    __table_args__ = (Index("ix_workers_last_seen_at", "last_seen_at"),)
+
+    #: The Celery node name (``gpu0@host``), unique among live workers (worker/nodes.py).
+    name: Mapped[str] = mapped_column(String(255), primary_key=True)
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    #: The `ftqueue worker` process that started this one (None: started by hand).
+    supervisor_pid: Mapped[int | None] = mapped_column(Integer)
+    #: What CUDA_VISIBLE_DEVICES gives the process: an index or a GPU UUID (None: CPU).
+    gpu: Mapped[str | None] = mapped_column(String(64))
+    gpu_name: Mapped[str | None] = mapped_column(String(128))
+    gpu_memory_mb: Mapped[int | None] = mapped_column(Integer)
+    queues: Mapped[list[str]] = mapped_column(JSON)
+    ftqueue_version: Mapped[str | None] = mapped_column(String(32))
+    torch_version: Mapped[str | None] = mapped_column(String(32))
+    transformers_version: Mapped[str | None] = mapped_column(String(32))
+    #: The job it ran at its last refresh (the jobs table says so at once: jobs.worker).
+    job_id: Mapped[int | None] = mapped_column(Integer)
+    #: How often the process refreshes its row: a reader tells live from gone by it.
+    refresh_seconds: Mapped[float] = mapped_column(Float)
+    started_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    last_seen_at: Mapped[dt.datetime] = mapped_column(default=utcnow)

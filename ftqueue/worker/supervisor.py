@@ -23,6 +23,9 @@ from ftqueue.worker.nodes import NAME_TAKEN_EXIT
 
 log = logging.getLogger(__name__)
 
+#: Set for the processes `ftqueue worker` starts, so that their rows in the workers table name it.
+SUPERVISOR_ENV = "FTQUEUE_SUPERVISOR_PID"
+
 
 def detect_gpus() -> list[str]:
     """GPU indices visible to this machine, found without initialising CUDA in this process."""
@@ -81,6 +84,8 @@ class Slot:
         env = dict(os.environ)
         # Each process sees exactly one GPU as cuda:0; a CPU worker sees none.
         env["CUDA_VISIBLE_DEVICES"] = self.gpu if self.gpu is not None else ""
+        # The process's row in the workers table names the supervisor that started it.
+        env[SUPERVISOR_ENV] = str(os.getpid())
         if self.threads is not None and "OMP_NUM_THREADS" not in os.environ:
             # CPU workers share the cores: each taking all of them makes every one slower.
             env["OMP_NUM_THREADS"] = str(self.threads)

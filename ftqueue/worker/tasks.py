@@ -35,7 +35,7 @@ from ftqueue.queue.app import app
 from ftqueue.settings import get_settings
 from ftqueue.store import db, lifecycle, reads
 from ftqueue.store.schema import Job
-from ftqueue.worker import nodes, poison
+from ftqueue.worker import nodes, poison, roster
 
 log = logging.getLogger(__name__)
 
@@ -199,6 +199,7 @@ def _warm_imports() -> None:
 
 
 _NODE_LEASE: list[nodes.NodeLease] = []
+_ROSTER: list[roster.Roster] = []
 
 
 @signals.celeryd_init.connect
@@ -217,6 +218,8 @@ def _take_node_name(sender: Any = None, **_: Any) -> None:
 
 @signals.worker_shutdown.connect
 def _give_up_node_name(**_: Any) -> None:
+    while _ROSTER:
+        _ROSTER.pop().stop()
     while _NODE_LEASE:
         _NODE_LEASE.pop().release()
 
@@ -226,6 +229,10 @@ def _worker_ready(sender: Any = None, **_: Any) -> None:
     from ftqueue.worker.reaper import Reaper
 
     Reaper().start()
+    if sender is not None:
+        queues = list(sender.app.amqp.queues.consume_from or ())
+        _ROSTER.append(roster.Roster(str(sender.hostname), queues))
+        _ROSTER[-1].start()
     if db.sqlite_path(db.database_url()) is not None:
         db.ping()  # opens the file now, so that a replacement is seen from now on
         threading.Thread(target=_watch_database, name="ftqueue-db-watch", daemon=True).start()
