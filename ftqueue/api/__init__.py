@@ -48,6 +48,7 @@ __all__ = [
     "Export",
     "JobResult",
     "JobState",
+    "LogPage",
     "Reported",
     "Submission",
     "adapter_model",
@@ -67,6 +68,7 @@ __all__ = [
     "file_sha256",
     "job",
     "jobs",
+    "logs_of",
     "plan_workers",
     "predict",
     "report",
@@ -227,7 +229,10 @@ def job(job_id: int, *, detail: bool = False) -> dict[str, Any]:
     db.ensure_ready()
     eager.settle([job_id])
     with db.session_scope() as session:
-        return rows.job_summary(reads.get_job(session, job_id, with_results=detail), detail=detail)
+        out = rows.job_summary(reads.get_job(session, job_id, with_results=detail), detail=detail)
+    if detail:
+        out["traceback"] = traceback_of(job_id)
+    return out
 
 
 def jobs(
@@ -304,6 +309,7 @@ from ftqueue.api.admin import (  # noqa: E402
     plan_workers,
     run_workers,
 )
+from ftqueue.api.attempts import LogPage, logs_of, traceback_of  # noqa: E402
 from ftqueue.api.following import Ending, completions, describe, end_eager, endings  # noqa: E402
 from ftqueue.api.reporting import Reported, report, sweep_report  # noqa: E402
 from ftqueue.api.sweeping import (  # noqa: E402
