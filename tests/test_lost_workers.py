@@ -1,4 +1,5 @@
-"""Dead workers noticed in seconds: a killed process's job is re-queued at once, not at lease expiry.
+"""Dead workers noticed in seconds: a killed process's job is re-queued at once, not at its
+lease's expiry.
 
 The figure: 20 `kill -9`s of a pool child mid-job, each job re-queued within 10 s while its
 worker's supervisor lives (p50 and p95 printed), with a 120 s lease that plays no part.
