@@ -52,6 +52,11 @@ def logs_cmd(job_id: int, attempt: int | None, follow: bool) -> None:
         else:
             page = api.logs_of(job_id, attempt=shown, after=page.next_after)
             printed += _print(page)
+            if not page.live:
+                # The attempt stores its last lines just after it records the job's end.
+                time.sleep(POLL_SECONDS)
+                page = api.logs_of(job_id, attempt=shown, after=page.next_after)
+                printed += _print(page)
     if page.attempt is None:
         click.echo(f"job {job_id} has not started yet: nothing logged.", err=True)
         return
