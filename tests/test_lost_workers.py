@@ -150,8 +150,6 @@ def test_a_killed_celery_process_requeues_its_job_through_the_supervisor(
         row = session.get(Job, job.id)
         assert row is not None and row.task_id != job.task_id
     worker.wait_ready()
-    wait_for(
-        lambda: state(job.id) == ("running", attempt + 1), timeout=90, what="the next attempt"
-    )
+    wait_for(lambda: state(job.id) == ("running", attempt + 1), timeout=90, what="the next attempt")
     lifecycle.cancel([job.id])
     wait_for(lambda: all_terminal([job.id]), timeout=60, what="the cancelled job to end")
