@@ -40,6 +40,7 @@ class AttemptLogHandler(logging.Handler):
         #: (seq, bytes) of the batches stored and not yet dropped, oldest first.
         self._stored: collections.deque[tuple[int, int]] = collections.deque()
         self._total = 0
+        self._failing = False
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._write_lock = threading.Lock()
@@ -80,25 +81,37 @@ class AttemptLogHandler(logging.Handler):
             data = text.encode()
             if len(data) > self.limit:
                 text = data[-self.limit :].decode(errors="ignore")
-            self._seq += 1
             try:
-                logs.append(self.job_id, self.attempt, self._seq, text)
-                self._stored.append((self._seq, len(text.encode())))
-                self._total += self._stored[-1][1]
-                self._trim()
+                logs.append(self.job_id, self.attempt, self._seq + 1, text)
             except Exception as exc:
-                log.warning(
-                    "job %s: could not store %d log lines: %s", self.job_id, len(lines), exc
-                )
+                # Kept for the next batch (still within the bound): the database may be back.
+                with self.lock:  # type: ignore[union-attr]
+                    self._buffer.insert(0, text)
+                    self._buffered += len(text.encode())
+                if not self._failing:
+                    log.warning("job %s: could not store its log lines: %s", self.job_id, exc)
+                self._failing = True
+                return
+            self._failing = False
+            self._seq += 1
+            self._stored.append((self._seq, len(text.encode())))
+            self._total += self._stored[-1][1]
+            try:
+                self._trim()
+            except Exception as exc:  # trimmed with the next batch
+                log.warning("job %s: could not trim its stored log: %s", self.job_id, exc)
 
     def _trim(self) -> None:
-        dropped = 0
-        while self._total > self.limit and len(self._stored) > 1:
-            seq, size = self._stored.popleft()
-            self._total -= size
-            dropped = seq
-        if dropped:
-            logs.drop_through(self.job_id, self.attempt, dropped)
+        drop = 0
+        total = self._total
+        while total > self.limit and len(self._stored) - drop > 1:
+            total -= self._stored[drop][1]
+            drop += 1
+        if drop:
+            logs.drop_through(self.job_id, self.attempt, self._stored[drop - 1][0])
+            for _ in range(drop):
+                self._stored.popleft()
+            self._total = total
 
     def close(self) -> None:
         self._stop.set()
