@@ -1,13 +1,16 @@
 """Celery's own view of jobs, read from a real Flower watching a real worker's task events.
 
 A failed job's task is FAILURE, a cancelled one REVOKED (running or still queued), a job that
-succeeded SUCCESS; each task shows its job's id, kind, model and dataset; every message is
-acknowledged once, as before; the worker logs one line per epoch with its metrics.
+succeeded SUCCESS (also after its pool process was killed and its message redelivered), a
+delivery that finds its job taken or ended REVOKED, never SUCCESS; each task shows its job's
+id, kind, model and dataset; every message is acknowledged once, as before; the worker logs
+one line per epoch with its metrics.
 """
 
 from __future__ import annotations
 
 import json
+import signal
 import socket
 import subprocess
 import sys
@@ -16,13 +19,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
+from sqlalchemy import select
 
 from ftqueue.kinds.lora import LoraSpec
 from ftqueue.queue import broker
 from ftqueue.specs import DataSpec
 from ftqueue.store import db, lifecycle
-from ftqueue.store.schema import Job
+from ftqueue.store.schema import Job, JobEvent
 from ftqueue.submit.submission import submit
 from tests.procs import WorkerProcess, all_terminal, child_env, statuses, wait_for
 
@@ -169,6 +174,48 @@ def test_flower_shows_failed_and_cancelled_jobs_as_such(flower, worker, tmp_path
     assert f"job {ok.id}: succeeded: test accuracy 0." in log
     # A failed job's task is an expected failure: logged by Celery without its traceback.
     assert "JobFailed" in log
+
+
+def test_a_killed_pool_process_reruns_its_task_and_a_duplicate_is_revoked(flower, worker) -> None:  # type: ignore[no-untyped-def]
+    (job,) = submit([synthetic(4, 8, seed=7)]).created
+
+    def started() -> bool:
+        with db.session_scope() as session:
+            row = session.get(Job, job.id)
+            return row is not None and row.status == "running" and row.progress_step is not None
+
+    wait_for(started, timeout=60, what="the job to start")
+    assert worker.proc is not None
+    (celery_main,) = psutil.Process(worker.proc.pid).children()
+    (pool_child,) = celery_main.children()
+    pool_child.send_signal(signal.SIGKILL)
+    wait_for(lambda: all_terminal([job.id]), timeout=90, what="the job to end")
+    with db.session_scope() as session:
+        row = session.get(Job, job.id)
+        assert row is not None and (row.status, row.attempts) == ("succeeded", 2)
+        details = session.scalars(select(JobEvent.detail).where(JobEvent.job_id == job.id)).all()
+    assert any(d and "pool process" in d for d in details), details
+
+    # The same message again under another task id, as a redelivery would be: it finds its
+    # job ended and is revoked, and the job stays as it was.
+    with db.session_scope() as session:
+        duplicate = session.get(Job, job.id)
+    assert duplicate is not None
+    duplicate.task_id = "duplicate-of-" + str(job.task_id)
+    broker.publish([duplicate])
+    expected = {job.task_id: "SUCCESS", duplicate.task_id: "REVOKED"}
+
+    def flower_agrees() -> bool:
+        tasks = flower.api("tasks")
+        return all(tasks.get(tid, {}).get("state") == st for tid, st in expected.items())
+
+    try:
+        wait_for(flower_agrees, timeout=30, what="Flower to show each task's end")
+    except AssertionError:
+        seen = {t: v.get("state") for t, v in flower.api("tasks").items()}
+        raise AssertionError(f"expected {expected}, Flower shows {seen}") from None
+    wait_for(lambda: broker.pending_task_ids() == set(), timeout=10, what="every ack")
+    assert statuses([job.id]) == {job.id: "succeeded"}
 
 
 def test_workers_send_task_events_by_default() -> None:

@@ -19,6 +19,7 @@ TABLES = {
     "sweeps",
     "sweep_rungs",
     "workers",
+    "attempt_logs",
     "alembic_version",
 }
 

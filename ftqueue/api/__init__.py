@@ -49,6 +49,7 @@ __all__ = [
     "Export",
     "JobResult",
     "JobState",
+    "LogPage",
     "Reported",
     "Submission",
     "adapter_model",
@@ -70,6 +71,7 @@ __all__ = [
     "job",
     "jobs",
     "live_consumers",
+    "logs_of",
     "plan_workers",
     "predict",
     "report",
@@ -235,6 +237,8 @@ def job(job_id: int, *, detail: bool = False) -> dict[str, Any]:
         summary = rows.job_summary(
             reads.get_job(session, job_id, with_results=detail), detail=detail
         )
+    if detail:
+        summary["traceback"] = traceback_of(job_id)
     return fleet.annotate([summary])[0]
 
 
@@ -314,6 +318,7 @@ from ftqueue.api.admin import (  # noqa: E402
     plan_workers,
     run_workers,
 )
+from ftqueue.api.attempts import LogPage, logs_of, traceback_of  # noqa: E402
 from ftqueue.api.fleet import idle_queues, live_consumers, top, workers  # noqa: E402
 from ftqueue.api.following import Ending, completions, describe, end_eager, endings  # noqa: E402
 from ftqueue.api.reporting import Reported, report, sweep_report  # noqa: E402

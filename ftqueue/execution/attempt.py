@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import sys
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,12 +20,13 @@ from ftqueue.artifacts import paths, publishing
 from ftqueue.core.outcome import Measurement, Outcome
 from ftqueue.core.states import AttemptEnd, JobStatus
 from ftqueue.errors import DatabaseReplaced, FtqueueError, JobCancelled, JobSuperseded, first_line
-from ftqueue.execution import tracking
+from ftqueue.execution import logcapture, tracking
 from ftqueue.execution.heartbeat import Heartbeat
+from ftqueue.execution.redaction import redact
 from ftqueue.execution.retry import with_db_retry
 from ftqueue.kinds import synthetic
 from ftqueue.settings import get_settings
-from ftqueue.store import lifecycle
+from ftqueue.store import lifecycle, logs
 from ftqueue.sweeps import asha
 
 log = logging.getLogger(__name__)
@@ -35,8 +37,9 @@ def run_job(job_id: int, *, worker: str, task_id: str | None = None) -> AttemptE
     claim = claim_when_writable(job_id, worker=worker, task_id=task_id)
     if claim is None:
         return AttemptEnd.SKIPPED
-    log.info("job %s: attempt %s on %s", job_id, claim.attempt, worker)
-    ended = execute(claim)
+    with logcapture.captured(job_id, claim.attempt):
+        log.info("job %s: attempt %s on %s", job_id, claim.attempt, worker)
+        ended = execute(claim)
     if ended != AttemptEnd.SUPERSEDED:
         _after_trial(job_id)
     return ended
@@ -184,6 +187,7 @@ def execute(claim: lifecycle.Claim) -> AttemptEnd:
             log.error("job %s failed: %s: %s", claim.job_id, error_type, message)
         else:
             log.exception("job %s failed", claim.job_id)
+        _keep_traceback(claim)
         with_db_retry(lambda: lifecycle.record_failure(claim, error_type, message))
         if tracked is not None:
             tracked.finish(AttemptEnd.FAILED, error=f"{error_type}: {message}")
@@ -191,6 +195,15 @@ def execute(claim: lifecycle.Claim) -> AttemptEnd:
     finally:
         # Still here only when nothing was published (failure, cancel, superseded).
         cleanup.close()
+
+
+def _keep_traceback(claim: lifecycle.Claim) -> None:
+    """Store the failure's traceback with the attempt, before the job reads as failed."""
+    text = redact(traceback.format_exc())
+    try:
+        with_db_retry(lambda: logs.record_traceback(claim.job_id, claim.attempt, text))
+    except Exception as exc:  # the failure is recorded all the same, with its message
+        log.warning("job %s: could not store its traceback: %s", claim.job_id, exc)
 
 
 def _headline(measurements: list[Measurement]) -> str:

@@ -52,6 +52,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
+        # A pool child that dies mid-job is reported (WorkerLostError) after this long, and its
+        # job re-queued then: Celery's 10 s default waits for a result that, with the job's
+        # row as the record, never matters.
+        "worker_lost_wait": 1.0,
         "worker_cancel_long_running_tasks_on_connection_loss": True,
         # Task events on from the start, so Flower and `celery events` see every job (with its
         # argsrepr and end state) without having to switch them on.

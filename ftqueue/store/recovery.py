@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from sqlalchemy import or_, select, update
+from sqlalchemy.orm import Session
 
 from ftqueue.core.states import JobStatus
 from ftqueue.store.db import session_scope
@@ -36,28 +37,56 @@ def reap_expired(*, now: dt.datetime | None = None) -> ReapReport:
         ).all()
         for job in expired:
             lost = f"worker {job.worker} stopped heart-beating (attempt {job.attempts})"
-            if job.cancel_requested:
-                finish_cancelled(session, job, None, f"cancelled; {lost}")
-            elif job.attempts >= job.max_attempts:
-                fail_row(
-                    session,
-                    job,
-                    "WorkerLost",
-                    f"gave up after {job.attempts} attempts: {lost}",
-                    None,
-                )
-                report.failed.append(job.id)
-            else:
-                job.status = JobStatus.QUEUED
-                job.queued_at = now
-                job.task_id = new_task_id()
-                job.lease_expires_at = None
-                job.progress_phase = None
-                record_event(
-                    session, job.id, JobStatus.QUEUED, job.attempts, None, f"re-queued: {lost}"
-                )
-                report.requeued.append(job)
+            _recover(session, job, lost, now, report)
     return report
+
+
+def release_lost(
+    worker: str, *, lost: str, job_id: int | None = None, keep_task_id: bool = False
+) -> ReapReport:
+    """Release the running jobs of a worker whose process is known dead, without its lease.
+
+    The same outcome as a lapsed lease, seconds after the death instead of at lease expiry:
+    re-queued (``keep_task_id`` when the broker redelivers the dead attempt's own message,
+    else a new task id for the caller to publish), failed once out of attempts, or cancelled.
+    The worker's name is held by one live process at a time, so a running job under it is the
+    dead process's; taking it out of ``running`` fences that attempt's writes, as the reaper's
+    re-queue does.
+    """
+    now = utcnow()
+    report = ReapReport()
+    where = [Job.worker == worker, Job.status == JobStatus.RUNNING]
+    if job_id is not None:
+        where.append(Job.id == job_id)
+    with session_scope(write=True) as session:
+        for job in session.scalars(select(Job).where(*where).with_for_update()).all():
+            _recover(session, job, f"{lost} (attempt {job.attempts})", now, report, keep_task_id)
+    return report
+
+
+def _recover(
+    session: Session,
+    job: Job,
+    lost: str,
+    now: dt.datetime,
+    report: ReapReport,
+    keep_task_id: bool = False,
+) -> None:
+    """End or re-queue a running job whose attempt is gone, under the attempts rule."""
+    if job.cancel_requested:
+        finish_cancelled(session, job, None, f"cancelled; {lost}")
+    elif job.attempts >= job.max_attempts:
+        fail_row(session, job, "WorkerLost", f"gave up after {job.attempts} attempts: {lost}", None)
+        report.failed.append(job.id)
+    else:
+        job.status = JobStatus.QUEUED
+        job.queued_at = now
+        if not keep_task_id:
+            job.task_id = new_task_id()
+        job.lease_expires_at = None
+        job.progress_phase = None
+        record_event(session, job.id, JobStatus.QUEUED, job.attempts, None, f"re-queued: {lost}")
+        report.requeued.append(job)
 
 
 def queued_without_message(pending_task_ids: set[str], *, older_than: dt.datetime) -> list[Job]:

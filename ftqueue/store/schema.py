@@ -314,3 +314,22 @@ class Worker(Base):
     refresh_seconds: Mapped[float] = mapped_column(Float)
     started_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     last_seen_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class AttemptLog(Base):
+    """A batch of one attempt's log lines, or its traceback, readable from every machine.
+
+    Batches of an attempt are numbered from 1 in ``seq``; the oldest are deleted once the
+    attempt's log passes its bound, so a gap at the start says lines were dropped. A failed
+    attempt's traceback is the one ``traceback`` row (``seq`` 0).
+    """
+
+    __tablename__ = "attempt_logs"
+    __table_args__ = (CheckConstraint(_in("stream", ("log", "traceback")), name="stream"),)
+
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    attempt: Mapped[int] = mapped_column(Integer, primary_key=True)
+    stream: Mapped[str] = mapped_column(String(16), primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[dt.datetime] = mapped_column(default=utcnow, server_default=func.now())
+    text: Mapped[str] = mapped_column(Text)

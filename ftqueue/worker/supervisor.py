@@ -1,7 +1,8 @@
 """The process supervisor behind `ftqueue worker`: one Celery worker process per GPU.
 
 Each process sees exactly one GPU (``CUDA_VISIBLE_DEVICES``) and runs one job at a time;
-without a GPU, CPU workers share the cores. A process that dies is restarted, within limits.
+without a GPU, CPU workers share the cores. A process that dies is restarted, within limits,
+and the job it was running is re-queued at once (lost.py), not when its lease lapses.
 The supervisor itself never imports torch or initialises CUDA.
 """
 
@@ -19,6 +20,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from ftqueue.worker import lost
 from ftqueue.worker.nodes import NAME_TAKEN_EXIT
 
 log = logging.getLogger(__name__)
@@ -100,6 +102,15 @@ def plan_slots(gpus: list[str], *, processes: int, prefix: str | None) -> list[S
     return [Slot(f"{prefix or 'cpu'}{i}@{host}", None, threads=threads) for i in range(processes)]
 
 
+def _release_jobs(slot: Slot, code: int) -> None:
+    """Re-queue the job of a Celery process that exited; its pool child died with it."""
+    how = f"signal {-code}" if code < 0 else f"exit code {code}"
+    try:
+        lost.release(slot.name, why=f"worker process {slot.name} ended ({how})")
+    except Exception as exc:  # the database or broker may be away: the lease is the backstop
+        log.warning("could not re-queue the job of %s: %s", slot.name, exc)
+
+
 def supervise(slots: list[Slot], *, queues: list[str], loglevel: str, max_restarts: int = 5) -> int:
     """Run one Celery worker per slot, restart any that dies, stop all on SIGINT/SIGTERM."""
     stopping = threading.Event()
@@ -131,6 +142,7 @@ def supervise(slots: list[Slot], *, queues: list[str], loglevel: str, max_restar
                     stop(signal.SIGTERM, None)
                     status = 1
                     continue
+                _release_jobs(slot, code)
                 now = time.monotonic()
                 slot.restarts = [t for t in slot.restarts if now - t < 60] + [now]
                 if len(slot.restarts) > max_restarts:

@@ -5,8 +5,11 @@ database says what to do with it. Task names and queues come from the registry o
 
 A task ends in the Celery state that matches its job, so Flower and Celery events show what
 happened: SUCCESS for a job that succeeded, FAILURE (JobFailed) for one that failed, REVOKED
-for one that was cancelled. Every one of them acknowledges its message, as before: the job's
-row is the record, and nothing is delivered again because a job failed.
+for one that was cancelled, and for a delivery that found its job taken or ended (a duplicate,
+a message redelivered after its job was re-queued under another). Every one of them
+acknowledges its message, as before: the job's row is the record, and nothing is delivered
+again because a job failed. A pool process that dies mid-job has its job re-queued at once
+(see lost.py), and its message is redelivered for it.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from billiard.einfo import ExceptionWithTraceback
+from billiard.exceptions import WorkerLostError
 from celery import Task, signals
 from celery.exceptions import Ignore, Reject
 from celery.worker.request import Request
@@ -35,7 +40,7 @@ from ftqueue.queue.app import app
 from ftqueue.settings import get_settings
 from ftqueue.store import db, lifecycle, reads
 from ftqueue.store.schema import Job
-from ftqueue.worker import nodes, poison, roster
+from ftqueue.worker import lost, nodes, poison, roster
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +70,32 @@ class JobRequest(Request):
             )
         except Exception:  # a failure here must not take the worker's main process down
             log.exception("could not record the hard time limit of job %s", self.args[0])
+
+    def on_failure(
+        self, exc_info: Any, send_failed_event: bool = True, return_ok: bool = False
+    ) -> None:
+        # Runs in the worker's main process. When the pool child died mid-job, release its job
+        # now (not at lease expiry): re-queued under its own task id, the message that Celery
+        # hands back just below (reject_on_worker_lost) runs it again on the next pool child.
+        if self._pool_child_lost(exc_info.exception) and self.args:
+            try:
+                lost.release(
+                    str(self.hostname),
+                    job_id=int(self.args[0]),
+                    why=f"the pool process of {self.hostname} running it died",
+                    redelivered=True,
+                )
+            except Exception:  # the lease is the backstop: never take the main process down
+                log.exception("could not release job %s of a dead pool process", self.args[0])
+        super().on_failure(exc_info, send_failed_event=send_failed_event, return_ok=return_ok)
+
+    def _pool_child_lost(self, exc: BaseException) -> bool:
+        if isinstance(exc, ExceptionWithTraceback):
+            exc = exc.exc
+        if isinstance(exc, (SystemExit, KeyboardInterrupt)):
+            # Billiard reports a child's exit this way too, unless the worker killed it.
+            return not (self._already_cancelled or self._already_revoked)
+        return isinstance(exc, WorkerLostError)
 
 
 class JobTask(Task):
@@ -130,11 +161,13 @@ def _task_for(kind: JobKind[Any]) -> Task:
 def _celery_end(task: Task, job_id: int, ended: AttemptEnd) -> str:
     """Return, raise JobFailed or revoke, as the job's status says after this delivery.
 
-    A delivery that did not run the job (a duplicate, a job cancelled while queued) ends as
-    the job did; one whose job is still pending elsewhere (superseded) is a success.
+    A delivery that did not run the job (a duplicate, a message redelivered after its job was
+    taken or ended) or whose attempt was taken over is revoked: it is not the job's end.
     """
     if ended in (AttemptEnd.SUCCEEDED, AttemptEnd.PRUNED):
         return ended
+    if ended in (AttemptEnd.SKIPPED, AttemptEnd.SUPERSEDED):
+        _revoke(task, job_id, f"job {job_id}: not run by this delivery ({ended})")
     try:
         state = reads.job_states([job_id]).get(job_id)
     except Exception as exc:  # only Celery's view is at stake: never the delivery
@@ -145,15 +178,20 @@ def _celery_end(task: Task, job_id: int, ended: AttemptEnd) -> str:
     if state.status == JobStatus.FAILED:
         raise JobFailed(f"job {job_id} failed: {state.error or 'no error message'}")
     if state.status == JobStatus.CANCELLED:
-        # Celery has no way for a task to end itself as REVOKED: announce it as a revoke
-        # would, then end without a result (Ignore acknowledges and sends no other event).
-        try:
-            task.send_event("task-revoked", terminated=False, signum=None, expired=False)
-        except Exception as exc:
-            log.warning("job %s: could not send its task-revoked event: %s", job_id, exc)
-        log.info("job %s: cancelled; its task is marked revoked", job_id)
-        raise Ignore(f"job {job_id} was cancelled")
+        _revoke(task, job_id, f"job {job_id} was cancelled")
     return ended
+
+
+def _revoke(task: Task, job_id: int, why: str) -> None:
+    """End this task as REVOKED in Celery's events (Flower), IGNORED in its own state."""
+    # Celery has no way for a task to end itself as REVOKED: announce it as a revoke would,
+    # then end without a result (Ignore acknowledges and sends no other event).
+    try:
+        task.send_event("task-revoked", terminated=False, signum=None, expired=False)
+    except Exception as exc:
+        log.warning("job %s: could not send its task-revoked event: %s", job_id, exc)
+    log.info("%s; its task is marked revoked", why)
+    raise Ignore(why)
 
 
 def _set_aside(request: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:

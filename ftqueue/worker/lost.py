@@ -1,0 +1,45 @@
+"""Jobs of a worker process that died, released at once instead of at their lease's expiry.
+
+Two places see a death first: Celery's main process when its pool child dies mid-job
+(WorkerLostError), and the supervisor of `ftqueue worker` when a Celery process exits. The
+lease stays the backstop for deaths nobody on the machine saw (the machine itself).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from ftqueue.queue import broker
+from ftqueue.store import recovery
+
+log = logging.getLogger(__name__)
+
+
+def release(
+    worker: str, *, why: str, job_id: int | None = None, redelivered: bool = False
+) -> recovery.ReapReport:
+    """Re-queue (or fail, or cancel) the running jobs of dead worker ``worker``.
+
+    ``redelivered``: the broker hands the dead attempt's message back itself (Celery rejects
+    it with requeue), so the job keeps its task id and nothing is published; otherwise each
+    re-queued job is published under a new task id.
+    """
+    report = recovery.release_lost(worker, lost=why, job_id=job_id, keep_task_id=redelivered)
+    if report.requeued and not redelivered:
+        broker.publish(report.requeued)
+    if report.requeued:
+        log.warning("re-queued %s: %s", [job.id for job in report.requeued], why)
+    if report.failed:
+        log.warning("failed %s (out of attempts): %s", report.failed, why)
+        _tell_sweeps(report.failed)
+    return report
+
+
+def _tell_sweeps(failed: list[int]) -> None:
+    from ftqueue.sweeps import trials
+
+    for job_id in failed:
+        try:
+            trials.after_trial(job_id)
+        except Exception:  # the reaper fills sweeps' free slots too
+            log.exception("job %s: could not start the next trial of its sweep", job_id)
