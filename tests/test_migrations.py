@@ -11,7 +11,16 @@ from ftqueue.errors import DatabaseError
 from ftqueue.store import db
 from ftqueue.store.schema import Base
 
-TABLES = {"jobs", "results", "job_tags", "job_events", "sweeps", "sweep_rungs", "alembic_version"}
+TABLES = {
+    "jobs",
+    "results",
+    "job_tags",
+    "job_events",
+    "sweeps",
+    "sweep_rungs",
+    "notifications",
+    "alembic_version",
+}
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
