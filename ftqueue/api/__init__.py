@@ -282,7 +282,14 @@ def cancel(
         ids = sorted(set(ids))
         for jid in ids:
             reads.get_job(session, jid)
-    return lifecycle.cancel(ids)
+    cancelled = lifecycle.cancel(ids)
+    from ftqueue import notify
+    from ftqueue.sweeps import trials
+
+    if sweep:
+        trials.end_if_finished(sweep)  # with no trial running, the sweep ends here
+    notify.flush()
+    return cancelled
 
 
 # The commands' own functions, one module per concern; all of them are ``api.<name>``.

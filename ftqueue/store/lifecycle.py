@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 
 from ftqueue.core.outcome import Measurement, Progress
 from ftqueue.core.states import JobStatus, Phase
+from ftqueue.store import outbox
 from ftqueue.store.db import session_scope
 from ftqueue.store.schema import Job, JobEvent, Result, held_by_attempt, utcnow
 
@@ -141,11 +142,12 @@ def _explain_no_claim(session: Session, job: Job, worker: str, now: dt.datetime)
 def _end(
     session: Session, job: Job, status: JobStatus, worker: str | None, detail: str | None
 ) -> None:
-    """Move a job to a terminal status (the one place that does)."""
+    """Move a job to a terminal status (the one place that does), and note its event."""
     job.status = status
     job.finished_at = utcnow()
     job.lease_expires_at = None
     record_event(session, job.id, status, job.attempts, worker, detail)
+    outbox.job_ended(session, job.id, status)
 
 
 def fail_row(session: Session, job: Job, error_type: str, message: str, worker: str | None) -> None:
