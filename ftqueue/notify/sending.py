@@ -68,7 +68,8 @@ def send(urls: Sequence[str], message: Message) -> list[str]:
         if server is None:  # settings parsed it; a plugin may still refuse it
             problems.append(f"{url.split('://', 1)[0]}://...: not a URL Apprise can use")
             continue
-        shown = str(server.url(privacy=True))
+        # Apprise's private form hides passwords and tokens; its options add nothing here.
+        shown = str(server.url(privacy=True)).split("?", 1)[0]
         with _captured() as said:
             try:
                 ok = bool(

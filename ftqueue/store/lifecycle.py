@@ -105,7 +105,8 @@ def claim(
             detail = f"task {task_id}" if task_id else None
             record_event(session, job_id, JobStatus.RUNNING, attempts, worker, detail)
             return Claim(job_id, attempts, worker, kind, dict(spec), output_dir)
-        job = session.get(Job, job_id)
+        # Locked: the reaper may be ending the same job; one of them ends it, and only once.
+        job = session.get(Job, job_id, with_for_update=True)
         if job is None:
             log.warning("job %s: no such row; dropping its message", job_id)
             return None
