@@ -31,10 +31,11 @@ from ftqueue.kinds.lora import LoraSpec
 from ftqueue.queue import broker
 from ftqueue.settings import load_settings, reset_settings
 from ftqueue.specs import DataSpec
-from ftqueue.store import db
+from ftqueue.store import db, lifecycle
 from ftqueue.store.schema import Job, Notification, Sweep
 from ftqueue.sweeps import sweepfile, trials
 from ftqueue.testing import FtqueueEnv, synthetic_model
+from ftqueue.worker import reaper
 from tests.procs import all_terminal, child_env, running_workers, statuses, wait_for
 
 DATA = DataSpec(dataset="movie-snippets")
@@ -183,6 +184,32 @@ def test_a_cancelled_sweep_is_sent_when_asked_for(
     api.cancel([], sweep="c1")
     assert receiver.titles() == ["ftqueue: sweep c1 cancelled"]
     assert "2 cancelled" in receiver.messages()[0]["message"]
+
+
+def test_the_reaper_sends_what_a_process_left_unsent(
+    ftqueue_env: FtqueueEnv,
+    ftqueue_redis: str,
+    receiver: Receiver,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    """A process that died after its commit, before its send: the reaper's pass sends the
+    events it wrote, and ends the sweep whose end it did not see."""
+    notify_to(monkeypatch, receiver.url, on="cancelled, sweep-cancelled")
+    started = trials.start_sweep(sweepfile.load(sweep_file(tmp_path, "orphan")))
+    trials.stop("orphan")
+    # The store's transition alone: what `cancel` commits before it sends, then dies.
+    lifecycle.cancel([job.id for job in started.created])
+    assert receiver.messages() == []
+    assert [row[0] for row in outbox()] == ["cancelled", "cancelled"]
+    summary = reaper.reap_once()
+    assert summary.ended == ["orphan"]
+    assert sorted(receiver.titles()) == sorted(
+        [f"ftqueue: job {job.id} cancelled" for job in started.created]
+        + ["ftqueue: sweep orphan cancelled"]
+    )
+    reaper.reap_once()
+    assert len(receiver.messages()) == 3
 
 
 def test_a_receiver_that_is_down_is_one_warning_and_the_jobs_end_as_they_would(

@@ -186,19 +186,21 @@ def end_if_finished(sweep_id: str) -> bool:
     and `ftqueue cancel`, exactly one sees the sweep end (and writes its notification). Each
     caller checks after its own trial's end committed, so the last of them sees every end.
     """
-    sweep = get(sweep_id)
-    if sweep is None or sweep.ended_at is not None or not finished(sweep_id):
-        return False  # read first: most trials are not a sweep's last
     pending = select(Job.id).where(Job.sweep_id == Sweep.id, Job.status.in_(_PENDING)).exists()
+    ending = (
+        Sweep.id == sweep_id,
+        Sweep.ended_at.is_(None),
+        or_(Sweep.status == CANCELLED, Sweep.created >= Sweep.max_jobs),
+        ~pending,
+    )
+    with db.session_scope() as session:
+        # Read first: most trials are not a sweep's last, and a read takes no write lock.
+        if session.scalar(select(Sweep.id).where(*ending)) is None:
+            return False
     with db.session_scope(write=True) as session:
         status = session.execute(
             update(Sweep)
-            .where(
-                Sweep.id == sweep_id,
-                Sweep.ended_at.is_(None),
-                or_(Sweep.status == CANCELLED, Sweep.created >= Sweep.max_jobs),
-                ~pending,
-            )
+            .where(*ending)
             .values(ended_at=utcnow())
             .returning(Sweep.status)
             .execution_options(synchronize_session=False)
@@ -233,8 +235,15 @@ def fill_all() -> list[Job]:
 def end_all() -> list[str]:
     """End the sweeps whose last trial ended unseen (its worker died just after): the reaper's."""
     with db.session_scope() as session:
-        open_ = list(session.scalars(select(Sweep.id).where(Sweep.ended_at.is_(None))))
-    return [sweep_id for sweep_id in open_ if end_if_finished(sweep_id)]
+        candidates = list(
+            session.scalars(
+                select(Sweep.id).where(
+                    Sweep.ended_at.is_(None),
+                    or_(Sweep.status == CANCELLED, Sweep.created >= Sweep.max_jobs),
+                )
+            )
+        )
+    return [sweep_id for sweep_id in candidates if end_if_finished(sweep_id)]
 
 
 def stop(sweep_id: str) -> bool:
