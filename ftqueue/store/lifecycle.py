@@ -105,10 +105,18 @@ def claim(
             detail = f"task {task_id}" if task_id else None
             record_event(session, job_id, JobStatus.RUNNING, attempts, worker, detail)
             return Claim(job_id, attempts, worker, kind, dict(spec), output_dir)
-        # Locked: the reaper may be ending the same job; one of them ends it, and only once.
-        job = session.get(Job, job_id, with_for_update=True)
+        # Locked, so that of this delivery and the reaper, one ends a job out of attempts, and
+        # only once; a row another process holds is theirs to settle, not this delivery's.
+        job = session.scalars(
+            select(Job).where(Job.id == job_id).with_for_update(skip_locked=True)
+        ).one_or_none()
         if job is None:
-            log.warning("job %s: no such row; dropping its message", job_id)
+            if session.get(Job, job_id) is None:
+                log.warning("job %s: no such row; dropping its message", job_id)
+            else:
+                log.info(
+                    "job %s is being changed elsewhere; nothing to do for this delivery", job_id
+                )
             return None
         _explain_no_claim(session, job, worker, now)
         return None
