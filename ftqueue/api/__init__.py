@@ -271,6 +271,9 @@ def cancel(
 ) -> list[lifecycle.Cancellation]:
     """Cancel jobs, and every job of ``sweep`` if given: a queued one never starts, a running
     one stops at its next step. ``stop_sweep`` first keeps the sweep from making more."""
+    from ftqueue import notify
+    from ftqueue.sweeps import trials
+
     ids = list(_ids(jobs))
     db.ensure_ready()
     with db.session_scope() as session:
@@ -283,9 +286,6 @@ def cancel(
         for jid in ids:
             reads.get_job(session, jid)
     cancelled = lifecycle.cancel(ids)
-    from ftqueue import notify
-    from ftqueue.sweeps import trials
-
     if sweep:
         trials.end_if_finished(sweep)  # with no trial running, the sweep ends here
     notify.flush()
