@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import functools
+import logging
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from ftqueue.core.states import DEFAULT_EVENTS, Event
 from ftqueue.core.text import clip, quote
 from ftqueue.errors import FtqueueError
 
@@ -52,6 +55,10 @@ class Settings:
     #: FTQUEUE_WORKER_REFRESH: each worker refreshes its row of the workers table this often
     #: (seconds); one not seen for three intervals reads as gone.
     worker_refresh_seconds: int = 5
+    #: FTQUEUE_NOTIFY: Apprise URLs told when a job fails for good or a sweep ends (none: off).
+    notify: tuple[str, ...] = ()
+    #: FTQUEUE_NOTIFY_ON: the events sent: failed and sweep-done, plus the ones it names.
+    notify_on: frozenset[Event] = DEFAULT_EVENTS
 
     @property
     def soft_time_limit(self) -> int:
@@ -108,6 +115,49 @@ def _database_url(raw: str) -> str:
     return raw
 
 
+def _split(raw: str) -> list[str]:
+    return [item for item in re.split(r"[\s,]+", raw) if item]
+
+
+def _notify_urls(raw: str) -> tuple[str, ...]:
+    """The Apprise URLs, each one parsed now: a bad one is refused before any job runs."""
+    urls = _split(raw)
+    if not urls:
+        return ()
+    import apprise
+
+    # Apprise logs the URL it cannot parse, secrets and all: the one line below says it instead.
+    quiet = logging.getLogger("apprise")
+    level = quiet.level
+    quiet.setLevel(logging.CRITICAL)
+    try:
+        bad = [url for url in urls if apprise.Apprise.instantiate(url) is None]
+    finally:
+        quiet.setLevel(level)
+    if bad:
+        # The text may hold a token or a password: show its scheme only.
+        scheme = bad[0].split("://", 1)[0] + "://" if "://" in bad[0] else clip(bad[0], 12)
+        raise FtqueueError(
+            f"FTQUEUE_NOTIFY: {quote(scheme + '...')} is not a URL Apprise knows: give "
+            "e.g. ntfy://TOPIC, json://HOST:PORT/PATH or slack://TOKEN_A/TOKEN_B/"
+            "TOKEN_C, separated by commas (see https://github.com/caronc/apprise/wiki)"
+        )
+    return tuple(urls)
+
+
+def _notify_on(raw: str) -> frozenset[Event]:
+    names = {name.lower() for name in _split(raw)}
+    known = {e.value for e in Event}
+    unknown = sorted(names - known)
+    if unknown:
+        raise FtqueueError(
+            f"FTQUEUE_NOTIFY_ON={quote(raw)}: {quote(unknown[0])} is no event: use any of "
+            f"{', '.join(e.value for e in Event if e not in DEFAULT_EVENTS)} "
+            f"({' and '.join(sorted(DEFAULT_EVENTS))} are always sent)"
+        )
+    return DEFAULT_EVENTS | {Event(name) for name in names}
+
+
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """Build settings from ``env`` (default: the process environment)."""
     env = os.environ if env is None else env
@@ -135,6 +185,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         mlflow_tracking_uri=env.get("FTQUEUE_MLFLOW_TRACKING_URI") or None,
         mlflow_experiment=env.get("FTQUEUE_MLFLOW_EXPERIMENT") or "ftqueue",
         worker_refresh_seconds=_int(env, "FTQUEUE_WORKER_REFRESH", 5),
+        notify=_notify_urls(env.get("FTQUEUE_NOTIFY") or ""),
+        notify_on=_notify_on(env.get("FTQUEUE_NOTIFY_ON") or ""),
     )
 
 

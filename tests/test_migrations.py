@@ -20,6 +20,7 @@ TABLES = {
     "sweep_rungs",
     "workers",
     "attempt_logs",
+    "notifications",
     "alembic_version",
 }
 

@@ -41,6 +41,8 @@ def test_environment_overrides_each_setting() -> None:
         ("FTQUEUE_EAGER", "maybe", "yes/no"),
         ("FTQUEUE_TIME_LIMIT", "ten", "whole number"),
         ("FTQUEUE_MAX_ATTEMPTS", "0", "too small"),
+        ("FTQUEUE_NOTIFY", "slakc://token", "not a URL Apprise knows"),
+        ("FTQUEUE_NOTIFY_ON", "finished", "is no event"),
     ],
 )
 def test_bad_values_name_the_variable(name: str, value: str, fragment: str) -> None:

@@ -284,6 +284,9 @@ def cancel(
 ) -> list[lifecycle.Cancellation]:
     """Cancel jobs, and every job of ``sweep`` if given: a queued one never starts, a running
     one stops at its next step. ``stop_sweep`` first keeps the sweep from making more."""
+    from ftqueue import notify
+    from ftqueue.sweeps import trials
+
     ids = list(_ids(jobs))
     db.ensure_ready()
     with db.session_scope() as session:
@@ -295,7 +298,11 @@ def cancel(
         ids = sorted(set(ids))
         for jid in ids:
             reads.get_job(session, jid)
-    return lifecycle.cancel(ids)
+    cancelled = lifecycle.cancel(ids)
+    if sweep:
+        trials.end_if_finished(sweep)  # with no trial running, the sweep ends here
+    notify.flush()
+    return cancelled
 
 
 # The commands' own functions, one module per concern; all of them are ``api.<name>``.

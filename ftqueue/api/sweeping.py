@@ -40,6 +40,9 @@ def sweep_trials_to_run(*, sweep_id: str) -> list[Job]:
 
 def stop_sweep(*, sweep_id: str) -> bool:
     """Make no more trials for the sweep; False when no sweep has this id."""
+    from ftqueue import notify
     from ftqueue.sweeps import trials
 
-    return trials.stop(sweep_id)
+    stopped = trials.stop(sweep_id)
+    notify.flush()  # a sweep with no trial running ended just now
+    return stopped

@@ -67,3 +67,22 @@ class Phase(StrEnum):
 
 #: The phases a job's wall time is split into in its stats (``phase_seconds``).
 TIMED_PHASES = (Phase.LOAD, Phase.TOKENIZE, Phase.TRAIN, Phase.EVALUATE, Phase.SAVE)
+
+
+class Event(StrEnum):
+    """Something a person may want to hear about (FTQUEUE_NOTIFY_ON), stored in
+    ``notifications.event``."""
+
+    #: A job failed for good: its error, or its worker died once per allowed attempt.
+    FAILED = "failed"
+    SUCCEEDED = "succeeded"
+    #: A job cancelled (queued, or stopped at a step); a pruned trial is not one.
+    CANCELLED = "cancelled"
+    #: A sweep made its last trial and every trial ended.
+    SWEEP_DONE = "sweep-done"
+    #: A sweep was cancelled and its last running trial stopped.
+    SWEEP_CANCELLED = "sweep-cancelled"
+
+
+#: Sent whenever FTQUEUE_NOTIFY is set; FTQUEUE_NOTIFY_ON adds the others.
+DEFAULT_EVENTS = frozenset({Event.FAILED, Event.SWEEP_DONE})

@@ -25,6 +25,7 @@ from ftqueue.execution.heartbeat import Heartbeat
 from ftqueue.execution.redaction import redact
 from ftqueue.execution.retry import with_db_retry
 from ftqueue.kinds import synthetic
+from ftqueue.notify import flush as notify
 from ftqueue.settings import get_settings
 from ftqueue.store import lifecycle, logs
 from ftqueue.sweeps import asha
@@ -36,12 +37,15 @@ def run_job(job_id: int, *, worker: str, task_id: str | None = None) -> AttemptE
     """Claim and run one job; returns how this delivery ended."""
     claim = claim_when_writable(job_id, worker=worker, task_id=task_id)
     if claim is None:
+        notify()  # the claim may have failed a job out of attempts
         return AttemptEnd.SKIPPED
     with logcapture.captured(job_id, claim.attempt):
         log.info("job %s: attempt %s on %s", job_id, claim.attempt, worker)
         ended = execute(claim)
     if ended != AttemptEnd.SUPERSEDED:
         _after_trial(job_id)
+    # After every commit of the job and its sweep: what they wrote to the outbox goes now.
+    notify()
     return ended
 
 

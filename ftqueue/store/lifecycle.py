@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 
 from ftqueue.core.outcome import Measurement, Progress
 from ftqueue.core.states import JobStatus, Phase
+from ftqueue.store import outbox
 from ftqueue.store.db import session_scope
 from ftqueue.store.schema import Job, JobEvent, Result, held_by_attempt, utcnow
 
@@ -104,9 +105,18 @@ def claim(
             detail = f"task {task_id}" if task_id else None
             record_event(session, job_id, JobStatus.RUNNING, attempts, worker, detail)
             return Claim(job_id, attempts, worker, kind, dict(spec), output_dir)
-        job = session.get(Job, job_id)
+        # Locked, so that of this delivery and the reaper, one ends a job out of attempts, and
+        # only once; a row another process holds is theirs to settle, not this delivery's.
+        job = session.scalars(
+            select(Job).where(Job.id == job_id).with_for_update(skip_locked=True)
+        ).one_or_none()
         if job is None:
-            log.warning("job %s: no such row; dropping its message", job_id)
+            if session.get(Job, job_id) is None:
+                log.warning("job %s: no such row; dropping its message", job_id)
+            else:
+                log.info(
+                    "job %s is being changed elsewhere; nothing to do for this delivery", job_id
+                )
             return None
         _explain_no_claim(session, job, worker, now)
         return None
@@ -141,11 +151,12 @@ def _explain_no_claim(session: Session, job: Job, worker: str, now: dt.datetime)
 def _end(
     session: Session, job: Job, status: JobStatus, worker: str | None, detail: str | None
 ) -> None:
-    """Move a job to a terminal status (the one place that does)."""
+    """Move a job to a terminal status (the one place that does), and note its event."""
     job.status = status
     job.finished_at = utcnow()
     job.lease_expires_at = None
     record_event(session, job.id, status, job.attempts, worker, detail)
+    outbox.job_ended(session, job.id, status)
 
 
 def fail_row(session: Session, job: Job, error_type: str, message: str, worker: str | None) -> None:

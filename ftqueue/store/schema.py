@@ -258,6 +258,9 @@ class Sweep(Base):
     rungs: Mapped[list[int] | None] = mapped_column(JSON)
     status: Mapped[str] = mapped_column(String(16), default="active", server_default="active")
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow, server_default=func.now())
+    #: When its last trial ended with none left to make (or it was cancelled): set once, by a
+    #: conditional UPDATE, so exactly one process sees the sweep end and notifies.
+    ended_at: Mapped[dt.datetime | None]
 
 
 class RungDecision(Base):
@@ -333,3 +336,27 @@ class AttemptLog(Base):
     seq: Mapped[int] = mapped_column(Integer, primary_key=True)
     at: Mapped[dt.datetime] = mapped_column(default=utcnow, server_default=func.now())
     text: Mapped[str] = mapped_column(Text)
+
+
+class Notification(Base):
+    """An event to tell FTQUEUE_NOTIFY about: the outbox.
+
+    Written in the transaction that makes the event happen (a job's terminal transition, a
+    sweep's end), so a redelivery or a second worker cannot write it twice; sent after commit
+    by the first process that claims it, so it is sent at most once.
+    """
+
+    __tablename__ = "notifications"
+    __table_args__ = (Index("ix_notifications_claimed_at", "claimed_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    event: Mapped[str] = mapped_column(String(32))
+    job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    sweep_id: Mapped[str | None] = mapped_column(
+        String(64), ForeignKey("sweeps.id", ondelete="CASCADE")
+    )
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow, server_default=func.now())
+    #: When a process took it to send (None: not yet); taken once, by a conditional UPDATE.
+    claimed_at: Mapped[dt.datetime | None]
+    #: Why sending failed, secrets redacted (None: sent, or not yet tried).
+    error: Mapped[str | None] = mapped_column(Text)

@@ -15,13 +15,13 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select, update
 
 from ftqueue.core.states import JobStatus
 from ftqueue.errors import SpecError
 from ftqueue.queue import eager
-from ftqueue.store import db, insert
-from ftqueue.store.schema import Job, Result, Sweep
+from ftqueue.store import db, insert, outbox
+from ftqueue.store.schema import Job, Result, Sweep, utcnow
 from ftqueue.submit import enqueue, submission
 from ftqueue.sweeps import methods
 from ftqueue.sweeps.plan import SweepPlan
@@ -173,7 +173,42 @@ def after_trial(job_id: int) -> list[Job]:
     if row.trial is not None and JobStatus(row.status).terminal:
         method = methods.lookup(row.method)
         method.tell(row.sweep_id, row.trial, row.status, validation_curve(job_id))
-    return fill(row.sweep_id)
+    created = fill(row.sweep_id)
+    if not created:
+        end_if_finished(row.sweep_id)
+    return created
+
+
+def end_if_finished(sweep_id: str) -> bool:
+    """Mark the sweep ended once its last trial ended; True for the one caller that did.
+
+    One conditional UPDATE decides it, so of the workers ending its last trials, the reaper
+    and `ftqueue cancel`, exactly one sees the sweep end (and writes its notification). Each
+    caller checks after its own trial's end committed, so the last of them sees every end.
+    """
+    pending = select(Job.id).where(Job.sweep_id == Sweep.id, Job.status.in_(_PENDING)).exists()
+    ending = (
+        Sweep.id == sweep_id,
+        Sweep.ended_at.is_(None),
+        or_(Sweep.status == CANCELLED, Sweep.created >= Sweep.max_jobs),
+        ~pending,
+    )
+    with db.session_scope() as session:
+        # Read first: most trials are not a sweep's last, and a read takes no write lock.
+        if session.scalar(select(Sweep.id).where(*ending)) is None:
+            return False
+    with db.session_scope(write=True) as session:
+        status = session.execute(
+            update(Sweep)
+            .where(*ending)
+            .values(ended_at=utcnow())
+            .returning(Sweep.status)
+            .execution_options(synchronize_session=False)
+        ).scalar_one_or_none()
+        if status is None:
+            return False
+        outbox.sweep_ended(session, sweep_id, cancelled=status == CANCELLED)
+        return True
 
 
 def validation_curve(job_id: int) -> list[tuple[int, float]]:
@@ -197,12 +232,26 @@ def fill_all() -> list[Job]:
     return created
 
 
+def end_all() -> list[str]:
+    """End the sweeps whose last trial ended unseen (its worker died just after): the reaper's."""
+    with db.session_scope() as session:
+        candidates = list(
+            session.scalars(
+                select(Sweep.id).where(
+                    Sweep.ended_at.is_(None),
+                    or_(Sweep.status == CANCELLED, Sweep.created >= Sweep.max_jobs),
+                )
+            )
+        )
+    return [sweep_id for sweep_id in candidates if end_if_finished(sweep_id)]
+
+
 def stop(sweep_id: str) -> bool:
     """Make no more trials for the sweep; False when there is no such sweep row.
 
     `ftqueue cancel --sweep` calls this before it cancels the sweep's jobs, so a worker
     filling a slot at the same moment either made its trial before (and it gets cancelled) or
-    sees the sweep stopped.
+    sees the sweep stopped. A sweep with no trial left running ends here.
     """
     with db.session_scope(write=True) as session:
         sweep = session.scalars(
@@ -211,7 +260,8 @@ def stop(sweep_id: str) -> bool:
         if sweep is None:
             return False
         sweep.status = CANCELLED
-        return True
+    end_if_finished(sweep_id)
+    return True
 
 
 def get(sweep_id: str) -> Sweep | None:

@@ -17,6 +17,7 @@ from redis.exceptions import LockError
 
 from ftqueue.artifacts import publishing
 from ftqueue.errors import first_line
+from ftqueue.notify import flush as notify
 from ftqueue.queue import broker
 from ftqueue.settings import get_settings
 from ftqueue.store import reads, recovery
@@ -64,6 +65,8 @@ class ReapSummary:
     cleaned: list[str] = field(default_factory=list)
     #: New trials of sweeps whose free slots no worker filled (it died after a trial ended).
     filled: list[int] = field(default_factory=list)
+    #: Sweeps whose end no worker saw (it died just after their last trial ended).
+    ended: list[str] = field(default_factory=list)
 
 
 def reap_once(*, lock_seconds: float = 10.0, grace_seconds: float | None = None) -> ReapSummary:
@@ -89,12 +92,16 @@ def reap_once(*, lock_seconds: float = 10.0, grace_seconds: float | None = None)
             summary.republished = [job.id for job in lost]
         summary.cleaned = [str(p) for p in clean_staging()]
         summary.filled = _fill_sweeps(report.failed)
+        summary.ended = _end_sweeps()
     finally:
         with contextlib.suppress(LockError):  # expired meanwhile: another reaper may hold it
             lock.release()
-    for what in ("requeued", "failed", "republished", "cleaned", "filled"):
+    for what in ("requeued", "failed", "republished", "cleaned", "filled", "ended"):
         if getattr(summary, what):
             log.warning("reaper %s: %s", what, getattr(summary, what))
+    # Outside the lock: a slow receiver must not hold up the next pass. This also sends what
+    # a process left unsent (it died between its commit and its send).
+    notify()
     return summary
 
 
@@ -105,6 +112,12 @@ def _fill_sweeps(failed: list[int]) -> list[int]:
     for job_id in failed:
         trials.after_trial(job_id)
     return [job.id for job in trials.fill_all()]
+
+
+def _end_sweeps() -> list[str]:
+    from ftqueue.sweeps import trials
+
+    return trials.end_all()
 
 
 def clean_staging() -> list[Path]:
