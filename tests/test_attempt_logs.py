@@ -79,6 +79,15 @@ def test_an_attempt_number_out_of_range_is_one_line(eager: str, tmp_path: Path) 
     ]
 
 
+def test_an_attempt_that_stored_nothing_says_so(eager: str, tmp_path: Path) -> None:
+    """An eager job keeps only warnings and errors; a quiet success prints why it is empty."""
+    (job,) = api.submit(spec(0.05)).created
+    out = ftqueue(elsewhere(tmp_path), "logs", str(job.id))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == ""
+    assert out.stderr.strip() == f"job {job.id} attempt 1 stored no log lines."
+
+
 @pytest.mark.parametrize(
     ("line", "secret"),
     [

@@ -61,6 +61,9 @@ def logs_cmd(job_id: int, attempt: int | None, follow: bool) -> None:
         click.echo(f"job {job_id} has not started yet: nothing logged.", err=True)
         return
     _print_traceback(page, printed)
+    if not printed and not page.traceback:
+        # Silence would read as a broken command; say what was found.
+        click.echo(f"job {job_id} attempt {page.attempt} stored no log lines.", err=True)
 
 
 def _print(page: LogPage) -> str:
