@@ -51,21 +51,19 @@ def read(path: Path) -> Any:
 def _yaml(text: str, where: str) -> Any:
     import yaml
 
-    loader = yaml.SafeLoader(text)
     try:
+        # The reader checks the characters as it is made: it raises too.
+        loader = yaml.SafeLoader(text)
         try:
             node = loader.get_single_node()
-        except yaml.YAMLError as exc:
-            raise ValueError(str(exc)) from None
-        if node is None:
-            return None
-        _count(node, where)
-        try:
+            if node is None:
+                return None
+            _count(node, where)
             return loader.construct_document(node)
-        except yaml.YAMLError as exc:
-            raise ValueError(str(exc)) from None
-    finally:
-        loader.dispose()
+        finally:
+            loader.dispose()
+    except yaml.YAMLError as exc:
+        raise ValueError(str(exc)) from None
 
 
 def _count(root: Any, where: str) -> None:

@@ -1,0 +1,166 @@
+"""Properties of the parsers of user input, on generated input (Hypothesis).
+
+The property: the input is accepted, or refused with one of ftqueue's errors whose message
+is one line of at most ~300 characters, quickly; never another exception. Through the
+command: exit 2, one line on stderr, nothing written. Examples are derandomized so that CI
+runs the same ones every time.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+from click.testing import CliRunner
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+from sqlalchemy import func, select
+
+from ftqueue.cli import cli
+from ftqueue.errors import FtqueueError
+from ftqueue.store import db
+from ftqueue.store.schema import Job, Sweep
+from ftqueue.sweeps import sweepfile
+from ftqueue.sweeps.plan import SweepPlan
+
+#: Each example's time bound, in seconds: generous for a loaded CI machine.
+EXAMPLE_SECONDS = 2.0
+#: How long an error's text may be, past the file name it starts with.
+MESSAGE_CHARS = 300
+
+CI = settings(
+    max_examples=200,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+
+BASE: dict[str, Any] = {
+    "model": "synthetic:seconds=0.05,steps=6",
+    "dataset": "movie-snippets",
+    "fixed": {"epochs": 3},
+    "space": {"lr": [1e-4, 3e-4], "r": [4, 8]},
+    "method": "grid",
+}
+
+scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=30),
+    # Long enough to need clipping in a message.
+    st.text(min_size=300, max_size=400),
+    st.sampled_from(["lr", "r", "grid", "random", "asha", "low", "high", "log", "int"]),
+)
+keys = st.one_of(
+    st.sampled_from([*sweepfile.TOP_KEYS, "lr", "r", "alpha", "seed", "low", "high", "log"]),
+    st.text(max_size=20),
+    st.text(min_size=300, max_size=400),
+    st.integers(),
+    st.none(),
+    st.booleans(),
+)
+nested = st.recursive(
+    scalars,
+    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(keys, inner, max_size=5),
+    max_leaves=30,
+)
+
+
+def check(path: Path) -> SweepPlan | None:
+    """Load ``path``: a plan, or None after checking the error against the property."""
+    start = time.perf_counter()
+    try:
+        return sweepfile.load(path)
+    except FtqueueError as exc:
+        message = str(exc)
+        assert "\n" not in message and "\r" not in message, message
+        assert len(message) <= MESSAGE_CHARS + len(str(path)), message
+        return None
+    finally:
+        assert time.perf_counter() - start < EXAMPLE_SECONDS
+
+
+def _write(tmp_path: Path, data: bytes, suffix: str) -> Path:
+    path = tmp_path / f"sweep{suffix}"
+    path.write_bytes(data)
+    return path
+
+
+@CI
+@given(data=st.binary(max_size=400), suffix=st.sampled_from([".yaml", ".toml"]))
+def test_any_bytes_are_a_plan_or_one_line(tmp_path: Path, data: bytes, suffix: str) -> None:
+    check(_write(tmp_path, data, suffix))
+
+
+@CI
+@given(text=st.text(max_size=400), suffix=st.sampled_from([".yaml", ".toml"]))
+def test_any_text_is_a_plan_or_one_line(tmp_path: Path, text: str, suffix: str) -> None:
+    check(_write(tmp_path, text.encode("utf-8", "surrogatepass"), suffix))
+
+
+@CI
+@given(value=nested)
+def test_any_structure_dumped_to_yaml_is_a_plan_or_one_line(tmp_path: Path, value: Any) -> None:
+    check(_write(tmp_path, yaml.safe_dump(value).encode(), ".yaml"))
+
+
+@CI
+@given(
+    path=st.lists(st.sampled_from(sorted({*BASE, *BASE["space"], "budget", "tags"})), max_size=2),
+    value=nested,
+    extra=st.dictionaries(keys, nested, max_size=2),
+)
+def test_a_valid_file_with_any_part_replaced_is_a_plan_or_one_line(
+    tmp_path: Path, path: list[str], value: Any, extra: dict[Any, Any]
+) -> None:
+    check(_write(tmp_path, _replaced(path, value, extra), ".yaml"))
+
+
+def _replaced(path: list[str], value: Any, extra: dict[Any, Any]) -> bytes:
+    """The base file with the value at ``path`` replaced (or ``extra`` added to its space)."""
+    raw: Any = yaml.safe_load(yaml.safe_dump(BASE))
+    if path:
+        target = raw
+        for key in path[:-1]:
+            if not isinstance(target.get(key), dict):
+                target[key] = {}
+            target = target[key]
+        target[path[-1]] = value
+    else:
+        raw["space"] = {**raw["space"], **extra}
+    return yaml.safe_dump(raw).encode()
+
+
+@settings(CI, max_examples=20)
+@given(
+    data=st.binary(min_size=1, max_size=200)
+    | nested.map(lambda v: yaml.safe_dump(v).encode())
+    | st.builds(
+        _replaced,
+        st.lists(st.sampled_from(["space", "lr", "tags", "name"]), max_size=2),
+        nested,
+        st.just({}),
+    )
+)
+def test_through_the_command_exit_2_one_line_nothing_written(
+    sqlite_url: str, tmp_path: Path, data: bytes
+) -> None:
+    path = _write(tmp_path, data, ".yaml")
+    assume(check(path) is None)
+    start = time.perf_counter()
+    result = CliRunner().invoke(cli, ["sweep", str(path)], prog_name="ftqueue")
+    assert time.perf_counter() - start < EXAMPLE_SECONDS
+    lines = result.output.strip().splitlines()
+    assert result.exit_code == 2 and len(lines) == 1, (result.exception, result.output)
+    with db.session_scope() as session:
+        assert session.scalar(select(func.count()).select_from(Job)) == 0
+        assert session.scalar(select(func.count()).select_from(Sweep)) == 0
+
+
+def test_the_base_file_is_a_plan(tmp_path: Path) -> None:
+    assert check(_write(tmp_path, yaml.safe_dump(BASE).encode(), ".yaml")) is not None
