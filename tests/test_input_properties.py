@@ -164,3 +164,76 @@ def test_through_the_command_exit_2_one_line_nothing_written(
 
 def test_the_base_file_is_a_plan(tmp_path: Path) -> None:
     assert check(_write(tmp_path, yaml.safe_dump(BASE).encode(), ".yaml")) is not None
+
+
+# Dataset and predict input files: the same property, through the readers submit calls.
+
+cells = st.one_of(
+    scalars, st.lists(scalars, max_size=3), st.dictionaries(keys, scalars, max_size=2)
+)
+rows = st.lists(st.dictionaries(st.sampled_from(["text", "label", "x"]), cells), max_size=8)
+
+
+def _rows_file(tmp_path: Path, records: list[dict[str, Any]], suffix: str) -> Path:
+    import json
+
+    if suffix == ".jsonl":
+        data = "".join(json.dumps(r, default=str) + "\n" for r in records).encode()
+    elif suffix == ".json":
+        data = json.dumps(records, default=str).encode()
+    else:
+        import csv
+        import io
+
+        out = io.StringIO()
+        writer = csv.DictWriter(out, fieldnames=["text", "label", "x"])
+        writer.writeheader()
+        writer.writerows(records)
+        data = out.getvalue().encode("utf-8", "surrogatepass")
+    return _write(tmp_path, data, suffix)
+
+
+def check_input(read: Any, path: Path) -> None:
+    """``read(path)`` returns, or raises one of ftqueue's errors in one short line, quickly."""
+    start = time.perf_counter()
+    try:
+        read(path)
+    except FtqueueError as exc:
+        message = str(exc)
+        assert "\n" not in message and "\r" not in message, message
+        assert len(message) <= MESSAGE_CHARS + len(str(path)), message
+    finally:
+        assert time.perf_counter() - start < EXAMPLE_SECONDS
+
+
+def _predict_input(path: Path) -> None:
+    from ftqueue.inputs.unlabelled import read_texts
+
+    read_texts(str(path), "text")
+
+
+def _dataset(path: Path) -> None:
+    from ftqueue.inputs.labelled import check_dataset
+    from ftqueue.specs import DataSpec
+
+    check_dataset(DataSpec(dataset=str(path)))
+
+
+readers = st.sampled_from([_predict_input, _dataset])
+
+
+@CI
+@given(read=readers, data=st.binary(max_size=400),
+       suffix=st.sampled_from([".csv", ".jsonl", ".json", ".parquet"]))  # fmt: skip
+def test_any_bytes_as_an_input_file_are_read_or_one_line(
+    tmp_path: Path, read: Any, data: bytes, suffix: str
+) -> None:
+    check_input(read, _write(tmp_path, data, suffix))
+
+
+@CI
+@given(read=readers, records=rows, suffix=st.sampled_from([".csv", ".jsonl", ".json"]))
+def test_any_rows_in_an_input_file_are_read_or_one_line(
+    tmp_path: Path, read: Any, records: list[dict[str, Any]], suffix: str
+) -> None:
+    check_input(read, _rows_file(tmp_path, records, suffix))
