@@ -237,3 +237,52 @@ def test_any_rows_in_an_input_file_are_read_or_one_line(
     tmp_path: Path, read: Any, records: list[dict[str, Any]], suffix: str
 ) -> None:
     check_input(read, _rows_file(tmp_path, records, suffix))
+
+
+# Values of the command line's flags: grids and ranges, job ids.
+
+numbers = st.one_of(
+    st.integers().map(str),
+    # Past a database integer, past a C ssize_t, past Python's 4,300 digits of int().
+    st.integers(min_value=2**62, max_value=10**40).map(str),
+    st.integers(min_value=4000, max_value=6000).map(lambda n: "7" * n),
+)
+flag_values = st.one_of(
+    st.text(max_size=60),
+    st.builds(lambda a, b: f"{a}..{b}", numbers, numbers),
+    st.lists(numbers | st.text(max_size=8), min_size=1, max_size=4).map(",".join),
+)
+
+
+@CI
+@given(value=flag_values, kind=st.sampled_from(["ints", "floats", "jobs"]))
+def test_any_grid_value_is_a_checked_grid_or_one_line(value: str, kind: str) -> None:
+    import click
+
+    from ftqueue.cli.options import FLOATS, INTS, JOBS, expand
+
+    grid = {"ints": INTS, "floats": FLOATS, "jobs": JOBS}[kind]
+    start = time.perf_counter()
+    try:
+        axis = grid.convert(value, None, None)
+        next(iter(expand({}, {"seed": axis})), None)
+    except click.BadParameter as exc:
+        message = exc.format_message()
+        assert "\n" not in message and len(message) <= MESSAGE_CHARS, message
+    except FtqueueError as exc:
+        assert "\n" not in exc.message and len(exc.message) <= MESSAGE_CHARS, exc.message
+    finally:
+        assert time.perf_counter() - start < EXAMPLE_SECONDS
+
+
+@settings(CI, max_examples=20)
+@given(value=st.builds(lambda a, b: f"{a}..{b}", numbers, numbers) | numbers | st.text(max_size=40))
+def test_a_grid_flag_through_submit_is_exit_2_one_line_or_nothing_new(
+    sqlite_url: str, value: str
+) -> None:
+    args = ["submit", "lora", "--model", "synthetic", "--dataset", "movie-snippets"]
+    result = CliRunner().invoke(cli, [*args, "--seed", value, "--r", "0"], prog_name="ftqueue")
+    lines = result.output.strip().splitlines()
+    assert result.exit_code == 2 and len(lines) == 1, (result.exception, result.output[:500])
+    with db.session_scope() as session:
+        assert session.scalar(select(func.count()).select_from(Job)) == 0
