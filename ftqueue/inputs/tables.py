@@ -15,6 +15,9 @@ from ftqueue.errors import DatasetError, first_line
 
 #: Files above this are refused before they are read; a text-classification set is far less.
 MAX_FILE_BYTES = 2 * 1024**3
+#: The longest text a row may hold. A model reads at most a few hundred tokens of it, but the
+#: tokenizer splits the whole text first: a row of hundreds of megabytes aborts the worker.
+MAX_ROW_CHARS = 100_000
 
 
 @dataclass(frozen=True)

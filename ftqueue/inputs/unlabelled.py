@@ -27,9 +27,7 @@ INPUT_FILE = tables.FileRole(
     too_big="split it into several jobs",
 )
 _CHUNK = 1 << 20
-#: The longest text a row may hold. A model reads at most a few hundred tokens of it, but the
-#: tokenizer splits the whole text first: a row of hundreds of megabytes aborts the worker.
-MAX_ROW_CHARS = 100_000
+MAX_ROW_CHARS = tables.MAX_ROW_CHARS
 
 
 def _fail(message: str, param: str = "--input") -> DatasetError:
