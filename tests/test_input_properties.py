@@ -286,3 +286,20 @@ def test_a_grid_flag_through_submit_is_exit_2_one_line_or_nothing_new(
     assert result.exit_code == 2 and len(lines) == 1, (result.exception, result.output[:500])
     with db.session_scope() as session:
         assert session.scalar(select(func.count()).select_from(Job)) == 0
+
+
+@settings(CI, max_examples=25)
+@given(tag=st.text(max_size=80) | st.text(min_size=300, max_size=400), job=flag_values)
+def test_a_tag_or_job_id_through_the_commands_is_exit_2_one_line(
+    sqlite_url: str, tag: str, job: str
+) -> None:
+    args = ["submit", "lora", "--model", "synthetic", "--dataset", "movie-snippets", "--r", "0"]
+    for argv in ([*args, "--tag", tag], ["show", job], ["logs", job]):
+        start = time.perf_counter()
+        result = CliRunner().invoke(cli, argv, prog_name="ftqueue")
+        assert time.perf_counter() - start < EXAMPLE_SECONDS
+        lines = result.output.strip().splitlines()
+        assert result.exit_code == 2 and len(lines) == 1, (argv[:2], result.output[:500])
+        assert len(lines[0]) <= MESSAGE_CHARS + 40, lines[0]
+    with db.session_scope() as session:
+        assert session.scalar(select(func.count()).select_from(Job)) == 0
