@@ -111,7 +111,10 @@ def test_any_structure_dumped_to_yaml_is_a_plan_or_one_line(tmp_path: Path, valu
 
 @CI
 @given(
-    path=st.lists(st.sampled_from(sorted({*BASE, *BASE["space"], "budget", "tags"})), max_size=2),
+    path=st.lists(
+        st.sampled_from(sorted({*sweepfile.TOP_KEYS, *BASE["space"], "max_jobs", "low", "eta"})),
+        max_size=2,
+    ),
     value=nested,
     extra=st.dictionaries(keys, nested, max_size=2),
 )
