@@ -115,3 +115,12 @@ def test_through_the_command_exit_2_one_line_nothing_written(
         with db.session_scope() as session:
             assert session.scalar(select(func.count()).select_from(Job)) == 0
             assert session.scalar(select(func.count()).select_from(Sweep)) == 0
+
+
+def test_a_list_of_more_values_than_the_grid_cap_is_refused_before_its_checks(
+    tmp_path: Path,
+) -> None:
+    # Every listed value is checked against the kind's rules: 20,000 of them took seconds.
+    seeds = {**RANDOM, "space": {"seed": list(range(20_000))}}
+    text = yaml.safe_dump(seeds, default_flow_style=True, width=10**9)
+    refused(_file(tmp_path, text), "space.seed: 20,000 values")

@@ -244,6 +244,15 @@ def _dimension(where: str, key: str, name: str, value: Any, p: Param) -> Dimensi
     if isinstance(value, list):
         if not value:
             raise _err(where, key, "an empty list: give at least one value")
+        cap = get_settings().max_grid
+        if len(value) > cap:
+            # Each value is checked against the kind's rules: bounded before, not after.
+            raise _err(
+                where,
+                key,
+                f"{len(value):,} values, more than FTQUEUE_MAX_GRID ({cap:,}): list fewer, "
+                "or give a range {low, high}",
+            )
         if not all(_plain(v) or (isinstance(v, list) and all(map(_plain, v))) for v in value):
             raise _err(where, key, "each value must be a number, text, or a list of them")
         values = tuple(hashable(v) for v in value)
