@@ -151,12 +151,7 @@ def _to_split(rows: Any, where: str, spec: DataSpec) -> Split:
                 "fill or drop the row",
                 param="--text-column",
             )
-        if len(text) > tables.MAX_ROW_CHARS:
-            raise DatasetError(
-                f"{where} row {i}: {len(text):,} characters of text, over the "
-                f"{tables.MAX_ROW_CHARS:,} a row may hold: shorten or split the text",
-                param="--text-column",
-            )
+        tables.check_row_length(text, i, where)
         labels.append(_label(label, i, where))
     return Split([str(t) for t in texts], labels)
 

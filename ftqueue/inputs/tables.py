@@ -70,6 +70,16 @@ def check_file(path: Path, role: FileRole) -> None:
         )
 
 
+def check_row_length(text: str, row: int, where: str) -> None:
+    """Refuse a row's text past MAX_ROW_CHARS; ``where`` names the file in the message."""
+    if len(text) > MAX_ROW_CHARS:
+        raise DatasetError(
+            f"{where} row {row}: {len(text):,} characters of text, over the "
+            f"{MAX_ROW_CHARS:,} a row may hold: shorten or split the text",
+            param="--text-column",
+        )
+
+
 def read_bytes(path: Path, role: FileRole) -> bytes:
     try:
         return path.read_bytes()

@@ -85,9 +85,5 @@ def read_texts(value: str, column: str, *, sha256: str | None = None) -> list[st
                 f"({quote(cell, 60)}); fill or drop the row",
                 param="--text-column",
             )
-        if len(cell) > MAX_ROW_CHARS:
-            raise _fail(
-                f"input file {path} row {row}: {len(cell):,} characters, over the "
-                f"{MAX_ROW_CHARS:,} a row may hold: shorten or split the text"
-            )
+        tables.check_row_length(cell, row, f"input file {path}")
     return [str(c) for c in cells]
