@@ -124,3 +124,28 @@ def test_a_list_of_more_values_than_the_grid_cap_is_refused_before_its_checks(
     seeds = {**RANDOM, "space": {"seed": list(range(20_000))}}
     text = yaml.safe_dump(seeds, default_flow_style=True, width=10**9)
     refused(_file(tmp_path, text), "space.seed: 20,000 values")
+
+
+def test_as_a_process_exit_2_one_line_on_stderr_in_seconds(sqlite_url: str, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from tests.procs import child_env
+
+    big = {"lr": [1e-5 * (i + 1) for i in range(200)], "r": list(range(1, 201))}
+    for data in (BOMB + "model: *g\n", {**BASE, "space": big, "budget": {"max_parallel": 2}}):
+        path = _file(tmp_path, data)
+        start = time.perf_counter()
+        done = subprocess.run(
+            [sys.executable, "-m", "ftqueue", "sweep", str(path)],
+            env=child_env(FTQUEUE_DATABASE_URL=sqlite_url),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert time.perf_counter() - start < 30
+        assert done.returncode == 2 and done.stdout == "", done
+        assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    with db.session_scope() as session:
+        assert session.scalar(select(func.count()).select_from(Job)) == 0
+        assert session.scalar(select(func.count()).select_from(Sweep)) == 0
