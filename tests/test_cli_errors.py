@@ -133,3 +133,20 @@ def test_long_values_are_quoted_short(sqlite_url: str) -> None:
         code, out = invoke("submit", "lora", *flags, *args)
         line = assert_one_line(out)
         assert code == 2 and len(line) < 1000, (args[0], line[:300])
+
+
+@pytest.mark.parametrize(
+    ("value", "needle"),
+    [
+        ("0..100000000000000000000000", "over the limit"),
+        ("7" * 5000, "5,000 digits"),
+        ("1.." + "7" * 5000, "5,000 digits"),
+    ],
+)
+def test_a_range_or_number_past_any_size_is_one_line(
+    sqlite_url: str, value: str, needle: str
+) -> None:
+    code, out = invoke(
+        "submit", "lora", "--model", "synthetic", "--dataset", "movie-snippets", "--seed", value
+    )
+    assert code == 2 and needle in assert_one_line(out), out[:500]

@@ -251,3 +251,23 @@ def test_messages_quote_at_most_200_characters_of_a_huge_single_line_file(tmp_pa
         with pytest.raises(DatasetError) as info:
             check_dataset(DataSpec(dataset=str(path)))
         assert len(info.value.message) < 700 and "\n" not in info.value.message, path
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
+def test_a_huge_label_or_row_is_one_line(tmp_path: Path, suffix: str) -> None:
+    long_text = "x" * (tables.MAX_ROW_CHARS + 1)
+    for rows, needle in (
+        ([{"text": "a", "label": "7" * 5000}, {"text": "b", "label": "0"}], "is not an integer"),
+        ([{"text": "a", "label": "1"}, {"text": long_text, "label": "0"}], "row 2"),
+    ):
+        path = tmp_path / f"d{suffix}"
+        frame = pd.DataFrame(rows)
+        if suffix == ".csv":
+            frame.to_csv(path, index=False)
+        else:
+            frame.to_json(path, orient="records", lines=True)
+        with pytest.raises(DatasetError) as info:
+            check_dataset(DataSpec(dataset=str(path)))
+        message = info.value.message
+        assert needle in message and "\n" not in message, message
+        assert len(message) < 300 + len(str(path)), message

@@ -107,3 +107,32 @@ def test_a_file_changed_since_submit_is_refused(tmp_path: Path) -> None:
     path.write_bytes(b"text\nsecond\n")
     with pytest.raises(DatasetError, match="has changed since the job was submitted"):
         read_texts(str(path), "text", sha256=digest)
+
+
+def test_a_row_longer_than_a_worker_can_tokenize_is_refused(input_file: Path) -> None:
+    from ftqueue.inputs.unlabelled import MAX_ROW_CHARS
+
+    frame = pd.DataFrame({"id": [1, 2], "body": ["fine", "x" * (MAX_ROW_CHARS + 1)]})
+    path = input_file.with_name("long" + input_file.suffix)
+    if path.suffix == ".csv":
+        frame.to_csv(path, index=False)
+    elif path.suffix == ".jsonl":
+        frame.to_json(path, orient="records", lines=True)
+    else:
+        frame.to_parquet(path)
+    with pytest.raises(DatasetError) as info:
+        read_texts(str(path), "body")
+    message = info.value.message
+    assert "row 2" in message and f"{MAX_ROW_CHARS:,}" in message, message
+    assert "\n" not in message and len(message) < 300 + len(str(path))
+
+
+def test_a_long_column_name_or_cell_is_clipped_in_the_message(tmp_path: Path) -> None:
+    path = tmp_path / "in.jsonl"
+    path.write_text('{"body": ["x", "' + "y" * 5000 + '"]}\n')
+    with pytest.raises(DatasetError) as info:
+        read_texts(str(path), "body")
+    assert len(info.value.message) < 300 + len(str(path)), info.value.message
+    with pytest.raises(DatasetError) as info:
+        read_texts(str(path), "c" * 5000)
+    assert len(info.value.message) < 300 + len(str(path)), info.value.message

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from ftqueue.core.text import clip
+from ftqueue.core.text import clip, quote
 from ftqueue.errors import FtqueueError
 
 if TYPE_CHECKING:
@@ -58,6 +58,12 @@ class JobId(click.IntRange):
     def __init__(self, *, runs_only: bool = False) -> None:
         super().__init__(1, 2**63 - 1)
         self.runs_only = runs_only
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        # click's own message repeats the whole value: a pasted page would be the error.
+        if isinstance(value, str) and len(value) > 40:
+            self.fail(f"{quote(value, 40)} is not a job id: give a number such as 12", param, ctx)
+        return super().convert(value, param, ctx)
 
     def shell_complete(
         self, ctx: click.Context, param: click.Parameter, incomplete: str

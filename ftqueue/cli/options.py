@@ -24,6 +24,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 _RANGE = re.compile(r"^([+-]?\d+)\.\.([+-]?\d+)$")
 _DASHED = re.compile(r"^(\d+)\s*-\s*(\d+)$")
+#: Past a database integer (19 digits) with room to quote the number a spec refuses.
+_MAX_DIGITS = 100
 
 
 class Grid(click.ParamType):
@@ -45,12 +47,16 @@ class Grid(click.ParamType):
             part = part.strip()
             problem = self._parse(part, parts)
             if problem:
-                self.fail(f"{quote(part)} is not valid: {problem}", param, ctx)
+                self.fail(f"{quote(part, 100)} is not valid: {problem}", param, ctx)
         return Axis(parts)
 
     def _parse(self, part: str, parts: list[Sequence[Any]]) -> str | None:
         """Appends the values of one comma item; returns what is wrong with it, if anything."""
         example = "0..4 or 8,16,32" if self.kind is int else "1e-4,3e-4"
+        digits = max((len(d) for d in re.findall(r"\d+", part)), default=0)
+        if self.kind is int and digits > _MAX_DIGITS:
+            # int() refuses past 4,300 digits with a ValueError; no setting comes near this.
+            return f"a number of {digits:,} digits is past any value a setting takes"
         if self.kind is int:
             span = _RANGE.match(part)
             if span:
@@ -88,6 +94,14 @@ class Axis(Sequence[Any]):
 
     def __len__(self) -> int:
         return sum(len(p) for p in self.parts)
+
+    def __bool__(self) -> bool:
+        return any(self.parts)
+
+    @property
+    def size(self) -> int:
+        """How many values, even past what ``len()`` can return (``0..10**20``)."""
+        return sum(p.stop - p.start if isinstance(p, range) else len(p) for p in self.parts)
 
     def __iter__(self) -> Iterator[Any]:
         return itertools.chain.from_iterable(self.parts)
@@ -239,7 +253,7 @@ def expand(
     before anything is built, and the combinations are made one at a time as they are read.
     """
     axes = {k: v for k, v in grid.items() if v}
-    sizes = {k: len(v) for k, v in axes.items()}
+    sizes = {k: v.size if isinstance(v, Axis) else len(v) for k, v in axes.items()}
     total = math.prod(sizes.values())
     limit = get_settings().max_grid
     if total > limit:

@@ -42,7 +42,8 @@ def clip(value: object, limit: int = QUOTE_LIMIT) -> str:
 def quote(value: object, limit: int = QUOTE_LIMIT) -> str:
     """``repr(value)`` for a message, cut to ``limit`` characters: user data never floods it."""
     if isinstance(value, str) and len(value) > limit:
-        return f"{value[:limit]!r}... ({len(value):,} characters)"
+        # Cut the repr too: escapes (\x1f, \U000e0061) make it up to ten times the text.
+        return f"{repr(value[:limit])[: limit + 2]}... ({len(value):,} characters)"
     text = repr(value)
     return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
 

@@ -151,12 +151,14 @@ def _to_split(rows: Any, where: str, spec: DataSpec) -> Split:
                 "fill or drop the row",
                 param="--text-column",
             )
+        tables.check_row_length(text, i, where)
         labels.append(_label(label, i, where))
     return Split([str(t) for t in texts], labels)
 
 
 def _label(value: Any, row: int, where: str) -> int:
-    if isinstance(value, str) and re.fullmatch(r"\s*-?\d+\s*", value):
+    # At most 30 digits: int() of text past 4,300 digits raises, and no class number is near.
+    if isinstance(value, str) and re.fullmatch(r"\s*-?\d{1,30}\s*", value):
         value = int(value)  # a column with one bad cell is read as text, the rest still count
     if (
         isinstance(value, (float, np.floating))
@@ -166,7 +168,7 @@ def _label(value: Any, row: int, where: str) -> int:
         value = int(value)
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
         raise DatasetError(
-            f"{where} row {row}: label {quote(value)} is not an integer; labels must be class "
+            f"{where} row {row}: label {quote(value, 60)} is not an integer; labels must be class "
             "numbers 0..K-1 (map class names to numbers first)",
             param="--label-column",
         )

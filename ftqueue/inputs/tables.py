@@ -15,6 +15,9 @@ from ftqueue.errors import DatasetError, first_line
 
 #: Files above this are refused before they are read; a text-classification set is far less.
 MAX_FILE_BYTES = 2 * 1024**3
+#: The longest text a row may hold. A model reads at most a few hundred tokens of it, but the
+#: tokenizer splits the whole text first: a row of hundreds of megabytes aborts the worker.
+MAX_ROW_CHARS = 100_000
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,16 @@ def check_file(path: Path, role: FileRole) -> None:
         raise role.error(
             f"{role.noun} {where} is {size / 1024**3:.1f} GiB, over the "
             f"{MAX_FILE_BYTES // 1024**3} GiB limit: {role.too_big}"
+        )
+
+
+def check_row_length(text: str, row: int, where: str) -> None:
+    """Refuse a row's text past MAX_ROW_CHARS; ``where`` names the file in the message."""
+    if len(text) > MAX_ROW_CHARS:
+        raise DatasetError(
+            f"{where} row {row}: {len(text):,} characters of text, over the "
+            f"{MAX_ROW_CHARS:,} a row may hold: shorten or split the text",
+            param="--text-column",
         )
 
 

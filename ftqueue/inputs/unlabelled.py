@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+from ftqueue.core.text import clip, quote
 from ftqueue.errors import DatasetError
 from ftqueue.inputs import tables
 
@@ -26,6 +27,7 @@ INPUT_FILE = tables.FileRole(
     too_big="split it into several jobs",
 )
 _CHUNK = 1 << 20
+MAX_ROW_CHARS = tables.MAX_ROW_CHARS
 
 
 def _fail(message: str, param: str = "--input") -> DatasetError:
@@ -50,8 +52,8 @@ def file_sha256(path: Path) -> str:
 def _column(path: Path, columns: list[str], column: str) -> None:
     if column not in columns:
         raise _fail(
-            f"input file {path} has no column {column!r} (columns: "
-            f"{', '.join(columns) or 'none'}): name the right one with --text-column",
+            f"input file {path} has no column {quote(column, 60)} (columns: "
+            f"{clip(', '.join(columns) or 'none', 120)}): name the right one with --text-column",
             param="--text-column",
         )
 
@@ -79,8 +81,9 @@ def read_texts(value: str, column: str, *, sha256: str | None = None) -> list[st
     for row, cell in enumerate(cells, start=1):
         if not isinstance(cell, str) or not cell.strip():
             raise _fail(
-                f"input file {path} row {row}: {column!r} is empty or not text ({cell!r}); "
-                "fill or drop the row",
+                f"input file {path} row {row}: {quote(column, 60)} is empty or not text "
+                f"({quote(cell, 60)}); fill or drop the row",
                 param="--text-column",
             )
+        tables.check_row_length(cell, row, f"input file {path}")
     return [str(c) for c in cells]

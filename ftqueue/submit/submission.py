@@ -32,7 +32,7 @@ def check_label(value: str, flag: str) -> str:
     """A tag, name or sweep id: 1-64 of letters, digits and ``_.:+=@-``, no path parts."""
     if not _LABEL.match(value) or ".." in value:
         raise SpecError(
-            f"{flag} {quote(value)} is not allowed: use 1-64 letters, digits and _ . : + = @ - "
+            f"{flag} {quote(value, 80)} is not allowed: use 1-64 letters, digits and _ . : + = @ - "
             "(no slashes, '..', spaces or control characters), starting with a letter or digit",
             param=flag,
         )

@@ -19,15 +19,18 @@ Every method but ``grid`` needs ``budget.max_jobs``.
 from __future__ import annotations
 
 import dataclasses
-import tomllib
+import math
 from pathlib import Path
 from typing import Any
 
 from ftqueue import kinds
+from ftqueue.core.text import clip, quote
 from ftqueue.errors import SpecError, SweepFileError
+from ftqueue.settings import get_settings
 from ftqueue.specs import DataSpec, Param, spec_params
 from ftqueue.sweeps import methods
 from ftqueue.sweeps.plan import Dimension, SweepPlan, first_values, hashable
+from ftqueue.sweeps.reading import MAX_BYTES, read
 
 TOP_KEYS = (
     "kind", "name", "model", "dataset", "data", "fixed", "space", "method", "seed",
@@ -37,25 +40,17 @@ TOP_KEYS = (
 _PINNED = ("model_fingerprint",)
 
 
-def load(path: Path) -> SweepPlan:
-    """Read and check a sweep file (``.yaml``/``.yml``, or ``.toml``)."""
-    import yaml
+__all__ = ["MAX_BYTES", "TOP_KEYS", "load", "parse"]
 
-    where = str(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise SweepFileError(f"{where}: cannot read it ({exc.strerror}): check the path") from None
-    try:
-        raw = tomllib.loads(text) if path.suffix.lower() == ".toml" else yaml.safe_load(text)
-    except (yaml.YAMLError, tomllib.TOMLDecodeError) as exc:
-        detail = " ".join(str(exc).split())
-        raise SweepFileError(f"{where}: not valid YAML/TOML: {detail}") from None
-    return parse(raw, where=where)
+
+def load(path: Path) -> SweepPlan:
+    """Read and check a sweep file (``.yaml``/``.yml``, or ``.toml``, at most 1 MiB)."""
+    return parse(read(path), where=str(path))
 
 
 def _err(where: str, key: str, what: str) -> SweepFileError:
-    return SweepFileError(f"{where}: {key}: {what}", param=key)
+    # Keys come from the file: a long one is clipped, like the values the messages quote.
+    return SweepFileError(f"{where}: {clip(key, 80)}: {what}", param=key)
 
 
 def _mapping(where: str, key: str, value: Any) -> dict[str, Any]:
@@ -63,17 +58,20 @@ def _mapping(where: str, key: str, value: Any) -> dict[str, Any]:
         return {}
     if not isinstance(value, dict):
         raise _err(where, key, f"must be a mapping of keys to values; got {_kind(value)}")
+    odd = [k for k in value if not isinstance(k, str)]
+    if odd:
+        raise _err(where, key, f"keys must be text; got {quote(odd[0], 60)}: quote it")
     return value
 
 
 def _kind(value: Any) -> str:
     names: dict[type, str] = {list: "a list", dict: "a mapping", str: "text"}
-    return names.get(type(value), repr(value))
+    return names.get(type(value), quote(value, 60))
 
 
 def _int(where: str, key: str, value: Any, lo: int, hi: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-        raise _err(where, key, f"must be a whole number in {lo}..{hi}; got {value!r}")
+        raise _err(where, key, f"must be a whole number in {lo}..{hi}; got {quote(value, 60)}")
     return value
 
 
@@ -81,6 +79,11 @@ def parse(raw: Any, *, where: str = "sweep file") -> SweepPlan:
     """Check a parsed sweep file; SweepFileError names the first bad key."""
     if not isinstance(raw, dict):
         raise SweepFileError(f"{where}: must be a mapping of keys (kind, model, space, ...)")
+    odd = [k for k in raw if not isinstance(k, str)]
+    if odd:
+        raise SweepFileError(
+            f"{where}: keys must be text; got {quote(odd[0], 60)}: use {', '.join(TOP_KEYS)}"
+        )
     unknown = sorted(set(raw) - set(TOP_KEYS))
     if unknown:
         raise _err(where, unknown[0], f"unknown key; use: {', '.join(TOP_KEYS)}")
@@ -88,7 +91,7 @@ def parse(raw: Any, *, where: str = "sweep file") -> SweepPlan:
     kind = kinds.get(str(kind_name))
     if kind is None or kind.role != kinds.Role.RUN:
         runs = ", ".join(kinds.with_role(kinds.Role.RUN))
-        raise _err(where, "kind", f"must be a training kind ({runs}); got {kind_name!r}")
+        raise _err(where, "kind", f"must be a training kind ({runs}); got {quote(kind_name, 60)}")
     spec_type = kind.spec_type
     params = {f.name: p for f, p in spec_params(spec_type)}
     fields = {f.name for f in dataclasses.fields(spec_type)} - {"data", *_PINNED}
@@ -142,7 +145,7 @@ def parse(raw: Any, *, where: str = "sweep file") -> SweepPlan:
     method = methods.get(method_name) if isinstance(method_name, str) else None
     if method is None:
         known = ", ".join(methods.names())
-        raise _err(where, "method", f"must be one of {known}; got {method_name!r}")
+        raise _err(where, "method", f"must be one of {known}; got {quote(method_name, 60)}")
     seed = _int(where, "seed", raw.get("seed", 0), 0, 2**31 - 1)
     for dim in space:
         problem = method.check(dim)
@@ -164,6 +167,15 @@ def parse(raw: Any, *, where: str = "sweep file") -> SweepPlan:
         )
     if size is not None:
         max_jobs = min(max_jobs, size)
+    cap = get_settings().max_grid
+    if max_jobs > cap:
+        # Checked from the dimensions' sizes, before a single trial is made or checked.
+        raise _err(
+            where,
+            "budget.max_jobs" if "max_jobs" in budget else "space",
+            f"a grid of {max_jobs:,} trials, more than FTQUEUE_MAX_GRID ({cap:,}): list fewer "
+            "values, set budget.max_jobs, or raise FTQUEUE_MAX_GRID",
+        )
     max_parallel = _int(
         where, "budget.max_parallel", budget.get("max_parallel", max_jobs), 1, 10_000
     )
@@ -184,7 +196,8 @@ def parse(raw: Any, *, where: str = "sweep file") -> SweepPlan:
         raise _err(where, "tags", "must be a list of labels")
     name = raw.get("name")
     if name is not None and not isinstance(name, str):
-        raise _err(where, "name", f"must be text; got {name!r}")
+        raise _err(where, "name", f"must be text; got {quote(name, 60)}")
+    _check_labels(where, tags, name)
     plan = SweepPlan(
         kind.name,
         name,
@@ -202,6 +215,24 @@ def parse(raw: Any, *, where: str = "sweep file") -> SweepPlan:
     return plan
 
 
+def _check_labels(where: str, tags: list[str], name: str | None) -> None:
+    """Tags and the name, checked as ``--tag`` and ``--name`` are."""
+    from ftqueue.submit.submission import check_label
+
+    labels = [("tags", "tag", t) for t in tags] + ([("name", "name", name)] if name else [])
+    for key, flag, label in labels:
+        try:
+            check_label(label, flag)
+        except SpecError:
+            # check_label's own text quotes up to 200 characters; a file's line is shorter.
+            raise _err(
+                where,
+                key,
+                f"{flag} {quote(label, 40)} is not allowed: use 1-64 letters, digits and "
+                "_ . : + = @ - (no slashes, '..', spaces or control characters)",
+            ) from None
+
+
 def _default(spec_type: type, name: str) -> Any:
     for f in dataclasses.fields(spec_type):
         if f.name == name:
@@ -213,12 +244,23 @@ def _dimension(where: str, key: str, name: str, value: Any, p: Param) -> Dimensi
     if isinstance(value, list):
         if not value:
             raise _err(where, key, "an empty list: give at least one value")
+        cap = get_settings().max_grid
+        if len(value) > cap:
+            # Each value is checked against the kind's rules: bounded before, not after.
+            raise _err(
+                where,
+                key,
+                f"{len(value):,} values, more than FTQUEUE_MAX_GRID ({cap:,}): list fewer, "
+                "or give a range {low, high}",
+            )
+        if not all(_plain(v) or (isinstance(v, list) and all(map(_plain, v))) for v in value):
+            raise _err(where, key, "each value must be a number, text, or a list of them")
         values = tuple(hashable(v) for v in value)
         if len(set(values)) != len(values):
             raise _err(where, key, "a value is listed twice")
         return Dimension(name, values=values)
     if isinstance(value, dict):
-        extra = sorted(set(value) - {"low", "high", "log", "type"})
+        extra = sorted(set(_mapping(where, key, value)) - {"low", "high", "log", "type"})
         if extra:
             raise _err(where, f"{key}.{extra[0]}", "unknown; a range has low, high, log, type")
         if p.kind not in ("int", "float"):
@@ -226,7 +268,9 @@ def _dimension(where: str, key: str, name: str, value: Any, p: Param) -> Dimensi
         low, high = value.get("low"), value.get("high")
         for side, bound in (("low", low), ("high", high)):
             if isinstance(bound, bool) or not isinstance(bound, (int, float)):
-                raise _err(where, f"{key}.{side}", f"must be a number; got {bound!r}")
+                raise _err(where, f"{key}.{side}", f"must be a number; got {quote(bound, 60)}")
+            if not math.isfinite(bound):
+                raise _err(where, f"{key}.{side}", f"must be a finite number; got {bound}")
         assert low is not None and high is not None
         if not low < high:
             raise _err(where, key, f"low must be below high; got {low} and {high}")
@@ -246,6 +290,10 @@ def _dimension(where: str, key: str, name: str, value: Any, p: Param) -> Dimensi
     raise _err(where, key, "must be a list of values or a range {low, high, log}")
 
 
+def _plain(value: Any) -> bool:
+    return value is None or isinstance(value, (str, int, float, bool))
+
+
 def _early_stopping(
     where: str, raw: Any, epochs: int, space: list[Dimension]
 ) -> tuple[int | None, tuple[int, ...]]:
@@ -258,7 +306,7 @@ def _early_stopping(
     if extra:
         raise _err(where, f"early_stopping.{extra[0]}", "unknown; use type, eta, rungs")
     if es.get("type", "asha") != "asha":
-        raise _err(where, "early_stopping.type", f"must be asha; got {es['type']!r}")
+        raise _err(where, "early_stopping.type", f"must be asha; got {quote(es['type'], 60)}")
     eta = _int(where, "early_stopping.eta", es.get("eta", 3), 2, 100)
     if epochs < 2:
         raise _err(
