@@ -109,9 +109,10 @@ def test_reports_escape_hostile_names(hostile_job: tuple[int, Path], tmp_path: P
 
 
 def test_markdown_and_html_cells_pass_no_raw_html() -> None:
-    cell = markdown_cell("<script>alert(1)</script> a|b `c`\nd")
+    cell = markdown_cell("<script>alert(1)</script> a|b `c`\nd\\")
     assert "<script>" not in cell and "&lt;script&gt;" in cell
     assert "\\|" in cell and "\\`" in cell and "\n" not in cell
+    assert markdown_cell("x\\") + " |" == "x\\\\ |"  # a trailing backslash escapes nothing
 
 
 def test_error_messages_quote_input_neutralised(eager: str, tmp_path: Path) -> None:
@@ -197,3 +198,14 @@ def test_literal_shows_markup_as_it_is(text: str) -> None:
 def test_printable_writes_each_character_out() -> None:
     assert printable("a\x1b[2J\x9b\u202eb\udcff\n\t") == "a\\x1b[2J\\x9b\\u202eb\\udcff\n\t"
     assert printable(42) == "42"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text())
+def test_a_markdown_cell_stays_one_cell_with_no_raw_html(text: str) -> None:
+    cell = markdown_cell(text)
+    assert "\n" not in cell and "\r" not in cell and "<" not in cell and ">" not in cell
+    assert not RAW.search(cell)
+    # Every pipe and backtick is escaped: none ends the cell or opens code.
+    for found in re.finditer(r"(\\*)[|`]", cell):
+        assert len(found.group(1)) % 2 == 1, cell

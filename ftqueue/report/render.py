@@ -213,6 +213,8 @@ def markdown_cell(value: str) -> str:
     escaped, so a name can neither end the cell nor inject markup into the page."""
     text = " ".join(printable(value).splitlines())
     text = html.escape(text, quote=False)
+    # Backslashes first: a name ending in one must not escape the pipe that closes its cell.
+    text = text.replace("\\", "\\\\")
     return text.replace("|", "\\|").replace("`", "\\`")
 
 
