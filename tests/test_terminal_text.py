@@ -7,6 +7,7 @@ and the exit codes are those of ordinary input.
 
 from __future__ import annotations
 
+import datetime as dt
 import io
 import re
 from pathlib import Path
@@ -20,6 +21,7 @@ from rich.console import Console
 from sqlalchemy import update
 
 from ftqueue.cli import cli
+from ftqueue.cli.follow import follow
 from ftqueue.core.text import literal, printable
 from ftqueue.report.render import markdown_cell
 from ftqueue.store import db
@@ -209,3 +211,22 @@ def test_a_markdown_cell_stays_one_cell_with_no_raw_html(text: str) -> None:
     # Every pipe and backtick is escaped: none ends the cell or opens code.
     for found in re.finditer(r"(\\*)[|`]", cell):
         assert len(found.group(1)) % 2 == 1, cell
+
+
+def test_following_and_top_print_a_hostile_worker_name(hostile_job: tuple[int, Path]) -> None:
+    job_id, _ = hostile_job
+    now = utcnow()
+    with db.session_scope() as s:
+        s.execute(
+            update(Job)
+            .where(Job.id == job_id)
+            .values(status="running", worker="w[/]\x1b[2J", started_at=now, heartbeat_at=now,
+                    lease_expires_at=now + dt.timedelta(seconds=60))
+        )  # fmt: skip
+    lines = io.StringIO()
+    follow([job_id], console=Console(file=lines, width=120), keep_going=lambda: False)
+    assert f"job {job_id} lora: running on w[/]\\x1b[2J" in lines.getvalue()
+    assert_clean(lines.getvalue())
+    code, out = run("top", "--once")
+    assert code == 0 and "w[/]\\x1b[2J" in out
+    assert_clean(out)
