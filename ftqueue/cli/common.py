@@ -45,8 +45,11 @@ def complete_jobs(incomplete: str, *, runs_only: bool = False) -> list[Any]:
         return [
             CompletionItem(
                 str(job["id"]),
-                help=f"{job['kind']} {job['status']}: {display_name(job['model'])} on "
-                f"{display_name(job['dataset'])}",
+                # The shell prints this help beside the id: user text, so made printable.
+                help=printable(
+                    f"{job['kind']} {job['status']}: {display_name(job['model'])} on "
+                    f"{display_name(job['dataset'])}"
+                ),
             )
             for job in api.completions(runs_only=runs_only, limit=COMPLETIONS)
             if str(job["id"]).startswith(incomplete)
