@@ -40,7 +40,7 @@ from ftqueue.settings import get_settings
 from ftqueue.specs import JobSpec
 from ftqueue.store import db, lifecycle, reads
 from ftqueue.store.reads import JobState
-from ftqueue.store.schema import Job
+from ftqueue.store.schema import Job, Sweep
 from ftqueue.submit import submission
 from ftqueue.submit.submission import Submission
 
@@ -292,7 +292,8 @@ def cancel(
     with db.session_scope() as session:
         if sweep:
             found = reads.list_jobs(session, sweep=sweep, limit=None)
-            if not found:
+            # A sweep stopped before its first trial has nothing to cancel: no error.
+            if not found and session.get(Sweep, sweep) is None:
                 raise FtqueueError(f"no jobs in sweep {quote(sweep)}: `ftqueue list` shows them")
             ids += [job.id for job in found]
         ids = sorted(set(ids))

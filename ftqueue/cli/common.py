@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from ftqueue.core.text import clip, quote
+from ftqueue.core.text import clip, printable, quote
 from ftqueue.errors import FtqueueError
 
 if TYPE_CHECKING:
@@ -21,8 +21,11 @@ F = TypeVar("F", bound=Callable[..., Any])
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 #: No error message is longer than this, whatever user data went into it.
 MESSAGE_LIMIT = 1000
-#: Job ids and counts fit a signed 64-bit SQL integer; larger numbers are refused as input.
+#: Counts fit a signed 64-bit SQL integer; larger numbers are refused as input.
 COUNT = click.IntRange(1, 2**63 - 1)
+#: Job ids and attempts are INTEGER columns, 32 bits on PostgreSQL: a larger number is refused
+#: as input rather than sent to the server, which fails the query.
+MAX_ID = 2**31 - 1
 #: Most job ids the shell is offered on a tab.
 COMPLETIONS = 200
 
@@ -42,8 +45,11 @@ def complete_jobs(incomplete: str, *, runs_only: bool = False) -> list[Any]:
         return [
             CompletionItem(
                 str(job["id"]),
-                help=f"{job['kind']} {job['status']}: {display_name(job['model'])} on "
-                f"{display_name(job['dataset'])}",
+                # The shell prints this help beside the id: user text, so made printable.
+                help=printable(
+                    f"{job['kind']} {job['status']}: {display_name(job['model'])} on "
+                    f"{display_name(job['dataset'])}"
+                ),
             )
             for job in api.completions(runs_only=runs_only, limit=COMPLETIONS)
             if str(job["id"]).startswith(incomplete)
@@ -63,7 +69,10 @@ class JobId(click.IntRange):
         # click's own message repeats the whole value: a pasted page would be the error.
         if isinstance(value, str) and len(value) > 40:
             self.fail(f"{quote(value, 40)} is not a job id: give a number such as 12", param, ctx)
-        return super().convert(value, param, ctx)
+        job_id = super().convert(value, param, ctx)
+        if job_id > MAX_ID:
+            self.fail(f"no job {job_id}: job ids go up to {MAX_ID}", param, ctx)
+        return job_id
 
     def shell_complete(
         self, ctx: click.Context, param: click.Parameter, incomplete: str
@@ -135,7 +144,7 @@ def one_line_usage(exc: click.UsageError) -> click.UsageError:
     if isinstance(exc, click.NoSuchOption):
         exc = _with_synonym(exc)
     where = f" (see '{exc.ctx.command_path} -h')" if exc.ctx is not None else ""
-    return click.UsageError(clip(exc.format_message(), MESSAGE_LIMIT) + where)
+    return click.UsageError(printable(clip(exc.format_message(), MESSAGE_LIMIT)) + where)
 
 
 class FtqueueGroup(click.Group):
@@ -158,9 +167,12 @@ class FtqueueGroup(click.Group):
         try:
             return super().invoke(ctx)
         except FtqueueError as exc:
-            raise UserError(clip(exc.message, MESSAGE_LIMIT), exc.exit_code) from None
+            raise UserError(printable(clip(exc.message, MESSAGE_LIMIT)), exc.exit_code) from None
         except click.UsageError as exc:
             raise one_line_usage(exc) from None
+        except click.ClickException as exc:
+            # Messages quote what the user typed or named: no control sequence reaches stderr.
+            raise UserError(printable(exc.format_message()), exc.exit_code) from None
 
 
 def json_option(func: F) -> F:

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from ftqueue.cli.common import ADAPTER_JOB, echo_json, json_option
+from ftqueue.core.text import printable
 
 
 @click.command("export")
@@ -41,8 +42,7 @@ def export_cmd(
     if as_json:
         echo_json({"job_id": job_id, "directory": str(done.directory), "hub_url": done.hub_url})
         return
-    click.echo(
-        f"job {job_id}: exported to {done.directory} (labels: {', '.join(done.label_names)})"
-    )
+    labels = ", ".join(done.label_names)
+    click.echo(printable(f"job {job_id}: exported to {done.directory} (labels: {labels})"))
     if done.hub_url is not None:
-        click.echo(f"uploaded to {done.hub_url}")
+        click.echo(printable(f"uploaded to {done.hub_url}"))

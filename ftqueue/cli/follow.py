@@ -10,7 +10,7 @@ from ftqueue import api
 from ftqueue.api import JobState
 from ftqueue.cli.render import utcnow
 from ftqueue.core.states import JobStatus
-from ftqueue.core.text import duration
+from ftqueue.core.text import duration, literal
 from ftqueue.settings import get_settings
 
 if TYPE_CHECKING:
@@ -167,7 +167,7 @@ def follow(
             line, key = _plain(s)
             due = s.status == JobStatus.RUNNING and now - printed_at.get(jid, now) >= every
             if last.get(jid) != key or due:
-                console.print(line, highlight=False, soft_wrap=True)
+                console.print(literal(line), soft_wrap=True)  # worker names are user text
                 last[jid] = key
                 printed_at[jid] = now
     return {jid: s.status for jid, s in snaps.items()}
@@ -231,6 +231,6 @@ def summary_table(job_ids: Sequence[int]) -> Any:
             f"{r['accuracy']:.4f}" if r else "",
             f"{r['macro_f1']:.4f}" if r else "",
             f"{r['loss']:.4f}" if r else "",
-            note[:160],
+            literal(note[:160]),
         )
     return table

@@ -8,6 +8,7 @@ from ftqueue import kinds
 from ftqueue.cli.common import COUNT, JOB_ID, console, echo_json, json_option
 from ftqueue.cli.render import job_details, jobs_table
 from ftqueue.core.states import STATUSES, JobStatus
+from ftqueue.core.text import printable
 
 
 @click.command("list")
@@ -142,8 +143,10 @@ def cancel_cmd(job_ids: tuple[int, ...], sweep: str | None, as_json: bool) -> No
     if not job_ids and not sweep:
         raise click.UsageError("give job ids, or --sweep S")
     if sweep and api.stop_sweep(sweep_id=sweep):
-        click.echo(f"sweep {sweep}: stopped; it makes no more trials", err=as_json)
+        click.echo(f"sweep {printable(sweep)}: stopped; it makes no more trials", err=as_json)
     outcomes = api.cancel(job_ids, sweep=sweep)
+    if sweep and not outcomes and not as_json:
+        click.echo(f"sweep {printable(sweep)}: it had no trials to cancel")
     if as_json:
         echo_json([{"id": o.job_id, "before": o.before, "after": o.after} for o in outcomes])
         return

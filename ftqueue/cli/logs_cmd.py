@@ -7,7 +7,8 @@ from typing import TYPE_CHECKING
 
 import click
 
-from ftqueue.cli.common import JOB_ID
+from ftqueue.cli.common import JOB_ID, MAX_ID
+from ftqueue.core.text import printable
 
 if TYPE_CHECKING:
     from ftqueue.api import LogPage
@@ -20,7 +21,7 @@ POLL_SECONDS = 1.0
 @click.argument("job_id", type=JOB_ID, metavar="JOB")
 @click.option(
     "--attempt",
-    type=click.IntRange(min=1),
+    type=click.IntRange(1, MAX_ID),
     help="The attempt to print, from 1 [default: the latest].",
 )
 @click.option("--follow", "-f", is_flag=True, help="Keep printing new lines until the job ends.")
@@ -73,11 +74,12 @@ def _print(page: LogPage) -> str:
             f"(the start of attempt {page.attempt} was dropped: each attempt keeps its last 2 MB)",
             err=True,
         )
-    click.echo(page.text, nl=False)
+    # Stored lines are what a job printed: no control sequence of theirs reaches the terminal.
+    click.echo(printable(page.text), nl=False)
     return page.text
 
 
 def _print_traceback(page: LogPage, printed: str) -> None:
     # An unexpected error's traceback is already in the log; an expected one's is not.
     if page.traceback and page.traceback.strip() not in printed:
-        click.echo(page.traceback, nl=not page.traceback.endswith("\n"))
+        click.echo(printable(page.traceback), nl=not page.traceback.endswith("\n"))

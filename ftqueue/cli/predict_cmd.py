@@ -76,15 +76,16 @@ def predict_cmd(job_id: int, texts: tuple[str, ...], as_json: bool) -> None:
     if as_json:
         echo_json(rows)
         return
-    from rich.markup import escape
     from rich.table import Table
+
+    from ftqueue.core.text import literal
 
     table = Table(header_style="bold")
     table.add_column("text")
     table.add_column("label")
     for name in names:
-        table.add_column(f"p({escape(name)})", justify="right")
+        table.add_column(literal(f"p({name})"), justify="right")
     for row in rows:
         probs = [f"{row['probabilities'][n]:.3f}" for n in names]
-        table.add_row(escape(row["text"]), escape(row["label"]), *probs)
+        table.add_row(literal(row["text"]), literal(row["label"]), *probs)
     console().print(table)

@@ -7,7 +7,7 @@ from typing import Any
 
 from ftqueue import kinds
 from ftqueue.core.states import JobStatus
-from ftqueue.core.text import age, display_names, duration
+from ftqueue.core.text import age, display_names, duration, literal
 
 #: A job as ``api.job`` and ``api.jobs`` give it (and `--json` prints it).
 Job = dict[str, Any]
@@ -112,8 +112,6 @@ def jobs_table(jobs: list[Job], *, width: int | None = None, title: str | None =
     wider than ``width`` the least needed columns go (see _DROP_FIRST), and then only the
     free-text columns wrap, whole words where they can.
     """
-    from rich.markup import escape
-
     given = {j["dataset"]: name for j in jobs if (name := dataset_name_of(j["spec"]))}
     names = display_names([*(j["model"] for j in jobs), *(j["dataset"] for j in jobs)], given)
     now = utcnow()
@@ -122,10 +120,10 @@ def jobs_table(jobs: list[Job], *, width: int | None = None, title: str | None =
             "id": str(job["id"]),
             "kind": job["kind"],
             "status": status_text(job["status"]),
-            "model": escape(names[job["model"]]),
-            "dataset": escape(names[job["dataset"]]),
-            "sweep": job["sweep_id"] or "",
-            "tags": escape(",".join(job["tags"])),
+            "model": literal(names[job["model"]]),
+            "dataset": literal(names[job["dataset"]]),
+            "sweep": literal(job["sweep_id"] or ""),
+            "tags": literal(",".join(job["tags"])),
             "try": f"{job['attempts']}/{job['max_attempts']}",
             "progress": lost_text(job) or progress_text(job) or queue_text(job, short=True),
             # A lost job's run time would only grow: its last heartbeat says more.
@@ -164,7 +162,7 @@ def natural_width(table: Any) -> int:
 
 
 def _jobs_table(
-    jobs: list[Job], rows: list[dict[str, str]], columns: list[str], title: str | None
+    jobs: list[Job], rows: list[dict[str, Any]], columns: list[str], title: str | None
 ) -> Any:
     from rich import box
     from rich.table import Table
@@ -205,28 +203,29 @@ def job_details(job: Job) -> Any:
     table = Table(show_header=False, box=None, pad_edge=False)
     table.add_column(style="bold")
     table.add_column()
-    rows: list[tuple[str, str]] = [
+    # User data (names, paths, tags, errors) goes in as literal Text; the rest is markup.
+    rows: list[tuple[str, Any]] = [
         ("job", f"{job['id']} ({job['kind']})"),
         ("status", status_text(job["status"])),
-        ("model", job["model"]),
-        ("dataset", job["dataset"]),
+        ("model", literal(job["model"])),
+        ("dataset", literal(job["dataset"])),
     ]
     if job["name"]:
-        rows.append(("name", job["name"]))
+        rows.append(("name", literal(job["name"])))
     if job["sweep_id"]:
         trial = f" (trial {job['trial']})" if job["trial"] is not None else ""
-        rows.append(("sweep", f"{job['sweep_id']}{trial}"))
+        rows.append(("sweep", literal(f"{job['sweep_id']}{trial}")))
     if job["selected_epoch"] is not None:
         pruned = (job["stats"] or {}).get("pruned_at")
         why = f"pruned at epoch {pruned}; " if pruned else ""
         rows.append(("selected epoch", f"{job['selected_epoch']} ({why}its adapter is kept)"))
     if job["tags"]:
-        rows.append(("tags", ", ".join(job["tags"])))
+        rows.append(("tags", literal(", ".join(job["tags"]))))
     rows.append(("attempts", f"{job['attempts']} of {job['max_attempts']}"))
     if job["worker"]:
-        rows.append(("worker", job["worker"]))
+        rows.append(("worker", literal(job["worker"])))
     if job.get("queue"):
-        rows.append(("queue", queue_text(job)))
+        rows.append(("queue", literal(queue_text(job))))
     if job["status"] == JobStatus.RUNNING:
         phase = job["progress"]["phase"]
         rows.append(("progress", progress_text(job) or (phase or "starting")))
@@ -243,9 +242,9 @@ def job_details(job: Job) -> Any:
     if job["samples_per_second"]:
         rows.append(("speed", f"{job['samples_per_second']:,.0f} samples/s"))
     if job["error_message"]:
-        rows.append(("error", f"[red]{job['error_type']}: {job['error_message']}[/]"))
+        rows.append(("error", literal(f"{job['error_type']}: {job['error_message']}", "red")))
     label, paths = published(job)
-    rows += [(label, path) for path in paths]
+    rows += [(label, literal(path)) for path in paths]
     for key, value in rows:
         table.add_row(key, value)
     return table

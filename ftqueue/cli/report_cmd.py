@@ -11,7 +11,7 @@ from ftqueue.cli.common import JOB_ID, console, echo_json, json_option
 from ftqueue.cli.render import Job, job_details, when
 from ftqueue.core.files import write_bytes_atomic
 from ftqueue.core.states import STATUSES
-from ftqueue.core.text import duration
+from ftqueue.core.text import duration, literal, printable
 from ftqueue.specs import SPLITS
 
 if TYPE_CHECKING:
@@ -195,11 +195,11 @@ def report_cmd(
             image = plotting.render(fig, fmt)
             png = image if fmt == "png" else None
             write_bytes_atomic(plot_file, image)
-            click.echo(f"wrote {plot_file}", err=True)
+            click.echo(f"wrote {printable(plot_file)}", err=True)
         if html_file is not None:
             page = render.to_html(report, png or plotting.render(fig, "png"))
             write_bytes_atomic(html_file, page.encode("utf-8"))
-            click.echo(f"wrote {html_file}", err=True)
+            click.echo(f"wrote {printable(html_file)}", err=True)
     finally:
         plotting.close(fig)
 
@@ -216,10 +216,10 @@ def _sweep_report(report: SweepReport, fmt: str, plot_file: Path | None) -> None
         out = console()
         out.print(sweep.rich_table(report))
         for line in sweep.summary_lines(report):
-            out.print(line, highlight=False)
+            out.print(literal(line))
     if plot_file is not None:
         write_bytes_atomic(plot_file, sweep.plot_png(report))
-        click.echo(f"wrote {plot_file}", err=True)
+        click.echo(f"wrote {printable(plot_file)}", err=True)
 
 
 @click.command("show")
@@ -261,7 +261,6 @@ def _flatten(data: dict[str, Any], prefix: str = "") -> list[tuple[str, str]]:
 
 
 def _show_tables(job: Job) -> list[Any]:
-    from rich.markup import escape
     from rich.table import Table
 
     tables = [_pairs("spec", _flatten(job["spec"]))]
@@ -274,8 +273,8 @@ def _show_tables(job: Job) -> list[Any]:
                 f"{when(e['at']):%Y-%m-%d %H:%M:%S}",
                 e["status"],
                 str(e["attempt"]),
-                escape(e["worker"] or ""),
-                escape(e["detail"] or ""),
+                literal(e["worker"] or ""),
+                literal(e["detail"] or ""),
             )
         tables.append(history)
     if job["results"]:
@@ -284,7 +283,7 @@ def _show_tables(job: Job) -> list[Any]:
             results.add_column(name, justify="left" if name == "split" else "right")
         for r in job["results"]:
             results.add_row(
-                r["split"],
+                literal(r["split"]),
                 str(r["epoch"]),
                 f"{r['accuracy']:.4f}",
                 f"{r['macro_f1']:.4f}",
@@ -313,12 +312,11 @@ def _show_tables(job: Job) -> list[Any]:
 
 
 def _pairs(title: str, rows: list[tuple[str, str]]) -> Any:
-    from rich.markup import escape
     from rich.table import Table
 
     table = Table(title=title, title_justify="left", show_header=False)
     table.add_column(style="bold")
     table.add_column()
     for key, value in rows:
-        table.add_row(key, escape(value))  # free text: no rich markup
+        table.add_row(literal(key), literal(value))  # free text: no rich markup
     return table

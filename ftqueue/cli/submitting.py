@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from ftqueue.cli.common import console, echo_json
+from ftqueue.core.text import literal, printable
 from ftqueue.specs import JobSpec
 
 if TYPE_CHECKING:
@@ -50,7 +51,7 @@ def submit_specs(
     )
     eager = get_settings().eager
     for note in sub.notes:
-        click.echo(f"note: {note}", err=True)
+        click.echo(f"note: {printable(note)}", err=True)
     # Eager jobs wait for no worker.
     idle = [] if eager or not sub.created else api.idle_queues(j.kind for j in sub.created)
     if as_json and not (wait or eager):
@@ -219,22 +220,26 @@ def _print_submission(out: Console, sub: Submission, *, eager: bool) -> None:
     if len(specs) == 1 and not sub.duplicates:
         job = sub.created[0]
         where = "running it in this process (FTQUEUE_EAGER=1)" if eager else "queued"
-        out.print(f"job {job.id} ({job.kind} {job.model} on {job.dataset}): {where}")
+        # After commit: a hostile model or file name must print, not crash the command.
+        out.print(literal(f"job {job.id} ({job.kind} {job.model} on {job.dataset}): {where}"))
         return
     varying = _varying([spec for _, spec, _ in specs])
-    table = Table(title=f"sweep {sub.sweep_id}" if sub.sweep_id else None, header_style="bold")
+    title = literal(f"sweep {sub.sweep_id}") if sub.sweep_id else None
+    table = Table(title=title, header_style="bold")
     table.add_column("job", justify="right")
     for key in varying:
-        table.add_column(key)
+        table.add_column(literal(key))
     table.add_column("state")
     # A 10,000-job sweep is not read in a terminal: its first rows say what was queued.
     for jid, spec, state in specs[:SHOWN]:
-        table.add_row(str(jid), *[_fmt(spec.get(k)) for k in varying], state)
+        table.add_row(str(jid), *[literal(_fmt(spec.get(k))) for k in varying], literal(state))
     out.print(table)
     if len(specs) > SHOWN:
         out.print(
-            f"the first {SHOWN} of {len(specs):,} jobs; all of them: "
-            f"ftqueue list --sweep {sub.sweep_id} --all",
+            literal(
+                f"the first {SHOWN} of {len(specs):,} jobs; all of them: "
+                f"ftqueue list --sweep {sub.sweep_id} --all"
+            ),
             soft_wrap=True,
         )
 

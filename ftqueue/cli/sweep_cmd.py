@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from ftqueue.cli.common import console, echo_json, json_option
+from ftqueue.core.text import literal, printable
 
 
 @click.command("sweep")
@@ -39,7 +40,7 @@ def sweep_cmd(file: Path, wait: bool, as_json: bool) -> None:
     started = api.start_sweep(file=file)
     plan = started.plan
     for note in started.notes:
-        click.echo(f"note: {note}", err=True)
+        click.echo(f"note: {printable(note)}", err=True)
     out = console(quiet=as_json)
     stopping = (
         f"ASHA eta={plan.eta} at epochs {','.join(map(str, plan.rungs))}"
@@ -48,9 +49,11 @@ def sweep_cmd(file: Path, wait: bool, as_json: bool) -> None:
     )
     if not as_json:
         out.print(
-            f"sweep {started.sweep_id}: {plan.method} search, {plan.max_jobs} trials at most, "
-            f"{plan.max_parallel} at a time, {stopping}; trials "
-            f"{', '.join(str(j.id) for j in started.created)} queued"
+            literal(
+                f"sweep {started.sweep_id}: {plan.method} search, {plan.max_jobs} trials at most, "
+                f"{plan.max_parallel} at a time, {stopping}; trials "
+                f"{', '.join(str(j.id) for j in started.created)} queued"
+            )
         )
     if not get_settings().eager and started.created:
         from ftqueue.cli.submitting import warn_idle
@@ -73,7 +76,7 @@ def sweep_cmd(file: Path, wait: bool, as_json: bool) -> None:
         from ftqueue.cli.follow import summary_table
 
         out.print(summary_table(sorted(statuses)))
-        out.print(f"`ftqueue report --sweep {started.sweep_id}` compares the trials.")
+        out.print(literal(f"`ftqueue report --sweep {started.sweep_id}` compares the trials."))
     from ftqueue.cli.follow import exit_code
 
     raise SystemExit(exit_code(list(statuses.values())))
@@ -107,8 +110,8 @@ def _follow(sweep_id: str, out: object) -> None:
                 time.sleep(1.0)  # a worker is making the next trials
     except KeyboardInterrupt:
         click.echo(
-            f"\nStopped following; the sweep goes on. `ftqueue report --sweep {sweep_id}` "
-            "shows it; `ftqueue cancel --sweep` stops it.",
+            f"\nStopped following; the sweep goes on. `ftqueue report --sweep "
+            f"{printable(sweep_id)}` shows it; `ftqueue cancel --sweep` stops it.",
             err=True,
         )
         raise SystemExit(130) from None

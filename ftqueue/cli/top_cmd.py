@@ -17,7 +17,7 @@ from ftqueue.cli.render import (
     when,
 )
 from ftqueue.cli.workers_cmd import workers_table
-from ftqueue.core.text import age, clip, duration
+from ftqueue.core.text import age, clip, duration, literal
 
 #: A snapshot as ``api.top`` gives it (and `--json` prints it).
 Snapshot = dict[str, Any]
@@ -55,8 +55,6 @@ def _table(title: str, columns: list[str], right: tuple[str, ...] = ()) -> Any:
 
 def running_table(jobs: list[Job], *, width: int | None = None) -> Any:
     """Running jobs: worker, progress, heartbeat age (or lost?), run time."""
-    from rich.markup import escape
-
     columns = ["job", "kind", "worker", "progress", "beat", "time"]
     right = ("job", "beat", "time")
     rows = []
@@ -66,7 +64,7 @@ def running_table(jobs: list[Job], *, width: int | None = None) -> Any:
             [
                 str(job["id"]),
                 job["kind"],
-                escape(job["worker"] or ""),
+                literal(job["worker"] or ""),
                 f"[red]{lost}[/]" if lost else progress_text(job) or job["progress"]["phase"] or "",
                 "" if lost else beat_text(job),
                 "" if lost or not job["started_at"] else duration(_run_seconds(job)),
@@ -96,15 +94,16 @@ def queues_table(snap: Snapshot) -> Any:
     for q in snap["queues"]:
         stuck = q["queued"] and not q["live_workers"]
         table.add_row(
-            q["name"], str(q["queued"]), str(q["live_workers"]), style="red" if stuck else None
+            literal(q["name"]),
+            str(q["queued"]),
+            str(q["live_workers"]),
+            style="red" if stuck else None,
         )
     return table
 
 
 def failures_table(jobs: list[Job], *, width: int) -> Any:
     """The newest failed jobs, one line each: the error is cut to the room there is."""
-    from rich.markup import escape
-
     rows = [
         [
             str(job["id"]),
@@ -126,7 +125,7 @@ def failures_table(jobs: list[Job], *, width: int) -> Any:
     room = max(10, width - sum(fixed) - 6)
     for row in rows:
         error = row[3] if len(row[3]) <= room else row[3][: room - 1] + "…"
-        table.add_row(*row[:3], escape(error))
+        table.add_row(*row[:3], literal(error))
     return table
 
 

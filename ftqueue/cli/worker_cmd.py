@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from ftqueue import kinds
+from ftqueue.core.text import printable
 
 
 @click.command("worker")
@@ -74,5 +75,6 @@ def worker_cmd(
         )
     slots = api.plan_workers(gpus=chosen, processes=processes, prefix=prefix)
     kind = "GPU" if chosen else "CPU"
-    click.echo(f"starting {len(slots)} {kind} worker(s): {', '.join(s.name for s in slots)}")
+    names_text = printable(", ".join(s.name for s in slots))
+    click.echo(f"starting {len(slots)} {kind} worker(s): {names_text}")
     raise SystemExit(api.run_workers(slots, queues=names, loglevel=loglevel.upper()))

@@ -8,7 +8,7 @@ import click
 
 from ftqueue.cli.common import console, echo_json, json_option
 from ftqueue.cli.render import natural_width
-from ftqueue.core.text import duration
+from ftqueue.core.text import duration, literal
 
 #: A worker as ``api.workers`` gives it (and `--json` prints it).
 Worker = dict[str, Any]
@@ -54,9 +54,7 @@ def versions_text(worker: Worker) -> str:
     )
 
 
-def _rows(workers: list[Worker]) -> list[dict[str, str]]:
-    from rich.markup import escape
-
+def _rows(workers: list[Worker]) -> list[dict[str, Any]]:
     from ftqueue.cli.render import utcnow, when
 
     now = utcnow()
@@ -67,16 +65,16 @@ def _rows(workers: list[Worker]) -> list[dict[str, str]]:
         pid = str(w["pid"]) + (f" ({w['supervisor_pid']})" if w["supervisor_pid"] else "")
         rows.append(
             {
-                "worker": escape(w["name"]),
+                "worker": literal(w["name"]),
                 "state": state,
-                "gpu": escape(gpu_text(w)),
-                "gpu_name": escape(gpu_text(w, named=False)),
-                "job": job_text(w["job"]) or ("idle" if w["state"] == "live" else ""),
+                "gpu": literal(gpu_text(w)),
+                "gpu_name": literal(gpu_text(w, named=False)),
+                "job": job_text(w["job"]) or ("idle" if w["state"] == "live" else ""),  # markup
                 "seen": f"{duration(w['seen_ago'])} ago",
                 "up": duration((now - started).total_seconds()) if started else "",
                 "pid": pid,
-                "queues": ",".join(w["queues"]),
-                "versions": escape(versions_text(w)),
+                "queues": literal(",".join(w["queues"])),
+                "versions": literal(versions_text(w)),
             }
         )
     return rows
@@ -102,7 +100,7 @@ def workers_table(workers: list[Worker], *, width: int | None = None, edge: bool
     return table
 
 
-def _table(rows: list[dict[str, str]], columns: list[str], edge: bool) -> Any:
+def _table(rows: list[dict[str, Any]], columns: list[str], edge: bool) -> Any:
     from rich import box
     from rich.table import Table
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 from collections.abc import Iterable
+from typing import Any
 
 
 def duration(seconds: float | None) -> str:
@@ -95,3 +97,31 @@ def close_match(value: str, choices: Iterable[str], cutoff: float = 0.75) -> str
             return choice
     found = difflib.get_close_matches(value.lower(), choices, n=1, cutoff=cutoff)
     return found[0] if found else None
+
+
+# C0 and C1 controls (ESC, CSI, OSC, BEL, CR, DEL...), bidi overrides and isolates, line and
+# paragraph separators, and lone surrogates (undecodable file names): each can redraw, hide or
+# reorder what a terminal shows, or make printing fail. Newline and tab are what a line needs.
+_UNPRINTABLE = re.compile(
+    "[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069"
+    "\ud800-\udfff]"
+)
+
+
+def _visible(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def printable(value: object) -> str:
+    """``str(value)`` safe for a terminal: every control character but newline and tab, and
+    every bidi override, written out as its escape (``\\x1b``); idempotent."""
+    return _UNPRINTABLE.sub(_visible, str(value))
+
+
+def literal(value: object, style: str = "") -> Any:
+    """The one way user data reaches the terminal: a rich ``Text`` of ``printable(value)``,
+    which rich shows as it is (no markup, no highlighting), in ``style``."""
+    from rich.text import Text
+
+    return Text(printable(value), style=style)

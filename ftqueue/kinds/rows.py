@@ -26,10 +26,13 @@ def adapter_dir_of(job_id: int, *, flag: str = "--adapter-job") -> Path:
 
     ``flag`` is how the command the user typed names the job (``--adapter-job``, ``JOB``).
     """
-    with db.session_scope() as session:
-        row = session.execute(
-            select(Job.kind, Job.status, Job.output_path).where(Job.id == job_id)
-        ).one_or_none()
+    row = None
+    # jobs.id is a 32-bit INTEGER on PostgreSQL: a larger id is no job, not a query to fail.
+    if job_id <= 2**31 - 1:
+        with db.session_scope() as session:
+            row = session.execute(
+                select(Job.kind, Job.status, Job.output_path).where(Job.id == job_id)
+            ).one_or_none()
     if row is None:
         raise AdapterError(f"{flag} {job_id}: no such job; {_ADAPTERS_HINT}", param=flag)
     kind, status, path = row

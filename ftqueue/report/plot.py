@@ -13,7 +13,7 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-from ftqueue.core.text import quote
+from ftqueue.core.text import printable, quote
 from ftqueue.errors import FilterError
 from ftqueue.report.build import Report
 from ftqueue.report.options import CONFIG_COLUMNS
@@ -106,7 +106,8 @@ def figure(report: Report, curves: Curves) -> Any:
             ("★ " if g.key == chosen else "") + label
             for g, label in zip(groups, _labels(report, groups), strict=True)
         ]
-        title = f"{names[where[0]]} on {names[where[1]]}"
+        # Names are user text: no control characters, and no `$` read as mathtext.
+        title = printable(f"{names[where[0]]} on {names[where[1]]}").replace("$", r"\$")
         count = (
             f"{len(groups)} of {total} shown"
             if len(groups) < total

@@ -9,7 +9,7 @@ import io
 import json
 from typing import Any
 
-from ftqueue.core.text import duration
+from ftqueue.core.text import duration, literal, printable
 from ftqueue.report.build import Report, ReportRow
 from ftqueue.report.query import ADAPTER, Group
 
@@ -188,7 +188,6 @@ def _table(
     *,
     widths: list[int] | None = None,
 ) -> Any:
-    from rich.markup import escape
     from rich.table import Table
 
     table = Table(title=describe(report), header_style="bold", title_justify="left")
@@ -204,16 +203,26 @@ def _table(
             width=widths[i] if widths else None,
         )
     for row in rows:
-        # Model names and paths are free text: escape rich markup so they print as they are.
-        table.add_row(*(escape("\n".join(lines)) for lines in row))
+        # Model names and paths are free text: literal, so they print as they are.
+        table.add_row(*(literal("\n".join(lines)) for lines in row))
     return table
+
+
+def markdown_cell(value: str) -> str:
+    """A value as one Markdown table cell: on one line, no raw HTML, pipes and backticks
+    escaped, so a name can neither end the cell nor inject markup into the page."""
+    text = " ".join(printable(value).splitlines())
+    text = html.escape(text, quote=False)
+    # Backslashes first: a name ending in one must not escape the pipe that closes its cell.
+    text = text.replace("\\", "\\\\")
+    return text.replace("|", "\\|").replace("`", "\\`")
 
 
 def to_markdown(report: Report) -> str:
     headers, rows = cells(report)
 
     def line(values: list[str]) -> str:
-        return "| " + " | ".join(v.replace("|", "\\|") for v in values) + " |"
+        return "| " + " | ".join(markdown_cell(v) for v in values) + " |"
 
     rule = ["---:" if h in NUMERIC or h in report.options.group_by else "---" for h in headers]
     body = [line(["; ".join(lines) for lines in row]) for row in rows]
@@ -232,12 +241,16 @@ def to_json(report: Report) -> str:
     return json.dumps(report.flat_rows(), indent=2)
 
 
+def _html(value: str) -> str:
+    return html.escape(printable(value))
+
+
 def to_html(report: Report, png: bytes | None) -> str:
     """One page with no outside references: the table, and the plot as a data URL."""
     headers, rows = cells(report)
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
+    head = "".join(f"<th>{_html(h)}</th>" for h in headers)
     body = "".join(
-        "<tr>" + "".join(f"<td>{'<br>'.join(map(html.escape, c))}</td>" for c in row) + "</tr>"
+        "<tr>" + "".join(f"<td>{'<br>'.join(map(_html, c))}</td>" for c in row) + "</tr>"
         for row in rows
     )
     image = ""

@@ -12,7 +12,7 @@ from dataclasses import asdict
 from typing import Any
 
 from ftqueue.core.states import JobStatus
-from ftqueue.core.text import duration
+from ftqueue.core.text import duration, literal
 from ftqueue.sweeps.summary import SweepReport, Trial, summary_lines, sweep_report
 from ftqueue.sweeps.summary import value_text as _value
 
@@ -32,12 +32,12 @@ __all__ = [
 def rich_table(report: SweepReport) -> Any:
     from rich.table import Table
 
-    table = Table(title=f"sweep {report.sweep_id}", header_style="bold")
+    table = Table(title=literal(f"sweep {report.sweep_id}"), header_style="bold")
     table.add_column("job", justify="right")
     table.add_column("trial", justify="right")
     table.add_column("status", no_wrap=True)
     for name in report.space:
-        table.add_column(name)
+        table.add_column(literal(name))  # sweep-file keys and values are user text
     table.add_column("val. by epoch")
     table.add_column("best (ep)", no_wrap=True)
     table.add_column("test", justify="right")
@@ -53,7 +53,7 @@ def rich_table(report: SweepReport) -> Any:
             f"{mark}{t.job_id}",
             "" if t.trial is None else str(t.trial),
             t.status + (f" @{t.pruned_at}" if t.pruned_at else ""),
-            *[_value(t.values.get(n)) for n in report.space],
+            *[literal(_value(t.values.get(n))) for n in report.space],
             curve,
             top,
             "" if t.test_accuracy is None else f"{t.test_accuracy:.4f}",
@@ -93,7 +93,7 @@ def to_csv(report: SweepReport) -> str:
     for t in report.trials:
         writer.writerow(
             [t.job_id, t.trial, t.status, t.pruned_at or "",
-             *[_value(t.values.get(n)) for n in report.space],
+             *[literal(_value(t.values.get(n))) for n in report.space],
              t.best_validation, t.selected_epoch, t.test_accuracy, t.train_seconds]
         )  # fmt: skip
     return out.getvalue()
