@@ -26,7 +26,7 @@ from ftqueue.sweeps import sweepfile
 from ftqueue.sweeps.plan import SweepPlan
 
 #: Each example's time bound, in seconds: generous for a loaded CI machine.
-EXAMPLE_SECONDS = 2.0
+EXAMPLE_SECONDS = 5.0
 #: How long an error's text may be, past the file name it starts with.
 MESSAGE_CHARS = 300
 

@@ -45,7 +45,8 @@ def refused(path: Path, needle: str) -> str:
     with pytest.raises(SweepFileError) as info:
         sweepfile.load(path)
     message = str(info.value)
-    assert time.perf_counter() - start < 1.0
+    # A bound, not a benchmark: unbounded, these took 50 s, ran out of memory, or never ended.
+    assert time.perf_counter() - start < 5.0
     assert "\n" not in message and len(message) <= 300 + len(str(path)), message
     assert needle in message, message
     return message
