@@ -32,7 +32,18 @@ def release(
     if report.failed:
         log.warning("failed %s (out of attempts): %s", report.failed, why)
         _tell_sweeps(report.failed)
+        _clean_staging()
     return report
+
+
+def _clean_staging() -> None:
+    """The dead attempt's staging directory: no later attempt of a failed job will remove it."""
+    from ftqueue.worker import reaper
+
+    try:
+        reaper.clean_staging()
+    except OSError:  # the reaper's next pass tries again
+        log.exception("could not remove the staging directories of ended jobs")
 
 
 def _tell_sweeps(failed: list[int]) -> None:
