@@ -28,12 +28,15 @@ from ftqueue.submit import enqueue
 _LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:+=@-]{0,63}$")
 
 
-def check_label(value: str, flag: str) -> str:
-    """A tag, name or sweep id: 1-64 of letters, digits and ``_.:+=@-``, no path parts."""
+def check_label(value: str, flag: str, *, width: int = 80) -> str:
+    """A tag, name or sweep id: 1-64 of letters, digits and ``_.:+=@-``, no path parts.
+
+    ``width`` bounds how much of a refused value the message quotes.
+    """
     if not _LABEL.match(value) or ".." in value:
         raise SpecError(
-            f"{flag} {quote(value, 80)} is not allowed: use 1-64 letters, digits and _ . : + = @ - "
-            "(no slashes, '..', spaces or control characters), starting with a letter or digit",
+            f"{flag} {quote(value, width)} is not allowed: use 1-64 letters, digits and "
+            "_ . : + = @ - (no slashes, '..', spaces or control characters), starting with a letter or digit",
             param=flag,
         )
     return value

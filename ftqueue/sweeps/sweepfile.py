@@ -222,15 +222,9 @@ def _check_labels(where: str, tags: list[str], name: str | None) -> None:
     labels = [("tags", "tag", t) for t in tags] + ([("name", "name", name)] if name else [])
     for key, flag, label in labels:
         try:
-            check_label(label, flag)
-        except SpecError:
-            # check_label's own text quotes up to 200 characters; a file's line is shorter.
-            raise _err(
-                where,
-                key,
-                f"{flag} {quote(label, 40)} is not allowed: use 1-64 letters, digits and "
-                "_ . : + = @ - (no slashes, '..', spaces or control characters)",
-            ) from None
+            check_label(label, flag, width=40)
+        except SpecError as exc:
+            raise _err(where, key, str(exc)) from None
 
 
 def _default(spec_type: type, name: str) -> Any:
