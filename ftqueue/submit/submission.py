@@ -36,7 +36,8 @@ def check_label(value: str, flag: str, *, width: int = 80) -> str:
     if not _LABEL.match(value) or ".." in value:
         raise SpecError(
             f"{flag} {quote(value, width)} is not allowed: use 1-64 letters, digits and "
-            "_ . : + = @ - (no slashes, '..', spaces or control characters), starting with a letter or digit",
+            "_ . : + = @ - (no slashes, '..', spaces or control characters), starting with a "
+            "letter or digit",
             param=flag,
         )
     return value
