@@ -27,6 +27,7 @@ import psutil
 import redis
 
 from bench.common import drop_pg, flush_redis, scratch_pg, use
+from ftqueue.queue import broker
 from ftqueue.store import db
 from tests.procs import count_jobs
 
@@ -61,8 +62,8 @@ def timed(args: list[str], *, first_seed: int) -> tuple[float, float]:
     return wall, cpu
 
 
-def submit_args(n: int, *, as_json: bool) -> list[str]:
-    args = ["submit", "lora", "--model", "synthetic:seconds=0", "--dataset", "movie-snippets"]
+def submit_args(n: int, *, as_json: bool, model: str = "synthetic:seconds=0") -> list[str]:
+    args = ["submit", "lora", "--model", model, "--dataset", "movie-snippets"]
     return [*args, *(["--json"] if as_json else []), str(n)]
 
 
@@ -77,12 +78,15 @@ def run_backend(label: str, url: str, n: int) -> list[tuple[str, str, float, flo
         (f"submit {n // 10:,} (table)", submit_args(n // 10, as_json=False), n // 10),
         (f"submit {n:,} (table)", submit_args(n, as_json=False), n),
         (f"submit {n:,} (--json)", submit_args(n, as_json=True), n),
+        # A real model on disk: its files are checked (config, safetensors headers, the
+        # target modules against its layers), which the synthetic model skips.
+        (f"submit {n:,} minilm (table)", submit_args(n, as_json=False, model="minilm"), n),
     ):
         flush_redis(REDIS)
         before = count_jobs()
         wall, cpu = timed(args, first_seed=seed)
         seed += jobs
-        made, queued = count_jobs() - before, client.llen("lora")
+        made, queued = count_jobs() - before, broker.queue_length("lora", client)
         assert made == jobs and queued == jobs, (what, made, queued)
         rows.append((label, what, wall, cpu, jobs))
     flush_redis(REDIS)

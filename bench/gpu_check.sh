@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The GPU verification in one command: install, GPU tests through Redis and a real worker, the
-# training benchmark (original style against ftqueue's GPU defaults), operator and kernel counts
-# per sample, prediction throughput; one JSON file and one markdown table naming the GPU.
+# training benchmark (original style against ftqueue's GPU defaults, eager and with the
+# compiled fixed-shape step: samples/s, compile time alone and over a 10-job sweep in one warm
+# process, peak memory; BERT-base and minilm), operator and kernel counts per sample,
+# prediction throughput; one JSON file and one markdown table naming the GPU.
 #
 #   bench/gpu_bundle.sh                 # first, on a machine with the dev install (fills .gpu/)
 #   bench/gpu_check.sh                  # on the GPU machine, from the repository root
@@ -20,7 +22,7 @@ BUNDLE=${FTQUEUE_GPU_BUNDLE:-$ROOT/.gpu}
 RESULTS=$ROOT/bench/results
 # A dry run's figures are no GPU's: they go where they cannot be mistaken for (or committed as) one.
 [[ "$CPU" == 1 ]] && RESULTS=$ROOT/bench/results/cpu-dry-run
-BUDGET=${GPU_CHECK_BUDGET:-440}
+BUDGET=${GPU_CHECK_BUDGET:-460}
 WORK=$(mktemp -d /tmp/ftqueue-gpu-check.XXXXXX)
 mkdir -p "$RESULTS/logs"
 rm -f "$RESULTS"/logs/*.log "$RESULTS/steps.tsv"
@@ -34,7 +36,7 @@ PY=python3
 say() { echo "[$(date -u +%H:%M:%S) +${SECONDS}s] $*" | tee -a "$LOG"; }
 
 publish() {
-  # $OUT takes at most 8 files: the summary, the step table, the log, and everything as a tar.
+  # $OUT gets a few files: the summary, the step table, the log, and everything as a tar.
   [[ -z "${OUT:-}" ]] && return 0
   cp -f "$LOG" "$OUT/" 2>/dev/null
   cp -f "$RESULTS/steps.tsv" "$OUT/" 2>/dev/null
@@ -84,13 +86,15 @@ say "gpu_check: cpu dry run=$CPU, bundle=$BUNDLE, results=$RESULTS, work=$WORK"
 environment() {
   uname -a
   nvidia-smi || echo "no nvidia-smi"
+  # torch.compile's GPU kernels (triton) build their launchers with the host's C compiler.
+  command -v gcc cc || echo "no C compiler: the compiled steps will fail"
   $PY - <<'PY'
 import platform, torch
 print("python", platform.python_version(), "torch", torch.__version__)
 print("cuda available", torch.cuda.is_available())
 if torch.cuda.is_available():
     print("device", torch.cuda.get_device_name(), "bf16", torch.cuda.is_bf16_supported())
-for name in ("transformers", "peft", "celery", "sqlalchemy", "alembic", "redis"):
+for name in ("transformers", "peft", "celery", "sqlalchemy", "alembic", "redis", "triton"):
     try:
         module = __import__(name)
         print(name, getattr(module, "__version__", "?"))
@@ -167,13 +171,18 @@ export FTQUEUE_MOVIE_SNIPPETS_FILE=$BUNDLE/movieReviewSnippets_GroundTruth.txt
 step redis 30 bash -c redis_server
 export FTQUEUE_TEST_REDIS=redis://127.0.0.1:$REDIS_PORT FTQUEUE_TEST_REDIS_DB=0
 
-step pytest_gpu 240 $PY -m pytest -m gpu tests/test_gpu.py -v -p no:cacheprovider -o addopts="" \
+step pytest_gpu 240 $PY -m pytest -m gpu tests/test_gpu.py tests/test_gpu_shapes.py -v -p no:cacheprovider -o addopts="" \
   --timeout 230 --junitxml "$RESULTS/logs/pytest_gpu.xml"
 
 if [[ "$CPU" == 1 ]]; then
   SIZES=(--train-samples 32 --eval-samples 16)
   DEVICE=(--device cpu)
   ACCURACY=(--train-samples 64 --eval-samples 64 --seeds 0)
+  # The compiled path's code end to end; no code generation (inductor) on the CPU.
+  COMPILE_MODES=(aot_eager)
+  AUTOTUNE=()
+  JOBS=(--jobs 2 --train-samples 32 --eval-samples 16)
+  BERT_JOBS=("${JOBS[@]}")
   SWEEP=(--train-samples 64 --eval-samples 64 --seeds 0)
   CANDIDATES=("epochs=1")
   OPS=(--train-samples 0 --eval-samples 16 --ops-steps 1,2)
@@ -181,7 +190,14 @@ if [[ "$CPU" == 1 ]]; then
 else
   SIZES=(--train-samples 0)
   DEVICE=(--device cuda)
-  ACCURACY=(--train-samples 0 --seeds 0,1,2)
+  ACCURACY=(--train-samples 0 --seeds 0,1)
+  # CUDA graphs over inductor's kernels; then inductor's autotuned kernels without graphs
+  # (long to compile: two jobs only, the least needed step of the compiled ones).
+  COMPILE_MODES=(reduce-overhead)
+  AUTOTUNE=(max-autotune-no-cudagraphs)
+  # A sweep of 10 one-epoch jobs on one warm process: the first compiles, the others reuse.
+  JOBS=(--jobs 10 --train-samples 0)
+  BERT_JOBS=(--jobs 10 --train-samples 2000)
   SWEEP=(--train-samples 0 --seeds 0,1,2)
   # Neighbours of the GPU recipe, for the record: more epochs, or twice the batch (the step
   # time is nearly flat in the batch while launches bound it).
@@ -191,8 +207,22 @@ else
 fi
 step train_bert_base 150 $PY bench/train_throughput.py "${DEVICE[@]}" --random-init-bert-base \
   "${SIZES[@]}" --json "$RESULTS/train_bert_base.json"
-step train_minilm_accuracy 120 $PY bench/train_throughput.py "${DEVICE[@]}" "${ACCURACY[@]}" \
+for mode in "${COMPILE_MODES[@]}"; do
+  step "compiled_bert_base_$mode" 110 $PY bench/train_throughput.py "${DEVICE[@]}" \
+    --random-init-bert-base --only ftqueue --compile "$mode" --set epochs=1 "${BERT_JOBS[@]}" \
+    --json "$RESULTS/compiled_bert_base_$mode.json"
+done
+step train_minilm_accuracy 100 $PY bench/train_throughput.py "${DEVICE[@]}" "${ACCURACY[@]}" \
   --json "$RESULTS/train_minilm.json"
+for mode in "${COMPILE_MODES[@]}"; do
+  step "compiled_minilm_$mode" 90 $PY bench/train_throughput.py "${DEVICE[@]}" --only ftqueue \
+    --compile "$mode" --set epochs=1 "${JOBS[@]}" --json "$RESULTS/compiled_minilm_$mode.json"
+done
+for mode in "${AUTOTUNE[@]}"; do
+  step "compiled_minilm_$mode" 90 $PY bench/train_throughput.py "${DEVICE[@]}" --only ftqueue \
+    --compile "$mode" --set epochs=1 --jobs 2 --train-samples 0 \
+    --json "$RESULTS/compiled_minilm_$mode.json"
+done
 # BERT-base throughput at twice the default batch, one epoch: how much the batch still buys.
 step bert_base_batch512 60 $PY bench/train_throughput.py "${DEVICE[@]}" --random-init-bert-base \
   "${SIZES[@]}" --only ftqueue --set batch_size=512,epochs=1 --json "$RESULTS/sweep_bert_base.json"

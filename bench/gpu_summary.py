@@ -2,8 +2,9 @@
 
     python bench/gpu_summary.py bench/results
 
-Reads whatever of train_bert_base.json, train_minilm.json, sweep_*.json, ops.json,
-predict.json, gpu_tests.json and steps.tsv is there (a step that failed leaves its part out).
+Reads whatever of train_bert_base.json, train_minilm.json, compiled_*.json, sweep_*.json,
+ops.json, predict.json, gpu_tests.json and steps.tsv is there (a step that failed leaves its
+part out).
 """
 
 from __future__ import annotations
@@ -45,13 +46,13 @@ def _runs_table(title: str, report: dict[str, Any]) -> list[str]:
     lines = [
         f"### {title}: {report['model']}, {report['train_rows']:,} train rows",
         "",
-        "| run | train samples/s | train s | test acc |",
-        "|---|---:|---:|---:|",
+        "| run | train samples/s | train s | test acc | peak CUDA MiB |",
+        "|---|---:|---:|---:|---:|",
     ]
     for label, r in report.get("runs", {}).items():
         lines.append(
             f"| {label} | {r['samples_per_second']:,.0f} | {r['train_seconds']:.1f} "
-            f"| {r['test_accuracy']:.4f} |"
+            f"| {r['test_accuracy']:.4f} | {_mib(r.get('peak_cuda_mb'))} |"
         )
     lines.append("")
     if "throughput_ratio" in report:
@@ -68,6 +69,36 @@ def _runs_table(title: str, report: dict[str, Any]) -> list[str]:
     return [*lines, ""]
 
 
+def _mib(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.0f}"
+
+
+def _compiled_table(compiled: list[dict[str, Any]], eager: dict[str, Any]) -> list[str]:
+    """The compiled steps against the original style and the GPU defaults run eagerly (the
+    runs of train_bert_base.json and train_minilm.json for the same model)."""
+    lines = [
+        "### Compiled training steps (fixed shapes), one warm process per row",
+        "",
+        "| model | compile mode | jobs | samples/s first job | samples/s warm jobs | x original "
+        "| x eager defaults | compile s (first job) | compile s per job | peak CUDA MiB |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for c in compiled:
+        runs = eager.get(c["model"], {}).get("runs", {})
+        original = next((r for k, r in runs.items() if k.startswith("original")), None)
+        mine = [r for k, r in runs.items() if k.startswith("ftqueue")]
+        warm = c["samples_per_second_warm"]
+        vs_original = f"{warm / original['samples_per_second']:.2f}x" if original else "-"
+        vs_eager = f"{warm / mine[0]['samples_per_second']:.2f}x" if mine else "-"
+        lines.append(
+            f"| {c['model']} | {c['compile_mode']} | {c['jobs']} "
+            f"| {c['samples_per_second_first_job']:,.0f} | {warm:,.0f} | {vs_original} "
+            f"| {vs_eager} | {c['compile_seconds_first_job']:.1f} "
+            f"| {c['compile_seconds_per_job']:.1f} | {_mib(c.get('peak_cuda_mb'))} |"
+        )
+    return [*lines, ""]
+
+
 def main(argv: list[str]) -> int:
     results = Path(argv[0] if argv else "bench/results")
     parts = {
@@ -76,6 +107,8 @@ def main(argv: list[str]) -> int:
     }
     sweeps = [_load(path) for path in sorted(results.glob("sweep_*.json"))]
     parts["sweep"] = [sweep for sweep in sweeps if sweep]
+    compiled = [_load(path) for path in sorted(results.glob("compiled_*.json"))]
+    parts["compiled"] = [c for c in compiled if c and "compile_mode" in c]
     steps = _steps(results / "steps.tsv")
     device = (
         next(
@@ -111,6 +144,9 @@ def main(argv: list[str]) -> int:
         md += _runs_table("Training throughput", parts["train_bert_base"])
     if parts["train_minilm"]:
         md += _runs_table("Accuracy", parts["train_minilm"])
+    if parts["compiled"]:
+        eager = {p["model"]: p for p in (parts["train_bert_base"], parts["train_minilm"]) if p}
+        md += _compiled_table(parts["compiled"], eager)
     for sweep in parts["sweep"]:
         md += _runs_table("Recipe neighbour", sweep)
     if parts["ops"]:

@@ -1,4 +1,4 @@
-"""Figures for the README's Reliability table: what the submit side costs when things go wrong.
+"""Figures for docs/reliability.md: what the submit side costs when things go wrong.
 
 Prints one table; each row is a fault, what ftqueue did about it, and how long (or how much)
 that took, measured here in the same run:

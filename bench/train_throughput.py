@@ -21,6 +21,13 @@ in their number of training steps, so loading, evaluation and the first step's s
     python bench/train_throughput.py --device cuda --random-init-bert-base --train-samples 0
     python bench/train_throughput.py --only ftqueue --recipe gpu --train-samples 0 --seeds 0,1,2
     python bench/train_throughput.py --ops                 # operator calls per sample
+    python bench/train_throughput.py --device cuda --train-samples 0 --only ftqueue \
+        --compile reduce-overhead --jobs 10 --set epochs=1   # compile once, a 10-job sweep
+
+``--fixed-shapes on|off`` and ``--compile MODE`` set FTQUEUE_FIXED_SHAPES and
+FTQUEUE_COMPILE_MODE for ftqueue's runs (a compile mode implies fixed shapes); ``--jobs N`` runs
+N jobs (seeds seed..seed+N-1) in this one process, as a warm worker runs a sweep: the first
+pays the compile, the others reuse it. Each run records its compile seconds and peak memory.
 """
 
 from __future__ import annotations
@@ -67,6 +74,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--ops", action="store_true", help="count operator calls per training sample instead"
     )
     parser.add_argument("--ops-steps", default="2,4", help="the two step counts --ops compares")
+    parser.add_argument(
+        "--fixed-shapes",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="ftqueue trains on fixed shapes: auto (on a GPU), on, off",
+    )
+    parser.add_argument(
+        "--compile",
+        default="off",
+        help="torch.compile mode of ftqueue's training step (FTQUEUE_COMPILE_MODE), e.g. "
+        "reduce-overhead, max-autotune-no-cudagraphs; aot_eager checks it on a CPU",
+    )
+    parser.add_argument(
+        "--jobs", type=int, default=0, help="ftqueue runs this many jobs in one warm process"
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     return parser.parse_args(argv)
 
@@ -181,10 +203,13 @@ def baseline(
         train_dataset=train,
         data_collator=DataCollatorWithPadding(tokenizer),
     )
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
     with counter or contextlib.nullcontext():
         trainer.train()
     seconds = time.perf_counter() - start
+    peak = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
     logits = trainer.predict(test).predictions
     predicted = np.asarray(logits).argmax(-1)
     samples = max_steps * 16 if max_steps > 0 else len(train) * args.epochs
@@ -192,6 +217,7 @@ def baseline(
         "samples_per_second": samples / seconds,
         "train_seconds": seconds,
         "test_accuracy": float(accuracy_score(data.test.labels, predicted)),
+        "peak_cuda_mb": peak,
     }
 
 
@@ -233,10 +259,10 @@ def ours(
         def counted_fit(*a: Any, **kw: Any) -> int:
             *rest, after_epoch = a
 
-            def paused(epoch: int) -> None:
+            def paused(epoch: int, rung: float | None) -> bool:
                 counter.mode.__exit__(None, None, None)
                 try:
-                    after_epoch(epoch)
+                    return bool(after_epoch(epoch, rung))
                 finally:
                     counter.mode.__enter__()
 
@@ -261,6 +287,10 @@ def ours(
         "dtype": outcome.stats.get("dtype"),
         "fused_optimizer": outcome.stats.get("fused_optimizer"),
         "peak_cuda_mb": outcome.stats.get("peak_cuda_mb"),
+        "fixed_shapes": outcome.stats.get("fixed_shapes"),
+        "compile_mode": outcome.stats.get("compile_mode"),
+        "step_shapes": outcome.stats.get("step_shapes"),
+        "compile_seconds": outcome.stats.get("compile_seconds", 0.0),
     }
 
 
@@ -325,6 +355,21 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.device == "cpu":
         os.environ["CUDA_VISIBLE_DEVICES"] = ""  # before torch is imported, for both runs
+    if args.fixed_shapes != "auto" or args.compile != "off":
+        if args.compile != "off" and args.fixed_shapes == "off":
+            print("--compile needs fixed shapes: drop --fixed-shapes off", file=sys.stderr)
+            return 2
+        os.environ["FTQUEUE_FIXED_SHAPES"] = "0" if args.fixed_shapes == "off" else "1"
+    os.environ["FTQUEUE_COMPILE_MODE"] = args.compile
+    from ftqueue.errors import FtqueueError
+    from ftqueue.settings import get_settings, reset_settings
+
+    reset_settings()
+    try:
+        get_settings()
+    except FtqueueError as exc:
+        print(f"--compile: {exc}", file=sys.stderr)
+        return 2
     import statistics
 
     import torch
@@ -376,9 +421,14 @@ def main(argv: list[str] | None = None) -> int:
                 resolve_model(model), data, args, root
             )
         if args.only in ("both", "ftqueue"):
+            if args.jobs:
+                seeds = [args.seed + i for i in range(args.jobs)]
+            how = "" if args.compile == "off" else f", compiled {args.compile}"
             for seed in seeds:
-                label = f"ftqueue {recipe.upper()} {args.set or 'defaults'}, seed {seed}"
+                label = f"ftqueue {recipe.upper()} {args.set or 'defaults'}{how}, seed {seed}"
                 results[label] = ours(model, data_spec, args, root, recipe=recipe, seed=seed)
+                print(f"  {label}: {results[label]['samples_per_second']:.1f} samples/s, "
+                      f"compile {results[label]['compile_seconds']:.1f} s", flush=True)  # fmt: skip
     print(f"\n| {'run':<40} | {'train samples/s':>15} | {'train wall s':>12} | {'test acc':>8} |")
     print(f"|{'-' * 42}|{'-' * 17}|{'-' * 14}|{'-' * 10}|")
     for label, r in results.items():
@@ -388,6 +438,8 @@ def main(argv: list[str] | None = None) -> int:
         )
     report["runs"] = results
     mine = [r for label, r in results.items() if label.startswith("ftqueue")]
+    if mine:
+        report.update(compile_summary(mine, args.compile))
     if mine:
         first = mine[0]
         print(
@@ -413,6 +465,25 @@ def main(argv: list[str] | None = None) -> int:
         print(f"accuracy difference (ftqueue - original): {report['accuracy_difference']:+.4f}")
     _write(args.json, report)
     return 0
+
+
+def compile_summary(runs: list[dict[str, Any]], mode: str) -> dict[str, Any]:
+    """Compile seconds of the first job, and per job over all of them (a warm worker's sweep);
+    throughput of the first job and of the later (warm) ones; the largest peak memory."""
+    import statistics
+
+    compile_total = sum(float(r.get("compile_seconds") or 0.0) for r in runs)
+    warm = runs[1:] or runs
+    peaks = [r["peak_cuda_mb"] for r in runs if r.get("peak_cuda_mb") is not None]
+    return {
+        "compile_mode": mode,
+        "jobs": len(runs),
+        "compile_seconds_first_job": float(runs[0].get("compile_seconds") or 0.0),
+        "compile_seconds_per_job": compile_total / len(runs),
+        "samples_per_second_first_job": runs[0]["samples_per_second"],
+        "samples_per_second_warm": statistics.fmean(r["samples_per_second"] for r in warm),
+        "peak_cuda_mb": max(peaks) if peaks else None,
+    }
 
 
 def _write(path: Path | None, report: dict[str, Any]) -> None:

@@ -84,11 +84,36 @@ class NameTaken(FtqueueError):
     """Raised when a live worker already runs under the node name a new one asked for."""
 
 
+class NoClassWorker(FtqueueError):
+    """Raised by ``submit --strict`` when no live worker serves the GPU class asked for."""
+
+
+class GpuTaken(FtqueueError):
+    """Raised when another worker on this host holds the GPU a new one asked for."""
+
+    exit_code = 2
+
+
 class PublishError(BrokerError):
     """Raised when publishing stops part-way; ``sent`` holds the job ids that did go out."""
 
     def __init__(self, message: str, *, sent: list[int]) -> None:
         super().__init__(message)
+        self.sent = sent
+
+
+class PublishInterrupted(KeyboardInterrupt):
+    """Raised when Ctrl-C stops the publishing of jobs already committed.
+
+    Still a KeyboardInterrupt (no ``except Exception`` swallows it), carrying the committed
+    job ids (``created``), those whose messages surely went out (``sent``), and ``message``,
+    which says what becomes of the rest.
+    """
+
+    def __init__(self, message: str, *, created: list[int], sent: list[int]) -> None:
+        super().__init__(message)
+        self.message = message
+        self.created = created
         self.sent = sent
 
 

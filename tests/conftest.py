@@ -21,7 +21,7 @@ pytest_plugins = ["ftqueue.testing"]
 
 PG_SERVER = os.environ.get("FTQUEUE_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432")
 
-__all__ = ["IN_CI", "PG_SERVER", "TrainedAdapter", "service_missing"]
+__all__ = ["IN_CI", "PG_SERVER", "TrainedAdapter", "job_count", "run", "service_missing"]
 
 
 @pytest.fixture(autouse=True)
@@ -132,3 +132,26 @@ def default_adapter(tmp_path_factory: pytest.TempPathFactory) -> TrainedAdapter:
     test = resolve_dataset(data).test
     [accuracy] = [m.accuracy for m in outcome.measurements if m.split == "test"]
     return TrainedAdapter(spec, final, accuracy, list(test.texts), list(test.labels))
+
+
+def run(*args: str) -> tuple[int, str]:
+    """``ftqueue ARGS`` in this process: its exit code and output (an unexpected exception
+    is raised, not hidden in the result)."""
+    from click.testing import CliRunner
+
+    from ftqueue.cli import cli
+
+    result = CliRunner().invoke(cli, list(args), prog_name="ftqueue")
+    if result.exception and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result.exit_code, result.output
+
+
+def job_count() -> int:
+    """How many job rows the configured database holds."""
+    from sqlalchemy import func, select
+
+    from ftqueue.store.schema import Job
+
+    with db.session_scope() as session:
+        return int(session.scalar(select(func.count()).select_from(Job)) or 0)

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
 from sqlalchemy import func, select
 
 from ftqueue.core.states import TERMINAL
@@ -124,3 +125,20 @@ def running_workers(
     finally:
         for worker in started:
             worker.stop()
+
+
+def read_only_dir(path: Path, request: pytest.FixtureRequest) -> Path:
+    """A new directory this process cannot write into: mode 555, or for root (whom modes do
+    not stop) the immutable attribute, taken off again when the test ends."""
+    import os
+
+    path.mkdir()
+    path.chmod(0o555)
+    request.addfinalizer(lambda: path.chmod(0o755))
+    if os.access(path, os.W_OK):
+        if shutil.which("chattr") is None:
+            pytest.skip("running as root, and no chattr to make a directory read-only")
+        subprocess.run(["chattr", "+i", str(path)], check=True, capture_output=True)
+        request.addfinalizer(lambda: subprocess.run(["chattr", "-i", str(path)], check=False))
+    assert not os.access(path, os.W_OK)
+    return path

@@ -1,7 +1,7 @@
 """Load an ftqueue adapter or export with stock libraries only, and label rows with it.
 
 Run as a script by the tests, in a fresh interpreter that never imports ftqueue: what a user
-of the adapter, on a machine without ftqueue, would do. The README shows these same routes.
+of the adapter, on a machine without ftqueue, would do. docs/guides/adapters.md shows them.
 
     python tests/stock_loading.py ROUTE MODEL_DIR ROWS_JSONL [BASE_MODEL]
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from ftqueue import api
+from ftqueue.core.confidence import kept_epoch
 from ftqueue.core.states import JobStatus
 from ftqueue.errors import JobNotFound, SpecError, WaitTimeout
 from ftqueue.kinds.evaluate import EvaluateSpec
@@ -36,11 +37,14 @@ def test_eager_submit_runs_the_jobs_before_it_returns(ftqueue_env: FtqueueEnv) -
     assert len(sub.created) == 2 and sub.sweep_id
     assert api.wait(sub, timeout=0) == {j: JobStatus.SUCCEEDED for j in sub.job_ids}
     first = sub.job_ids[0]
-    assert [(r.split, r.epoch) for r in api.results(first)] == [
-        ("test", 2),
-        ("validation", 1),
-        ("validation", 2),
-    ]
+    found = api.results(first)
+    validation = [(r.epoch, r.accuracy, r.n_examples) for r in found if r.split == "validation"]
+    assert [e for e, _, _ in validation] == [1, 2]
+    # Test is measured once, on the epoch the run kept (a later one only beyond the first's
+    # 95% interval), and that epoch is the job's.
+    kept = kept_epoch(validation)
+    assert [(r.split, r.epoch) for r in found if r.split == "test"] == [("test", kept)]
+    assert api.job(first)["selected_epoch"] == kept
     [test] = api.results(first, split="test")
     assert 0.5 <= test.accuracy <= 0.95 and test.attempt == 1
     assert [j["id"] for j in api.jobs(tags=["t1"])] == sub.job_ids[::-1]  # newest first

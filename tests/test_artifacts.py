@@ -7,6 +7,7 @@ import os
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from ftqueue.artifacts.publishing import (
@@ -77,13 +78,74 @@ def test_find_stray_staging_lists_leftovers_by_age(tmp_path: Path) -> None:
     assert find_stray_staging(tmp_path / "missing") == []
 
 
+#: The least adapter_config.json peft loads.
+CONFIG = {"peft_type": "LORA", "r": 2, "lora_alpha": 4, "target_modules": ["query"]}
+
+
 def _adapter(path: Path) -> Path:
+    from safetensors.numpy import save_file
+
     path.mkdir(parents=True)
-    (path / ADAPTER_WEIGHTS).write_bytes(b"{}")
-    (path / ADAPTER_CONFIG).write_text("{}")
+    zeros = np.zeros((2, 4), np.float32)
+    save_file(
+        {"base_model.model.bert.query.lora_A.weight": zeros,
+         "base_model.model.classifier.weight": zeros},
+        str(path / ADAPTER_WEIGHTS),
+    )  # fmt: skip
+    (path / ADAPTER_CONFIG).write_text(json.dumps(CONFIG))
     metadata = {"model": "minilm", "num_labels": 2, "label_names": ["n", "p"]}
     write_json_atomic(path / ADAPTER_METADATA, {**metadata, "pooling": "mean", "max_length": 64})
     return path
+
+
+def _edit(path: Path, name: str, **changes: object) -> None:
+    payload = json.loads((path / name).read_text())
+    payload.update(changes)
+    (path / name).write_text(json.dumps(payload))
+
+
+@pytest.mark.parametrize(
+    ("name", "changes", "message"),
+    [
+        (ADAPTER_METADATA, {"num_labels": "2"}, "has num_labels = '2', which should be"),
+        (ADAPTER_METADATA, {"label_names": ["a", "b", "c"], "num_labels": 3},
+         "has a head for 2 labels, but ftqueue_adapter.json says num_labels = 3"),
+        (ADAPTER_METADATA, {"label_names": ["a", "b", "c"]}, "3 label names (3 distinct)"),
+        (ADAPTER_METADATA, {"label_names": ["a", "a"]}, "2 label names (1 distinct)"),
+        (ADAPTER_METADATA, {"pooling": "max"}, "has pooling = 'max', which should be"),
+        (ADAPTER_METADATA, {"seed": 3}, "has keys ftqueue does not write ('seed')"),
+        (ADAPTER_METADATA, {"spec": {"model": "minilm", "max_length": 128}},
+         "has max_length = 64 but its job's spec says 128"),
+        (ADAPTER_CONFIG, {"r": "2"}, "adapter_config.json has r = '2', which should be"),
+        (ADAPTER_CONFIG, {"peft_type": "IA3"}, "has peft_type = 'IA3'"),
+        (ADAPTER_CONFIG, {"lora_dropout": 1.5}, "has lora_dropout = 1.5"),
+    ],
+)  # fmt: skip
+def test_check_adapter_dir_names_the_file_and_the_problem(
+    tmp_path: Path, name: str, changes: dict[str, object], message: str
+) -> None:
+    adapter = _adapter(tmp_path / "a")
+    _edit(adapter, name, **changes)
+    with pytest.raises(AdapterError) as info:
+        check_adapter_dir(adapter)
+    assert message in info.value.message and name in info.value.message
+    assert "\n" not in info.value.message
+
+
+def test_check_adapter_dir_refuses_damaged_weights(tmp_path: Path) -> None:
+    adapter = _adapter(tmp_path / "a")
+    data = (adapter / ADAPTER_WEIGHTS).read_bytes()
+    for cut in (0, 7, 8, 40, len(data) - 1):
+        (adapter / ADAPTER_WEIGHTS).write_bytes(data[:cut])
+        with pytest.raises(AdapterError, match=f"{ADAPTER_WEIGHTS} is damaged"):
+            check_adapter_dir(adapter)
+
+
+def test_the_pooling_names_are_the_specs() -> None:
+    from ftqueue.artifacts import adapter_files
+    from ftqueue.specs.base import POOLINGS
+
+    assert sorted(adapter_files.POOLINGS) == sorted(POOLINGS)
 
 
 def test_check_adapter_dir_accepts_a_complete_adapter(tmp_path: Path) -> None:

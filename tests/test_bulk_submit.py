@@ -49,7 +49,8 @@ def messages(url: str) -> list[str]:
     """The task ids of the messages waiting in the lora queue, duplicates kept."""
     import redis
 
-    raw = redis.Redis.from_url(url).lrange("lora", 0, -1)
+    client = redis.Redis.from_url(url)
+    raw = [m for key in broker.queue_keys("lora") for m in client.lrange(key, 0, -1)]
     return [json.loads(m)["headers"]["id"] for m in raw]
 
 
@@ -90,7 +91,7 @@ def test_redis_killed_mid_publish_leaves_rows_the_reaper_publishes_once(
     import redis
 
     client = redis.Redis.from_url(durable_redis.url)
-    killer = watch(lambda: client.llen("lora") >= 1000, durable_redis.kill)
+    killer = watch(lambda: broker.queue_length("lora", client) >= 1000, durable_redis.kill)
     with pytest.raises(PublishError) as caught:
         submit(grid())
     killer.join(timeout=10)
@@ -145,8 +146,8 @@ def test_database_gone_mid_insert_leaves_no_row_and_no_message(pg_url: str, redi
     db.dispose_engines()
     assert counts() == (0, 0, 0)  # the one transaction rolled back: not one row of 10,000
     client = redis.Redis.from_url(redis_url)
-    assert client.llen("lora") == 0 and client.hlen("unacked") == 0
+    assert broker.queue_length("lora", client) == 0 and client.hlen("unacked") == 0
     # The database back, the same grid goes in whole.
     created = submit(grid()).created
     assert len(created) == N and counts() == (N, N, N)
-    assert client.llen("lora") == N
+    assert broker.queue_length("lora", client) == N

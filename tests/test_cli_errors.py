@@ -10,18 +10,11 @@ from pathlib import Path
 
 import click
 import pytest
-from click.testing import CliRunner
 
 from ftqueue.cli import cli
 from ftqueue.settings import reset_settings
+from tests.conftest import run as invoke
 from tests.procs import child_env
-
-
-def invoke(*args: str) -> tuple[int, str]:
-    result = CliRunner().invoke(cli, list(args), prog_name="ftqueue")
-    if result.exception and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result.exit_code, result.output
 
 
 def assert_one_line(output: str) -> str:

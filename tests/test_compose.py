@@ -18,7 +18,8 @@ from typing import Any
 
 import pytest
 
-from ftqueue.settings import ENV_VARS
+from ftqueue.errors import FtqueueError
+from ftqueue.settings import ENV_VARS, URL_PART_VARS, load_settings
 from tests.conftest import IN_CI
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -26,7 +27,7 @@ COMPOSE_FILE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "worker" / "Dockerfile"
 ENTRYPOINT = ROOT / "worker" / "entrypoint.sh"
 APP_SERVICES = ("migrate", "worker", "worker-cpu", "cli")
-PROFILES = ("monitor", "cli", "cpu")
+PROFILES = ("monitor", "cli", "cpu", "mlflow")
 REDIS_PW = "redispw0123"
 PG_PW = "pgpw4567"
 DATABASE_URL = f"postgresql+psycopg://ftqueue:{PG_PW}@postgres:5432/ftqueue"
@@ -114,10 +115,76 @@ def _mounts(service: dict[str, Any]) -> dict[str, str]:
 
 
 @pytest.mark.parametrize("profiles", [(), PROFILES], ids=["default", "all-profiles"])
-def test_config_is_valid_with_the_example_env(compose_cmd: list[str],
-                                              profiles: tuple[str, ...]) -> None:  # fmt: skip
-    done = run_compose(compose_cmd, ROOT / ".env.example", "config", "--quiet", profiles=profiles)
+def test_the_example_env_is_valid_once_its_passwords_are_set(
+    compose_cmd: list[str], tmp_path: Path, profiles: tuple[str, ...]
+) -> None:
+    # As the example says: copy it, set the two passwords.
+    text = (ROOT / ".env.example").read_text()
+    text = text.replace("REDIS_PASSWORD=\n", f"REDIS_PASSWORD={REDIS_PW}\n")
+    text = text.replace("POSTGRES_PASSWORD=\n", f"POSTGRES_PASSWORD={PG_PW}\n")
+    (tmp_path / ".env").write_text(text)
+    done = run_compose(compose_cmd, tmp_path / ".env", "config", "--quiet", profiles=profiles)
     assert done.returncode == 0, done.stderr
+
+
+def test_the_example_env_has_empty_secrets_and_the_stack_refuses_them(
+    compose_cmd: list[str],
+) -> None:
+    values = dict(
+        line.split("=", 1)
+        for line in (ROOT / ".env.example").read_text().splitlines()
+        if line and not line.startswith("#")
+    )
+    assert values["REDIS_PASSWORD"] == "" and values["POSTGRES_PASSWORD"] == ""
+    # `cp .env.example .env` alone: compose refuses, naming a password to set.
+    done = run_compose(compose_cmd, ROOT / ".env.example", "config", "--quiet")
+    assert done.returncode != 0
+    assert "PASSWORD in .env" in done.stderr
+
+
+@pytest.mark.parametrize("placeholder", ["change-me", "change-me-redis", "CHANGE-ME-2", " "])
+def test_ftqueue_refuses_a_placeholder_password_naming_it(
+    compose_cmd: list[str], tmp_path: Path, placeholder: str
+) -> None:
+    env_file = write_env(tmp_path / "p.env", REDIS_PASSWORD=f"'{placeholder}'",
+                         POSTGRES_PASSWORD=PG_PW)  # fmt: skip
+    env = resolved(compose_cmd, env_file, profiles=())["services"]["worker"]["environment"]
+    with pytest.raises(FtqueueError) as refused:
+        load_settings(env)
+    message = refused.value.message
+    assert message.startswith("FTQUEUE_REDIS_PASSWORD ") and "\n" not in message
+    assert "set a real password" in message
+
+
+def test_a_password_with_url_characters_reaches_a_working_url(
+    compose_cmd: list[str], tmp_path: Path, pg_empty_url: str
+) -> None:
+    from kombu.utils.url import url_to_parts
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    password = "p@ss:w/rd#1%"
+    server = make_url(pg_empty_url)
+    env_file = write_env(
+        tmp_path / "s.env", REDIS_PASSWORD=f"'{password}'", POSTGRES_PASSWORD=f"'{password}'",
+        POSTGRES_USER=str(server.username), POSTGRES_DB=str(server.database),
+        FTQUEUE_POSTGRES_ADDR=f"{server.host}:{server.port}",
+    )  # fmt: skip
+    env = resolved(compose_cmd, env_file, profiles=())["services"]["worker"]["environment"]
+    assert env["FTQUEUE_POSTGRES_PASSWORD"] == password
+    settings = load_settings(env)
+    assert make_url(settings.database_url).password == password
+    # The test server trusts its clients, so this proves the URL's user, host and database
+    # survived the password; a raw `#` or `/` would have cut the URL short.
+    engine = create_engine(settings.database_url)
+    try:
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT current_database()")).scalar() == server.database
+    finally:
+        engine.dispose()
+    # What Celery's Redis transport reads from the broker URL.
+    broker = url_to_parts(settings.broker_url)
+    assert (broker.password, broker.hostname, broker.port) == (password, "redis", 6379)
 
 
 @pytest.mark.parametrize("missing", ["REDIS_PASSWORD", "POSTGRES_PASSWORD"])
@@ -136,7 +203,7 @@ def test_profiles_keep_flower_cli_and_cpu_workers_optional(compose_cmd: list[str
     plain = resolved(compose_cmd, env_file, profiles=())
     assert set(plain["services"]) == {"redis", "postgres", "migrate", "worker"}
     assert set(resolved(compose_cmd, env_file)["services"]) == {
-        "redis", "postgres", "migrate", "worker", "worker-cpu", "cli", "flower"
+        "redis", "postgres", "migrate", "worker", "worker-cpu", "cli", "flower", "mlflow"
     }  # fmt: skip
 
 
@@ -193,8 +260,9 @@ def test_app_services_share_one_configuration_and_the_artifacts(config: Any) -> 
     for name in APP_SERVICES:
         service = services[name]
         env = service["environment"]
-        assert env["FTQUEUE_DATABASE_URL"] == DATABASE_URL, name
-        assert env["FTQUEUE_BROKER_URL"] == BROKER_URL, name
+        settings = load_settings(env)
+        assert settings.database_url == DATABASE_URL, name
+        assert settings.broker_url == BROKER_URL, name
         mounts = _mounts(service)
         assert mounts[env["FTQUEUE_ARTIFACTS_DIR"]] == "artifacts", name
         assert mounts[env["FTQUEUE_CACHE_DIR"]] == "cache", name
@@ -204,7 +272,8 @@ def test_app_services_share_one_configuration_and_the_artifacts(config: Any) -> 
 
 
 def test_every_ftqueue_variable_is_one_that_something_reads(config: Any) -> None:
-    known = set(ENV_VARS.values()) | set(re.findall(r"FTQUEUE_\w+", ENTRYPOINT.read_text()))
+    known = set(ENV_VARS.values()) | set(URL_PART_VARS)
+    known |= set(re.findall(r"FTQUEUE_\w+", ENTRYPOINT.read_text()))
     used = {k for s in config["services"].values() for k in s.get("environment") or {}
             if k.startswith("FTQUEUE_")}  # fmt: skip
     assert used and used <= known, f"unknown settings: {sorted(used - known)}"
@@ -215,15 +284,57 @@ def test_a_worker_only_machine_points_at_the_hub(compose_cmd: list[str], tmp_pat
                          FTQUEUE_REDIS_ADDR="10.0.0.5:6380",
                          FTQUEUE_POSTGRES_ADDR="10.0.0.5:5433")  # fmt: skip
     env = resolved(compose_cmd, env_file, profiles=())["services"]["worker"]["environment"]
-    assert env["FTQUEUE_BROKER_URL"] == f"redis://:{REDIS_PW}@10.0.0.5:6380/0"
-    assert env["FTQUEUE_DATABASE_URL"].endswith(f":{PG_PW}@10.0.0.5:5433/ftqueue")
+    settings = load_settings(env)
+    assert settings.broker_url == f"redis://:{REDIS_PW}@10.0.0.5:6380/0"
+    assert settings.database_url.endswith(f":{PG_PW}@10.0.0.5:5433/ftqueue")
 
 
 def test_flower_is_behind_a_login(config: Any) -> None:
     flower = config["services"]["flower"]
     assert flower["profiles"] == ["monitor"]
     assert "FLOWER_BASIC_AUTH" in " ".join(flower["entrypoint"])
-    assert flower["environment"]["CELERY_BROKER_URL"] == BROKER_URL
+    assert flower["environment"]["REDIS_PASSWORD"] == REDIS_PW
+
+
+#: Settings a worker container does not take from .env: fixed paths in the image, the URLs
+#: built from their parts, in-process runs, and the GPU locks the worker service sets itself.
+NOT_FROM_ENV_FILE = {"FTQUEUE_HOME", "FTQUEUE_DATABASE_URL", "FTQUEUE_BROKER_URL",
+                     "FTQUEUE_ARTIFACTS_DIR", "FTQUEUE_CACHE_DIR", "FTQUEUE_EAGER",
+                     "FTQUEUE_GPU_LOCK_DIR"}  # fmt: skip
+
+
+def test_workers_get_mlflow_and_every_documented_setting(compose_cmd: list[str],
+                                                         tmp_path: Path) -> None:  # fmt: skip
+    wanted = sorted(set(ENV_VARS.values()) - NOT_FROM_ENV_FILE)
+    given = {name: f"v-{name.lower()}" for name in wanted}
+    given["FTQUEUE_MLFLOW_TRACKING_URI"] = "http://mlflow:5000"
+    env_file = write_env(tmp_path / "all.env", REDIS_PASSWORD=REDIS_PW,
+                         POSTGRES_PASSWORD=PG_PW, **given)  # fmt: skip
+    services = resolved(compose_cmd, env_file)["services"]
+    for name in ("worker", "worker-cpu", "migrate", "cli"):
+        env = services[name]["environment"]
+        assert {k: env.get(k) for k in given} == given, name
+        assert env["FTQUEUE_ARTIFACTS_DIR"] == "/data/artifacts", name
+    # Unset in .env, each is empty, and ftqueue reads empty as its default.
+    plain = resolved(compose_cmd, write_env(tmp_path / "min.env", REDIS_PASSWORD=REDIS_PW,
+                                            POSTGRES_PASSWORD=PG_PW))  # fmt: skip
+    settings = load_settings(plain["services"]["worker"]["environment"])
+    assert settings.mlflow_tracking_uri is None and settings.mlflow_experiment == "ftqueue"
+    assert settings == load_settings({**{k: v for k, v in plain["services"]["worker"][
+        "environment"].items() if v != ""}})  # fmt: skip
+
+
+def test_mlflow_runs_behind_its_profile_where_workers_find_it(config: Any) -> None:
+    mlflow = config["services"]["mlflow"]
+    assert mlflow["profiles"] == ["mlflow"]
+    command = mlflow["command"]
+    assert command[:2] == ["mlflow", "server"] and "--port=5000" in command
+    assert "--artifacts-destination=/mlflow/artifacts" in command
+    assert _mounts(mlflow) == {"/mlflow": "mlflow-data"}
+    assert {p["host_ip"] for p in mlflow["ports"]} == {"127.0.0.1"}
+    # The host the workers use (http://mlflow:5000) passes MLflow's host check.
+    allowed = next(c for c in command if c.startswith("--allowed-hosts="))
+    assert "mlflow:5000" in allowed.split("=", 1)[1].split(",")
 
 
 # --- the image: build context and entrypoint -----------------------------------------------
@@ -361,3 +472,30 @@ def test_replicas_on_one_machine_take_different_gpus(fake_host: dict[str, str]) 
     while (again := entry(fake_host)).stdout != "ftqueue worker --gpus 0\n":
         assert time.monotonic() < deadline, again.stderr
         time.sleep(0.1)
+
+
+def test_flower_gets_a_broker_url_whatever_the_password(config: Any, tmp_path: Path) -> None:
+    """Run Flower's entrypoint with a stand-in `celery` that prints the URL it was given."""
+    from kombu.utils.url import url_to_parts
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    celery = bin_dir / "celery"
+    celery.write_text('#!/bin/sh\nprintf "%s" "$CELERY_BROKER_URL"\n')
+    celery.chmod(0o755)
+    python = bin_dir / "python"
+    python.symlink_to(sys.executable)
+    password = "p@ss:w/rd#1% 'x\""
+    shell, flag, script = config["services"]["flower"]["entrypoint"]
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "REDIS_PASSWORD": password,
+           "FLOWER_BASIC_AUTH": "admin:pw"}  # fmt: skip
+    # Compose turns $$ into $ when it runs the command; `config` shows it as written.
+    done = subprocess.run([shell, flag, script.replace("$$", "$")], env=env, capture_output=True,
+                          text=True, timeout=30)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    parts = url_to_parts(done.stdout)
+    assert (parts.password, parts.hostname, parts.port) == (password, "redis", 6379)
+    refused = subprocess.run([shell, flag, script.replace("$$", "$")],
+                             env={**env, "FLOWER_BASIC_AUTH": ""}, capture_output=True,
+                             text=True, timeout=30)  # fmt: skip
+    assert refused.returncode == 1 and "FLOWER_BASIC_AUTH" in refused.stderr

@@ -46,6 +46,10 @@ def test_a_cpu_job_records_the_recipe_it_used(tmp_path: Path) -> None:
 
     spec = LoraSpec(model="minilm", data=DATA, epochs=1, lr=2e-3)
     outcome = run_lora(spec, adapter_dir=tmp_path / "adapter", cache_dir=tmp_path / "cache")
-    assert outcome.stats["recipe"] == {"batch_size": 32, "lr": 2e-3, "head_lr": 1e-2, "epochs": 1}
+    recipe = outcome.stats["recipe"]
+    assert {k: recipe[k] for k in ("batch_size", "lr", "head_lr", "epochs", "grad_accum")} == {
+        "batch_size": 32, "lr": 2e-3, "head_lr": 1e-2, "epochs": 1, "grad_accum": 1,
+    }  # fmt: skip
+    assert recipe == spec.for_device("cpu").trained_with()
     assert outcome.stats["device"] == "cpu" and outcome.stats["fused_optimizer"] is True
     assert outcome.stats["train_examples"] == 32

@@ -82,7 +82,7 @@ def check_recorded_once(job_ids: list[int], artifacts: Path) -> dict[int, Job]:
         if job.status == "succeeded":
             attempt = job.attempts
             assert sorted(by_job.get(jid, [])) == [("test", 1, attempt), ("validation", 1, attempt)]
-            assert job.output_path and Path(job.output_path).is_dir()
+            assert job.output_path and (artifacts / job.output_path).is_dir()
         else:
             assert by_job.get(jid, []) == [], f"job {jid} ({job.status}) has results"
     strays = (

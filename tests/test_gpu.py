@@ -124,6 +124,8 @@ def test_supervisor_runs_one_worker_on_the_gpu_and_jobs_use_the_gpu_recipe(
             assert stats["dtype"] == "bfloat16"
             assert stats["fused_optimizer"] is True
             assert stats["peak_cuda_mb"] > 0
+            assert stats["fixed_shapes"] is True  # the GPU default
+            assert stats["attention"] == "sdpa"
             assert job.spec.get("batch_size") in (None, recipe["batch_size"])
     if CUDA:
         oom = jobs[1]

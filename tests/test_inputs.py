@@ -290,3 +290,36 @@ def test_every_kind_records_what_it_reads() -> None:
         names = {f.name for f in dataclasses.fields(kind.spec_type)}
         assert "model_fingerprint" in names, f"{kind.name}: add model_fingerprint_field()"
     assert "fingerprint" in {f.name for f in dataclasses.fields(DataSpec)}
+
+
+def test_a_model_directory_is_checked_once_until_its_files_change(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 10,000-spec grid asks for the same directory 10,000 times: the headers are read
+    once, and again only when a file's size or time changes (then damage is still caught)."""
+    import torch
+    from safetensors.torch import save_file
+
+    from ftqueue.errors import ModelError
+    from ftqueue.inputs import weights
+
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text('{"model_type": "bert"}')
+    save_file({"encoder.layer.0.query.weight": torch.zeros(4, 4)}, str(model / "model.safetensors"))
+    reads: list[Path] = []
+    real = weights._check_header
+    monkeypatch.setattr(weights, "_check_header", lambda f: reads.append(f) or real(f))
+    for _ in range(3):
+        assert weights.check_model_dir(model) == [model / "model.safetensors"]
+    assert len(reads) == 1
+    # The layer names are read once more (kept per version of the files), then not again.
+    for _ in range(3):
+        assert weights.layer_names(str(model)) == ["encoder.layer.0.query"]
+    assert len(reads) == 2
+    # Cut short: read again, and refused.
+    data = (model / "model.safetensors").read_bytes()
+    (model / "model.safetensors").write_bytes(data[:-8])
+    with pytest.raises(ModelError, match="truncated"):
+        weights.check_model_dir(model)
+    assert len(reads) == 3

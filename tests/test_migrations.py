@@ -21,6 +21,7 @@ TABLES = {
     "workers",
     "attempt_logs",
     "notifications",
+    "report_summary",
     "alembic_version",
 }
 

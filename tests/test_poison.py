@@ -132,6 +132,18 @@ def test_two_workers_survive_a_dozen_kinds_of_garbage_then_run_jobs(
     # Remote control is a fan-out channel every worker reads: garbage there reaches both.
     with Connection(redis_url) as conn:
         pidbox = f"/{conn.virtual_host}.celery.pidbox"
+    # A publish reaches only those subscribed at that moment, and a worker may be ready for
+    # jobs a little before it listens for remote control (a pattern subscription, kombu's).
+    db = client.connection_pool.connection_kwargs.get("db", 0)
+
+    def listening() -> int:
+        return sum(
+            1
+            for c in client.client_list()
+            if int(c.get("db", -1)) == db and int(c.get("psub", 0)) > 0
+        )
+
+    wait_for(lambda: listening() >= len(workers), timeout=60, what="both workers on remote control")
     client.publish(pidbox, b"[1,2,3]")
     expected = len(GARBAGE) + 2  # the fan-out entry is set aside by each worker
 

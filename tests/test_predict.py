@@ -13,30 +13,20 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from click.testing import CliRunner
-from sqlalchemy import func, select
 
 from ftqueue.artifacts.publishing import ADAPTER_METADATA
-from ftqueue.cli import cli
 from ftqueue.core.states import AttemptEnd
 from ftqueue.execution import attempt
 from ftqueue.settings import get_settings
 from ftqueue.store import db, insert, lifecycle
 from ftqueue.store.schema import Job
 from ftqueue.training import label_texts
-from tests.conftest import TrainedAdapter
+from tests.conftest import TrainedAdapter, job_count, run
 from tests.procs import WorkerProcess, all_terminal, child_env, statuses, wait_for
 
 pytestmark = pytest.mark.slow
 
 TEXTS = ["a gripping, beautifully acted film", "dull, far too long and never funny", "42"]
-
-
-def run(*args: str) -> tuple[int, str]:
-    result = CliRunner().invoke(cli, list(args))
-    if result.exception and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result.exit_code, result.output
 
 
 def register_adapter(adapter: TrainedAdapter, *, metadata: dict[str, object] | None = None) -> int:
@@ -64,11 +54,6 @@ def register_adapter(adapter: TrainedAdapter, *, metadata: dict[str, object] | N
     return job_id
 
 
-def job_count() -> int:
-    with db.session_scope() as session:
-        return int(session.scalar(select(func.count()).select_from(Job)) or 0)
-
-
 def texts_csv(path: Path, texts: list[str] = TEXTS) -> Path:
     pd.DataFrame({"id": range(len(texts)), "text": texts}).to_csv(path, index=False)
     return path
@@ -80,10 +65,14 @@ def check_predictions(directory: Path, adapter: TrainedAdapter, texts: list[str]
     parquet = pd.read_parquet(directory / "predictions.parquet")
     csv = pd.read_csv(directory / "predictions.csv")
     for frame in (parquet, csv):
-        assert list(frame.columns) == ["row", "label", "prob_negative", "prob_positive"]
+        assert list(frame.columns) == [
+            "row", "text", "label", "score", "prob_negative", "prob_positive"
+        ]  # fmt: skip
         assert frame["row"].tolist() == list(range(len(texts)))
+        assert frame["text"].astype(str).tolist() == texts
         assert frame["label"].tolist() == expected.labels
         probs = frame[["prob_negative", "prob_positive"]].to_numpy()
+        np.testing.assert_allclose(frame["score"], probs.max(1), atol=1e-6)
         np.testing.assert_allclose(probs, expected.probabilities, atol=1e-6)
         np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-5)
     meta = json.loads((directory / "ftqueue_predictions.json").read_text())
@@ -105,7 +94,7 @@ def test_a_predict_job_in_eager_mode(
     check_predictions(published, default_adapter, TEXTS)
     with db.session_scope() as session:
         row = session.get(Job, job["id"])
-        assert row is not None and row.output_path == str(published)
+        assert row is not None and row.output_path == f"predictions/job-{job['id']}"
         assert row.stats is not None and row.stats["rows"] == 3
         assert row.stats["rows_per_second"] > 0 and row.samples_per_second is not None
     code, shown = run("show", str(job["id"]))
@@ -156,7 +145,7 @@ def test_a_predict_job_through_redis_and_a_worker_process(
         row = session.get(Job, job["id"])
         assert row is not None and row.worker and row.worker.startswith("predict")
         assert row.attempts == 1 and row.stats is not None and row.stats["rows"] == 120
-    published = Path(str(row.output_path))
+    published = get_settings().artifacts_dir / str(row.output_path)
     check_predictions(published, default_adapter, texts)
     assert not list(published.parent.glob(".staging-*"))
 
@@ -226,7 +215,9 @@ def _closed_port() -> int:
 
 def test_export_cli(sqlite_url: str, default_adapter: TrainedAdapter, tmp_path: Path) -> None:
     job = register_adapter(default_adapter)
-    mean_job = register_adapter(default_adapter, metadata={"pooling": "mean", "stock_class": None})
+    mean = {"pooling": "mean", "stock_class": None}
+    spec = {**default_adapter.spec.to_dict(), "pooling": "mean"}
+    mean_job = register_adapter(default_adapter, metadata={**mean, "spec": spec})
     target = tmp_path / "exported"
     for args, message in [
         ([str(mean_job), str(target)], "it was trained with --pooling mean"),

@@ -18,12 +18,13 @@ import pytest
 from click.testing import CliRunner
 
 from ftqueue.cli import cli
+from ftqueue.core.confidence import wilson
 from ftqueue.kinds.evaluate import EvaluateSpec
 from ftqueue.kinds.lora import LoraSpec
 from ftqueue.report.options import CONFIG_COLUMNS, HYPERPARAMS
 from ftqueue.settings import reset_settings
 from ftqueue.specs import DataSpec
-from ftqueue.store import db
+from ftqueue.store import db, summary
 from ftqueue.store.schema import Job, JobTag, Result, utcnow
 
 SYNTH = "synthetic:seconds=0,steps=2"
@@ -88,6 +89,8 @@ def _insert(
     trainable: int = 1000,
     created: dt.datetime | None = None,
     tags: tuple[str, ...] = (),
+    examples: int = 100,
+    kept: int | None = None,
 ) -> int:
     job = Job(
         kind=spec.kind,
@@ -101,6 +104,7 @@ def _insert(
         total_params=200_000,
         created_at=created or utcnow(),
         tags=[JobTag(tag=t) for t in tags],
+        selected_epoch=kept,
     )
     session.add(job)
     session.flush()
@@ -108,7 +112,8 @@ def _insert(
         loss = 1.5 - accuracy - epoch / 100
         result = Result(split=split, epoch=epoch, accuracy=accuracy, loss=loss, macro_f1=accuracy)
         session.add(result)
-        result.job_id, result.attempt, result.n_examples = job.id, 1, 100
+        result.job_id, result.attempt, result.n_examples = job.id, 1, examples
+    summary.add_job(session, job)  # as record_success does
     return job.id
 
 
@@ -158,6 +163,9 @@ class Run:
     loss: float
     seconds: float | None
     share: float | None
+    #: What the run trained with (jobs.trained_with): the report shows it over the spec.
+    used: dict[str, Any] | None = None
+    examples: int = 0
 
 
 def _config(spec: dict[str, Any]) -> str:
@@ -189,16 +197,26 @@ def expected_report(
                 side, config_job = ("adapter" if adapter else "lora"), adapter or job
                 if lora_filter is not None and not lora_filter(job, config_job):
                     continue
+            # The epoch the job kept, or the last where it kept none (or has no row of it).
             last: dict[str, Result] = {}
-            for result in job.results:
-                if result.split not in last or result.epoch > last[result.split].epoch:
+            for result in sorted(job.results, key=lambda r: r.epoch):
+                kept = last.get(result.split)
+                if kept is None or kept.epoch != job.selected_epoch:
                     last[result.split] = result
             share = None
             if config_job.trainable_params and config_job.total_params:
                 share = config_job.trainable_params / config_job.total_params
             key = (job.model, job.dataset, side, _config(config_job.spec))
             for name, result in last.items():
-                run = Run(job.id, result.accuracy, result.loss, config_job.train_seconds, share)
+                run = Run(
+                    job.id,
+                    result.accuracy,
+                    result.loss,
+                    config_job.train_seconds,
+                    share,
+                    config_job.trained_with,
+                    result.n_examples,
+                )
                 runs[key][name].append(run)
     out: dict[tuple[str, str], dict[str, Any]] = {}
     for (model, dataset, side, config), by_split in runs.items():
@@ -211,15 +229,34 @@ def expected_report(
     return {pair: sides for pair, sides in found.items() if sides["base"] or sides["lora"]}
 
 
+def _tie_winner(pool: list[Any], split: str) -> Any:
+    """The best by mean accuracy on ``split``, or among those inside its 95% interval the one
+    with more seeds, then smaller r, fewer target modules, lower lr (only on the LoRA side)."""
+
+    def mean(c: Any) -> float:
+        return statistics.mean(r.accuracy for r in c[2][split])
+
+    top = max(pool, key=lambda c: (mean(c), -min(r.job_id for r in c[2][split])))
+    if top[0] == "base":
+        return top
+    low = wilson(mean(top), min(r.examples for r in top[2][split]))[0]
+    tied = [c for c in pool if mean(c) >= low]
+
+    def order(c: Any) -> tuple[Any, ...]:
+        spec = json.loads(c[1])
+        return (-len(c[2][split]), spec["r"], len(spec["target_modules"]), spec.get("lr") or 9,
+                -mean(c), min(r.job_id for r in c[2][split]))  # fmt: skip
+
+    return min(tied, key=order)
+
+
 def _best(cands: list[Any], split: str, select_by: str) -> dict[str, Any] | None:
     with_split = [c for c in cands if c[2].get(split)]
     chosen_by = select_by if any(c[2].get(select_by) for c in with_split) else split
     pool = [c for c in with_split if c[2].get(chosen_by)]
     if not pool:
         return None
-    side, config, by_split = max(
-        pool, key=lambda c: statistics.mean(r.accuracy for r in c[2][chosen_by])
-    )
+    side, config, by_split = _tie_winner(pool, chosen_by)
     chosen = by_split[split]
     accuracies = [r.accuracy for r in chosen]
     losses = [r.loss for r in chosen]
@@ -238,6 +275,7 @@ def _best(cands: list[Any], split: str, select_by: str) -> dict[str, Any] | None
         "selected_by": chosen_by,
         "selection_accuracy": statistics.mean(r.accuracy for r in by_split[chosen_by]),
         "first_job": min(r.job_id for r in chosen),
+        "used": min(chosen, key=lambda r: r.job_id).used or {},
     }
 
 
@@ -256,10 +294,16 @@ def report_rows(*args: str) -> list[dict[str, Any]]:
     return rows
 
 
-def _value(config: dict[str, Any], name: str) -> Any:
+def _value(config: dict[str, Any], name: str, used: dict[str, Any] | None = None) -> Any:
+    """A configuration's value of ``name``: the one its first run trained with, else the
+    spec's, else the field's value where a spec leaves it out."""
     node: Any = config
     for part in HYPERPARAMS[name].path:
         node = node.get(part) if isinstance(node, dict) else None
+    if used and used.get(name) is not None:
+        node = used[name]
+    if node is None:
+        node = HYPERPARAMS[name].absent
     return ",".join(node) if isinstance(node, list) else node
 
 
@@ -286,7 +330,7 @@ def assert_row(row: dict[str, Any], expected: dict[str, Any]) -> None:
         got = row[name]
         assert got == (want if not isinstance(want, float) else close(want)), name
     for name in CONFIG_COLUMNS:
-        assert row[name] == _value(lora["config"], name), name
+        assert row[name] == _value(lora["config"], name, lora["used"]), name
     assert row["trained_on"] == lora["config"]["data"]["dataset"]
     if base is None:
         assert row["delta_points"] is None
@@ -338,7 +382,10 @@ def test_filters_pick_lora_runs(filled: Filled) -> None:
         found = expected_report(filled.url, lora_filter=predicate, **kw)
         return {pair: sides for pair, sides in found.items() if sides["lora"]}
 
-    assert_report(report_rows("--sweep", "grid"), expect(lambda job, _: job.sweep_id == "grid"))
+    # One sweep alone gets its own report (a submitted grid is a sweep too), which refuses
+    # the comparison's filters rather than ignoring them.
+    refused = CliRunner().invoke(cli, ["report", "--sweep", "grid", "--tag", "nightly"])
+    assert refused.exit_code == 2 and "--tag does not apply" in refused.output, refused.output
     assert_report(report_rows("--tag", "old"), expect(lambda job, _: "old" in job.tag_names))
     week_ago = utcnow() - dt.timedelta(days=7)
     until = report_rows("--until", "7d")

@@ -1,4 +1,4 @@
-"""The `runs` view (revision 0005b) on SQLite and PostgreSQL, and the README's queries on it.
+"""The `runs` view (revision 0005b) on SQLite and PostgreSQL, and the documented queries on it.
 
 Jobs are real synthetic jobs run through the Celery tasks in-process; what the view says is
 checked against the ORM rows it is built from.
@@ -22,7 +22,7 @@ from ftqueue.store.schema import Job, Result
 
 SYNTH = "synthetic:seconds=0,steps=4"
 SNIPPETS = DataSpec(dataset="movie-snippets")
-README = Path(__file__).resolve().parents[1] / "README.md"
+PAGE = Path(__file__).resolve().parents[1] / "docs" / "reference" / "runs-view.md"
 
 
 @pytest.fixture
@@ -114,14 +114,14 @@ def test_roles_and_hyper_parameters_as_columns(filled: dict[str, Any]) -> None:
     assert all(view[j]["r"] is None and view[j]["adapter_job"] is None for j in filled["base"])
 
 
-def _readme_queries() -> list[str]:
-    section = README.read_text(encoding="utf-8").split("### Plain SQL: the `runs` view")[1]
-    section = section.split("\n### ")[0].split("\n## ")[0]
+def _documented_queries() -> list[str]:
+    section = PAGE.read_text(encoding="utf-8").split("\n## Queries\n")[1]
+    section = section.split("\n## ")[0]
     return re.findall(r"```sql\n(.*?)```", section, flags=re.S)
 
 
-def test_the_readme_queries(filled: dict[str, Any]) -> None:
-    best_per_r, curves, roles = _readme_queries()
+def test_the_documented_queries(filled: dict[str, Any]) -> None:
+    best_per_r, curves, roles = _documented_queries()
     rows = _rows(best_per_r)
     assert sorted(r["r"] for r in rows) == [4, 8] and all(r["runs"] == 2 for r in rows)
     assert rows[0]["best_accuracy"] >= rows[1]["best_accuracy"]

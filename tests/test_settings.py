@@ -64,3 +64,49 @@ def test_settings_are_read_once(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_every_setting_has_an_environment_variable() -> None:
     assert ENV_VARS["database_url"] == "FTQUEUE_DATABASE_URL"
     assert all(v.startswith("FTQUEUE_") for v in ENV_VARS.values())
+
+
+def test_service_urls_are_built_from_their_parts_with_the_passwords_encoded() -> None:
+    from kombu.utils.url import url_to_parts
+    from sqlalchemy.engine import make_url
+
+    password = "p@ss:w/rd#1% ?&="
+    parts = {
+        "FTQUEUE_POSTGRES_PASSWORD": password,
+        "FTQUEUE_POSTGRES_USER": "ml team",
+        "FTQUEUE_POSTGRES_DB": "runs",
+        "FTQUEUE_POSTGRES_ADDR": "db.internal:5433",
+        "FTQUEUE_REDIS_PASSWORD": password,
+        "FTQUEUE_REDIS_ADDR": "cache.internal:6380",
+    }
+    settings = load_settings(parts)
+    url = make_url(settings.database_url)
+    assert (url.drivername, url.username, url.password) == (
+        "postgresql+psycopg",
+        "ml team",
+        password,
+    )
+    assert (url.host, url.port, url.database) == ("db.internal", 5433, "runs")
+    broker = url_to_parts(settings.broker_url)
+    assert (broker.password, broker.hostname, broker.port, broker.path) == (
+        password,
+        "cache.internal",
+        6380,
+        "0",
+    )
+    # A URL given whole wins over its parts.
+    given = {**parts, "FTQUEUE_DATABASE_URL": "sqlite:///x.db", "FTQUEUE_BROKER_URL": "redis://r/1"}
+    assert (load_settings(given).database_url, load_settings(given).broker_url) == (
+        "sqlite:///x.db",
+        "redis://r/1",
+    )
+
+
+@pytest.mark.parametrize("value", ["", "  ", "change-me", "change-me-postgres", "Change-Me"])
+@pytest.mark.parametrize("name", ["FTQUEUE_POSTGRES_PASSWORD", "FTQUEUE_REDIS_PASSWORD"])
+def test_an_empty_or_placeholder_password_is_refused_by_name(name: str, value: str) -> None:
+    with pytest.raises(FtqueueError) as refused:
+        load_settings({name: value})
+    assert refused.value.message.startswith(f"{name} is empty" if not value.strip() else name)
+    assert "placeholder" in refused.value.message or not value.strip()
+    assert "\n" not in refused.value.message

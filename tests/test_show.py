@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from ftqueue.cli import cli
 from ftqueue.kinds.lora import LoraSpec
-from ftqueue.settings import reset_settings
+from ftqueue.settings import get_settings, reset_settings
 from ftqueue.specs import DataSpec
 from ftqueue.store import db
 from ftqueue.store.schema import Job
@@ -54,8 +54,10 @@ def test_show_json_has_the_whole_job(any_db_url: str, monkeypatch: pytest.Monkey
     assert sorted((r["split"], r["epoch"]) for r in payload["results"]) == sorted(
         [("test", kept), ("validation", 1), ("validation", 2), ("validation", 3)]
     )
-    assert payload["stats"] == stats and payload["output_path"] == adapter
-    assert adapter and Path(adapter).is_dir()
+    # The row holds the location relative to the artifacts root; JSON shows where it is.
+    assert adapter == f"adapters/job-{job_id}"
+    assert payload["stats"] == stats and Path(payload["output_path"]).is_dir()
+    assert payload["output_path"] == str(get_settings().artifacts_dir / adapter)
     assert payload["tags"] == ["shown"] and payload["queued_at"] is not None
 
 
@@ -84,3 +86,21 @@ def test_show_unknown_job_is_one_line(sqlite_url: str) -> None:
     out = show("424242")
     assert out.exit_code == 2 and out.output.count("\n") == 1
     assert "no job 424242" in out.output and "ftqueue list" in out.output
+
+
+def test_show_says_who_submitted_where_it_runs_and_how_soon(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ftqueue import api
+
+    monkeypatch.setenv("FTQUEUE_USER", "alice")
+    reset_settings()
+    spec = LoraSpec(model="synthetic:seconds=0,steps=2", data=DataSpec(dataset="movie-snippets"))
+    (routed,) = api.submit([spec], gpu_class="a100", priority="high").created
+    (plain,) = api.submit([spec.replace(seed=1)]).created
+    routed_text, plain_text = (" ".join(show(str(j.id)).output.split()) for j in (routed, plain))
+    assert "user alice" in routed_text
+    assert "a100 (its workers only)" in routed_text and "high" in routed_text
+    # A normal job of no class says neither: every worker takes it, in turn.
+    assert "user alice" in plain_text and "GPU class" not in plain_text
+    assert "priority" not in plain_text

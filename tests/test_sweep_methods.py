@@ -21,7 +21,7 @@ from ftqueue.cli import cli
 from ftqueue.errors import SpecError, SweepFileError
 from ftqueue.settings import reset_settings
 from ftqueue.store import db
-from ftqueue.store.schema import Job
+from ftqueue.store.schema import Job, Result
 from ftqueue.sweeps import methods, sweepfile
 from ftqueue.sweeps.methods import grid, registry
 from ftqueue.sweeps.methods.study import storage_url, study_name
@@ -121,6 +121,45 @@ def test_an_eager_sobol_sweep_runs_and_tells_every_trial(
         assert trial.state.name == {"succeeded": "COMPLETE", "pruned": "PRUNED"}[job.status]
         assert trial.params["lr"] == pytest.approx(job.spec["lr"])
         assert trial.params["r"] == job.spec["r"]
+
+
+@pytest.mark.parametrize(("metric", "direction"), [("loss", "MINIMIZE"), ("macro_f1", "MAXIMIZE")])
+def test_an_optuna_study_takes_the_sweeps_goal_and_metric(
+    sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, metric: str, direction: str
+) -> None:
+    import optuna
+
+    monkeypatch.setenv("FTQUEUE_EAGER", "1")
+    reset_settings()
+    raw = {**SOBOL, "name": "tpe", "method": "optuna", "metric": metric}
+    raw["budget"] = {"max_jobs": 4, "max_parallel": 1}
+    path = tmp_path / "tpe.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    result = CliRunner().invoke(cli, ["sweep", str(path), "--json"], prog_name="ftqueue")
+    assert result.exit_code == 0, result.output
+    url, options = storage_url()
+    study = optuna.load_study(
+        study_name=study_name("tpe"),
+        storage=optuna.storages.RDBStorage(url, engine_kwargs=options),
+    )
+    assert study.direction.name == direction
+    told = {t.number: t for t in study.get_trials() if t.state.name == "COMPLETE"}
+    with db.session_scope() as session:
+        jobs = list(session.scalars(select(Job).where(Job.sweep_id == "tpe")))
+        curves = {
+            job.trial: [
+                getattr(r, metric)
+                for r in session.scalars(select(Result).where(Result.job_id == job.id))
+                if r.split == "validation"
+            ]
+            for job in jobs
+        }
+    assert len(told) == 4
+    pick = min if direction == "MINIMIZE" else max
+    for number, trial in told.items():
+        # The value told is the trial's best validation value of the sweep's metric.
+        assert trial.value == pytest.approx(pick(curves[number]))
+        assert pick(curves[number]) != (max if pick is min else min)(curves[number])
 
 
 class Backwards(methods.SweepMethod):

@@ -14,13 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from rich.console import Console
 from sqlalchemy import update
 
-from ftqueue.cli import cli
 from ftqueue.cli.follow import follow
 from ftqueue.core.text import literal, printable
 from ftqueue.report.render import markdown_cell
@@ -28,6 +26,7 @@ from ftqueue.store import db
 from ftqueue.store import logs as log_rows
 from ftqueue.store import workers as worker_rows
 from ftqueue.store.schema import Job, JobEvent, JobTag, utcnow
+from tests.conftest import run
 
 #: What may not reach a terminal raw: C0 and C1 controls but newline and tab, DEL, bidi
 #: overrides and isolates, line separators.
@@ -38,13 +37,6 @@ HOSTILE = "a\x1b[2Jb\x1b]8;;http://x\x07c\x9bd\u202ee[red]x[/]f[/]g[link=file://
 #: Short enough for a tag or sweep column, with every kind of trouble in it.
 SHORT = "t\x1b[31m[/][bold]\u202e\x9b"
 SYN = "synthetic:seconds=0,steps=2"
-
-
-def run(*args: str) -> tuple[int, str]:
-    result = CliRunner().invoke(cli, list(args))
-    if result.exception and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result.exit_code, result.output
 
 
 def assert_clean(out: str) -> None:

@@ -138,3 +138,47 @@ def test_a_failed_test_shows_the_worker_log(tmp_path: Path, redis_url: str) -> N
     log = out.stdout[out.stdout.index(" ftqueue worker log ") :]
     # The worker's own account of the job: it ran there, and how it failed.
     assert " ready." in log and "synthetic failure requested" in log, log[-3000:]
+
+
+LEAVES_THE_ENVIRONMENT = """
+import os
+import socket
+
+from ftqueue import api
+from ftqueue.kinds.evaluate import EvaluateSpec
+from ftqueue.settings import reset_settings
+from ftqueue.testing import synthetic_model
+
+OWNED = ("FTQUEUE_", "MLFLOW_")
+BEFORE = {k: v for k, v in os.environ.items() if k.startswith(OWNED)}
+
+
+def test_a_tracked_job(ftqueue_env, monkeypatch, tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed once the block ends: the tracker is unreachable
+    monkeypatch.setenv("FTQUEUE_MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
+    reset_settings()
+    # The code under test sets variables itself, not through monkeypatch.
+    os.environ["FTQUEUE_SET_BY_THE_CODE"] = "1"
+    os.environ["MLFLOW_TRACKING_USERNAME"] = "someone"
+    os.environ["FTQUEUE_HOME"] = str(tmp_path / "elsewhere")
+    data = tmp_path / "d.csv"
+    data.write_text("text,label\\n" + "".join(f"t{i},{i % 2}\\n" for i in range(30)))
+    spec = EvaluateSpec(model=synthetic_model(0.05, 2), data={"dataset": str(data)})
+    job = api.submit(spec).job_ids[0]
+    assert api.wait(job, timeout=60)[job] == "succeeded"
+
+
+def test_after_it_the_environment_is_as_before():
+    assert {k: v for k, v in os.environ.items() if k.startswith(OWNED)} == BEFORE
+"""
+
+
+def test_every_ftqueue_and_mlflow_variable_is_restored_after_a_test(tmp_path: Path) -> None:
+    """Whoever set them: the test's code, or the MLflow tracker bounding its calls."""
+    pytest.importorskip("mlflow")
+    (tmp_path / "test_user.py").write_text(LEAVES_THE_ENVIRONMENT)
+    env = user_env(FTQUEUE_HOME=str(tmp_path / "my-home"), MLFLOW_EXPERIMENT_NAME="mine")
+    out = run_pytest(tmp_path, "-p", "ftqueue.testing", env=env)
+    assert out.returncode == 0 and "2 passed" in out.stdout, out.stdout[-3000:]

@@ -7,8 +7,6 @@ with MLflow's own client and compared with the job rows and results ftqueue reco
 from __future__ import annotations
 
 import logging
-import os
-import signal
 import socket
 import subprocess
 import sys
@@ -21,12 +19,14 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
+from ftqueue.execution.tracking import flatten
 from ftqueue.kinds.lora import LoraSpec
-from ftqueue.settings import reset_settings
+from ftqueue.settings import get_settings, reset_settings
 from ftqueue.specs import DataSpec
 from ftqueue.store import db
 from ftqueue.store.schema import Job, Result
 from ftqueue.submit.submission import submit
+from ftqueue.testing.workers import end_group
 from ftqueue.worker.tasks import run_eagerly
 from tests.procs import WorkerProcess, all_terminal, child_env, wait_for
 
@@ -71,12 +71,7 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             time.sleep(0.5)
         yield url
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
+        end_group(proc)
 
 
 def synthetic(seconds: float, *, fault: str | None = None, seed: int = 0) -> LoraSpec:
@@ -149,14 +144,17 @@ def test_each_job_is_an_mlflow_run(
     # Every value of the recipe is a param, also those the spec left to the device (logged
     # as the job chose them when it ended).
     recipe = job_stats["recipe"]
-    assert {k: params[k] for k in recipe} == {k: str(v) for k, v in recipe.items()}
+    assert {k: params[k] for k in recipe} == dict(flatten(recipe))
     assert any(spec.get(k) is None for k in recipe), "the test wants a value left open"
     assert params["data.dataset"] == "movie-snippets"
     assert params["target_modules"] == ",".join(spec["target_modules"])
     tags = run.data.tags
     assert tags["ftqueue.kind"] == "lora" and tags["ftqueue.sweep_id"] == "s1"
     assert tags["ftqueue.tags"] == "mlflow,nightly"
-    assert tags["ftqueue.output_path"] == output_path and output_path
+    # Where the output is (the row holds it relative to the artifacts root).
+    assert output_path and tags["ftqueue.output_path"] == str(
+        get_settings().artifacts_dir / output_path
+    )
     assert tags["ftqueue.worker"].startswith("tracked")
     # Per-epoch metrics with the epoch as step, equal to what ftqueue recorded.
     history = client.get_metric_history(run.info.run_id, "validation_accuracy")
@@ -166,8 +164,10 @@ def test_each_job_is_an_mlflow_run(
     ]
     losses = client.get_metric_history(run.info.run_id, "validation_loss")
     assert sorted(m.step for m in losses) == [1, 2]
-    assert run.data.metrics["test_accuracy"] == pytest.approx(results["test", 2].accuracy)
-    assert [m.step for m in client.get_metric_history(run.info.run_id, "test_accuracy")] == [2]
+    # Test is measured once, on the epoch the job kept.
+    [kept] = [epoch for split, epoch in results if split == "test"]
+    assert run.data.metrics["test_accuracy"] == pytest.approx(results["test", kept].accuracy)
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "test_accuracy")] == [kept]
     assert len(client.get_metric_history(run.info.run_id, "train_loss")) == 2
     assert run.data.metrics["samples_per_second"] > 0
 

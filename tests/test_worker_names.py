@@ -120,7 +120,7 @@ def test_lease_of_a_dead_local_process_is_cleared_at_once(redis_url: str) -> Non
     lease = nodes.NodeLease(client, "w@h")
     started = time.monotonic()
     lease.acquire()
-    assert time.monotonic() - started < 1
+    assert time.monotonic() - started < 10  # at once, not after the 60 s lease runs out
     assert nodes.Holder.decode(client.get(lease.key) or b"") == nodes.Holder.me()
     lease.release()
     assert not client.exists(lease.key)
@@ -142,5 +142,5 @@ def test_a_renewing_holder_keeps_its_name_and_a_silent_one_loses_it(redis_url: s
     lease = nodes.NodeLease(client, "quiet@h", lease_seconds=1.5)
     started = time.monotonic()
     lease.acquire()
-    assert 0.5 < time.monotonic() - started < 3
+    assert 0.5 < time.monotonic() - started < 10
     lease.release()

@@ -82,6 +82,11 @@ def test_the_workers_table_fits_80_columns_one_line_per_worker() -> None:
     text = render(workers_table(rows, width=80), 80)
     lines = [line.rstrip() for line in text.splitlines() if line.strip()]
     assert all(len(line) <= 80 for line in lines), text
+    # The columns that went are named under the table.
+    table, _, note = text.partition("5 columns hidden at 80 columns: ")
+    hidden = " ".join(note.split())
+    assert hidden.startswith("gpu name, up, pid, queues, versions; widen the terminal"), text
+    lines = [line.rstrip() for line in table.splitlines() if line.strip()]
     # A header, a rule and one line per worker: nothing wrapped onto a second line.
     assert len(lines) == 2 + len(rows), text
     assert "…" not in text
@@ -190,9 +195,10 @@ def test_queued_jobs_show_their_place_and_who_consumes_their_queue(
         "name": "lora", "position": 2, "depth": 3, "live_workers": 0
     }  # fmt: skip
     status = _show("status", str(ids[1]))
+    words = " ".join(status.split())  # the name column is as wide as its longest name
     assert (
-        "queue     lora: 2nd of 3 queued; no live worker consumes it: start one with "
-        "`ftqueue worker`" in status
+        "queue lora: 2nd of 3 queued; no live worker consumes it: start one with "
+        "`ftqueue worker`" in words
     ), status
     _register("gpu0@a", queues=["lora"])
     _register("gpu1@a", queues=["lora", "evaluate"])
@@ -324,7 +330,9 @@ def test_two_real_workers_their_jobs_and_one_killed(
 
         rows = {w["name"]: w for w in api.workers()}
         assert rows[f"beta0@{host}"]["supervisor_pid"] == beta.proc.pid  # type: ignore[union-attr]
-        assert rows[f"alpha0@{host}"]["queues"] == ["lora"]
+        # The shared queue, and the queue of its GPU class (cpu where no GPU is visible).
+        cls = rows[f"alpha0@{host}"]["gpu_class"]
+        assert cls and rows[f"alpha0@{host}"]["queues"] == sorted(["lora", f"lora.{cls}"])
         assert rows[f"alpha0@{host}"]["versions"]["ftqueue"]
         table = _cli("workers", env=env)
         assert table.returncode == 0, table.stderr

@@ -47,6 +47,7 @@ from ftqueue.submit.submission import Submission
 __all__ = [
     "Ending",
     "Export",
+    "Fetched",
     "JobResult",
     "JobState",
     "LogPage",
@@ -66,6 +67,8 @@ __all__ = [
     "end_eager",
     "endings",
     "export",
+    "extend_sweep",
+    "fetch",
     "file_sha256",
     "idle_queues",
     "job",
@@ -76,6 +79,7 @@ __all__ = [
     "predict",
     "report",
     "results",
+    "resume_sweep",
     "run_eager",
     "run_workers",
     "start_sweep",
@@ -85,6 +89,7 @@ __all__ = [
     "sweep_finished",
     "sweep_jobs",
     "sweep_report",
+    "sweep_state",
     "sweep_trials_to_run",
     "top",
     "wait",
@@ -102,16 +107,29 @@ def submit(
     force: bool = False,
     output_dir: str | None = None,
     run: bool = True,
+    gpu_class: str | None = None,
+    priority: str = "normal",
+    strict: bool = False,
 ) -> Submission:
     """Queue one job per spec; an identical earlier job is reported instead (``force`` runs it).
 
     Under FTQUEUE_EAGER=1 the new jobs run in this process before this returns, unless
     ``run`` is False (then ``run_eager`` runs them). Nothing is written when a spec is bad.
+    ``gpu_class`` routes the jobs to that class's workers (``strict``: refused when none is
+    live); ``priority`` is high, normal or low.
     """
     if isinstance(specs, JobSpec):
         specs = [specs]
     sub = submission.submit(
-        specs, tags=tuple(tags), name=name, sweep=sweep, force=force, output_dir=output_dir
+        specs,
+        tags=tuple(tags),
+        name=name,
+        sweep=sweep,
+        force=force,
+        output_dir=output_dir,
+        gpu_class=gpu_class,
+        priority=priority,
+        strict=strict,
     )
     if run and sub.created and get_settings().eager:
         run_eager(sub)
@@ -252,8 +270,11 @@ def jobs(
     dataset: str | None = None,
     limit: int | None = None,
     before: int | None = None,
+    user: str | None = None,
 ) -> list[dict[str, Any]]:
     """The JSON form of the jobs that match every filter given, newest first.
+
+    ``user``: only the jobs that user submitted (FTQUEUE_USER when they submitted).
 
     ``model`` and ``dataset`` match as `submit` stored them: a local path by what it points to.
     """
@@ -274,6 +295,7 @@ def jobs(
             dataset=stored_dataset(dataset) if dataset else None,
             limit=limit,
             before=before,
+            user=user,
         )
         summaries = [rows.job_summary(job) for job in found]
     return fleet.annotate(summaries)
@@ -310,9 +332,11 @@ def cancel(
 from ftqueue.api import fleet  # noqa: E402
 from ftqueue.api.adapters import (  # noqa: E402
     Export,
+    Fetched,
     adapter_model,
     adapters,
     export,
+    fetch,
     file_sha256,
     predict,
 )
@@ -331,9 +355,12 @@ from ftqueue.api.fleet import idle_queues, live_consumers, top, workers  # noqa:
 from ftqueue.api.following import Ending, completions, describe, end_eager, endings  # noqa: E402
 from ftqueue.api.reporting import Reported, report, sweep_report  # noqa: E402
 from ftqueue.api.sweeping import (  # noqa: E402
+    extend_sweep,
+    resume_sweep,
     start_sweep,
     stop_sweep,
     sweep_finished,
     sweep_jobs,
+    sweep_state,
     sweep_trials_to_run,
 )

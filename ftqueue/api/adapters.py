@@ -64,7 +64,12 @@ def predict(*, job_id: int, texts: Sequence[str]) -> list[dict[str, Any]]:
 
     db.ensure_ready()
     adapter = rows.adapter_dir_of(job_id, flag="job")
-    publishing.check_adapter_dir(adapter)
+    if publishing.check_adapter_dir(adapter).get("text_pair"):
+        raise SpecError(
+            f"job {job_id}'s adapter was trained on sentence pairs: label pairs from a file with "
+            f"ftqueue submit predict --adapter-job {job_id} --input FILE --text-pair-column NAME",
+            param="TEXT",
+        )
     labelled = predict_kind.label_texts(adapter, list(texts))
     names = labelled.label_names
     return [
@@ -75,6 +80,41 @@ def predict(*, job_id: int, texts: Sequence[str]) -> list[dict[str, Any]]:
         }
         for text, label, p in zip(texts, labelled.labels, labelled.probabilities, strict=True)
     ]
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """Where `fetch` wrote a job's outputs, from where, and the files it wrote."""
+
+    job_id: int
+    source: str
+    directory: Path
+    files: list[str]
+
+
+def fetch(*, job_id: int, directory: Path | None = None) -> Fetched:
+    """Download job ``job_id``'s outputs into the new ``directory`` (default ``job-<id>``),
+    each file checked against the manifest of an object store; never overwrites anything."""
+    import shutil
+
+    from ftqueue.artifacts import objects, publishing
+
+    directory = directory if directory is not None else Path(f"job-{job_id}")
+    publishing.check_new_dir(directory, param="DEST")
+    publishing.check_can_create(directory, param="DEST")
+    db.ensure_ready()
+    path = rows.output_of(job_id)
+    root = rows.object_root()
+
+    def write(staging: Path) -> None:
+        if root is not None and not Path(path).is_absolute():
+            objects.download_dir(root, path, staging)
+        else:
+            shutil.copytree(rows.local_output(path), staging, dirs_exist_ok=True)
+
+    out = publishing.publish_new_dir(directory, write, param="DEST")
+    files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    return Fetched(job_id, rows.output_location(path), out, files)
 
 
 @dataclass(frozen=True)
@@ -99,6 +139,7 @@ def export(
     if repo is not None:
         hub.check_repo(repo)
     publishing.check_new_dir(directory, param="DIR")
+    publishing.check_can_create(directory, param="DIR")
     db.ensure_ready()
     adapter = rows.adapter_dir_of(job_id, flag="job")
     metadata = publishing.check_adapter_dir(adapter)

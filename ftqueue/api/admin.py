@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import logging
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ftqueue.store import db
 
 if TYPE_CHECKING:
     from ftqueue.worker.supervisor import Slot
+
+log = logging.getLogger(__name__)
 
 
 def db_url() -> str:
@@ -58,13 +61,36 @@ def check_workers(*, prefix: str | None = None) -> list[str]:
     return supervisor.detect_gpus()
 
 
-def plan_workers(*, gpus: Sequence[str], processes: int, prefix: str | None) -> list[Slot]:
-    """One worker per GPU (CPU workers when none), each name checked free of a live worker."""
-    from ftqueue.queue.broker import redis_client
-    from ftqueue.worker import nodes, supervisor
+def plan_workers(
+    *,
+    gpus: Sequence[str],
+    processes: int,
+    prefix: str | None,
+    wait_for_gpu: bool = False,
+    on_wait: Callable[[str], None] | None = None,
+    gpu_class: str | None = None,
+) -> list[Slot]:
+    """One worker per GPU (CPU workers when none), each name checked free of a live worker.
 
-    slots = supervisor.plan_slots(list(gpus), processes=processes, prefix=prefix)
-    nodes.check_free(redis_client(), [slot.name for slot in slots])
+    Each GPU is claimed for this process's life, host-wide: GpuTaken when another worker
+    holds one (or, with ``wait_for_gpu``, wait for it, telling ``on_wait``). Each consumes
+    the queues of ``gpu_class`` (default: its GPU's, or ``cpu``) as well as the shared ones.
+    """
+    from ftqueue.queue.broker import redis_client
+    from ftqueue.worker import gpuclaim, lost, nodes, supervisor
+
+    slots = supervisor.plan_slots(
+        list(gpus), processes=processes, prefix=prefix, gpu_class=gpu_class
+    )
+    claims = [(slot.gpu, slot.name) for slot in slots if slot.gpu is not None]
+    gpuclaim.claim(claims, wait=wait_for_gpu, on_wait=on_wait)
+    gone = nodes.check_free(redis_client(), [slot.name for slot in slots])
+    for name, holder in gone.items():  # killed with its supervisor: its jobs wait for no lease
+        why = f"the worker process before this one ({holder.describe()}) is gone"
+        try:
+            lost.release(name, why=why)
+        except Exception as exc:  # their leases are the backstop: the worker starts anyway
+            log.warning("could not re-queue the jobs of the previous %s: %s", name, exc)
     return slots
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 from ftqueue.core.states import JobStatus
 from ftqueue.kinds import registry, rows
+from ftqueue.queue import broker
 from ftqueue.store import db, reads
 from ftqueue.store import workers as worker_rows
 from ftqueue.store.schema import utcnow
@@ -29,6 +30,11 @@ def queue_of(kind: str) -> str:
     """The queue a kind's jobs go to (a kind no longer registered: its own name)."""
     found = registry.get(kind)
     return found.queue if found is not None else kind
+
+
+def queue_name(kind: str, gpu_class: str | None) -> str:
+    """The queue a job of this kind and GPU class waits in: ``lora``, ``lora.a100``."""
+    return broker.queue_of(queue_of(kind), gpu_class)
 
 
 def _job_json(job: dict[str, Any], now: dt.datetime) -> dict[str, Any]:
@@ -61,6 +67,7 @@ def _worker_json(view: worker_rows.WorkerView, now: dt.datetime) -> dict[str, An
         "gpu_name": row["gpu_name"],
         "gpu_memory_mb": row["gpu_memory_mb"],
         "queues": list(row["queues"] or []),
+        "gpu_class": row.get("gpu_class"),
         "versions": {
             "ftqueue": row["ftqueue_version"],
             "torch": row["torch_version"],
@@ -87,18 +94,32 @@ def live_consumers(queues: Iterable[str]) -> dict[str, int]:
     return worker_rows.live_consumers(list(queues))
 
 
-def idle_queues(kinds: Iterable[str]) -> list[str]:
-    """The queues of these kinds' jobs that no live worker consumes, in the order given."""
-    queues = list(dict.fromkeys(queue_of(kind) for kind in kinds))
+def idle_queues(kinds: Iterable[str], *, gpu_class: str | None = None) -> list[str]:
+    """The queues of these kinds' jobs (of ``gpu_class``: that class's queues) that no live
+    worker consumes, in the order given."""
+    queues = list(dict.fromkeys(queue_name(kind, gpu_class) for kind in kinds))
     if not queues:
         return []
     counts = live_consumers(queues)
     return [queue for queue in queues if not counts.get(queue)]
 
 
+def _depths() -> dict[str, int]:
+    """Queued jobs by queue name (kinds that share a queue are added up)."""
+    depths: dict[str, int] = {}
+    for (kind, gpu_class), count in reads.queue_depths().items():
+        name = queue_name(kind, gpu_class)
+        depths[name] = depths.get(name, 0) + count
+    return depths
+
+
 def annotate(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Add ``queue`` (a queued job's position, its queue's depth and live consumers) and
-    ``heartbeat_age`` and ``lost`` (a running job's) to jobs' JSON forms, in place."""
+    ``heartbeat_age`` and ``lost`` (a running job's) to jobs' JSON forms, in place.
+
+    A queue is a kind's jobs of one GPU class, or of none; the position counts higher
+    priorities first (see ``reads.queue_positions``).
+    """
     now = utcnow()
     queued = [job for job in jobs if job["status"] == JobStatus.QUEUED]
     positions: dict[int, int] = {}
@@ -106,15 +127,15 @@ def annotate(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     consumers: dict[str, int] = {}
     if queued:
         positions = reads.queue_positions([job["id"] for job in queued])
-        for kind, count in reads.queue_depths().items():
-            depths[queue_of(kind)] = depths.get(queue_of(kind), 0) + count
-        consumers = worker_rows.live_consumers(list(depths))
+        depths = _depths()
+        names = {queue_name(j["kind"], j.get("gpu_class")) for j in queued}
+        consumers = worker_rows.live_consumers(sorted(names | set(depths)))
     for job in jobs:
         job["queue"] = None
         job["heartbeat_age"] = None
         job["lost"] = False
         if job["status"] == JobStatus.QUEUED:
-            name = queue_of(job["kind"])
+            name = queue_name(job["kind"], job.get("gpu_class"))
             job["queue"] = {
                 "name": name,
                 "position": positions.get(job["id"]),
@@ -144,10 +165,8 @@ def top() -> dict[str, Any]:
             rows.job_summary(j)
             for j in reads.list_jobs(session, statuses=["failed"], limit=RECENT_FAILURES)
         ]
-    depths: dict[str, int] = {}
-    for kind, count in reads.queue_depths().items():
-        depths[queue_of(kind)] = depths.get(queue_of(kind), 0) + count
-    names = list(dict.fromkeys([*registry.queues(), *depths]))
+    depths = _depths()
+    names = list(dict.fromkeys([*registry.queues(), *sorted(depths)]))
     consumers = worker_rows.live_consumers(names)
     return {
         "at": now.isoformat(),

@@ -32,6 +32,7 @@ def report(
     datasets: Sequence[str] = (),
     sweeps: Sequence[str] = (),
     tags: Sequence[str] = (),
+    users: Sequence[str] = (),
     statuses: Sequence[str] = ("succeeded",),
     splits: Sequence[str] = ("test",),
     since: str | None = None,
@@ -45,7 +46,8 @@ def report(
     plot: Path | None = None,
     html: Path | None = None,
 ) -> Reported:
-    """The report the filters ask for; one sweep started by `ftqueue sweep` gets its own.
+    """The report the filters ask for; one sweep alone (``sweeps``, no other filter or
+    grouping) gets its own.
 
     Filters are text as typed (times, ``COLUMN OP VALUE``, comma lists); ``plot`` and ``html``
     are checked writable, and the plot's format known, before any query.
@@ -61,6 +63,7 @@ def report(
         datasets=tuple(map(stored_dataset, datasets)),
         sweeps=tuple(sweeps),
         tags=tuple(tags),
+        users=tuple(users),
         statuses=tuple(statuses),
         splits=tuple(splits),
         since=since,
@@ -78,14 +81,65 @@ def report(
     if plot_file is not None:
         image_format(plot_file)  # an unknown suffix is refused before any work
     db.ensure_ready()
+    if opts.sweeps:
+        _check_sweeps(opts.sweeps)
     if len(opts.sweeps) == 1:
         found = sweep_report(sweep_id=opts.sweeps[0])
         if found is not None:
-            return Reported(sweep=found, plot=plot_file)
+            given = {
+                "--model": bool(models),
+                "--dataset": bool(datasets),
+                "--tag": bool(tags),
+                "--user": bool(users),
+                "--status": tuple(statuses) != ("succeeded",),
+                "--split": tuple(splits) != ("test",),
+                "--since": since is not None,
+                "--until": until is not None,
+                "--where": bool(where),
+                "--group-by": bool(group_by),
+                "--select-by": select_by != "validation",
+                "--sort": sort is not None,
+                "--desc/--asc": descending is not None,
+                "--top": plot_top is not None,
+            }
+            _refuse_for_sweep(found.sweep_id, [flag for flag, on in given.items() if on])
+            return Reported(sweep=found, plot=plot_file, html=html_file)
     with db.session_scope() as session:
         table = build_report(session, opts, plotting=drawing)
         curves = validation_curves(session, opts, opts.group_by) if drawing else {}
     return Reported(table=table, curves=curves, plot=plot_file, html=html_file)
+
+
+def _check_sweeps(names: Sequence[str]) -> None:
+    """Refuse a --sweep that no sweep and no job has, naming the latest ones."""
+    from ftqueue.core.text import quote
+    from ftqueue.errors import FilterError
+    from ftqueue.report.query import recent_sweeps, unknown_sweeps
+
+    with db.session_scope() as session:
+        unknown = unknown_sweeps(session, names)
+        if not unknown:
+            return
+        recent = recent_sweeps(session)
+    known = f"the latest: {', '.join(map(quote, recent))}" if recent else "there are none yet"
+    raise FilterError(
+        f"--sweep {quote(unknown[0])}: no sweep has this name ({known}); "
+        "`ftqueue list --sweep NAME` lists a sweep's jobs",
+        param="--sweep",
+    )
+
+
+def _refuse_for_sweep(sweep_id: str, flags: Sequence[str]) -> None:
+    """Options of the comparison that a sweep's own report (one row per trial) has no use for."""
+    from ftqueue.core.text import quote
+    from ftqueue.errors import FilterError
+
+    if flags:
+        raise FilterError(
+            f"{flags[0]} does not apply to the report of sweep {quote(sweep_id)}, which lists "
+            f"its trials (one row each, chosen by validation at the kept epoch): drop {flags[0]}",
+            param=flags[0],
+        )
 
 
 def sweep_report(*, sweep_id: str) -> SweepReport | None:

@@ -2,20 +2,27 @@
 
 from __future__ import annotations
 
-import json
+import ctypes
+import errno
 import os
 import re
 import shutil
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+# Re-exported: the adapter files' names and their check have always been imported from here.
+from ftqueue.artifacts.adapter_files import ADAPTER_CONFIG as ADAPTER_CONFIG
+from ftqueue.artifacts.adapter_files import ADAPTER_METADATA as ADAPTER_METADATA
+from ftqueue.artifacts.adapter_files import ADAPTER_WEIGHTS as ADAPTER_WEIGHTS
+from ftqueue.artifacts.adapter_files import PICKLE_SUFFIXES as PICKLE_SUFFIXES
+from ftqueue.artifacts.adapter_files import check_adapter_dir as check_adapter_dir
 from ftqueue.core.files import dir_mode
-from ftqueue.errors import AdapterError, FtqueueError, SpecError
+from ftqueue.errors import AdapterError, FtqueueError, SpecError, first_line
 
 STAGING_PREFIX = ".staging-"
 ASIDE_PREFIX = ".replaced-"
@@ -144,59 +151,8 @@ def stray_staging_by_job(root: Path) -> dict[int, list[Path]]:
     return strays
 
 
-ADAPTER_METADATA = "ftqueue_adapter.json"
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
-ADAPTER_CONFIG = "adapter_config.json"
 #: What a predict job publishes; the trainer writes them, the kind names them.
 PREDICTIONS_FILES = ("predictions.parquet", "predictions.csv")
-#: Weight formats that unpickle (and so can run code) on load; never read.
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
-_METADATA_KEYS = ("model", "num_labels", "label_names", "pooling", "max_length")
-
-
-def check_adapter_dir(path: Path) -> dict[str, Any]:
-    """Refuse an adapter directory that is missing, incomplete or holds pickle weights.
-
-    Returns its metadata. Torch-free, so the CLI can check an adapter at submit time.
-    """
-    if not path.is_dir():
-        raise AdapterError(
-            f"adapter directory {path} does not exist: give the id of a training job that "
-            "succeeded",
-            param="--adapter-job",
-        )
-    pickles = sorted(p.name for p in path.rglob("*") if p.suffix.lower() in PICKLE_SUFFIXES)
-    if pickles:
-        raise AdapterError(
-            f"adapter {path} contains pickle weights ({', '.join(pickles)}), which can run code "
-            "when loaded: only safetensors adapters are accepted; re-save it with "
-            "save_pretrained(..., safe_serialization=True)",
-            param="--adapter-job",
-        )
-    for name in (ADAPTER_WEIGHTS, ADAPTER_CONFIG, ADAPTER_METADATA):
-        if not (path / name).is_file():
-            raise AdapterError(
-                f"adapter {path} is incomplete: {name} is missing (was it written by ftqueue "
-                "and published?); "
-                "re-run the job that trained it",
-                param="--adapter-job",
-            )
-    try:
-        metadata = json.loads((path / ADAPTER_METADATA).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise AdapterError(
-            f"adapter {path}: {ADAPTER_METADATA} is not valid JSON ({exc}); "
-            "re-run the job that trained it",
-            param="--adapter-job",
-        ) from None
-    missing = [k for k in _METADATA_KEYS if not isinstance(metadata, dict) or k not in metadata]
-    if missing:
-        raise AdapterError(
-            f"adapter {path}: {ADAPTER_METADATA} lacks {', '.join(missing)}; "
-            "re-run the job that trained it",
-            param="--adapter-job",
-        )
-    return dict(metadata)
 
 
 def check_exportable(metadata: dict[str, Any], job_id: int) -> None:
@@ -219,6 +175,25 @@ def check_exportable(metadata: dict[str, Any], job_id: int) -> None:
     )
 
 
+def check_pairs(metadata: dict[str, Any], pairs: bool, job_id: int | None) -> None:
+    """Refuse, in one line, single texts for an adapter trained on sentence pairs, or pairs
+    for one trained on single texts."""
+    trained = bool(metadata.get("text_pair"))
+    if trained == pairs:
+        return
+    which = f"job {job_id}'s adapter" if job_id is not None else "the adapter"
+    if trained:
+        raise AdapterError(
+            f"{which} was trained on sentence pairs: name the column of each text's second "
+            "text with --text-pair-column",
+            param="--text-pair-column",
+        )
+    raise AdapterError(
+        f"{which} was trained on single texts, not pairs: leave --text-pair-column out",
+        param="--text-pair-column",
+    )
+
+
 def check_new_dir(path: Path, *, param: str = "DIRECTORY") -> None:
     """A directory to write a whole new output into: absent, or empty. Never overwritten."""
     if path.exists() and (not path.is_dir() or any(path.iterdir())):
@@ -227,3 +202,119 @@ def check_new_dir(path: Path, *, param: str = "DIRECTORY") -> None:
             "never overwrites anything)",
             param=param,
         )
+
+
+def check_can_create(path: Path, *, param: str = "DIRECTORY") -> None:
+    """Refuse, in one line, a new directory ``path`` where its nearest existing ancestor is
+    not a directory this process may write into (permissions, a read-only filesystem)."""
+    existing = path.absolute().parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise SpecError(f"cannot create {path}: {existing} is not a directory", param=param)
+    # access(2) also says no for a read-only filesystem and an immutable directory, even to root.
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise SpecError(
+            f"cannot create {path}: {existing} is not writable by this user (or is on a "
+            "read-only filesystem); give a directory you can write to",
+            param=param,
+        )
+
+
+#: renameat2's flag: fail with EEXIST rather than replace what is at the destination.
+_RENAME_NOREPLACE = 1
+_AT_FDCWD = -100
+
+
+def _renameat2_noreplace(src: Path, dst: Path) -> bool:
+    """Rename ``src`` to ``dst`` only if nothing is at ``dst`` (FileExistsError otherwise).
+
+    False where the system cannot (no renameat2: not Linux, an old libc or kernel, or a
+    filesystem without the flag); the caller then claims ``dst`` another way.
+    """
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p,
+                          ctypes.c_uint]  # fmt: skip
+    if renameat2(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), _RENAME_NOREPLACE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.ENOSYS, errno.EINVAL):
+        return False
+    raise OSError(code, os.strerror(code), str(dst))
+
+
+def _dir_id(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino) if os.path.isdir(path) and not path.is_symlink() else None
+
+
+def _rename_new(staging: Path, final: Path, given: tuple[int, int] | None) -> None:
+    """Rename ``staging`` to ``final`` without replacing anything someone else put there.
+
+    ``given`` identifies the empty directory that was at ``final`` when the export began:
+    rename(2) replaces a directory only while it is empty, so that one is taken as it is.
+    Elsewhere renameat2(RENAME_NOREPLACE) claims the name atomically; without it, ``mkdir``
+    claims it (it fails if anything is there) and the rename replaces that empty directory.
+    """
+    if given is not None and _dir_id(final) == given:
+        os.rename(staging, final)
+        return
+    if _renameat2_noreplace(staging, final):
+        return
+    os.mkdir(final)
+    try:
+        os.rename(staging, final)
+    except OSError:
+        if final.is_dir() and not any(final.iterdir()):
+            final.rmdir()  # this export's own claim, still empty
+        raise
+
+
+def publish_new_dir(
+    final: Path, write: Callable[[Path], None], *, param: str = "DIRECTORY"
+) -> Path:
+    """Make the new directory ``final`` whole: ``write(staging)`` fills a fresh sibling, which
+    is renamed to ``final`` only if nothing else is there by then.
+
+    Nothing but this call's own staging directory is ever deleted or replaced: where another
+    writer (a second export) created ``final`` meanwhile, it keeps it and this raises
+    SpecError. A reader sees nothing at ``final``, or the whole new directory.
+    """
+    final = final.absolute()
+    check_new_dir(final, param=param)
+    check_can_create(final, param=param)
+    given = _dir_id(final)
+    try:
+        staging = new_staging_dir(final.parent, final.name)
+    except OSError as exc:
+        raise SpecError(
+            f"cannot create {final}: {first_line(exc)}; give a directory you can write to",
+            param=param,
+        ) from None
+    try:
+        try:
+            write(staging)
+            _fsync_tree(staging)
+        except OSError as exc:
+            raise FtqueueError(f"could not write {final}: {first_line(exc)}") from None
+        try:
+            _rename_new(staging, final, given)
+        except OSError as exc:
+            if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR, errno.EISDIR):
+                raise FtqueueError(f"could not create {final}: {first_line(exc)}") from None
+            raise SpecError(
+                f"{final} was created by someone else (another export?) while this one was "
+                "writing: it was left as it is and nothing was written; give a new directory",
+                param=param,
+            ) from None
+        _fsync_dir(final.parent)
+        return final
+    finally:
+        discard(staging)

@@ -38,9 +38,11 @@ def cli() -> None:
       ftqueue report                                      # base model vs its LoRA runs
       ftqueue predict 2 "a gripping, beautifully acted film"  # try job 2's adapter
       ftqueue export 2 exported/minilm-snippets           # a standalone transformers model
+      ftqueue fetch 2 adapters/job-2                      # job 2's adapter, as published
 
-    Settings come from FTQUEUE_* environment variables (see README): FTQUEUE_DATABASE_URL,
-    FTQUEUE_BROKER_URL, FTQUEUE_ARTIFACTS_DIR, FTQUEUE_EAGER=1 to run jobs in-process.
+    Settings come from FTQUEUE_* environment variables (the docs' Settings page lists them):
+    FTQUEUE_DATABASE_URL, FTQUEUE_BROKER_URL, FTQUEUE_ARTIFACTS_DIR (a directory or
+    s3://BUCKET/PREFIX), FTQUEUE_EAGER=1 to run jobs in-process.
     """
 
 
@@ -58,6 +60,7 @@ for command in (
     logs_cmd.logs_cmd,
     predict_cmd.predict_cmd,
     export_cmd.export_cmd,
+    export_cmd.fetch_cmd,
     worker_cmd.worker_cmd,
     workers_cmd.workers_cmd,
     top_cmd.top_cmd,

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from ftqueue.core.text import clip, printable, quote
-from ftqueue.errors import FtqueueError
+from ftqueue.errors import FtqueueError, PublishInterrupted
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -97,44 +97,17 @@ class UserError(click.ClickException):
         return self.code
 
 
-#: The names other tools give ftqueue's flags (transformers, peft, common scripts).
-SYNONYMS = {
-    "--learning-rate": "--lr",
-    "--head-learning-rate": "--head-lr",
-    "--rank": "--r",
-    "--lora-r": "--r",
-    "--lora-rank": "--r",
-    "--lora-alpha": "--alpha",
-    "--lora-dropout": "--dropout",
-    "--num-epochs": "--epochs",
-    "--num-train-epochs": "--epochs",
-    "--epoch": "--epochs",
-    "--batch": "--batch-size",
-    "--bs": "--batch-size",
-    "--per-device-train-batch-size": "--batch-size",
-    "--seeds": "--seed",
-    "--data": "--dataset",
-    "--model-name": "--model",
-    "--model-name-or-path": "--model",
-    "--modules": "--target-modules",
-    "--target-module": "--target-modules",
-    "--max-len": "--max-length",
-    "--max-seq-length": "--max-length",
-    "--adapter": "--adapter-job",
-    "--warmup": "--warmup-ratio",
-}
-
-
 def _with_synonym(exc: click.NoSuchOption) -> click.UsageError:
-    """A flag another tool spells differently gets the command's own spelling suggested."""
+    """A flag another tool spells differently (``--learning_rate``, ``--lora-r``) gets the
+    command's own spelling, ahead of click's guesses from spelling alone (``--lr``)."""
+    from ftqueue.specs.aliases import own_flag
+
     known = {o for p in exc.ctx.command.params for o in p.opts} if exc.ctx else set()
-    synonym = SYNONYMS.get(exc.option_name.split("=", 1)[0])
-    if exc.possibilities or synonym not in known:
+    typed = exc.option_name.split("=", 1)[0]
+    ours = own_flag(typed, known)
+    if ours is None:
         return exc
-    # Not through NoSuchOption(possibilities=...): it keeps only names spelled alike.
-    return click.UsageError(
-        f"No such option {exc.option_name!r}. Did you mean {synonym!r}?", ctx=exc.ctx
-    )
+    return click.UsageError(f"no such option {typed}; ftqueue calls it {ours}", ctx=exc.ctx)
 
 
 def one_line_usage(exc: click.UsageError) -> click.UsageError:
@@ -166,6 +139,9 @@ class FtqueueGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except PublishInterrupted as exc:  # committed rows to tell of, not just "Aborted!"
+            click.echo(f"\n{printable(exc.message)}", err=True)
+            raise SystemExit(130) from None
         except FtqueueError as exc:
             raise UserError(printable(clip(exc.message, MESSAGE_LIMIT)), exc.exit_code) from None
         except click.UsageError as exc:

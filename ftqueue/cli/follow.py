@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from ftqueue import api
 from ftqueue.api import JobState
-from ftqueue.cli.render import utcnow
+from ftqueue.cli.render import utcnow, worker_command
 from ftqueue.core.states import JobStatus
 from ftqueue.core.text import duration, literal
 from ftqueue.settings import get_settings
@@ -82,7 +82,15 @@ def _validation(s: JobState) -> str:
 
 def idle_queue_line(queue: str) -> str:
     """The one line said when no live worker consumes a queue that jobs wait in."""
-    return f"warning: no live worker consumes queue {queue}; start one with `ftqueue worker`"
+    if "." in queue:  # a GPU class's queue, lora.a100
+        cls = queue.split(".", 1)[1]
+        return (
+            f"warning: no live worker of GPU class {cls} consumes queue {queue}; the jobs wait "
+            f"until one starts (`{worker_command(cls)}`)"
+        )
+    return (
+        f"warning: no live worker consumes queue {queue}; start one with `{worker_command(None)}`"
+    )
 
 
 #: Seconds a followed job stays queued before followers look for a live worker.
@@ -104,11 +112,20 @@ class IdleQueues:
         if not self.enabled or now - self.checked < self.after:
             return []
         self.checked = now
-        waiting = [s.kind for s in snaps.values() if s.status == JobStatus.QUEUED]
+        # The kinds waiting, by the GPU class whose queues they wait in (None: shared).
+        waiting: dict[str | None, list[str]] = {}
+        for s in snaps.values():
+            if s.status == JobStatus.QUEUED:
+                waiting.setdefault(s.gpu_class, []).append(s.kind)
         if not waiting:
             return []
         try:
-            idle = [q for q in api.idle_queues(waiting) if q not in self.told]
+            idle = [
+                q
+                for gpu_class, kinds in waiting.items()
+                for q in api.idle_queues(kinds, gpu_class=gpu_class)
+                if q not in self.told
+            ]
         except Exception:  # a hint only: following goes on without it
             return []
         self.told.update(idle)
@@ -208,29 +225,46 @@ def _follow_live(
 
 def summary_table(job_ids: Sequence[int]) -> Any:
     """A table of how the jobs ended, with each one's headline accuracy and loss."""
-    from rich.table import Table
+    return endings_table(api.endings(job_ids=job_ids))
 
+
+#: Hidden first when the terminal is narrow (lowest first); the others always stay.
+_PRIORITY = {"macro-F1": 1, "split": 2, "kind": 3, "loss": 4}
+
+
+def endings_table(endings: Sequence[Any]) -> Any:
+    """How the jobs ended (``api.endings``): status, headline measurement, error or output."""
     from ftqueue.cli.render import status_text
+    from ftqueue.core.tables import KEEP, Column, FitTable
 
-    table = Table(header_style="bold")
-    for name in ("job", "kind", "status", "split", "accuracy", "macro-F1", "loss", "note"):
-        table.add_column(
-            name, justify="right" if name in ("job", "accuracy", "macro-F1", "loss") else "left"
+    names = ("job", "kind", "status", "split", "accuracy", "macro-F1", "loss", "note")
+    columns = [
+        Column(
+            name,
+            priority=_PRIORITY.get(name, KEEP),
+            justify="right" if name in ("job", "accuracy", "macro-F1", "loss") else "left",
+            wrap=name == "note",
+            min_width=20 if name == "note" else 0,
         )
-    for end in api.endings(job_ids=job_ids):
+        for name in names
+    ]
+    rows = []
+    for end in endings:
         r = end.result
         note = end.error or ""
         if not r and end.output:  # nothing measured (predictions): where the files are
             label, paths = end.output
             note = f"{label}: {paths[0]}"
-        table.add_row(
-            str(end.id),
-            end.kind,
-            status_text(end.status),
-            r["split"] if r else "",
-            f"{r['accuracy']:.4f}" if r else "",
-            f"{r['macro_f1']:.4f}" if r else "",
-            f"{r['loss']:.4f}" if r else "",
-            literal(note[:160]),
+        rows.append(
+            [
+                str(end.id),
+                end.kind,
+                status_text(end.status),
+                literal(r["split"]) if r else "",
+                f"{r['accuracy']:.4f}" if r else "",
+                f"{r['macro_f1']:.4f}" if r else "",
+                f"{r['loss']:.4f}" if r else "",
+                literal(note[:160]),
+            ]
         )
-    return table
+    return FitTable(columns, rows, header_style="bold")

@@ -32,6 +32,7 @@ from ftqueue.core.text import printable
 )
 @click.option("--model", help="Only jobs on this model.")
 @click.option("--dataset", help="Only jobs on this dataset.")
+@click.option("--user", help="Only jobs this user submitted (FTQUEUE_USER, or their login name).")
 @click.option("--limit", type=COUNT, default=50, show_default=True)
 @click.option(
     "--before", type=JOB_ID, help="Only jobs older than this job id: the next page of a list."
@@ -45,6 +46,7 @@ def list_cmd(
     tags: tuple[str, ...],
     model: str | None,
     dataset: str | None,
+    user: str | None,
     limit: int,
     before: int | None,
     show_all: bool,
@@ -57,6 +59,7 @@ def list_cmd(
       ftqueue list
       ftqueue list --status running --status queued
       ftqueue list --sweep 7f3a9c --json
+      ftqueue list --user alice --status running
       ftqueue list --before 950      # the page after one that ended at job 950
     """
     from ftqueue import api
@@ -70,6 +73,7 @@ def list_cmd(
         dataset=dataset,
         limit=None if show_all else limit,
         before=before,
+        user=user,
     )
     if as_json:
         echo_json(jobs)

@@ -24,14 +24,18 @@ from ftqueue.kinds.predict import PredictSpec
 def submit_predict(**kw: Any) -> None:
     """Label every row of a file with a LoRA job's adapter: one predictions file per job.
 
-    Each job writes predictions.parquet and predictions.csv (row from 0, label, prob_<class>
-    per class); `ftqueue show JOB` prints where. --max-length defaults to the adapter's.
+    Each job writes predictions.parquet and predictions.csv (row from 0, text, text_pair for
+    sentence pairs, label (the class name), score (its probability), prob_<class> per class);
+    `ftqueue show JOB` prints where. --max-length defaults to the adapter's. An adapter
+    trained on sentence pairs needs --text-pair-column.
 
     \b
     Examples:
       ftqueue submit predict --adapter-job 12 --input reviews.csv --wait
       ftqueue submit predict --adapter-job 12 --input posts.jsonl --text-column body
       ftqueue submit predict --adapter-job 12,13 --input reviews.parquet   # one job each
+      ftqueue submit predict --adapter-job 14 --input pairs.csv \\
+          --text-column premise --text-pair-column hypothesis              # sentence pairs
     """
     from ftqueue import api
 
@@ -76,16 +80,26 @@ def predict_cmd(job_id: int, texts: tuple[str, ...], as_json: bool) -> None:
     if as_json:
         echo_json(rows)
         return
-    from rich.table import Table
+    console().print(predictions_table(rows, names))
 
+
+def predictions_table(rows: list[dict[str, Any]], names: list[str]) -> Any:
+    """Each text with its label and the probability of each label."""
+    from ftqueue.core.tables import Column, FitTable
     from ftqueue.core.text import literal
 
-    table = Table(header_style="bold")
-    table.add_column("text")
-    table.add_column("label")
-    for name in names:
-        table.add_column(literal(f"p({name})"), justify="right")
-    for row in rows:
-        probs = [f"{row['probabilities'][n]:.3f}" for n in names]
-        table.add_row(literal(row["text"]), literal(row["label"]), *probs)
-    console().print(table)
+    columns = [
+        Column("text", wrap=True, min_width=20),
+        Column("label", wrap=True),
+        # Label names are the model's own strings: literal; the probabilities go first.
+        *(Column(literal(f"p({name})"), priority=1, justify="right") for name in names),
+    ]
+    cells = [
+        [
+            literal(row["text"]),
+            literal(row["label"]),
+            *[f"{row['probabilities'][n]:.3f}" for n in names],
+        ]
+        for row in rows
+    ]
+    return FitTable(columns, cells, header_style="bold")

@@ -7,6 +7,7 @@ from typing import Any
 
 from ftqueue import kinds
 from ftqueue.core.states import JobStatus
+from ftqueue.core.tables import KEEP, Column, FitTable
 from ftqueue.core.text import age, display_names, duration, literal
 
 #: A job as ``api.job`` and ``api.jobs`` give it (and `--json` prints it).
@@ -66,6 +67,11 @@ def workers_text(count: int) -> str:
     return "no live worker" if not count else f"{count} live worker{'s' if count > 1 else ''}"
 
 
+def worker_command(gpu_class: str | None) -> str:
+    """The command that starts a worker for a queue of this GPU class (None: shared)."""
+    return f"ftqueue worker --class {gpu_class}" if gpu_class else "ftqueue worker"
+
+
 def queue_text(job: Job, *, short: bool = False) -> str:
     """A queued job's place in its queue and who consumes it; empty for other jobs."""
     q = job.get("queue")
@@ -76,7 +82,7 @@ def queue_text(job: Job, *, short: bool = False) -> str:
         return f"{place}, {workers_text(q['live_workers'])}"
     count = q["live_workers"]
     if not count:
-        who = "no live worker consumes it: start one with `ftqueue worker`"
+        who = f"no live worker consumes it: start one with `{worker_command(job.get('gpu_class'))}`"
     else:
         who = f"{workers_text(count)} consume{'s' if count == 1 else ''} it"
     return f"{q['name']}: {place} queued; {who}"
@@ -100,17 +106,28 @@ def status_text(status: str) -> str:
     return f"[{STATUS_STYLE.get(status, 'white')}]{status}[/]"
 
 
-#: Dropped in this order, as long as the table does not fit the terminal: the least needed
-#: first. id, kind, status, model and dataset always stay.
-_DROP_FIRST = ("age", "try", "sweep", "tags", "beat", "time", "progress")
+#: Hidden in this order (lowest first) while the table is wider than the terminal: the least
+#: needed first. id, kind, status, model and dataset always stay.
+_PRIORITY = {"age": 1, "try": 2, "sweep": 3, "tags": 4, "beat": 5, "time": 6, "progress": 7}
+#: Free text: broken at separators (commas, spaces, slashes) when the room is short.
+_WRAP = ("model", "dataset", "tags", "progress", "sweep")
+#: The look of the list-like tables: right padding only, with the box's blank separator, so
+#: two spaces between columns.
+PLAIN: dict[str, Any] = {"header_style": "bold", "padding": (0, 1, 0, 0), "pad_edge": False}
+
+
+def plain_box() -> Any:
+    from rich import box
+
+    return box.SIMPLE_HEAD
 
 
 def jobs_table(jobs: list[Job], *, width: int | None = None, title: str | None = None) -> Any:
     """One line per job where the terminal allows: no column is squeezed into ``succ…``.
 
     Columns no job fills are left out and local paths show by their name. When the table is
-    wider than ``width`` the least needed columns go (see _DROP_FIRST), and then only the
-    free-text columns wrap, whole words where they can.
+    wider than the terminal (or ``width``) the least needed columns go (see _PRIORITY), and
+    then only the free-text columns wrap, at separators.
     """
     given = {j["dataset"]: name for j in jobs if (name := dataset_name_of(j["spec"]))}
     names = display_names([*(j["model"] for j in jobs), *(j["dataset"] for j in jobs)], given)
@@ -142,46 +159,23 @@ def jobs_table(jobs: list[Job], *, width: int | None = None, title: str | None =
         if rows
         else []
     )
-    table = _jobs_table(jobs, rows, columns, title)
-    for name in _DROP_FIRST:
-        if width is None or natural_width(table) <= width:
-            break
-        if name in columns:
-            columns.remove(name)
-            table = _jobs_table(jobs, rows, columns, title)
-    return table
-
-
-def natural_width(table: Any) -> int:
-    """The width a renderable takes when nothing limits it."""
-    from rich.console import Console
-    from rich.measure import Measurement
-
-    wide = Console(width=10_000)
-    return Measurement.get(wide, wide.options, table).maximum
-
-
-def _jobs_table(
-    jobs: list[Job], rows: list[dict[str, Any]], columns: list[str], title: str | None
-) -> Any:
-    from rich import box
-    from rich.table import Table
-
-    # Right padding only, with the box's blank separator: two spaces between columns.
-    table = Table(
-        title=title, header_style="bold", box=box.SIMPLE_HEAD, padding=(0, 1, 0, 0), pad_edge=False
+    return FitTable(
+        [
+            Column(
+                name,
+                priority=_PRIORITY.get(name, KEEP),
+                justify="right" if name in ("id", "try", "beat", "time", "age") else "left",
+                wrap=name in _WRAP,
+            )
+            for name in columns
+        ],
+        [[row[c] for c in columns] for row in rows],
+        title=title,
+        width=width,
+        one_line=True,
+        box=plain_box(),
+        **PLAIN,
     )
-    for name in columns:
-        table.add_column(
-            name,
-            justify="right" if name in ("id", "try", "beat", "time", "age") else "left",
-            no_wrap=name not in ("model", "dataset", "tags", "progress", "sweep"),
-            overflow="fold",
-            min_width=max(len(j["status"]) for j in jobs) if name == "status" else None,
-        )
-    for row in rows:
-        table.add_row(*(row[c] for c in columns))
-    return table
 
 
 def _created(job: Job) -> dt.datetime:
@@ -198,11 +192,6 @@ def published(job: Job) -> tuple[str, list[str]]:
 
 def job_details(job: Job) -> Any:
     """One job's key facts; ``job`` is its detailed JSON form (``api.job(id, detail=True)``)."""
-    from rich.table import Table
-
-    table = Table(show_header=False, box=None, pad_edge=False)
-    table.add_column(style="bold")
-    table.add_column()
     # User data (names, paths, tags, errors) goes in as literal Text; the rest is markup.
     rows: list[tuple[str, Any]] = [
         ("job", f"{job['id']} ({job['kind']})"),
@@ -221,6 +210,13 @@ def job_details(job: Job) -> Any:
         rows.append(("selected epoch", f"{job['selected_epoch']} ({why}its adapter is kept)"))
     if job["tags"]:
         rows.append(("tags", literal(", ".join(job["tags"]))))
+    if job.get("user"):
+        rows.append(("user", literal(job["user"])))
+    # Where it may run and how soon: said only when not every worker, or not in turn.
+    if job.get("gpu_class"):
+        rows.append(("GPU class", literal(f"{job['gpu_class']} (its workers only)")))
+    if job.get("priority") not in (None, "normal"):
+        rows.append(("priority", job["priority"]))
     rows.append(("attempts", f"{job['attempts']} of {job['max_attempts']}"))
     if job["worker"]:
         rows.append(("worker", literal(job["worker"])))
@@ -245,6 +241,17 @@ def job_details(job: Job) -> Any:
         rows.append(("error", literal(f"{job['error_type']}: {job['error_message']}", "red")))
     label, paths = published(job)
     rows += [(label, literal(path)) for path in paths]
-    for key, value in rows:
-        table.add_row(key, value)
-    return table
+    if "://" in (job.get("output_path") or ""):
+        # On an object store: stock tools (peft, pandas) load a local copy.
+        rows.append(("fetch", f"ftqueue fetch {job['id']} DIR, then load DIR"))
+    return key_values(rows, show_header=False, box=None, pad_edge=False)
+
+
+def key_values(rows: list[tuple[str, Any]], *, title: Any = None, **options: Any) -> Any:
+    """A two-column table of names and values; the values wrap at separators."""
+    return FitTable(
+        [Column("", style="bold"), Column("", wrap=True)],
+        [list(row) for row in rows],
+        title=title,
+        **options,
+    )

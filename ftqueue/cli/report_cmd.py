@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from ftqueue.cli.common import JOB_ID, console, echo_json, json_option
-from ftqueue.cli.render import Job, job_details, when
+from ftqueue.cli.render import Job, job_details, key_values, when
 from ftqueue.core.files import write_bytes_atomic
 from ftqueue.core.states import STATUSES
 from ftqueue.core.text import duration, literal, printable
@@ -25,10 +25,17 @@ if TYPE_CHECKING:
     "--sweep",
     "sweeps",
     multiple=True,
-    help="Only LoRA runs of this sweep; one sweep started by `ftqueue sweep` gets its own "
-    "report: trials, pruned ones, the best configuration, train time saved.",
+    help="Only LoRA runs of this sweep. One sweep alone (from `ftqueue sweep` or a submitted "
+    "grid) gets its own report: trials, pruned ones, the best configuration, train time "
+    "saved; with another filter or --group-by, the comparison of its runs.",
 )
 @click.option("--tag", "tags", multiple=True, help="Only LoRA runs with this tag (all must match).")
+@click.option(
+    "--user",
+    "users",
+    multiple=True,
+    help="Only LoRA runs this user submitted (FTQUEUE_USER, or their login name; repeatable).",
+)
 @click.option(
     "--status",
     "statuses",
@@ -130,12 +137,20 @@ def report_cmd(
 
     One row per model, dataset and split: the base model (evaluate jobs without an adapter)
     and the best LoRA configuration. A configuration is a spec without its seed; its runs
-    give the mean, the sample standard deviation and n. The best one is chosen by mean
-    final-epoch validation accuracy, so the test split plays no part in the choice
-    (--select-by test overrides that). An adapter evaluated with `submit evaluate
-    --adapter-job` counts as a LoRA run on the dataset it was evaluated on. Δ points is
-    100 x (LoRA accuracy - base accuracy). Filters on sweep, tag, time and hyper-parameters
-    pick the LoRA runs; the base model is compared with all its evaluations.
+    give the mean, the sample standard deviation and n. Each run counts at the epoch it kept
+    (the epoch whose adapter it saved and tested: a later epoch replaces an earlier one only
+    when its validation accuracy lies above the earlier one's 95% interval). The best
+    configuration is chosen by mean validation accuracy at the kept epoch, so the test split
+    plays no part in the choice (--select-by test overrides that). Accuracies carry a 95%
+    Wilson interval on the rows of their split, low-high. Configurations whose accuracy
+    lies inside the best one's interval are tied with it; the tie goes to more seeds, then
+    the simpler configuration (smaller r, then fewer target modules, then lower lr), then the
+    higher accuracy, and the report names the rule that chose. An adapter evaluated with
+    `submit evaluate --adapter-job` counts as a LoRA run on the dataset it was evaluated on.
+    Δ points is 100 x (LoRA accuracy - base accuracy). Filters on sweep, tag, user, time and
+    hyper-parameters pick the LoRA runs; the base model is compared with all its
+    evaluations. With one sweep started by `ftqueue sweep`, the report lists its trials:
+    --format, --json, --plot and --html apply, other options are refused.
 
     \b
     Examples:
@@ -146,6 +161,7 @@ def report_cmd(
       ftqueue report --where 'r>=16' --where 'accuracy>0.8' --format csv > runs.csv
       ftqueue report --json | jq '.[0]'
       ftqueue report --since 2d --plot report.png --html report.html
+      ftqueue report --user alice --user bob
       ftqueue report --group-by r,lr --plot grid.jpg --top 10
     """
     from ftqueue import api
@@ -166,7 +182,7 @@ def report_cmd(
         **filters,
     )
     if reported.sweep is not None:
-        _sweep_report(reported.sweep, fmt, reported.plot)
+        _sweep_report(reported.sweep, fmt, reported.plot, reported.html)
         return
     report = reported.table
     assert report is not None, "a report that is no sweep's is a table"
@@ -204,22 +220,30 @@ def report_cmd(
         plotting.close(fig)
 
 
-def _sweep_report(report: SweepReport, fmt: str, plot_file: Path | None) -> None:
-    """Print the report of a sweep started by `ftqueue sweep`."""
+def _sweep_report(
+    report: SweepReport, fmt: str, plot_file: Path | None, html_file: Path | None
+) -> None:
+    """Print the report of a sweep started by `ftqueue sweep`, and write its files."""
     from ftqueue.report import sweep
 
     if fmt == "json":
         click.echo(sweep.to_json(report))
     elif fmt == "csv":
         click.echo(sweep.to_csv(report), nl=False)
+    elif fmt == "markdown":
+        click.echo(sweep.to_markdown(report), nl=False)
     else:
         out = console()
         out.print(sweep.rich_table(report))
         for line in sweep.summary_lines(report):
             out.print(literal(line))
-    if plot_file is not None:
-        write_bytes_atomic(plot_file, sweep.plot_png(report))
+    png = sweep.plot_png(report) if plot_file or html_file else None
+    if plot_file is not None and png is not None:
+        write_bytes_atomic(plot_file, png)
         click.echo(f"wrote {printable(plot_file)}", err=True)
+    if html_file is not None:
+        write_bytes_atomic(html_file, sweep.to_html(report, png).encode("utf-8"))
+        click.echo(f"wrote {printable(html_file)}", err=True)
 
 
 @click.command("show")
@@ -260,29 +284,49 @@ def _flatten(data: dict[str, Any], prefix: str = "") -> list[tuple[str, str]]:
     return out
 
 
-def _show_tables(job: Job) -> list[Any]:
-    from rich.table import Table
+def _spec_rows(job: Job) -> list[tuple[str, str]]:
+    """The spec, with the values the job trained with where it left them to the device, and
+    those it recorded beyond the spec (a field the spec leaves out at its default)."""
+    spec, used = job["spec"], job.get("trained_with") or {}
+    rows = []
+    for key, value in _flatten(spec):
+        if spec.get(key, "") is None and used.get(key) is not None:
+            value = f"{_flatten({key: used[key]})[0][1]} (chosen for the device)"
+        rows.append((key, value))
+    rows += _flatten({k: v for k, v in used.items() if k not in spec})
+    return rows
 
-    tables = [_pairs("spec", _flatten(job["spec"]))]
+
+def _show_tables(job: Job) -> list[Any]:
+    from ftqueue.core.tables import KEEP, Column, FitTable
+
+    tables = [_pairs("spec", _spec_rows(job))]
     if job["events"]:
-        history = Table(title="status history", title_justify="left", header_style="bold")
-        for name in ("at", "status", "attempt", "worker", "detail"):
-            history.add_column(name)
-        for e in job["events"]:
-            history.add_row(
+        history = [
+            [
                 f"{when(e['at']):%Y-%m-%d %H:%M:%S}",
                 e["status"],
                 str(e["attempt"]),
                 literal(e["worker"] or ""),
                 literal(e["detail"] or ""),
+            ]
+            for e in job["events"]
+        ]
+        columns = [
+            Column("at", wrap=True),  # the time goes under the date on a narrow terminal
+            Column("status"),
+            Column("attempt", priority=1, justify="right"),
+            Column("worker", priority=2, wrap=True),
+            Column("detail", wrap=True, min_width=20),
+        ]
+        tables.append(
+            FitTable(
+                columns, history, title="status history", title_justify="left", header_style="bold"
             )
-        tables.append(history)
+        )
     if job["results"]:
-        results = Table(title="results", title_justify="left", header_style="bold")
-        for name in ("split", "epoch", "accuracy", "macro F1", "loss", "examples", "attempt"):
-            results.add_column(name, justify="left" if name == "split" else "right")
-        for r in job["results"]:
-            results.add_row(
+        results = [
+            [
                 literal(r["split"]),
                 str(r["epoch"]),
                 f"{r['accuracy']:.4f}",
@@ -290,8 +334,22 @@ def _show_tables(job: Job) -> list[Any]:
                 f"{r['loss']:.4f}",
                 str(r["n_examples"]),
                 str(r["attempt"]),
+            ]
+            for r in job["results"]
+        ]
+        priority = {"attempt": 1, "examples": 2, "macro F1": 3}
+        columns = [
+            Column(
+                name,
+                priority=priority.get(name, KEEP),
+                justify="left" if name == "split" else "right",
+                wrap=name == "split",
             )
-        tables.append(results)
+            for name in ("split", "epoch", "accuracy", "macro F1", "loss", "examples", "attempt")
+        ]
+        tables.append(
+            FitTable(columns, results, title="results", title_justify="left", header_style="bold")
+        )
     timings = []
     queued, started, finished = (when(job[k]) for k in ("queued_at", "started_at", "finished_at"))
     if queued and started:
@@ -312,11 +370,10 @@ def _show_tables(job: Job) -> list[Any]:
 
 
 def _pairs(title: str, rows: list[tuple[str, str]]) -> Any:
-    from rich.table import Table
-
-    table = Table(title=title, title_justify="left", show_header=False)
-    table.add_column(style="bold")
-    table.add_column()
-    for key, value in rows:
-        table.add_row(literal(key), literal(value))  # free text: no rich markup
-    return table
+    # Free text on both sides: no rich markup.
+    return key_values(
+        [(literal(k), literal(v)) for k, v in rows],
+        title=title,
+        title_justify="left",
+        show_header=False,
+    )

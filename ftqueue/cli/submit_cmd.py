@@ -75,6 +75,11 @@ def submit_lora(**kw: Any) -> None:
           --r 32 --alpha 4 --dropout 0.01 --target-modules query,key,value   # the original
       ftqueue submit lora --model minilm --dataset movie-snippets \\
           --r 8,16,32 --lr 1e-4,3e-4 --seed 0,1,2 --tag grid1               # 18 jobs
+      ftqueue submit lora --model minilm --dataset nli.csv --label-column label \\
+          --text-column premise --text-pair-column hypothesis              # sentence pairs
+
+    Labels are class numbers 0..N-1 (--label-names neg,pos names them) or class names
+    (their ids follow the sorted order, or the order --label-names gives).
     """
     queue = pop_queue_options(kw)
     queue["output_dir"] = kw.pop("output_dir")

@@ -36,6 +36,9 @@ def submit_specs(
     wait: bool,
     as_json: bool,
     output_dir: str | None = None,
+    gpu_class: str | None = None,
+    priority: str = "normal",
+    strict: bool = False,
 ) -> None:
     """Queue the specs, print what happened, and follow the jobs when asked (or when eager).
 
@@ -47,13 +50,26 @@ def submit_specs(
     out = console()
     # The eager jobs run below, in a thread this process follows with a progress display.
     sub = api.submit(
-        specs, tags=tags, name=name, sweep=sweep, force=force, output_dir=output_dir, run=False
+        specs,
+        tags=tags,
+        name=name,
+        sweep=sweep,
+        force=force,
+        output_dir=output_dir,
+        run=False,
+        gpu_class=gpu_class,
+        priority=priority,
+        strict=strict,
     )
     eager = get_settings().eager
     for note in sub.notes:
         click.echo(f"note: {printable(note)}", err=True)
     # Eager jobs wait for no worker.
-    idle = [] if eager or not sub.created else api.idle_queues(j.kind for j in sub.created)
+    idle = (
+        []
+        if eager or not sub.created
+        else api.idle_queues((j.kind for j in sub.created), gpu_class=sub.created[0].gpu_class)
+    )
     if as_json and not (wait or eager):
         warn_idle(idle)
         echo_json(_payload(sub))
@@ -199,6 +215,7 @@ def _payload(sub: Submission, statuses: dict[int, str] | None = None) -> dict[st
                 "job_id": d.job_id,
                 "status": statuses.get(d.job_id, d.status),
                 "spec_hash": d.spec.spec_hash(),
+                "detail": d.detail,
             }
             for d in sub.duplicates
         ],
@@ -209,12 +226,28 @@ def _payload(sub: Submission, statuses: dict[int, str] | None = None) -> dict[st
 SHOWN = 50
 
 
-def _print_submission(out: Console, sub: Submission, *, eager: bool) -> None:
-    from rich.table import Table
+def _same(d: Any) -> str:
+    return f"identical to job {d.job_id} ({d.status})"
 
+
+def _print_submission(out: Console, sub: Submission, *, eager: bool) -> None:
+
+    for d in sub.duplicates:
+        if d.detail:  # said on its own line too: the table may show only its first rows
+            out.print(
+                literal(
+                    f"job {d.job_id}'s settings were {d.detail}: not run again (--force runs it)"
+                )
+            )
+    if not sub.created and len(sub.duplicates) == 1 and sub.duplicates[0].detail:
+        return
     specs = [(job.id, job.spec, "queued") for job in sub.created]
     specs += [
-        (d.job_id, d.spec.to_dict(), f"identical to job {d.job_id} ({d.status}), not re-run")
+        (
+            d.job_id,
+            d.spec.to_dict(),
+            f"{d.detail or f'identical to job {d.job_id} ({d.status})'}, not re-run",
+        )
         for d in sub.duplicates
     ]
     if len(specs) == 1 and not sub.duplicates:
@@ -225,15 +258,8 @@ def _print_submission(out: Console, sub: Submission, *, eager: bool) -> None:
         return
     varying = _varying([spec for _, spec, _ in specs])
     title = literal(f"sweep {sub.sweep_id}") if sub.sweep_id else None
-    table = Table(title=title, header_style="bold")
-    table.add_column("job", justify="right")
-    for key in varying:
-        table.add_column(literal(key))
-    table.add_column("state")
     # A 10,000-job sweep is not read in a terminal: its first rows say what was queued.
-    for jid, spec, state in specs[:SHOWN]:
-        table.add_row(str(jid), *[literal(_fmt(spec.get(k))) for k in varying], literal(state))
-    out.print(table)
+    out.print(submission_table(specs[:SHOWN], varying, title=title))
     if len(specs) > SHOWN:
         out.print(
             literal(
@@ -244,9 +270,30 @@ def _print_submission(out: Console, sub: Submission, *, eager: bool) -> None:
         )
 
 
+def submission_table(
+    specs: list[tuple[int, dict[str, Any], str]], varying: list[str], *, title: Any = None
+) -> Any:
+    """The jobs a submission made (or found done): id, the settings that vary, state."""
+    from ftqueue.core.tables import Column, FitTable
+
+    columns = [
+        Column("job", justify="right"),
+        # Spec keys and values are user text: literal; lists break after their commas.
+        *(Column(literal(key), wrap=True) for key in varying),
+        Column("state", wrap=True, min_width=12),
+    ]
+    rows = [
+        [str(jid), *[literal(_fmt(spec.get(k))) for k in varying], literal(state)]
+        for jid, spec, state in specs
+    ]
+    return FitTable(columns, rows, title=title, header_style="bold")
+
+
 def _varying(specs: list[dict[str, Any]]) -> list[str]:
     keys = [k for k in specs[0] if k != "data"] if specs else []
-    return [k for k in keys if len({repr(s.get(k)) for s in specs}) > 1] or keys[:1]
+    first = specs[0] if specs else {}
+    # Compared with the first spec's value, which stops at the first difference.
+    return [k for k in keys if any(s.get(k) != first.get(k) for s in specs)] or keys[:1]
 
 
 def _fmt(value: Any) -> str:

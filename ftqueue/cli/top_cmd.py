@@ -9,14 +9,16 @@ import click
 
 from ftqueue.cli.common import console, echo_json, json_option
 from ftqueue.cli.render import (
+    PLAIN,
     Job,
     beat_text,
     lost_text,
-    natural_width,
+    plain_box,
     progress_text,
     when,
 )
 from ftqueue.cli.workers_cmd import workers_table
+from ftqueue.core.tables import Column, FitTable
 from ftqueue.core.text import age, clip, duration, literal
 
 #: A snapshot as ``api.top`` gives it (and `--json` prints it).
@@ -34,29 +36,29 @@ def _header(snap: Snapshot) -> str:
     )
 
 
-def _table(title: str, columns: list[str], right: tuple[str, ...] = ()) -> Any:
-    from rich import box
-    from rich.table import Table
-
-    table = Table(
+def _table(
+    title: str,
+    columns: list[Column],
+    rows: list[list[Any]],
+    width: int | None = None,
+    row_styles: list[str | None] | None = None,
+) -> Any:
+    return FitTable(
+        columns,
+        rows,
         title=title,
-        title_justify="left",
+        width=width,
+        row_styles=row_styles,
+        one_line=True,
         title_style="bold",
-        header_style="bold",
-        box=box.SIMPLE_HEAD,
-        padding=(0, 1, 0, 0),
-        pad_edge=False,
+        box=plain_box(),
         show_edge=False,
+        **PLAIN,
     )
-    for name in columns:
-        table.add_column(name, justify="right" if name in right else "left")
-    return table
 
 
 def running_table(jobs: list[Job], *, width: int | None = None) -> Any:
     """Running jobs: worker, progress, heartbeat age (or lost?), run time."""
-    columns = ["job", "kind", "worker", "progress", "beat", "time"]
-    right = ("job", "beat", "time")
     rows = []
     for job in jobs:
         lost = lost_text(job)
@@ -70,15 +72,16 @@ def running_table(jobs: list[Job], *, width: int | None = None) -> Any:
                 "" if lost or not job["started_at"] else duration(_run_seconds(job)),
             ]
         )
-    table = _table("running", columns, right)
-    for row in rows:
-        table.add_row(*row)
-    if width is not None and natural_width(table) > width:
+    columns = [
+        Column("job", justify="right"),
+        Column("kind"),
         # The worker column is the one that can go: its name is in the workers table.
-        table = _table("running", [c for c in columns if c != "worker"], right)
-        for row in rows:
-            table.add_row(*(row[:2] + row[3:]))
-    return table
+        Column("worker", priority=1, wrap=True),
+        Column("progress", wrap=True),
+        Column("beat", justify="right"),
+        Column("time", justify="right"),
+    ]
+    return _table("running", columns, rows, width)
 
 
 def _run_seconds(job: Job) -> float:
@@ -90,47 +93,39 @@ def _run_seconds(job: Job) -> float:
 
 def queues_table(snap: Snapshot) -> Any:
     """Each queue's depth and its live consumers; a queue jobs wait in with none is red."""
-    table = _table("queues", ["queue", "queued", "live workers"], ("queued", "live workers"))
-    for q in snap["queues"]:
-        stuck = q["queued"] and not q["live_workers"]
-        table.add_row(
-            literal(q["name"]),
-            str(q["queued"]),
-            str(q["live_workers"]),
-            style="red" if stuck else None,
-        )
-    return table
+    columns = [
+        Column("queue", wrap=True),
+        Column("queued", justify="right"),
+        Column("live workers", justify="right"),
+    ]
+    rows = [[literal(q["name"]), str(q["queued"]), str(q["live_workers"])] for q in snap["queues"]]
+    styles = ["red" if q["queued"] and not q["live_workers"] else None for q in snap["queues"]]
+    return _table("queues", columns, rows, row_styles=styles)
 
 
-def failures_table(jobs: list[Job], *, width: int) -> Any:
-    """The newest failed jobs, one line each: the error is cut to the room there is."""
+def failures_table(jobs: list[Job], *, width: int | None = None) -> Any:
+    """The newest failed jobs, one line each: the error is cut, between words, to the room
+    there is."""
     rows = [
         [
             str(job["id"]),
             job["kind"],
             age(when(job["finished_at"])),
-            clip(f"{job['error_type'] or 'error'}: {job['error_message'] or ''}"),
+            literal(clip(f"{job['error_type'] or 'error'}: {job['error_message'] or ''}")),
         ]
         for job in jobs
     ]
-    table = _table("recent failures", ["job", "kind", "ended", "error"], ("job",))
-    fixed = [
-        max(len(name), *(len(row[i]) for row in rows))
-        for i, name in enumerate(("job", "kind", "ended"))
+    columns = [
+        Column("job", justify="right"),
+        Column("kind"),
+        Column("ended"),
+        Column("error", wrap=True, max_lines=1, min_width=20),
     ]
-    for column, size in zip(table.columns[:3], fixed, strict=True):
-        column.no_wrap = True
-        column.min_width = size
-    # Two spaces after each column but the last; the error gets what is left, on one line.
-    room = max(10, width - sum(fixed) - 6)
-    for row in rows:
-        error = row[3] if len(row[3]) <= room else row[3][: room - 1] + "…"
-        table.add_row(*row[:3], literal(error))
-    return table
+    return _table("recent failures", columns, rows, width)
 
 
-def frame(snap: Snapshot, *, width: int) -> Any:
-    """One screen of `ftqueue top`."""
+def frame(snap: Snapshot, *, width: int | None = None) -> Any:
+    """One screen of `ftqueue top`, as wide as the console (or ``width``)."""
     from rich.console import Group
     from rich.text import Text
 

@@ -7,15 +7,17 @@ from typing import Any
 import click
 
 from ftqueue.cli.common import console, echo_json, json_option
-from ftqueue.cli.render import natural_width
+from ftqueue.cli.render import PLAIN, plain_box
+from ftqueue.core.tables import KEEP, Column, FitTable
 from ftqueue.core.text import duration, literal
 
 #: A worker as ``api.workers`` gives it (and `--json` prints it).
 Worker = dict[str, Any]
 
-#: Dropped in this order while the table is wider than the terminal (``gpu_name``: the GPU's
-#: name, its index and memory stay); the rest always stay.
-_DROP_FIRST = ("versions", "pid", "queues", "up", "gpu_name")
+#: Hidden in this order (lowest first) while the table is wider than the terminal, the GPU's
+#: name last (its index and memory stay in "gpu"); the rest always stay.
+_PRIORITY = {"versions": 1, "pid": 2, "queues": 3, "up": 4, "gpu name": 5, "class": 6}
+_WRAP = ("job", "queues", "versions", "worker")
 _RIGHT = ("seen", "up", "pid")
 
 
@@ -67,8 +69,9 @@ def _rows(workers: list[Worker]) -> list[dict[str, Any]]:
             {
                 "worker": literal(w["name"]),
                 "state": state,
-                "gpu": literal(gpu_text(w)),
-                "gpu_name": literal(gpu_text(w, named=False)),
+                "gpu": literal(gpu_text(w, named=False)),
+                "gpu name": literal(w["gpu_name"] or ""),
+                "class": literal(w.get("gpu_class") or ""),
                 "job": job_text(w["job"]) or ("idle" if w["state"] == "live" else ""),  # markup
                 "seen": f"{duration(w['seen_ago'])} ago",
                 "up": duration((now - started).total_seconds()) if started else "",
@@ -81,46 +84,35 @@ def _rows(workers: list[Worker]) -> list[dict[str, Any]]:
 
 
 def workers_table(workers: list[Worker], *, width: int | None = None, edge: bool = True) -> Any:
-    """One line per worker; the least needed columns go while it is wider than ``width``.
+    """One line per worker; the least needed columns go while it is wider than the terminal
+    (or ``width``), the GPU's name and class last (see _PRIORITY).
 
     ``edge=False`` leaves out the blank lines above and below, as a section of `top`.
     """
     rows = _rows(workers)
-    columns = [c for c in rows[0] if c != "gpu_name"] if rows else []
-    table = _table(rows, columns, edge)
-    for name in _DROP_FIRST:
-        if width is None or natural_width(table) <= width:
-            break
-        if name == "gpu_name":
-            # The short form under the same header.
-            rows = [{**row, "gpu": row["gpu_name"]} for row in rows]
-        else:
-            columns.remove(name)
-        table = _table(rows, columns, edge)
-    return table
-
-
-def _table(rows: list[dict[str, Any]], columns: list[str], edge: bool) -> Any:
-    from rich import box
-    from rich.table import Table
-
-    table = Table(
-        header_style="bold",
-        box=box.SIMPLE_HEAD,
-        padding=(0, 1, 0, 0),
-        pad_edge=False,
+    optional = ("gpu name", "class")  # shown where some worker has one
+    columns = [c for c in rows[0] if c not in optional or any(r[c] for r in rows)] if rows else []
+    return FitTable(
+        _columns(columns),
+        [[row[c] for c in columns] for row in rows],
+        width=width,
+        one_line=True,
+        box=plain_box(),
         show_edge=edge,
+        **PLAIN,
     )
-    for name in columns:
-        table.add_column(
+
+
+def _columns(names: list[str]) -> list[Column]:
+    return [
+        Column(
             name,
+            priority=_PRIORITY.get(name, KEEP),
             justify="right" if name in _RIGHT else "left",
-            no_wrap=name not in ("job", "queues", "versions", "worker"),
-            overflow="fold",
+            wrap=name in _WRAP,
         )
-    for row in rows:
-        table.add_row(*(row[c] for c in columns))
-    return table
+        for name in names
+    ]
 
 
 @click.command("workers")

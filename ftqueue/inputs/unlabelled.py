@@ -49,20 +49,29 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _column(path: Path, columns: list[str], column: str) -> None:
+def _column(path: Path, columns: list[str], column: str, option: str = "--text-column") -> None:
     if column not in columns:
         raise _fail(
             f"input file {path} has no column {quote(column, 60)} (columns: "
-            f"{clip(', '.join(columns) or 'none', 120)}): name the right one with --text-column",
-            param="--text-column",
+            f"{clip(', '.join(columns) or 'none', 120)}): name the right one with {option}",
+            param=option,
         )
 
 
-def read_texts(value: str, column: str, *, sha256: str | None = None) -> list[str]:
-    """The checked texts of ``column``, in file order.
+def read_texts(
+    value: str, column: str, *, sha256: str | None = None, pair_column: str | None = None
+) -> list[str]:
+    """The checked texts of ``column``, in file order (``pair_column`` is checked to exist).
 
     With ``sha256``, the file must still have the content it had when the job was submitted.
     """
+    return read_inputs(value, column, sha256=sha256, pair_column=pair_column)[0]
+
+
+def read_inputs(
+    value: str, column: str, *, sha256: str | None = None, pair_column: str | None = None
+) -> tuple[list[str], list[str] | None]:
+    """The checked texts of ``column`` and, for sentence pairs, of ``pair_column``."""
     path = Path(value).expanduser()
     check_unlabelled_file(path)
     data = tables.read_bytes(path, INPUT_FILE)
@@ -71,19 +80,30 @@ def read_texts(value: str, column: str, *, sha256: str | None = None) -> list[st
             f"input file {path} has changed since the job was submitted: submit the job again "
             "to label the file as it is now"
         )
-    cells = list(
-        tables.read_table(
-            path, data, INPUT_FILE, column=column, check_columns=lambda c: _column(path, c, column)
-        )
-    )
+
+    def check(columns: list[str]) -> None:
+        _column(path, columns, column)
+        if pair_column is not None:
+            _column(path, columns, pair_column, "--text-pair-column")
+
+    cells = list(tables.read_table(path, data, INPUT_FILE, column=column, check_columns=check))
     if not cells:
         raise _fail(f"input file {path} has no rows: it needs at least one text to label")
+    texts = _texts(path, column, cells, "--text-column")
+    if pair_column is None:
+        return texts, None
+    # Read a second time for the second column: pair inputs only, and files a job labels.
+    pairs = list(tables.read_table(path, data, INPUT_FILE, column=pair_column))
+    return texts, _texts(path, pair_column, pairs, "--text-pair-column")
+
+
+def _texts(path: Path, column: str, cells: list[object], option: str) -> list[str]:
     for row, cell in enumerate(cells, start=1):
         if not isinstance(cell, str) or not cell.strip():
             raise _fail(
                 f"input file {path} row {row}: {quote(column, 60)} is empty or not text "
                 f"({quote(cell, 60)}); fill or drop the row",
-                param="--text-column",
+                param=option,
             )
         tables.check_row_length(cell, row, f"input file {path}")
     return [str(c) for c in cells]

@@ -88,11 +88,18 @@ def check(spec: EvaluateSpec) -> None:
     """The adapter to evaluate exists, succeeded, is on this machine, and was trained on the
     model given (the same directory content, where it is a local one)."""
     if spec.adapter_job is not None:
+        from ftqueue.artifacts import publishing
         from ftqueue.kinds import rows
         from ftqueue.store import reads
 
-        rows.adapter_dir_of(spec.adapter_job)
+        adapter = rows.adapter_dir_of(spec.adapter_job)
         check_base_model(spec, reads.spec_of(spec.adapter_job) or {})
+        try:
+            metadata = publishing.check_adapter_dir(adapter)
+        except AdapterError:
+            return  # not an adapter that loads (a synthetic run's): the job says what is wrong
+        pairs = spec.data.text_pair_column is not None
+        publishing.check_pairs(metadata, pairs, spec.adapter_job)
 
 
 def check_base_model(spec: EvaluateSpec, trained_spec: dict[str, Any]) -> None:

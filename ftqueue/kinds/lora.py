@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ftqueue.core.outcome import Outcome
 from ftqueue.core.text import clip, close_match
@@ -22,13 +23,14 @@ from ftqueue.specs import (
     param,
     required,
     seed_field,
+    spec_params,
 )
 
 #: The recipe's values that depend on where a job runs. On a GPU a step of batch 32 is bound by
 #: kernel launches (thousands per step, each a few microseconds), so a larger batch costs little
 #: more per step; the learning rates grow with it (about the square root of the batch ratio) and
 #: more epochs make up for the fewer steps. Chosen on movie-snippets with minilm, run on CPU (a
-#: recipe's accuracy does not depend on the device): see README "GPU defaults".
+#: recipe's accuracy does not depend on the device): see the docs, guides/training.md.
 DEVICE_DEFAULTS: dict[str, dict[str, int | float]] = {
     "cpu": {"batch_size": 32, "lr": 1e-3, "head_lr": 1e-2, "epochs": 2},
     "gpu": {"batch_size": 256, "lr": 3e-3, "head_lr": 3e-2, "epochs": 4},
@@ -113,6 +115,13 @@ class LoraSpec(ModelSpec):
         None, "int", "Training batch size.", lo=1, hi=8192, grid=True, hyper=True,
         optional=True, default_text=_per_device("batch_size"),
     )  # fmt: skip
+    #: Micro-batches per optimizer step, for an effective batch larger than fits in memory.
+    #: Stored only above 1, so that specs from before the field keep their hash.
+    grad_accum: int = param(
+        1, "int", "Gradient accumulation: micro-batches of --batch-size per optimizer step "
+        "(effective batch = batch size x this).", lo=1, hi=1024, grid=True, hyper=True,
+        omit_default=True,
+    )  # fmt: skip
     eval_batch_size: int | None = eval_batch_size_field()
     max_length: int = max_length_field()
     warmup_ratio: float = param(
@@ -127,8 +136,9 @@ class LoraSpec(ModelSpec):
     select_epoch: str | None = param(
         None,
         "choice",
-        "Keep the adapter of the best validation epoch and report its test accuracy, or the "
-        "last epoch's.",
+        "Keep the adapter of the best validation epoch and report its test accuracy (a later "
+        "epoch counts as better only above the earlier one's 95% interval), or the last "
+        "epoch's.",
         choices=SELECT_EPOCHS,
         optional=True,
         omit_none=True,
@@ -140,6 +150,15 @@ class LoraSpec(ModelSpec):
         chosen = device_recipe(device)
         values = {k: v for k, v in chosen.items() if getattr(self, k) is None}
         return dataclasses.replace(self, **values)  # type: ignore[arg-type]
+
+    def trained_with(self) -> dict[str, Any]:
+        """The hyper-parameters of this (device-resolved) spec, as a job records them."""
+        out: dict[str, Any] = {}
+        for f, p in spec_params(type(self)):
+            if p.hyper:
+                value = getattr(self, f.name)
+                out[f.name] = list(value) if isinstance(value, tuple) else value
+        return out
 
 
 def check(spec: LoraSpec) -> None:
@@ -181,6 +200,7 @@ def perform(spec: LoraSpec, ctx: JobContext) -> Outcome:
         cache_dir=ctx.cache_dir,
         on_progress=ctx.on_progress,
         keep_going=ctx.keep_going,
+        rungs=ctx.rungs,
     )
 
 
@@ -193,6 +213,7 @@ KIND = register(
         artifacts="adapters",
         output_label="adapter",
         check=check,
+        check_reads=("model", "target_modules"),
     )
 )
 

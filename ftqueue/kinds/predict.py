@@ -1,8 +1,9 @@
 """The ``predict`` kind: label the texts of a file with a LoRA job's adapter.
 
 It reads unlabelled text (checked here, at submit time, by ``check``) and publishes one
-predictions directory per job: ``predictions.parquet`` and ``predictions.csv`` (row, label, a
-probability per class) and ``ftqueue_predictions.json`` (where they came from).
+predictions directory per job: ``predictions.parquet`` and ``predictions.csv`` (row, text and
+for sentence pairs text_pair, label name, its score, a probability per class) and
+``ftqueue_predictions.json`` (where they came from).
 """
 
 from __future__ import annotations
@@ -46,6 +47,11 @@ class PredictSpec(JobSpec):
     )  # fmt: skip
     input: str = required("text", "A .csv, .jsonl or .parquet file of texts to label.")
     text_column: str = param("text", "text", "Column holding the text.")
+    #: Stored only when given, so that specs from before the field keep their hash.
+    text_pair_column: str | None = param(
+        None, "text", "Column holding the second text of sentence pairs (for an adapter "
+        "trained on pairs).", optional=True, omit_none=True,
+    )  # fmt: skip
     input_sha256: str | None = param(
         None, "text", "sha256 of the input file when it was submitted.", optional=True, cli=False
     )
@@ -67,13 +73,16 @@ def check(spec: PredictSpec) -> None:
 
     adapter = rows.adapter_dir_of(spec.adapter_job)
     metadata = publishing.check_adapter_dir(adapter)
+    publishing.check_pairs(metadata, spec.text_pair_column is not None, spec.adapter_job)
     if resolve_model(str(metadata["model"])) != resolve_model(spec.model):
         raise AdapterError(
             f"adapter of job {spec.adapter_job} was trained on model {metadata['model']}, not "
             f"{spec.model}: leave the model to the adapter",
             param="--adapter-job",
         )
-    unlabelled.read_texts(spec.input, spec.text_column, sha256=spec.input_sha256)
+    unlabelled.read_inputs(
+        spec.input, spec.text_column, sha256=spec.input_sha256, pair_column=spec.text_pair_column
+    )
 
 
 def perform(spec: PredictSpec, ctx: JobContext) -> Outcome:

@@ -15,7 +15,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
-from ftqueue.core.outcome import Outcome, ProgressCallback
+from ftqueue.core.objective import RungPoints
+from ftqueue.core.outcome import Measurement, Outcome, ProgressCallback
 from ftqueue.errors import SpecError
 from ftqueue.specs import JobSpec
 
@@ -48,9 +49,12 @@ class JobContext:
     staging: Path | None
     cache_dir: Path
     on_progress: ProgressCallback
-    #: Called with (epoch, validation accuracy) after each validated epoch; False means the
-    #: job's sweep pruned it there: stop, keep what was measured, publish what was trained.
-    keep_going: Callable[[int, float], bool] = lambda epoch, accuracy: True
+    #: Called after each validation but the last epoch's, with the rung's position (None at
+    #: an epoch end that is no rung) and the measurement; False means the job's sweep pruned
+    #: it there: stop, keep what was measured, publish what was trained.
+    keep_going: Callable[[float | None, Measurement], bool] = lambda position, measured: True
+    #: Where the job's sweep judges it (None: nowhere): the trainer validates there.
+    rungs: RungPoints | None = None
 
 
 @dataclass(frozen=True)
@@ -71,6 +75,9 @@ class JobKind(Generic[S]):
     output_files: tuple[str, ...] = ()
     #: Checks at submit time that need more than the spec: the database, files, the model.
     check: Callable[[S], None] | None = None
+    #: The spec fields ``check`` reads, when it reads no others: specs of one submit that
+    #: agree on them are checked once (a grid's 10,000 seeds, one model). None: every spec.
+    check_reads: tuple[str, ...] | None = None
     #: The Celery queue; defaults to the kind's name.
     queue: str = ""
 

@@ -6,15 +6,19 @@ The store knows rows, not kinds; these read a row and ask the registry what its 
 from __future__ import annotations
 
 import datetime as dt
+import json
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
 
-from ftqueue.core.states import JobStatus
-from ftqueue.errors import AdapterError
+from ftqueue.artifacts import objects, publishing
+from ftqueue.core.states import JobStatus, Priority
+from ftqueue.errors import AdapterError, FtqueueError, JobNotFound, SpecError
 from ftqueue.kinds import registry as kinds
+from ftqueue.settings import get_settings
 from ftqueue.store import db
 from ftqueue.store.schema import Job
 
@@ -48,13 +52,91 @@ def adapter_dir_of(job_id: int, *, flag: str = "--adapter-job") -> Path:
             f"adapter; {_ADAPTERS_HINT}",
             param=flag,
         )
-    if not Path(path).is_dir():
-        raise AdapterError(
-            f"{flag} {job_id}: its adapter {path} is missing from this machine; check "
-            "that FTQUEUE_ARTIFACTS_DIR is the shared directory the job wrote to.",
-            param=flag,
+    try:
+        return local_output(path)
+    except FtqueueError as exc:
+        raise AdapterError(f"{flag} {job_id}: {exc.message}", param=flag) from None
+
+
+def output_of(job_id: int) -> str:
+    """The output location a job's row holds, or an error saying why it has none."""
+    row = None
+    if job_id <= 2**31 - 1:
+        with db.session_scope() as session:
+            row = session.execute(
+                select(Job.status, Job.output_path).where(Job.id == job_id)
+            ).one_or_none()
+    if row is None:
+        raise JobNotFound(
+            f"no job {job_id} in this database: `ftqueue list` shows the jobs there are."
         )
-    return Path(path)
+    status, path = row
+    if not path:
+        raise SpecError(
+            f"job {job_id} has published nothing (status {status}): only a job that succeeded "
+            "has outputs; `ftqueue list --status succeeded` shows them",
+            param="JOB",
+        )
+    return str(path)
+
+
+def object_root() -> objects.ObjectRoot | None:
+    """The object store the artifacts root is on, or None for a local directory."""
+    settings = get_settings()
+    if settings.artifacts_url is None:
+        return None
+    return objects.ObjectRoot(settings.artifacts_url, settings.s3_endpoint_url)
+
+
+def output_location(path: str) -> str:
+    """Where a row's output is, for people: a local path or a URL.
+
+    Rows hold locations relative to the artifacts root; those written before that (absolute
+    paths outside the root) are taken as they are.
+    """
+    if Path(path).is_absolute():
+        return path
+    root = object_root()
+    if root is not None:
+        return root.location(path)
+    return str(get_settings().artifacts_dir / path)
+
+
+def local_output(path: str) -> Path:
+    """A local directory holding a row's output: the published one, or a copy of the object
+    store's, downloaded whole and checked into the cache (kept while it is current).
+
+    FtqueueError saying what to check when it is not there.
+    """
+    root = object_root()
+    if Path(path).is_absolute() or root is None:
+        local = get_settings().artifacts_dir / path
+        if not local.is_dir():
+            raise FtqueueError(
+                f"its output {local} is missing from this machine; check that "
+                "FTQUEUE_ARTIFACTS_DIR is the shared directory the job wrote to."
+            )
+        return local
+    cache = get_settings().artifacts_cache_dir / path
+    current = objects.read_manifest(root, path)
+    if current is None:
+        raise FtqueueError(
+            f"{root.location(path)} holds no complete output (an upload that did not finish, "
+            "or a different FTQUEUE_ARTIFACTS_DIR than the job's); run the job again"
+        )
+    try:
+        cached = json.loads((cache / objects.MANIFEST).read_text())
+    except (OSError, ValueError):
+        cached = None
+    if cached == current:
+        return cache
+    staging = publishing.new_staging_dir(cache.parent, cache.name)
+    try:
+        objects.download_dir(root, path, staging)
+        publishing.publish_dir(staging, cache)
+    finally:
+        publishing.discard(staging)
+    return cache
 
 
 def outputs_of(job_ids: Sequence[int]) -> dict[int, tuple[str, list[str]]]:
@@ -74,7 +156,9 @@ def published(job: Job) -> tuple[str, list[str]]:
     if not job.output_path:
         return label, []
     names = kind.output_files if kind is not None else ()
-    return label, [str(Path(job.output_path, n)) for n in names] or [job.output_path]
+    where = output_location(job.output_path)
+    separator = "/" if objects.is_url(where) else os.sep
+    return label, [f"{where}{separator}{n}" for n in names] or [where]
 
 
 def _iso(value: dt.datetime | None) -> str | None:
@@ -95,6 +179,9 @@ def job_summary(job: Job, *, detail: bool = False) -> dict[str, Any]:
         "name": job.name,
         "sweep_id": job.sweep_id,
         "trial": job.trial,
+        "user": job.submitted_by,
+        "gpu_class": job.gpu_class,
+        "priority": Priority.of_level(job.priority).value,
         "selected_epoch": job.selected_epoch,
         "tags": job.tag_names,
         "attempts": job.attempts,
@@ -113,7 +200,7 @@ def job_summary(job: Job, *, detail: bool = False) -> dict[str, Any]:
         },
         "error_type": job.error_type,
         "error_message": job.error_message,
-        "output_path": job.output_path,
+        "output_path": output_location(job.output_path) if job.output_path else None,
         "output_files": published(job)[1] if job.output_path else [],
         "train_seconds": job.train_seconds,
         "samples_per_second": job.samples_per_second,
@@ -127,6 +214,8 @@ def job_summary(job: Job, *, detail: bool = False) -> dict[str, Any]:
         "finished_at": _iso(job.finished_at),
         "spec_hash": job.spec_hash,
         "spec": job.spec,
+        #: The hyper-parameters it trained with, those the spec left to the device included.
+        "trained_with": job.trained_with,
     }
     if not detail:
         return out

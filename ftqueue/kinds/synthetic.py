@@ -8,7 +8,11 @@ Keys: ``seconds`` (sleep spread over the steps, default 0.5), ``steps`` (default
 ``fault``: ``raise`` (an exception), ``oom`` (a CUDA out-of-memory error), ``crash`` (the
 process kills itself), ``crash-first`` (only on the first attempt), ``hang`` (never ends),
 ``stuck`` (never ends and ignores the soft time limit, like a job stuck in native code),
-``crash-at-rung`` (the first attempt kills itself right after its first sweep rung verdict).
+``crash-at-rung`` (the first attempt kills itself right after its first sweep rung verdict),
+``abort`` (the process aborts, as a native library does on input it cannot hold),
+``memory`` (the process takes memory, up to :data:`MEMORY_FAULT_BYTES`, until the kernel's
+OOM killer ends it: run it only under a memory limit).
+Sweep rungs count only at epoch ends here (whole epochs): a stand-in validates nothing between.
 
 A training spec's validation accuracy follows a curve set by its hyper-parameters: a level
 drawn from the spec, rising by epoch up to a peak epoch (also drawn) and sagging after it,
@@ -27,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from ftqueue.artifacts.publishing import ADAPTER_CONFIG, ADAPTER_METADATA, ADAPTER_WEIGHTS
+from ftqueue.core.confidence import kept_epoch
 from ftqueue.core.files import write_json_atomic
 from ftqueue.core.outcome import Measurement, Outcome, Progress
 from ftqueue.core.states import Phase
@@ -35,7 +40,20 @@ from ftqueue.kinds.registry import JobContext, JobKind, Role
 from ftqueue.specs import JobSpec
 
 PREFIX = "synthetic"
-FAULTS = ("none", "raise", "oom", "crash", "crash-first", "hang", "stuck", "crash-at-rung")
+FAULTS = (
+    "none",
+    "raise",
+    "oom",
+    "crash",
+    "crash-first",
+    "hang",
+    "stuck",
+    "crash-at-rung",
+    "abort",
+    "memory",
+)
+#: The most a ``memory`` fault takes before it gives up and raises (no limit stopped it).
+MEMORY_FAULT_BYTES = 4 * 1024**3
 
 
 @dataclass(frozen=True)
@@ -130,7 +148,16 @@ def run(spec: JobSpec, kind: JobKind[Any], ctx: JobContext) -> Outcome:
     epochs = int(trained_epochs or 1)
     total = params.steps
     pause = params.seconds / total
+    if params.fault == "abort":
+        # Where a real one dies: the tokenizer, given a row it cannot hold. The pause lets
+        # the heartbeat store the phase first.
+        ctx.on_progress(Progress(Phase.TOKENIZE))
+        time.sleep(1.5)
+        os.abort()
     ctx.on_progress(Progress(Phase.TRAIN, 1, 0, total, None))
+    if params.fault == "memory":
+        time.sleep(1.5)
+        _take_memory()
     step = 0
     endless = params.fault in ("hang", "stuck")
     validation: list[Measurement] = []
@@ -159,7 +186,11 @@ def run(spec: JobSpec, kind: JobKind[Any], ctx: JobContext) -> Outcome:
             accuracy = validation_accuracy(spec, done)
             validation.append(_measurement("validation", done, accuracy))
             ctx.on_progress(Progress(Phase.EVALUATE, done, val_accuracy=accuracy, val_epoch=done))
-            keep = ctx.keep_going(done, accuracy)
+            # Rungs at epoch ends only: a stand-in has no weights to validate mid-epoch.
+            at_rung = ctx.rungs is None or ctx.rungs.unit == "epoch"
+            keep = done == epochs or ctx.keep_going(
+                float(done) if at_rung else None, validation[-1]
+            )
             if params.fault == "crash-at-rung" and ctx.attempt == 1 and done == 1:
                 os.kill(os.getpid(), signal.SIGKILL)
             if not keep:
@@ -194,20 +225,17 @@ def run(spec: JobSpec, kind: JobKind[Any], ctx: JobContext) -> Outcome:
     if pruned_at is not None:
         stats["pruned_at"] = pruned_at
     if hasattr(spec, "for_device"):  # the values a real job would choose on a CPU
-        resolved = spec.for_device("cpu")
-        stats["recipe"] = {
-            k: getattr(resolved, k) for k in ("batch_size", "lr", "head_lr", "epochs")
-        }
+        stats["recipe"] = spec.for_device("cpu").trained_with()
     return Outcome(measurements, ctx.staging, stats)
 
 
 def _selected_epoch(spec: JobSpec, validation: list[Measurement]) -> int | None:
-    """The best validation epoch (the earliest of equals), or the last one trained."""
+    """The epoch a real run would keep (``confidence.kept_epoch``), or the last one trained."""
     if not validation:
         return None
     if getattr(spec, "select_epoch", None) == "last":
         return validation[-1].epoch
-    return max(validation, key=lambda m: (m.accuracy, -m.epoch)).epoch
+    return kept_epoch([(m.epoch, m.accuracy, m.n_examples) for m in validation])
 
 
 def _inject(fault: str, attempt: int) -> None:
@@ -221,6 +249,14 @@ def _inject(fault: str, attempt: int) -> None:
         )
     if fault == "crash" or (fault == "crash-first" and attempt == 1):
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _take_memory(chunk: int = 64 * 1024**2) -> None:
+    held = []
+    for _ in range(MEMORY_FAULT_BYTES // chunk):
+        held.append(b"\x01" * chunk)  # written, so the pages are really taken
+    taken = len(held) * chunk
+    raise RuntimeError(f"synthetic memory fault: took {taken:,} bytes and nothing stopped it")
 
 
 def _write_output(directory: Path, spec: JobSpec, *, adapter: bool) -> None:

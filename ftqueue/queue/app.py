@@ -8,6 +8,7 @@ from celery import Celery
 from kombu import Exchange, Queue
 
 from ftqueue import kinds
+from ftqueue.core.states import PRIORITY_STEPS
 from ftqueue.settings import Settings, get_settings, on_reset
 
 app = Celery("ftqueue", set_as_current=False, include=["ftqueue.worker.tasks"])
@@ -21,7 +22,13 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     """
     # Redis re-delivers an unacknowledged message after visibility_timeout; with late acks it
     # must exceed the longest a job may legally run, or a running job would be started twice.
-    transport: dict[str, Any] = {"visibility_timeout": settings.visibility_timeout}
+    transport: dict[str, Any] = {
+        "visibility_timeout": settings.visibility_timeout,
+        "priority_steps": list(PRIORITY_STEPS),
+        # A worker asks Redis for its queues in the order given (its GPU class's first, see
+        # supervisor.py), not round robin; within that, every queue's higher priority first.
+        "queue_order_strategy": "priority",
+    }
     if settings.visibility_timeout < 600:
         # kombu looks for expired deliveries only every 10 x 10 s by default; a short timeout
         # is only meaningful if it looks more often.
@@ -68,6 +75,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             Queue(name, Exchange(name, type="direct"), routing_key=name) for name in kinds.queues()
         ],
         "task_default_queue": kinds.queues()[0],
+        # A message sent without one (`celery call`, an old client) is a normal job.
+        "task_default_priority": 3,
         "task_routes": {k.task_name: {"queue": k.queue} for k in kinds.all_kinds()},
         "task_always_eager": settings.eager,
         "task_eager_propagates": True,

@@ -10,6 +10,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from ftqueue.core.confidence import tie_key, tie_rule, wilson
 from ftqueue.core.text import display_names
 from ftqueue.report import query
 from ftqueue.report.options import CONFIG_COLUMNS, HYPERPARAMS, PLOT_MAX, ReportOptions
@@ -33,6 +34,8 @@ class ReportRow:
     selected_by: str | None = None
     selection_accuracy: float | None = None
     trained_on: str | None = None
+    #: Set when other configurations lie inside the chosen one's interval on ``selected_by``.
+    tie: Tie | None = None
 
     @property
     def delta_points(self) -> float | None:
@@ -53,11 +56,16 @@ class ReportRow:
             "base_loss": base.loss.mean if base else None,
             "base_loss_std": base.loss.std if base else None,
             "base_n": base.n if base else None,
+            "base_accuracy_low": _bound(base, 0),
+            "base_accuracy_high": _bound(base, 1),
             "accuracy": lora.accuracy.mean if lora else None,
             "accuracy_std": lora.accuracy.std if lora else None,
             "loss": lora.loss.mean if lora else None,
             "loss_std": lora.loss.std if lora else None,
             "n": lora.n if lora else None,
+            "accuracy_low": _bound(lora, 0),
+            "accuracy_high": _bound(lora, 1),
+            "examples": lora.examples if lora else None,
             "delta_points": self.delta_points,
             "trainable_share": lora.trainable_share if lora else None,
             "train_seconds": lora.train_seconds if lora else None,
@@ -65,6 +73,8 @@ class ReportRow:
             "selected_by": self.selected_by,
             "selection_accuracy": self.selection_accuracy,
             "trained_on": self.trained_on,
+            "tied_with": (self.tie.others if self.tie else 0) if self.selected_by else None,
+            "tie_rule": self.tie.rule if self.tie else None,
         }
         for name in params:
             value = self.config.get(name)
@@ -104,7 +114,7 @@ class Report:
         """Flat columns in output order; what chose a configuration only where one was chosen."""
         names = list(ReportRow("", "", "", None, None).flat(self.params))
         if self.options.group_by:
-            chosen = ("selected_by", "selection_accuracy", "trained_on")
+            chosen = ("selected_by", "selection_accuracy", "trained_on", "tied_with", "tie_rule")
             names = [n for n in names if n not in chosen]
         return names
 
@@ -160,7 +170,11 @@ def _spec_values(spec: dict[str, Any]) -> dict[str, Any]:
             node = node.get(part) if isinstance(node, dict) else None
         return node
 
-    values = _values(CONFIG_COLUMNS, (lookup(HYPERPARAMS[n].path) for n in CONFIG_COLUMNS))
+    def value(name: str) -> Any:
+        found = lookup(HYPERPARAMS[name].path)
+        return HYPERPARAMS[name].absent if found is None else found
+
+    values = _values(CONFIG_COLUMNS, (value(n) for n in CONFIG_COLUMNS))
     return {**values, "trained_on": lookup(("data", "dataset"))}
 
 
@@ -171,10 +185,31 @@ def _by_pair(configs: list[Config]) -> dict[tuple[str, str], list[Config]]:
     return out
 
 
+@dataclass(frozen=True)
+class Tie:
+    """Other configurations inside the chosen one's interval, and the rule that chose."""
+
+    others: int
+    #: One of ``confidence.TIE_RULES``.
+    rule: str
+
+
+def _bound(group: Group | None, side: int) -> float | None:
+    interval = group.interval if group is not None else None
+    return None if interval is None else interval[side]
+
+
+def score(config: Config, split: str) -> float:
+    """The value that ranks configurations on ``split``, higher better: the mean accuracy of
+    its runs at the epoch each kept. The one place that says what "best" means."""
+    return config.accuracy(split)
+
+
 def rank(cands: list[Config], split: str, select_by: str) -> tuple[list[Config], str]:
     """Configurations measured on ``split``, best first, and the split that ranked them.
 
-    Ranking by the final validation accuracy keeps the test split unseen by the choice; when
+    Ranking by the kept epoch's validation accuracy keeps the test split unseen by the
+    choice; when
     no configuration has validation results, the report split itself has to serve. Those
     without them go last, unranked.
     """
@@ -185,8 +220,48 @@ def rank(cands: list[Config], split: str, select_by: str) -> tuple[list[Config],
         pool, rest = have, []
     else:
         rest = [c for c in have if select_by not in c.sums]
-    ordered = sorted(pool, key=lambda c: (-c.accuracy(by), c.loss(by), c.first_job(split)))
+    ordered = sorted(pool, key=lambda c: (-score(c, by), c.loss(by), c.first_job(split)))
     return ordered + rest, by
+
+
+def tied(ordered: list[Config], by: str) -> list[Config]:
+    """The first configuration and every other whose score on ``by`` lies inside its 95%
+    Wilson interval (on the rows of ``by``); fewer than two: no tie."""
+    if len(ordered) < 2 or by not in ordered[0].sums:
+        return []
+    best = ordered[0]
+    examples = best.examples(by)
+    if not examples:
+        return []
+    low, _ = wilson(score(best, by), examples)
+    found = [c for c in ordered if by in c.sums and score(c, by) >= low]
+    return found if len(found) > 1 else []
+
+
+def spec_jobs(tie: list[Config], by: str) -> list[int]:
+    """The jobs whose specs the tie rule reads: only those with the most seeds, since fewer
+    seeds lose before simplicity counts."""
+    most = max((c.sums[by].n for c in tie), default=0)
+    return [c.first_job(by) for c in tie if c.sums[by].n == most]
+
+
+def settle(
+    ordered: list[Config], by: str, tie: list[Config], specs: dict[int, dict[str, Any]]
+) -> tuple[list[Config], Tie | None]:
+    """The ranked configurations with the tie rule (``confidence.tie_key``) applied to the
+    first place, and the tie; ``specs`` by job id, for ``spec_jobs``."""
+    if not tie:
+        return ordered, None
+    keyed = sorted(
+        (
+            tie_key(c.sums[by].n, specs.get(c.first_job(by), {}), score(c, by), c.first_job(by)),
+            i,
+        )
+        for i, c in enumerate(tie)
+    )
+    winner = tie[keyed[0][1]]
+    rest = [c for c in ordered if c is not winner]
+    return [winner, *rest], Tie(len(tie) - 1, tie_rule(keyed[0][0], keyed[1][0]))
 
 
 def build_report(session: Session, opts: ReportOptions, *, plotting: bool = False) -> Report:
@@ -194,16 +269,29 @@ def build_report(session: Session, opts: ReportOptions, *, plotting: bool = Fals
     ``plotting``, also the hyper-parameters of every group a plot draws."""
     query.tune(session)
     splits = tuple(dict.fromkeys((*opts.splits, opts.select_by)))
-    base = _by_pair(query.configs(session, opts, side="base", splits=splits))
     lora_splits = opts.splits if opts.group_by else splits
-    lora = _by_pair(
-        query.configs(session, opts, side="runs", splits=lora_splits, group_by=opts.group_by)
-    )
+    if query.summarised(opts):
+        base = _by_pair(query.summary_configs(session, opts, side="base", splits=splits))
+        lora = _by_pair(query.summary_configs(session, opts, side="runs", splits=lora_splits))
+    else:
+        base = _by_pair(query.configs(session, opts, side="base", splits=splits))
+        lora = _by_pair(
+            query.configs(session, opts, side="runs", splits=lora_splits, group_by=opts.group_by)
+        )
     rows: list[ReportRow] = []
     ranked: dict[Where, list[Group]] = {}
     chosen: dict[Where, tuple[Any, ...]] = {}
     chosen_by: dict[Where, str] = {}
     pairs = set(lora) if opts.picks_lora_runs else set(lora) | set(base)
+    choices: dict[Where, tuple[list[Config], str, list[Config]]] = {}
+    if not opts.group_by:
+        for model, dataset in pairs:
+            for split in opts.splits:
+                ordered, by = rank(lora.get((model, dataset), []), split, opts.select_by)
+                choices[(model, dataset, split)] = (ordered, by, tied(ordered, by))
+    # The specs every tie reads, in one query: a report may hold hundreds of ties.
+    needed = {job for ordered, by, tie in choices.values() for job in spec_jobs(tie, by)}
+    specs = query.config_specs(session, sorted(needed)) if needed else {}
     for model, dataset in sorted(pairs):
         for split in opts.splits:
             best_base, _ = rank(base.get((model, dataset), []), split, opts.select_by)
@@ -215,7 +303,8 @@ def build_report(session: Session, opts: ReportOptions, *, plotting: bool = Fals
                 ranked[(model, dataset, split)] = groups
                 rows += [ReportRow(model, dataset, split, base_group, g) for g in groups]
                 continue
-            ordered, by = rank(cands, split, opts.select_by)
+            ordered, by, candidates = choices[(model, dataset, split)]
+            ordered, tie = settle(ordered, by, candidates, specs)
             if plotting:  # thousands of configurations may come back; only a plot needs all
                 ranked[(model, dataset, split)] = [c.group(split) for c in ordered]
             if ordered:
@@ -224,6 +313,7 @@ def build_report(session: Session, opts: ReportOptions, *, plotting: bool = Fals
                 chosen_by[(model, dataset, split)] = by
                 row = ReportRow(model, dataset, split, base_group, best.group(split))
                 row.selected_by, row.selection_accuracy = by, best.accuracy(by)
+                row.tie = tie
                 rows.append(row)
             elif base_group:
                 rows.append(ReportRow(model, dataset, split, base_group, None))

@@ -35,11 +35,14 @@ class Column:
     path: tuple[str, ...]
     #: ``number`` (compared as a float), ``text``, or ``modules`` (a list, compared whole).
     kind: str
+    #: The value of a run whose spec leaves the field out (see ``Param.omit_default``).
+    absent: Any = None
 
 
-def _column(name: str, path: tuple[str, ...], param: Param) -> Column:
+def _column(name: str, path: tuple[str, ...], param: Param, default: Any = None) -> Column:
     kinds = {"int": "number", "float": "number", "modules": "modules"}
-    return Column(name, path, kinds.get(param.kind, "text"))
+    absent = default if param.omit_default else None
+    return Column(name, path, kinds.get(param.kind, "text"), absent)
 
 
 def _hyperparams() -> dict[str, Column]:
@@ -51,7 +54,7 @@ def _hyperparams() -> dict[str, Column]:
             continue
         for f, p in spec_params(kind.spec_type):
             if p.hyper:
-                columns.setdefault(f.name, _column(f.name, (f.name,), p))
+                columns.setdefault(f.name, _column(f.name, (f.name,), p, f.default))
     seed = columns.pop("seed", None)
     subset = next(p for f, p in spec_params(DataSpec) if f.name == "train_samples")
     columns["train_samples"] = _column("train_samples", ("data", "train_samples"), subset)
@@ -71,6 +74,8 @@ METRICS = (
     "loss",
     "loss_std",
     "n",
+    "accuracy_low",
+    "accuracy_high",
     "delta_points",
     "base_accuracy",
     "base_loss",
@@ -80,7 +85,9 @@ METRICS = (
 )
 ALIASES = {"delta": "delta_points", "train_time": "train_seconds", "std": "accuracy_std"}
 #: Higher is better for these, so they sort descending unless --asc is given.
-DESCENDING = ("accuracy", "base_accuracy", "delta_points", "n", "base_n")
+DESCENDING = (
+    "accuracy", "accuracy_low", "accuracy_high", "base_accuracy", "delta_points", "n", "base_n"
+)  # fmt: skip
 
 OPERATORS: dict[str, Callable[[Any, Any], bool]] = {
     "=": operator.eq,
@@ -218,7 +225,7 @@ def _names(values: Iterable[str]) -> list[str]:
 
 @dataclass(frozen=True, kw_only=True)
 class ReportOptions:
-    """A validated report request. Filters on sweep, tag, time and hyper-parameters pick the
+    """A validated report request. Filters on sweep, tag, user, time and hyper-parameters pick the
     LoRA runs; the base model is always compared with all its evaluations that match
     ``models``, ``datasets`` and ``statuses``."""
 
@@ -226,6 +233,8 @@ class ReportOptions:
     datasets: tuple[str, ...] = ()
     sweeps: tuple[str, ...] = ()
     tags: tuple[str, ...] = ()
+    #: Only LoRA runs these users submitted (jobs.submitted_by).
+    users: tuple[str, ...] = ()
     statuses: tuple[str, ...] = ("succeeded",)
     since: dt.datetime | None = None
     until: dt.datetime | None = None
@@ -237,6 +246,8 @@ class ReportOptions:
     descending: bool | None = None
     #: Most configurations per panel that a plot shows (None: all of them, up to PLOT_MAX).
     plot_top: int | None = None
+    #: Aggregate every result even where the report summary could answer (for comparisons).
+    full_query: bool = False
 
     def __post_init__(self) -> None:
         self._check("--status", self.statuses, STATUSES)
@@ -300,7 +311,14 @@ class ReportOptions:
     @property
     def picks_lora_runs(self) -> bool:
         """True when a filter narrows the LoRA runs, so rows without any are left out."""
-        return bool(self.sweeps or self.tags or self.since or self.until or self.spec_conditions)
+        return bool(
+            self.sweeps
+            or self.tags
+            or self.users
+            or self.since
+            or self.until
+            or self.spec_conditions
+        )
 
     @property
     def is_descending(self) -> bool:

@@ -26,12 +26,15 @@ from sqlalchemy import (
     literal,
     select,
     text,
+    type_coerce,
 )
 from sqlalchemy.orm import Session, aliased
 
+from ftqueue.core.confidence import wilson
 from ftqueue.kinds import ADAPTER_FIELD, Role, with_role
 from ftqueue.report.options import HYPERPARAMS, OPERATORS, Column, Condition, ReportOptions
-from ftqueue.store.schema import Job, JobTag, Result
+from ftqueue.store.schema import Job, JobTag, ReportSummary, Result, Sweep
+from ftqueue.store.summary import KEPT_FIRST
 
 #: ``Group.source`` of the base line; runs have their kind's name, adapter evaluations ADAPTER.
 BASE = "base"
@@ -77,21 +80,44 @@ class Group:
     train_seconds: float | None
     trainable_share: float | None
     first_job: int
+    #: Rows of the split behind each run's accuracy (the fewest, when runs differ).
+    examples: int | None = None
+
+    @property
+    def interval(self) -> tuple[float, float] | None:
+        """The 95% Wilson interval of the mean accuracy on ``examples`` rows."""
+        if not self.examples:
+            return None
+        return wilson(self.accuracy.mean, self.examples)
 
 
 def _dialect(session: Session) -> str:
     return session.get_bind().dialect.name
 
 
-def field(spec: ColumnElement[Any], column: Column) -> ColumnElement[Any]:
-    """A hyper-parameter of a spec JSON, typed the same way on SQLite and PostgreSQL."""
-    value = spec[column.path[0] if len(column.path) == 1 else column.path]
+def _typed(value: Any, column: Column) -> ColumnElement[Any]:
     if column.kind == "number":
         return value.as_float()
     if column.kind == "modules":
         # SQLite returns a JSON list without spaces, PostgreSQL as stored; make them agree.
         return func.replace(value.as_string(), " ", "")
     return value.as_string()
+
+
+def field(
+    spec: ColumnElement[Any], column: Column, used: ColumnElement[Any] | None = None
+) -> ColumnElement[Any]:
+    """A hyper-parameter of a run, typed the same way on SQLite and PostgreSQL: the value it
+    trained with (``used``: its ``trained_with``, where recorded), else its spec's, else the
+    field's value when a spec leaves it out."""
+    top = len(column.path) == 1
+    value = _typed(spec[column.path[0] if top else column.path], column)
+    choices = [value]
+    if used is not None and top:
+        choices.insert(0, _typed(used[column.name], column))
+    if column.absent is not None:
+        choices.append(literal(column.absent))
+    return choices[0] if len(choices) == 1 else func.coalesce(*choices)
 
 
 def modules_text(modules: Sequence[str]) -> str:
@@ -110,7 +136,9 @@ def tune(session: Session) -> None:
         session.execute(text("SET LOCAL work_mem = '64MB'"))
 
 
-def _condition(spec: ColumnElement[Any], cond: Condition) -> ColumnElement[bool]:
+def _condition(
+    spec: ColumnElement[Any], used: ColumnElement[Any], cond: Condition
+) -> ColumnElement[bool]:
     column = HYPERPARAMS[cond.column]
     value = cond.value
     if column.kind == "modules":
@@ -118,20 +146,31 @@ def _condition(spec: ColumnElement[Any], cond: Condition) -> ColumnElement[bool]
         value = modules_text(value)
     # The operator functions build SQL expressions from columns; the value becomes a parameter.
     compare: Any = OPERATORS[cond.op]
-    return compare(field(spec, column), value)
+    return compare(field(spec, column, used), value)
 
 
-def _final_metrics(splits: Sequence[str], jobs: Select[Any] | None) -> Subquery:
-    """Per job, accuracy and loss at the last epoch of each split, side by side (a0, l0, a1...).
+def _kept_metrics(splits: Sequence[str], jobs: Select[Any] | None) -> Subquery:
+    """Per job, accuracy, loss and rows at the kept epoch of each split, side by side (a0, l0,
+    e0, a1...).
 
-    A LoRA run records validation after every epoch and the report uses the last one. One
-    row per job keeps the configuration key, the costly part, to one computation per job.
+    A LoRA run records validation after every epoch and keeps one (``jobs.selected_epoch``,
+    the epoch whose adapter it saved and tested): the report reads that epoch's results, and
+    the last epoch's where a job kept none (evaluations, runs recorded before it was kept).
+    One row per job keeps the configuration key, the costly part, to one computation per job.
     """
     later = aliased(Result, name="later")
+
+    def order(result: Any) -> ColumnElement[Any]:
+        # The kept epoch above every other, then the later the better: one EXISTS, as cheap
+        # as the plain "no later epoch" it replaces (a job has a few rows per split).
+        return case((result.epoch == Job.selected_epoch, KEPT_FIRST), else_=result.epoch)
+
     superseded = (
         select(later.id)
         .where(
-            later.job_id == Result.job_id, later.split == Result.split, later.epoch > Result.epoch
+            later.job_id == Result.job_id,
+            later.split == Result.split,
+            order(later) > order(Result),
         )
         .exists()
     )
@@ -140,7 +179,12 @@ def _final_metrics(splits: Sequence[str], jobs: Select[Any] | None) -> Subquery:
         on_split = Result.split == split
         columns.append(func.max(case((on_split, Result.accuracy))).label(f"a{i}"))
         columns.append(func.max(case((on_split, Result.loss))).label(f"l{i}"))
-    query = select(Result.job_id, *columns).where(Result.split.in_(splits), ~superseded)
+        columns.append(func.max(case((on_split, Result.n_examples))).label(f"e{i}"))
+    query = (
+        select(Result.job_id, *columns)
+        .join(Job, Job.id == Result.job_id)
+        .where(Result.split.in_(splits), ~superseded)
+    )
     if jobs is not None:
         query = query.where(Result.job_id.in_(jobs))
     return query.group_by(Result.job_id).subquery("metrics")
@@ -162,7 +206,7 @@ def _runs(
     group_by: Sequence[str],
     splits: Sequence[str] = (),
 ) -> Select[Any]:
-    """One row per run: its group key, and with ``splits`` its final metrics on each.
+    """One row per run: its group key, and with ``splits`` its kept epoch's metrics on each.
 
     ``side`` is ``base`` (evaluations of a bare model) or ``runs`` (training runs and
     adapter evaluations, whose configuration is the adapter's training spec).
@@ -177,6 +221,7 @@ def _runs(
     if opts.statuses:
         conditions.append(Job.status.in_(opts.statuses))
     spec: ColumnElement[Any]
+    used: ColumnElement[Any]
     config: ColumnElement[Any]
     trainable: ColumnElement[Any]
     total: ColumnElement[Any]
@@ -184,6 +229,7 @@ def _runs(
     query = select().select_from(Job)
     if side == BASE:
         spec = Job.spec.expression
+        used = Job.trained_with.expression
         config = Job.config_hash.expression
         conditions += [Job.kind.in_(evaluations), adapter_ref.is_(None)]
         source: ColumnElement[str] = literal(BASE)
@@ -195,6 +241,9 @@ def _runs(
         adapter = aliased(Job, select(Job).where(Job.id.in_(evaluated)).subquery(), "adapter")
         query = query.outerjoin(adapter, adapter.id == adapter_ref)
         spec = func.coalesce(adapter.spec, Job.spec, type_=JSON)
+        used = type_coerce(
+            case((adapter.id.is_not(None), adapter.trained_with), else_=Job.trained_with), JSON
+        )
         config = func.coalesce(adapter.config_hash, Job.config_hash)
         conditions.append(Job.kind.in_(runs) | adapter_ref.is_not(None))
         source = case((Job.kind.in_(runs), Job.kind), else_=ADAPTER)
@@ -202,15 +251,17 @@ def _runs(
         trainable = func.coalesce(adapter.trainable_params, Job.trainable_params)
         total = func.coalesce(adapter.total_params, Job.total_params)
         seconds = func.coalesce(adapter.train_seconds, Job.train_seconds)
-        conditions += _lora_filters(opts, spec)
+        conditions += _lora_filters(opts, spec, used)
     if group_by:
-        keys = [field(spec, HYPERPARAMS[name]).label(f"k{i}") for i, name in enumerate(group_by)]
+        keys = [
+            field(spec, HYPERPARAMS[name], used).label(f"k{i}") for i, name in enumerate(group_by)
+        ]
     else:
         keys = [config.label("k0")]
     metrics: list[ColumnElement[Any]] = []
     if splits:
         measured = select(Job.id).where(Job.kind.in_(evaluations)) if side == BASE else None
-        final = _final_metrics(splits, measured)
+        final = _kept_metrics(splits, measured)
         query = query.join(final, final.c.job_id == Job.id)
         metrics = [c for c in final.c if c.name != "job_id"]
     return query.add_columns(
@@ -225,17 +276,21 @@ def _runs(
     ).where(*conditions)
 
 
-def _lora_filters(opts: ReportOptions, spec: ColumnElement[Any]) -> list[ColumnElement[bool]]:
+def _lora_filters(
+    opts: ReportOptions, spec: ColumnElement[Any], used: ColumnElement[Any]
+) -> list[ColumnElement[bool]]:
     out: list[ColumnElement[bool]] = []
     if opts.sweeps:
         out.append(Job.sweep_id.in_(opts.sweeps))
     for tag in opts.tags:
         out.append(Job.id.in_(select(JobTag.job_id).where(JobTag.tag == tag)))
+    if opts.users:
+        out.append(Job.submitted_by.in_(opts.users))
     if opts.since:
         out.append(Job.created_at >= opts.since)
     if opts.until:
         out.append(Job.created_at < opts.until)
-    out += [_condition(spec, cond) for cond in opts.spec_conditions]
+    out += [_condition(spec, used, cond) for cond in opts.spec_conditions]
     return out
 
 
@@ -263,9 +318,10 @@ class SplitSums:
     train_seconds: float | None
     share: float | None
     first_job: int
+    examples: int | None
 
     #: The order ``configs`` selects the aggregates in: n, 4 accuracy sums, 4 loss sums, rest.
-    WIDTH = 12
+    WIDTH = 13
 
     @classmethod
     def from_row(cls, values: Sequence[Any]) -> SplitSums:
@@ -277,6 +333,7 @@ class SplitSums:
             train_seconds=None if values[9] is None else float(values[9]),
             share=None if values[10] is None else float(values[10]),
             first_job=int(values[11]),
+            examples=None if values[12] is None else int(values[12]),
         )
 
 
@@ -305,6 +362,9 @@ class Config:
     def first_job(self, split: str) -> int:
         return self.sums[split].first_job
 
+    def examples(self, split: str) -> int | None:
+        return self.sums[split].examples
+
     def group(self, split: str) -> Group:
         sums = self.sums[split]
         return Group(
@@ -319,6 +379,7 @@ class Config:
             train_seconds=sums.train_seconds,
             trainable_share=sums.share,
             first_job=sums.first_job,
+            examples=sums.examples,
         )
 
 
@@ -346,6 +407,7 @@ def configs(
             func.avg(case((measured, c.train_seconds))),
             func.avg(case((measured, c.share))),
             func.min(case((measured, c.job_id))),
+            func.min(c[f"e{i}"]),
         ]
     width, per_split = len(dims), SplitSums.WIDTH
     query = select(*dims, *aggregates).group_by(*dims)
@@ -360,18 +422,94 @@ def configs(
     return out
 
 
+def summarised(opts: ReportOptions) -> bool:
+    """Whether ``report_summary`` can answer ``configs`` for ``opts``: the default report,
+    perhaps narrowed to models and datasets. Other filters and --group-by need every run."""
+    narrowed = (opts.sweeps, opts.tags, opts.users, opts.since, opts.until, opts.spec_conditions)
+    return (
+        not opts.full_query
+        and not opts.group_by
+        and tuple(opts.statuses) == ("succeeded",)
+        and not any(narrowed)
+    )
+
+
+def summary_configs(
+    session: Session, opts: ReportOptions, *, side: str, splits: Sequence[str]
+) -> list[Config]:
+    """What ``configs`` returns (without --group-by), from ``report_summary``: a few rows per
+    configuration instead of every result (see ``summarised``)."""
+    s = ReportSummary
+    evaluations, runs = with_role(Role.EVALUATION), with_role(Role.RUN)
+    conditions: list[ColumnElement[bool]] = [s.split.in_(splits)]
+    if side == BASE:
+        conditions += [s.kind.in_(evaluations), s.adapter.is_(False)]
+        source: ColumnElement[str] = literal(BASE)
+    else:
+        conditions.append(s.kind.in_(runs) | (s.kind.in_(evaluations) & s.adapter.is_(True)))
+        source = case((s.kind.in_(runs), s.kind), else_=ADAPTER)
+    if opts.models:
+        conditions.append(s.model.in_(opts.models))
+    if opts.datasets:
+        conditions.append(s.dataset.in_(opts.datasets))
+    dims = [s.model, s.dataset, source.label("source"), s.config, s.split]
+    query = (
+        select(
+            *dims,
+            func.sum(s.n),
+            func.sum(s.acc_sum),
+            func.sum(s.acc_squares),
+            func.min(s.acc_min),
+            func.max(s.acc_max),
+            func.sum(s.loss_sum),
+            func.sum(s.loss_squares),
+            func.min(s.loss_min),
+            func.max(s.loss_max),
+            func.sum(s.seconds_sum),
+            func.sum(s.seconds_n),
+            func.sum(s.share_sum),
+            func.sum(s.share_n),
+            func.min(s.first_job),
+            func.min(s.examples_min),
+        )
+        .where(*conditions)
+        .group_by(*dims)
+    )
+    found: dict[tuple[Any, ...], Config] = {}
+    for row in session.connection().execute(query):
+        model, dataset, src, key, split, n = row[:6]
+        seconds, seconds_n, share, share_n = row[14:18]
+        sums = SplitSums(
+            n=int(n),
+            accuracy=Sums(*(float(v) for v in row[6:10])),
+            loss=Sums(*(float(v) for v in row[10:14])),
+            train_seconds=float(seconds) / int(seconds_n) if seconds_n else None,
+            share=float(share) / int(share_n) if share_n else None,
+            first_job=int(row[18]),
+            examples=None if row[19] is None else int(row[19]),
+        )
+        where = (model, dataset, src, key)
+        config = found.setdefault(where, Config(model, dataset, src, (key,), {}))
+        config.sums[split] = sums
+    return list(found.values())
+
+
 def config_specs(session: Session, job_ids: Sequence[int]) -> dict[int, dict[str, Any]]:
-    """The configuration spec of each job: its own, or for an adapter evaluation the adapter's."""
+    """The configuration spec of each job: its own, or for an adapter evaluation the adapter's,
+    with the values it trained with in place of those the spec left to the device."""
     adapter = aliased(Job, name="adapter")
     adapter_ref = _adapter_ref()
     out: dict[int, dict[str, Any]] = {}
     for start in range(0, len(job_ids), 500):
         query = (
-            select(Job.id, Job.spec, adapter.spec)
+            select(Job.id, Job.spec, Job.trained_with, adapter.spec, adapter.trained_with)
             .outerjoin(adapter, adapter.id == adapter_ref)
             .where(Job.id.in_(job_ids[start : start + 500]))
         )
-        out.update({job_id: own or spec for job_id, spec, own in session.execute(query)})
+        for job_id, spec, used, adapter_spec, adapter_used in session.execute(query):
+            if adapter_spec is not None:
+                spec, used = adapter_spec, adapter_used
+            out[job_id] = {**spec, **(used or {})}
     return out
 
 
@@ -423,3 +561,23 @@ def dataset_names(session: Session, datasets: Sequence[str]) -> dict[str, str]:
         )
         out.update({dataset: label for dataset, label in session.execute(query) if label})
     return out
+
+
+def unknown_sweeps(session: Session, names: Sequence[str]) -> list[str]:
+    """Those of ``names`` that neither a sweep row nor any job's sweep id has."""
+    known = set(session.scalars(select(Sweep.id).where(Sweep.id.in_(names))))
+    known |= set(session.scalars(select(Job.sweep_id).where(Job.sweep_id.in_(names)).distinct()))
+    return [name for name in names if name not in known]
+
+
+def recent_sweeps(session: Session, limit: int = 5) -> list[str]:
+    """The sweep ids of the latest jobs, newest first."""
+    latest = func.max(Job.id)
+    query = (
+        select(Job.sweep_id)
+        .where(Job.sweep_id.is_not(None))
+        .group_by(Job.sweep_id)
+        .order_by(latest.desc())
+        .limit(limit)
+    )
+    return [name for name in session.scalars(query) if name]

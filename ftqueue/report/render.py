@@ -9,6 +9,8 @@ import io
 import json
 from typing import Any
 
+from ftqueue.core.confidence import interval_text
+from ftqueue.core.tables import KEEP, Column, FitTable
 from ftqueue.core.text import duration, literal, printable
 from ftqueue.report.build import Report, ReportRow
 from ftqueue.report.query import ADAPTER, Group
@@ -17,18 +19,18 @@ from ftqueue.report.query import ADAPTER, Group
 SHOWN = ("r", "alpha", "dropout", "target_modules", "lr", "head_lr", "epochs", "batch_size")
 BASE, LORA, CONFIG = "base acc / loss", "LoRA acc / loss", "best LoRA configuration"
 NUMERIC = (BASE, LORA, "Δ points", "trainable", "train time")
-MIN_WIDTH = {"model": 8, "dataset": 8, "split": 5, CONFIG: 16}
 
 
 def describe(report: Report) -> str:
     """One sentence saying what the rows are, for titles and captions."""
     opts = report.options
-    spread = "mean ± sample std over seeds (n runs)"
+    spread = "low-high: 95% interval on the split's rows; mean ± sample std over seeds (n runs)"
     if opts.group_by:
         return f"LoRA runs grouped by {', '.join(opts.group_by)}; {spread}."
     return (
-        f"Base model vs its best LoRA configuration (by mean final-epoch {opts.select_by} "
-        f"accuracy); {spread}."
+        f"Base model vs its best LoRA configuration (by mean kept-epoch {opts.select_by} "
+        f"accuracy; ties broken by more seeds, then smaller r, fewer modules, lower lr); "
+        f"{spread}."
     )
 
 
@@ -41,12 +43,14 @@ def _value(value: Any) -> str:
 
 
 def _metrics(group: Group | None) -> list[str]:
-    """Accuracy ± std on one line, loss and n on the next."""
+    """Accuracy ± std on one line, its 95% interval on the next, then loss and n."""
     if group is None:
         return [""]
     acc = group.accuracy
     first = f"{acc.mean:.4f}" if acc.std is None else f"{acc.mean:.4f} ± {acc.std:.4f}"
-    return [first, f"loss {group.loss.mean:.4f}, n={group.n}"]
+    interval = group.interval
+    bounds = [] if interval is None else [interval_text(*interval)]
+    return [first, *bounds, f"loss {group.loss.mean:.4f}, n={group.n}"]
 
 
 def _config(row: ReportRow, select_by: str) -> list[str]:
@@ -59,6 +63,9 @@ def _config(row: ReportRow, select_by: str) -> list[str]:
         lines.append(f"adapter trained on {row.trained_on}")
     if row.selected_by != select_by:
         lines.append(f"chosen by {row.selected_by}: no {select_by} results")
+    if row.tie is not None:
+        others = f"{row.tie.others} other{'s' if row.tie.others > 1 else ''}"
+        lines.append(f"tie: {others} inside its interval; chosen by {row.tie.rule}")
     return lines
 
 
@@ -101,8 +108,14 @@ STACKED = {
 }
 #: Headers of the narrow layout, on two lines so that they are no wider than their numbers.
 NARROW = {BASE: "base\nacc / loss", LORA: "LoRA\nacc / loss", "Δ points": "Δ\npoints"}
-#: The columns of the narrow layout that wrap, and the share of the free width each gets.
-FREE = {STACKED["model"][0]: 0.35, CONFIG: 0.65}
+#: Free text, broken at separators when the room is short; the configuration column keeps
+#: this many characters in the full layout (else the narrow one is used) and in the narrow one.
+WRAP = {"model": 8, "dataset": 8, STACKED["model"][0]: 8}
+CONFIG_WIDTH = {"full": 30, "narrow": 16}
+#: Hidden first when even the narrow layout is too wide: the cost, then the difference
+#: (base and LoRA accuracies stay, so it can be read off them); the others always stay.
+PRIORITY = {"trainable": 1, "train time": 1, STACKED["trainable"][0]: 1, "Δ points": 2}
+PRIORITY |= {NARROW["Δ points"]: 2, "runs": 3}
 
 
 def _stack(
@@ -129,83 +142,48 @@ def _stack(
     return names, out_rows
 
 
-#: The free-text columns of the full layout, and the share of the free width each gets.
-FREE_WIDE = {CONFIG: 0.7, "dataset": 0.3}
-#: The full layout only where its configuration column gets at least this many characters.
-WIDE_CONFIG = 30
-
-
-def _widths(
-    headers: list[str], rows: list[list[list[str]]], width: int, free_share: dict[str, float]
-) -> list[int]:
-    """Column widths that add up to ``width`` with the borders: every other column as wide
-    as its longest line, the free-text columns sharing what is left."""
-    from rich.cells import cell_len
-
-    natural = [
-        max(cell_len(line) for line in [*header.split("\n"), *(ln for r in rows for ln in r[i])])
-        for i, header in enumerate(headers)
-    ]
-    # Each column has a border on its left and one space of padding on either side.
-    fixed = sum(n for h, n in zip(headers, natural, strict=True) if h not in free_share)
-    free = width - 1 - 3 * len(headers) - fixed
+def _columns(report: Report, headers: list[str], layout: str) -> list[Column]:
+    group_by = report.options.group_by
     out = []
-    for header, length in zip(headers, natural, strict=True):
-        share = free_share.get(header)
-        out.append(length if share is None else max(8, min(length, int(free * share))))
-    # What one free column does not need, another may take.
-    spare = free - sum(w for h, w in zip(headers, out, strict=True) if h in free_share)
-    for i, header in enumerate(headers):
-        if header in free_share and spare > 0:
-            grow = min(spare, natural[i] - out[i])
-            out[i] += grow
-            spare -= grow
+    for header in headers:
+        right = header in NUMERIC or header in group_by
+        right = right or header in NARROW.values() or header == STACKED["trainable"][0]
+        config = CONFIG_WIDTH[layout] if header == CONFIG else None
+        out.append(
+            Column(
+                literal(header),  # group-by names are whitelisted, but a header is never markup
+                priority=PRIORITY.get(header, KEEP),
+                justify="right" if right else "left",
+                wrap=config is not None or header in WRAP or header in group_by,
+                min_width=config or WRAP.get(header, 0),
+            )
+        )
     return out
 
 
 def rich_table(report: Report, width: int | None = None) -> Any:
-    """The report for a terminal ``width`` columns wide (None: as wide as it needs).
+    """The report for the console it is printed on (no wider than ``width`` when given).
 
     The full layout where its configuration column can be given room, else the columns
-    stacked (see ``_stack``); either way with widths that fit (see ``_widths``): no column
-    cut off, no number broken across lines.
+    stacked (see ``_stack``), then without the cost and the difference, then one block per
+    row (see ``ftqueue.core.tables``): no column cut off, no number broken across lines.
     """
     headers, rows = cells(report)
-    if width is None:
-        return _table(report, headers, rows)
-    widths = _widths(headers, rows, width, FREE_WIDE)
-    config = widths[headers.index(CONFIG)] if CONFIG in headers else WIDE_CONFIG
-    if sum(widths) + 1 + 3 * len(headers) <= width and config >= WIDE_CONFIG:
-        return _table(report, headers, rows, widths=widths)
     narrow, stacked = _stack(headers, rows)
-    return _table(report, narrow, stacked, widths=_widths(narrow, stacked, width, FREE))
+    return FitTable(
+        _columns(report, headers, "full"),
+        _literal_rows(rows),
+        alternatives=[(_columns(report, narrow, "narrow"), _literal_rows(stacked))],
+        title=literal(describe(report)),
+        title_style="italic",
+        header_style="bold",
+        width=width,
+    )
 
 
-def _table(
-    report: Report,
-    headers: list[str],
-    rows: list[list[list[str]]],
-    *,
-    widths: list[int] | None = None,
-) -> Any:
-    from rich.table import Table
-
-    table = Table(title=describe(report), header_style="bold", title_justify="left")
-    for i, header in enumerate(headers):
-        right = header in NUMERIC or header in report.options.group_by
-        right = right or header in NARROW.values() or header == STACKED["trainable"][0]
-        # Let rich share the width, but never squeeze a column below a readable minimum.
-        table.add_column(
-            header,
-            justify="right" if right else "left",
-            overflow="fold",
-            min_width=None if widths else MIN_WIDTH.get(header),
-            width=widths[i] if widths else None,
-        )
-    for row in rows:
-        # Model names and paths are free text: literal, so they print as they are.
-        table.add_row(*(literal("\n".join(lines)) for lines in row))
-    return table
+def _literal_rows(rows: list[list[list[str]]]) -> list[list[Any]]:
+    # Model names and paths are free text: literal, so they print as they are.
+    return [[[literal(line) for line in lines] for lines in row] for row in rows]
 
 
 def markdown_cell(value: str) -> str:
@@ -241,8 +219,41 @@ def to_json(report: Report) -> str:
     return json.dumps(report.flat_rows(), indent=2)
 
 
-def _html(value: str) -> str:
+def html_text(value: str) -> str:
+    """User text as HTML: control sequences written out, markup escaped."""
     return html.escape(printable(value))
+
+
+_html = html_text
+
+
+def html_page(title: str, intro: str, table: str, image: str) -> str:
+    """One self-contained page: ``title`` as plain text; ``intro``, ``table`` and ``image`` as
+    HTML already escaped by the caller."""
+    heading = html_text(title)
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{heading}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2em; }}
+table {{ border-collapse: collapse; font-size: 0.9em; }}
+th, td {{ border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: left; }}
+th {{ background: #f3f3f3; }}
+img {{ max-width: 100%; margin-top: 1.5em; }}
+</style></head><body>
+<h1>{heading}</h1>
+{intro}
+{table}
+{image}
+</body></html>
+"""
+
+
+def png_img(png: bytes | None, alt: str) -> str:
+    """The plot as an ``<img>`` with a data URL (no outside reference), or nothing."""
+    if png is None:
+        return ""
+    data = base64.b64encode(png).decode("ascii")
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
 
 
 def to_html(report: Report, png: bytes | None) -> str:
@@ -253,22 +264,6 @@ def to_html(report: Report, png: bytes | None) -> str:
         "<tr>" + "".join(f"<td>{'<br>'.join(map(_html, c))}</td>" for c in row) + "</tr>"
         for row in rows
     )
-    image = ""
-    if png is not None:
-        data = base64.b64encode(png).decode("ascii")
-        image = f'<img alt="accuracy per configuration" src="data:image/png;base64,{data}">'
-    return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>ftqueue report</title>
-<style>
-body {{ font-family: system-ui, sans-serif; margin: 2em; }}
-table {{ border-collapse: collapse; font-size: 0.9em; }}
-th, td {{ border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: left; }}
-th {{ background: #f3f3f3; }}
-img {{ max-width: 100%; margin-top: 1.5em; }}
-</style></head><body>
-<h1>ftqueue report</h1>
-<p>{html.escape(describe(report))}</p>
-<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>
-{image}
-</body></html>
-"""
+    table = f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    intro = f"<p>{html.escape(describe(report))}</p>"
+    return html_page("ftqueue report", intro, table, png_img(png, "accuracy per configuration"))

@@ -11,7 +11,9 @@ import json
 from dataclasses import asdict
 from typing import Any
 
+from ftqueue.core.confidence import interval_text
 from ftqueue.core.states import JobStatus
+from ftqueue.core.tables import Column, FitTable
 from ftqueue.core.text import duration, literal
 from ftqueue.sweeps.summary import SweepReport, Trial, summary_lines, sweep_report
 from ftqueue.sweeps.summary import value_text as _value
@@ -25,57 +27,97 @@ __all__ = [
     "sweep_report",
     "to_csv",
     "to_dict",
+    "to_html",
     "to_json",
+    "to_markdown",
 ]
 
 
-def rich_table(report: SweepReport) -> Any:
-    from rich.table import Table
+#: Hidden first when the terminal is narrow (lowest first): the cost, the trial's number, the
+#: curve (its kept value is in "kept (ep), 95%"), then the test accuracy. The job, its status, the
+#: searched values and the best validation accuracy always stay.
+PRIORITY = {"train": 1, "trial": 2, "val. by epoch": 3, "test": 4}
 
-    table = Table(title=literal(f"sweep {report.sweep_id}"), header_style="bold")
-    table.add_column("job", justify="right")
-    table.add_column("trial", justify="right")
-    table.add_column("status", no_wrap=True)
-    for name in report.space:
-        table.add_column(literal(name))  # sweep-file keys and values are user text
-    table.add_column("val. by epoch")
-    table.add_column("best (ep)", no_wrap=True)
-    table.add_column("test", justify="right")
-    table.add_column("train", justify="right")
+
+def rich_table(report: SweepReport, width: int | None = None) -> Any:
+    """The trials, one a row, drawn to the terminal's width (see ``ftqueue.core.tables``)."""
+    columns = [
+        Column("job", justify="right"),
+        Column("trial", priority=PRIORITY["trial"], justify="right"),
+        Column("status"),
+        # Sweep-file keys and values are user text; lists break after their commas.
+        *(Column(literal(name), wrap=True) for name in report.space),
+        Column(
+            f"val. {report.metric} by epoch",
+            priority=PRIORITY["val. by epoch"],
+            wrap=True,
+            min_width=5,
+        ),
+        Column("kept (ep), 95%"),
+        Column("test", priority=PRIORITY["test"], justify="right"),
+        Column("train", priority=PRIORITY["train"], justify="right"),
+    ]
     best = report.best
+    rows = []
     for t in report.trials:
         curve = " ".join(f"{a:.3f}" for a in t.curve.values())
-        top = (
-            f"{t.best_validation:.4f} ({t.selected_epoch})" if t.best_validation is not None else ""
-        )
+        top = _kept(t)
         mark = "[bold]" if best is not None and t.job_id == best.job_id else ""
-        table.add_row(
-            f"{mark}{t.job_id}",
-            "" if t.trial is None else str(t.trial),
-            t.status + (f" @{t.pruned_at}" if t.pruned_at else ""),
-            *[literal(_value(t.values.get(n))) for n in report.space],
-            curve,
-            top,
-            "" if t.test_accuracy is None else f"{t.test_accuracy:.4f}",
-            duration(t.train_seconds),
+        rows.append(
+            [
+                f"{mark}{t.job_id}",
+                "" if t.trial is None else str(t.trial),
+                t.status + (f" @{t.pruned_at}" if t.pruned_at else ""),
+                *[literal(_value(t.values.get(n))) for n in report.space],
+                curve,
+                top,
+                "" if t.test_accuracy is None else f"{t.test_accuracy:.4f}",
+                duration(t.train_seconds),
+            ]
         )
-    return table
+    return FitTable(
+        columns,
+        rows,
+        title=literal(f"sweep {report.sweep_id}"),
+        header_style="bold",
+        width=width,
+    )
+
+
+def _kept(t: Trial) -> str:
+    """The kept epoch's validation accuracy, its epoch and its 95% interval, in one cell."""
+    if t.kept_validation is None:
+        return ""
+    interval = f"\n{interval_text(*t.interval)}" if t.interval else ""
+    return f"{t.kept_validation:.4f} ({t.selected_epoch}){interval}"
 
 
 def to_dict(report: SweepReport) -> dict[str, Any]:
-    best = report.best
+    best, tie = report.choice
     return {
         "sweep_id": report.sweep_id,
         "method": report.method,
         "status": report.status,
+        "metric": report.metric,
+        "goal": report.goal,
         "eta": report.eta,
         "rungs": report.rungs,
+        "rung_unit": report.rung_unit,
         "counts": report.counts,
         "best_job": best.job_id if best else None,
+        "tied_with": tie[0] if tie else 0,
+        "tie_rule": tie[1] if tie else None,
         "train_seconds": report.spent_seconds,
         "train_seconds_run_to_end": report.full_seconds,
         "trials": [
-            asdict(t) | {"best_validation": t.best_validation, "full_seconds": t.full_seconds}
+            {k: v for k, v in asdict(t).items() if k != "shape"}
+            | {
+                "best_validation": t.best_validation,
+                "kept_validation": t.kept_validation,
+                "kept_low": t.interval[0] if t.interval else None,
+                "kept_high": t.interval[1] if t.interval else None,
+                "full_seconds": t.full_seconds,
+            }
             for t in report.trials
         ],
     }
@@ -89,18 +131,70 @@ def to_csv(report: SweepReport) -> str:
     out = io.StringIO()
     writer = csv.writer(out)
     writer.writerow(["job", "trial", "status", "pruned_at", *report.space, "best_validation",
-                     "selected_epoch", "test_accuracy", "train_seconds"])  # fmt: skip
+                     "selected_epoch", "kept_validation", "kept_low", "kept_high",
+                     "test_accuracy", "train_seconds"])  # fmt: skip
     for t in report.trials:
+        low, high = t.interval or (None, None)
         writer.writerow(
             [t.job_id, t.trial, t.status, t.pruned_at or "",
              *[literal(_value(t.values.get(n))) for n in report.space],
-             t.best_validation, t.selected_epoch, t.test_accuracy, t.train_seconds]
+             t.best_validation, t.selected_epoch, t.kept_validation, low, high,
+             t.test_accuracy, t.train_seconds]
         )  # fmt: skip
     return out.getvalue()
 
 
+def cells(report: SweepReport) -> tuple[list[str], list[list[str]]]:
+    """Headers and plain-text cells of the trials, for Markdown and HTML."""
+    headers = ["job", "trial", "status", *report.space, "val. by epoch", "kept (ep), 95%",
+               "test", "train"]  # fmt: skip
+    best = report.best
+    rows = []
+    for t in report.trials:
+        mark = " (best)" if best is not None and t.job_id == best.job_id else ""
+        rows.append(
+            [f"{t.job_id}{mark}", "" if t.trial is None else str(t.trial),
+             t.status + (f" @{t.pruned_at}" if t.pruned_at else ""),
+             *[_value(t.values.get(n)) for n in report.space],
+             " ".join(f"{a:.3f}" for a in t.curve.values()), _kept(t).replace("\n", " "),
+             "" if t.test_accuracy is None else f"{t.test_accuracy:.4f}",
+             duration(t.train_seconds)]
+        )  # fmt: skip
+    return headers, rows
+
+
+def to_markdown(report: SweepReport) -> str:
+    """The trials as a Markdown table, the summary lines under it; every cell escaped."""
+    from ftqueue.report.render import markdown_cell
+
+    headers, rows = cells(report)
+
+    def line(values: list[str]) -> str:
+        return "| " + " | ".join(markdown_cell(v) for v in values) + " |"
+
+    rule = "|" + "|".join("---" for _ in headers) + "|"
+    summary = [f"- {markdown_cell(text)}" for text in summary_lines(report)]
+    return "\n".join([line(headers), rule, *map(line, rows), "", *summary]) + "\n"
+
+
+def to_html(report: SweepReport, png: bytes | None) -> str:
+    """One page with no outside references: summary, trials, and the plot as a data URL."""
+    from ftqueue.report.render import html_page, html_text, png_img
+
+    headers, rows = cells(report)
+    head = "".join(f"<th>{html_text(h)}</th>" for h in headers)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html_text(c)}</td>" for c in row) + "</tr>" for row in rows
+    )
+    summary = "".join(f"<li>{html_text(text)}</li>" for text in summary_lines(report))
+    table = f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    image = png_img(png, f"validation {report.metric} per epoch")
+    return html_page(f"ftqueue sweep {report.sweep_id}", f"<ul>{summary}</ul>", table, image)
+
+
 def plot_png(report: SweepReport) -> bytes:
-    """Validation accuracy per epoch for each trial: pruned ones dashed, rungs marked."""
+    """The sweep's validation metric per epoch for each trial: pruned ones dashed, rungs
+    marked (those in epochs)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -125,10 +219,11 @@ def plot_png(report: SweepReport) -> bytes:
         )
     last = max((max(t.curve) for t in report.trials if t.curve), default=1)
     ax.set_xticks(range(1, last + 1))
-    for rung in report.rungs:
+    for rung in report.rungs if report.rung_unit == "epoch" else ():
         ax.axvline(rung, color="grey", linewidth=0.8, linestyle=":")
-    ax.set_xlabel("epoch (dotted lines: rungs)")
-    ax.set_ylabel("validation accuracy")
+    ax.set_xlabel("epoch (dotted lines: rungs)" if report.rung_unit == "epoch" else "epoch")
+    better = "higher" if report.goal == "max" else "lower"
+    ax.set_ylabel(f"validation {report.metric} ({better} is better)")
     counts = report.counts
     ax.set_title(
         f"sweep {report.sweep_id}: {len(report.trials)} trials, "

@@ -11,6 +11,7 @@ from ftqueue.inputs.weights import MODEL_ALIASES, is_local_model, model_max_leng
 from ftqueue.specs.base import (
     BIASES,
     DATASET_ALIASES,
+    MAX_CLASS_NAMES,
     MAX_LENGTH_CAP,
     NOT_CONFIG,
     POOLINGS,
@@ -34,6 +35,7 @@ from ftqueue.specs.params import Param, ParamKind, field_param, flag, param, req
 __all__ = [
     "BIASES",
     "DATASET_ALIASES",
+    "MAX_CLASS_NAMES",
     "MAX_LENGTH_CAP",
     "MODEL_ALIASES",
     "NOT_CONFIG",

@@ -13,6 +13,7 @@ from ftqueue.core.text import quote
 from ftqueue.errors import SpecError
 from ftqueue.inputs import weights
 from ftqueue.inputs.weights import model_max_length, resolve_model
+from ftqueue.specs.aliases import own_field
 from ftqueue.specs.params import Param, check_text, flag, param, required, spec_params
 
 DATASET_ALIASES = ("movie-snippets",)
@@ -21,6 +22,8 @@ POOLINGS = ("mean", "cls", "pooler")
 BIASES = ("none", "all", "lora_only")
 SELECT_EPOCHS = ("best", "last")
 MAX_LENGTH_CAP = 8192
+#: More classes than this means the label column holds ids or scores, not classes.
+MAX_CLASS_NAMES = 1000
 #: Spec keys that do not make a different configuration: repeats differ only in their seed,
 #: and an evaluation's split is where it was measured, not what was run.
 NOT_CONFIG = ("seed", "split")
@@ -59,12 +62,37 @@ class Spec:
     NOT_IDENTITY: ClassVar[tuple[str, ...]] = ()
 
     def __post_init__(self) -> None:
+        # Straight into the instance's dict, as ``_set`` would (a frozen dataclass refuses
+        # setattr): every spec of a grid comes through here.
+        values = self.__dict__
         for f, p in spec_params(type(self)):
-            self._set(f.name, p.check(f.name, getattr(self, f.name)))
+            value = values[f.name]
+            checked = p.check(f.name, value)
+            if checked is not value:
+                values[f.name] = checked
         self._after_check()
 
     def _after_check(self) -> None:
         """Rules across fields; the single-field checks have run."""
+
+    def replace(self, **changes: Any) -> Self:
+        """What ``dataclasses.replace`` makes, checking only the changed fields and the rules
+        across fields: the others were checked when this spec was made. (A 10,000-job grid
+        pins each spec this way; checking all its fields again cost half a second.)"""
+        params = _params_by_name(type(self))
+        unknown = set(changes) - {name for name, *_ in _dict_fields(type(self))}
+        if unknown:
+            raise TypeError(f"{type(self).__name__} has no field(s) {', '.join(sorted(unknown))}")
+        new = object.__new__(type(self))
+        new.__dict__.update(self.__dict__)
+        for name, value in changes.items():
+            p = params.get(name)
+            new._set(name, value if p is None else p.check(name, value))
+        new._after_replace()
+        return new
+
+    def _after_replace(self) -> None:
+        self._after_check()
 
     def _set(self, name: str, value: Any) -> None:
         # Normalising (str -> stripped, list -> tuple, 3.0 -> 3) keeps equal specs hash-equal.
@@ -73,16 +101,15 @@ class Spec:
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-safe types; nested specs become dicts and tuples become lists."""
         out: dict[str, Any] = {}
-        for f in dataclasses.fields(self):  # type: ignore[arg-type]
-            value = getattr(self, f.name)
-            p = f.metadata.get("param")
-            if value is None and isinstance(p, Param) and p.omit_none:
+        for name, omit_none, omit_default, default in _dict_fields(type(self)):
+            value = getattr(self, name)
+            if (omit_none and value is None) or (omit_default and value == default):
                 continue
             if isinstance(value, Spec):
                 value = value.to_dict()
             elif isinstance(value, tuple):
                 value = list(value)
-            out[f.name] = value
+            out[name] = value
         return out
 
     @classmethod
@@ -96,8 +123,10 @@ class Spec:
         names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
         unknown = sorted(set(d) - names)
         if unknown:
+            ours = [(u, own_field(u, names)) for u in unknown]
+            hints = "".join(f"; ftqueue calls {quote(u, 60)} {own}" for u, own in ours if own)
             raise SpecError(
-                f"unknown {cls.__name__} field(s): {quote(', '.join(unknown))}; "
+                f"unknown {cls.__name__} field(s): {quote(', '.join(unknown))}{hints}; "
                 f"known fields are {', '.join(sorted(names))}",
                 param=flag(unknown[0]),
             )
@@ -105,25 +134,56 @@ class Spec:
             d["data"] = DataSpec.from_dict(d["data"])
         return cls(**d)
 
-    def identity(self) -> dict[str, Any]:
-        """``to_dict`` without the NOT_IDENTITY fields, nested specs included."""
-        out = self.to_dict()
+    def identity(self, as_dict: dict[str, Any] | None = None) -> dict[str, Any]:
+        """``to_dict`` without the NOT_IDENTITY fields, nested specs included.
+
+        ``as_dict``, this spec's ``to_dict`` when the caller has it already, saves making it
+        again.
+        """
+        out = dict(self.to_dict() if as_dict is None else as_dict)
         for name in self.NOT_IDENTITY:
             out.pop(name, None)
-        for f in dataclasses.fields(self):  # type: ignore[arg-type]
-            value = getattr(self, f.name)
-            if isinstance(value, Spec):
-                out[f.name] = value.identity()
+        # Nested specs are dicts in ``to_dict``: only those fields need a look.
+        for name, nested in out.items():
+            if isinstance(nested, dict) and isinstance(value := getattr(self, name), Spec):
+                out[name] = value.identity(nested)
         return out
 
-    def canonical_json(self) -> str:
+    def canonical_json(self, as_dict: dict[str, Any] | None = None) -> str:
         """Sorted-key compact JSON of ``identity`` with the kind included, the input of
         ``spec_hash``."""
-        return canonical_json({"kind": self.kind, **self.identity()})
+        return canonical_json({"kind": self.kind, **self.identity(as_dict)})
 
-    def spec_hash(self) -> str:
+    def spec_hash(self, as_dict: dict[str, Any] | None = None) -> str:
         """sha256 of the canonical JSON; equal specs (after normalising) hash equal."""
-        return hashlib.sha256(self.canonical_json().encode()).hexdigest()
+        return hashlib.sha256(self.canonical_json(as_dict).encode()).hexdigest()
+
+
+_PARAMS_BY_NAME: dict[type, dict[str, Param]] = {}
+_DICT_FIELDS: dict[type, tuple[tuple[str, bool, bool, Any], ...]] = {}
+
+
+def _params_by_name(cls: type) -> dict[str, Param]:
+    found = _PARAMS_BY_NAME.get(cls)
+    if found is None:
+        found = _PARAMS_BY_NAME[cls] = {f.name: p for f, p in spec_params(cls)}
+    return found
+
+
+def _dict_fields(cls: type) -> tuple[tuple[str, bool, bool, Any], ...]:
+    """(name, omit when None, omit when default, default) of each field, for ``to_dict``."""
+    found = _DICT_FIELDS.get(cls)
+    if found is not None:
+        return found
+    out = []
+    for f in dataclasses.fields(cls):
+        p = f.metadata.get("param")
+        p = p if isinstance(p, Param) else None
+        omit_none = p is not None and p.omit_none
+        omit_default = p is not None and p.omit_default
+        out.append((f.name, omit_none, omit_default, f.default))
+    found = _DICT_FIELDS[cls] = tuple(out)
+    return found
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -139,7 +199,23 @@ class DataSpec(Spec):
         "or train=a.csv,validation=b.csv,test=c.csv.",
     )
     text_column: str = param("text", "text", "Column holding the text.")
-    label_column: str = param("label", "text", "Integer labels 0..N-1.")
+    label_column: str = param(
+        "label", "text", "Column holding the labels: class numbers 0..N-1, or class names "
+        "(2 or more distinct strings; class ids follow their sorted order).",
+    )  # fmt: skip
+    #: The second text of sentence pairs (NLI, paraphrase), tokenized with the first as a pair.
+    #: Stored only when given, so that specs from before the field keep their hash.
+    text_pair_column: str | None = param(
+        None, "text", "Column holding the second text of sentence pairs (NLI, paraphrase).",
+        optional=True, omit_none=True,
+    )  # fmt: skip
+    #: Names of the classes, in class-id order: for integer labels, what 0..N-1 mean; for
+    #: name labels, the id order instead of the sorted one. Stored only when given.
+    label_names: str | None = param(
+        None, "text", "Comma list of class names in id order, e.g. neg,pos (integer labels: "
+        "what 0..N-1 mean; name labels: their ids instead of the sorted order).",
+        optional=True, omit_none=True,
+    )  # fmt: skip
     split_seed: int = param(
         0, "int", "Seed of the deterministic split of files without named splits.", hi=2**32 - 1
     )
@@ -167,12 +243,39 @@ class DataSpec(Spec):
     def _after_check(self) -> None:
         if "=" in self.dataset:
             self.named_splits()  # validates the syntax now, at submit time
+        if self.label_names is not None:
+            self._set("label_names", ",".join(self.class_names() or ()))
         name = self.dataset_name
         if name is not None and (len(name) > 64 or not name.isprintable()):
             raise SpecError(
                 f"--dataset-name must be at most 64 printable characters; got {quote(name)}",
                 param="--dataset-name",
             )
+
+    def class_names(self) -> list[str] | None:
+        """``label_names`` as a list (checked: 2 or more distinct, printable names), or None."""
+        if self.label_names is None:
+            return None
+        names = [n.strip() for n in self.label_names.split(",")]
+        bad = [n for n in names if not n or len(n) > 64 or not n.isprintable()]
+        problem = None
+        if len(names) < 2:
+            problem = "needs at least 2 names"
+        elif bad:
+            problem = (
+                f"has a blank or unprintable name, or one past 64 characters ({quote(bad[0])})"
+            )
+        elif len(set(names)) != len(names):
+            problem = "names a class twice"
+        elif len(names) > MAX_CLASS_NAMES:
+            problem = f"has over {MAX_CLASS_NAMES} names"
+        if problem:
+            raise SpecError(
+                f"--label-names {problem}: give distinct class names in id order, "
+                f"comma-separated, e.g. negative,positive; got {quote(self.label_names)}",
+                param="--label-names",
+            )
+        return names
 
     def named_splits(self) -> dict[str, str] | None:
         """``train=a.csv,test=b.csv`` as a dict, or None for a single source."""
@@ -211,6 +314,11 @@ class JobSpec(Spec):
         self._set("model", check_text("model", self.model))
         self._check_input()
         super().__post_init__()
+
+    def _after_replace(self) -> None:
+        self._set("model", check_text("model", self.model))
+        self._check_input()
+        self._after_check()
 
     def _check_input(self) -> None:
         """Type checks of what the job reads, before the fields' own checks."""

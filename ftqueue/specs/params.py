@@ -46,6 +46,9 @@ class Param:
     #: Left out of the stored spec while None, so that specs stored before the field existed
     #: keep their hash (and their place among the repeats of a configuration).
     omit_none: bool = False
+    #: Left out of the stored spec while it has the field's default, for the same reason: a
+    #: field added with a neutral default (``grad_accum`` 1) leaves old specs' hashes alone.
+    omit_default: bool = False
 
     def range_text(self) -> str:
         """The allowed values the way the messages write them: ``1..1024``, ``(0, 1]``."""
@@ -98,9 +101,21 @@ def field_param(cls: type, name: str) -> Param | None:
     return None
 
 
-def spec_params(cls: type) -> list[tuple[dataclasses.Field[Any], Param]]:
-    """The fields of a spec class that carry a ``Param``, in declaration order."""
-    return [(f, f.metadata["param"]) for f in dataclasses.fields(cls) if "param" in f.metadata]
+_SPEC_PARAMS: dict[type, tuple[tuple[dataclasses.Field[Any], Param], ...]] = {}
+
+
+def spec_params(cls: type) -> tuple[tuple[dataclasses.Field[Any], Param], ...]:
+    """The fields of a spec class that carry a ``Param``, in declaration order.
+
+    Kept per class: every spec's construction reads them (20,000 times in a 10,000-job grid).
+    """
+    found = _SPEC_PARAMS.get(cls)
+    if found is None:
+        fields = dataclasses.fields(cls)
+        found = _SPEC_PARAMS[cls] = tuple(
+            (f, f.metadata["param"]) for f in fields if "param" in f.metadata
+        )
+    return found
 
 
 def _int(name: str, value: Any, lo: int, hi: int | None = None) -> int:

@@ -12,17 +12,18 @@ worker may write to a job only while ``jobs.attempts`` still equals the attempt 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from ftqueue.core.outcome import Measurement, Progress
 from ftqueue.core.states import JobStatus, Phase
-from ftqueue.store import outbox
+from ftqueue.store import outbox, summary
 from ftqueue.store.db import session_scope
 from ftqueue.store.schema import Job, JobEvent, Result, held_by_attempt, utcnow
 
@@ -58,18 +59,72 @@ def record_event(
     )
 
 
+class OverUserCap(Exception):
+    """Raised by a claim refused because the job's submitter runs as many jobs as allowed.
+
+    Nothing was written: the delivery hands its message back, with a delay, and no attempt
+    is counted.
+    """
+
+    def __init__(self, job_id: int, user: str, running: int) -> None:
+        super().__init__(f"job {job_id}: {user} runs {running} jobs already")
+        self.user = user
+        self.running = running
+
+
+def _running_of(session: Session, user: str, job_id: int) -> int:
+    """How many jobs ``user`` has running, this one aside."""
+    return int(
+        session.scalar(
+            select(func.count())
+            .select_from(Job)
+            .where(Job.submitted_by == user, Job.status == JobStatus.RUNNING, Job.id != job_id)
+        )
+        or 0
+    )
+
+
+def _user_lock(session: Session, user: str) -> None:
+    """Serialise the claims of one submitter's jobs until this transaction ends.
+
+    SQLite's write transactions are serial already. On PostgreSQL two claims would each
+    count the other's job as not yet running, so each takes the user's advisory lock first;
+    the count after it (a new snapshot under READ COMMITTED) sees the other's commit.
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        key = int.from_bytes(hashlib.sha256(f"ftqueue-user:{user}".encode()).digest()[:8], "big")
+        session.execute(select(func.pg_advisory_xact_lock(key - 2**63)))
+
+
 def claim(
-    job_id: int, *, worker: str, lease_seconds: int, task_id: str | None = None
+    job_id: int,
+    *,
+    worker: str,
+    lease_seconds: int,
+    task_id: str | None = None,
+    max_running_per_user: int | None = None,
 ) -> Claim | None:
     """Take a job for a new attempt, or return None when this delivery has nothing to do.
 
     A queued job is taken. A running job is taken over only when its lease has expired: a
     live, heart-beating attempt is never superseded, whatever the claiming worker's name.
+    With ``max_running_per_user``, a queued job whose submitter has that many jobs running is
+    not taken: OverUserCap, with nothing written (the count and the claim are one
+    transaction, so two workers cannot both take the last free place).
     """
     now = utcnow()
     lease = now + dt.timedelta(seconds=lease_seconds)
     takeover = and_(Job.status == JobStatus.RUNNING, Job.lease_expires_at < now)
     with session_scope(write=True) as session:
+        if max_running_per_user is not None:
+            user = session.scalar(
+                select(Job.submitted_by).where(Job.id == job_id, Job.status == JobStatus.QUEUED)
+            )
+            if user is not None:
+                _user_lock(session, user)
+                running = _running_of(session, user, job_id)
+                if running >= max_running_per_user:
+                    raise OverUserCap(job_id, user, running)
         # RETURNING hands back what the attempt needs in the same statement: a claim is one
         # round trip for the UPDATE and one for its event, however many workers claim at once.
         taken = session.execute(
@@ -258,6 +313,7 @@ def record_success(
             last = max(validation, key=lambda m: m.epoch)
             job.progress_val_accuracy, job.progress_val_epoch = last.accuracy, last.epoch
         job.stats = stats
+        job.trained_with = stats.get("recipe")
         job.train_seconds = stats.get("train_seconds")
         job.samples_per_second = stats.get("samples_per_second")
         job.peak_memory_mb = stats.get("peak_cuda_mb") or stats.get("peak_rss_mb")
@@ -267,6 +323,7 @@ def record_success(
         pruned_at = stats.get("pruned_at")
         detail = f"stopped at rung {pruned_at}" if status == JobStatus.PRUNED else None
         _end(session, job, status, claim.worker, detail)
+        summary.add_job(session, job)  # the report's sums, never behind the results
         return True
 
 

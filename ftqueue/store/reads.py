@@ -15,10 +15,15 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload
 
 from ftqueue.core.outcome import Progress
-from ftqueue.core.states import STATUSES, JobStatus
+from ftqueue.core.states import (
+    GPU_CLASS_PATTERN,
+    STATUSES,
+    JobStatus,
+    Priority,
+)
 from ftqueue.errors import FilterError, JobNotFound
 from ftqueue.store import db
-from ftqueue.store.schema import Job, JobTag, Result, held_by_attempt
+from ftqueue.store.schema import Job, JobTag, Result, RungDecision, Sweep, held_by_attempt
 
 
 def get_job(session: Session, job_id: int, *, with_results: bool = False) -> Job:
@@ -43,6 +48,7 @@ def list_jobs(
     dataset: str | None = None,
     limit: int | None = 50,
     before: int | None = None,
+    user: str | None = None,
 ) -> list[Job]:
     """Jobs matching every filter given, newest first; ``before``: ids below it only.
 
@@ -68,6 +74,8 @@ def list_jobs(
         query = query.where(Job.model == model)
     if dataset:
         query = query.where(Job.dataset == dataset)
+    if user:
+        query = query.where(Job.submitted_by == user)
     for tag in tags:
         query = query.where(Job.id.in_(select(JobTag.job_id).where(JobTag.tag == tag)))
     if limit is not None:
@@ -95,6 +103,39 @@ def find_same_spec(session: Session, spec_hashes: Iterable[str]) -> dict[str, Jo
             best = found.get(job.spec_hash)
             if best is None or rank[JobStatus(job.status)] < rank[JobStatus(best.status)]:
                 found[job.spec_hash] = job
+    return found
+
+
+@dataclass(frozen=True)
+class Pruned:
+    """A trial early stopping pruned: its job, its sweep and the rung it stopped at (in the
+    sweep's rung unit: epochs, possibly fractional, or steps)."""
+
+    job_id: int
+    sweep_id: str | None
+    rung: float | None
+
+
+def find_pruned(session: Session, config_hashes: Iterable[str]) -> dict[str, Pruned]:
+    """For each config hash, the latest pruned trial with it."""
+    hashes = list(set(config_hashes))
+    found: dict[str, Pruned] = {}
+    if len(hashes) > 500:
+        # A big grid asks about many configurations, and pruned ones are few: the pruned
+        # jobs' configurations first (one index scan), then only the ones they share.
+        pruned = select(Job.config_hash).where(Job.status == JobStatus.PRUNED).distinct()
+        hashes = list(set(session.scalars(pruned)).intersection(hashes))
+    for start in range(0, len(hashes), 500):
+        query = (
+            select(Job.config_hash, Job.id, Job.sweep_id, RungDecision.rung)
+            .outerjoin(RungDecision, (RungDecision.job_id == Job.id) & RungDecision.keep.is_(False))
+            .where(Job.config_hash.in_(hashes[start : start + 500]), Job.status == JobStatus.PRUNED)
+            .order_by(Job.id.desc())
+        )
+        for config, job_id, sweep_id, rung in session.execute(query):
+            if rung is not None and float(rung).is_integer():
+                rung = int(rung)
+            found.setdefault(config, Pruned(job_id, sweep_id, rung))
     return found
 
 
@@ -126,6 +167,8 @@ class JobState:
     #: The running attempt's last heartbeat write, and when its lease lapses.
     heartbeat_at: dt.datetime | None = None
     lease_expires_at: dt.datetime | None = None
+    #: The GPU class whose queue it waits in (None: the shared queue).
+    gpu_class: str | None = None
 
     @property
     def ended(self) -> bool:
@@ -151,11 +194,14 @@ def job_states(job_ids: Sequence[int]) -> dict[int, JobState]:
         Job.started_at,
         Job.heartbeat_at,
         Job.lease_expires_at,
+        Job.gpu_class,
     )
     with db.session_scope() as session:
         rows = session.execute(select(*cols).where(Job.id.in_(job_ids))).all()
-    return {
-        job_id: JobState(
+    states = {}
+    for job_id, kind, status, attempts, worker, *rest in rows:
+        *progress, error, started, beat, lease, gpu_class = rest
+        states[job_id] = JobState(
             job_id,
             kind,
             JobStatus(status),
@@ -166,9 +212,9 @@ def job_states(job_ids: Sequence[int]) -> dict[int, JobState]:
             started,
             beat,
             lease,
+            gpu_class,
         )
-        for job_id, kind, status, attempts, worker, *progress, error, started, beat, lease in rows
-    }
+    return states
 
 
 def final_results(job_ids: Sequence[int]) -> dict[int, Result]:
@@ -207,26 +253,48 @@ def spec_of(job_id: int) -> dict[str, Any] | None:
     return dict(spec) if spec is not None else None
 
 
-def queue_depths() -> dict[str, int]:
-    """How many jobs of each kind are queued (kinds with none are left out)."""
+def sweep_row(sweep_id: str) -> Sweep | None:
+    """A sweep's row, detached from its session (None: no such sweep)."""
+    with db.session_scope() as session:
+        sweep = session.get(Sweep, sweep_id)
+        if sweep is not None:
+            session.expunge(sweep)
+        return sweep
+
+
+def queue_depths() -> dict[tuple[str, str | None], int]:
+    """How many jobs wait in each queue, by (kind, GPU class or None); empty queues left out."""
     with db.session_scope() as session:
         rows = session.execute(
-            select(Job.kind, func.count()).where(Job.status == JobStatus.QUEUED).group_by(Job.kind)
+            select(Job.kind, Job.gpu_class, func.count())
+            .where(Job.status == JobStatus.QUEUED)
+            .group_by(Job.kind, Job.gpu_class)
         )
-        return {kind: int(count) for kind, count in rows}
+        return {(kind, gpu_class): int(count) for kind, gpu_class, count in rows}
 
 
 def queue_positions(job_ids: Sequence[int]) -> dict[int, int]:
-    """Each queued job's place among the queued jobs of its kind (1: next), oldest queued first.
+    """Each queued job's place in its queue (1: next), as a worker of that queue takes them.
 
-    A re-queued job goes to the back, as its message does; jobs not queued are left out.
+    A queue is a kind's jobs of one GPU class (or of none). Higher priorities go first, as
+    their Redis lists are read first; within a priority, the oldest queued. A re-queued job
+    goes to the back, as its message does; jobs not queued are left out.
     """
     if not job_ids:
         return {}
-    # Time first, id second: one submit queues many jobs within the same instant.
-    order = (func.coalesce(Job.queued_at, Job.created_at), Job.id)
+    # Time before id: one submit queues many jobs within the same instant.
+    order = (
+        func.coalesce(Job.priority, Priority.NORMAL.level),  # rows from before priorities
+        func.coalesce(Job.queued_at, Job.created_at),
+        Job.id,
+    )
     ranked = (
-        select(Job.id, func.row_number().over(partition_by=Job.kind, order_by=order).label("n"))
+        select(
+            Job.id,
+            func.row_number()
+            .over(partition_by=(Job.kind, Job.gpu_class), order_by=order)
+            .label("n"),
+        )
         .where(Job.status == JobStatus.QUEUED)
         .subquery()
     )
@@ -235,3 +303,34 @@ def queue_positions(job_ids: Sequence[int]) -> dict[int, int]:
             select(ranked.c.id, ranked.c.n).where(ranked.c.id.in_(list(job_ids)))
         )
         return {job_id: int(n) for job_id, n in rows}
+
+
+#: The statuses a worker is wanted for: jobs waiting, and jobs running (a running job whose
+#: worker died needs a live worker's reaper to re-queue it, so it must keep one up).
+BACKLOG_STATUSES = (JobStatus.QUEUED.value, JobStatus.RUNNING.value)
+
+
+def backlog_sql(
+    job_kinds: Sequence[str], gpu_class: str | None = None, *, shared_only: bool = False
+) -> str:
+    """The SQL an autoscaler runs to size a worker pool: its queued and running jobs.
+
+    Plain text, because the autoscaler (KEDA's postgresql trigger) runs it, not ftqueue; the
+    manifests under deploy/kubernetes carry exactly this text (a test checks), so a filter
+    added here is added in one place. With ``gpu_class``, only the jobs submitted to that
+    class (``submit --gpu-class``): the pool of one ScaledObject per class; with
+    ``shared_only``, the jobs of no class (the shared pool, where classes have pools of their
+    own); with neither, every job of the kinds.
+    """
+    if not job_kinds or any(not k.isidentifier() for k in job_kinds):
+        raise ValueError(f"job kinds must be plain names: {list(job_kinds)!r}")
+    if gpu_class is not None and not GPU_CLASS_PATTERN.fullmatch(gpu_class):
+        raise ValueError(f"a GPU class is a plain name: {gpu_class!r}")
+    statuses = ", ".join(f"'{s}'" for s in BACKLOG_STATUSES)
+    names = ", ".join(f"'{k}'" for k in sorted(job_kinds))
+    query = f"SELECT count(*) FROM jobs WHERE status IN ({statuses}) AND kind IN ({names})"
+    if gpu_class is not None and shared_only:
+        raise ValueError("a pool is either one GPU class's or the shared one, not both")
+    if gpu_class is not None:
+        return f"{query} AND gpu_class = '{gpu_class}'"
+    return f"{query} AND gpu_class IS NULL" if shared_only else query

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from sqlalchemy import or_, select, update
@@ -13,7 +13,7 @@ from ftqueue.core.states import JobStatus
 from ftqueue.store.db import session_scope
 from ftqueue.store.insert import new_task_id
 from ftqueue.store.lifecycle import fail_row, finish_cancelled, record_event
-from ftqueue.store.schema import Job, utcnow
+from ftqueue.store.schema import Job, Sweep, utcnow
 
 
 @dataclass
@@ -42,7 +42,12 @@ def reap_expired(*, now: dt.datetime | None = None) -> ReapReport:
 
 
 def release_lost(
-    worker: str, *, lost: str, job_id: int | None = None, keep_task_id: bool = False
+    worker: str,
+    *,
+    lost: str,
+    job_id: int | None = None,
+    keep_task_id: bool = False,
+    crashed: tuple[str, Callable[[str | None], str]] | None = None,
 ) -> ReapReport:
     """Release the running jobs of a worker whose process is known dead, without its lease.
 
@@ -52,6 +57,9 @@ def release_lost(
     The worker's name is held by one live process at a time, so a running job under it is the
     dead process's; taking it out of ``running`` fences that attempt's writes, as the reaper's
     re-queue does.
+
+    ``crashed``: the attempt died of its job (a native crash, the OOM killer), so the job is
+    failed at once, not re-queued: its error type, and its message made from the job's phase.
     """
     now = utcnow()
     report = ReapReport()
@@ -60,6 +68,11 @@ def release_lost(
         where.append(Job.id == job_id)
     with session_scope(write=True) as session:
         for job in session.scalars(select(Job).where(*where).with_for_update()).all():
+            if crashed is not None and not job.cancel_requested:
+                error_type, message = crashed
+                fail_row(session, job, error_type, message(job.progress_phase), None)
+                report.failed.append(job.id)
+                continue
             _recover(session, job, f"{lost} (attempt {job.attempts})", now, report, keep_task_id)
     return report
 
@@ -124,12 +137,20 @@ def queued_without_message(pending_task_ids: set[str], *, older_than: dt.datetim
 
 
 def renew_held(holder: str, *, lease_seconds: int) -> int:
-    """Renew the lease on the queued jobs ``holder`` holds; returns how many it still holds."""
+    """Renew the lease on the queued jobs ``holder`` holds, and on the sweep it runs; returns
+    how many jobs it still holds."""
     now = utcnow()
     with session_scope(write=True) as session:
         result = session.execute(
             update(Job)
             .where(Job.worker == holder, Job.status == JobStatus.QUEUED)
+            .values(lease_expires_at=now + dt.timedelta(seconds=lease_seconds))
+            .execution_options(synchronize_session=False)
+        )
+        # The sweep it runs, if any: a lapsed lease says the sweep's process died.
+        session.execute(
+            update(Sweep)
+            .where(Sweep.holder == holder, Sweep.ended_at.is_(None))
             .values(lease_expires_at=now + dt.timedelta(seconds=lease_seconds))
             .execution_options(synchronize_session=False)
         )
@@ -185,3 +206,29 @@ def end_held(holder: str, *, error_type: str, message: str) -> list[int]:
         for job in rows:
             fail_row(session, job, error_type, message, holder)
         return [job.id for job in rows]
+
+
+def requeue_ended(
+    session: Session,
+    job: Job,
+    *,
+    detail: str,
+    max_attempts: int,
+    held_by: str | None = None,
+    lease_expires_at: dt.datetime | None = None,
+) -> None:
+    """Queue an ended job again as it was (a sweep resumed): a new task id, a fresh set of
+    attempts, the end's error cleared; its events keep what happened before."""
+    job.status = JobStatus.QUEUED
+    job.queued_at = utcnow()
+    job.task_id = new_task_id()
+    job.worker = held_by
+    job.lease_expires_at = lease_expires_at
+    job.cancel_requested = False
+    job.error_type = None
+    job.error_message = None
+    job.finished_at = None
+    job.output_path = None
+    job.progress_phase = None
+    job.max_attempts = job.attempts + max_attempts
+    record_event(session, job.id, JobStatus.QUEUED, job.attempts, None, detail)

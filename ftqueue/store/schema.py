@@ -97,6 +97,8 @@ class Job(Base):
         Index("ix_jobs_status_id", "status", "id"),
         Index("ix_jobs_sweep_id_id", "sweep_id", "id"),
         Index("ix_jobs_config_hash", "config_hash"),
+        # The per-user cap counts a user's running jobs inside every claim.
+        Index("ix_jobs_submitted_by_status", "submitted_by", "status"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -115,6 +117,13 @@ class Job(Base):
     #: The trial's number in its sweep (the Optuna trial's number for ``optuna`` and ``sobol``).
     trial: Mapped[int | None] = mapped_column(Integer)
     name: Mapped[str | None] = mapped_column(String(128))
+    #: The GPU class the job must run on (``a100``: only workers of that class take it);
+    #: None: any worker (revision 0022).
+    gpu_class: Mapped[str | None] = mapped_column(String(32))
+    #: Celery's priority on Redis: 0 (high) is taken first, 3 normal, 6 low (core/states.py).
+    priority: Mapped[int] = mapped_column(Integer, default=3, server_default="3")
+    #: Who submitted it (FTQUEUE_USER, by default the login name); None before revision 0022.
+    submitted_by: Mapped[str | None] = mapped_column(String(64))
 
     attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     max_attempts: Mapped[int] = mapped_column(Integer, default=3, server_default="3")
@@ -145,6 +154,11 @@ class Job(Base):
     trainable_params: Mapped[int | None] = mapped_column(Integer)
     total_params: Mapped[int | None] = mapped_column(Integer)
     stats: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    #: The hyper-parameters the job trained with: its spec's, with those it left to the
+    #: device filled in (revision 0010). None for jobs that train nothing or have not ended.
+    trained_with: Mapped[dict[str, Any] | None] = mapped_column(
+        JSON(none_as_null=True).with_variant(JSONB(none_as_null=True), "postgresql")
+    )
     #: The epoch whose adapter was kept and whose test accuracy is reported (best or last).
     selected_epoch: Mapped[int | None] = mapped_column(Integer)
 
@@ -243,7 +257,9 @@ class Sweep(Base):
     """
 
     __tablename__ = "sweeps"
-    __table_args__ = (CheckConstraint(_in("status", ("active", "cancelled")), name="status"),)
+    __table_args__ = (
+        CheckConstraint(_in("status", ("active", "cancelled", "broken")), name="status"),
+    )
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     kind: Mapped[str] = mapped_column(String(16))
@@ -255,19 +271,26 @@ class Sweep(Base):
     created: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     #: ASHA: keep the top 1/eta at each rung (None: no early stopping).
     eta: Mapped[int | None] = mapped_column(Integer)
-    rungs: Mapped[list[int] | None] = mapped_column(JSON)
+    rungs: Mapped[list[float] | None] = mapped_column(JSON)
     status: Mapped[str] = mapped_column(String(16), default="active", server_default="active")
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow, server_default=func.now())
     #: When its last trial ended with none left to make (or it was cancelled): set once, by a
     #: conditional UPDATE, so exactly one process sees the sweep end and notifies.
     ended_at: Mapped[dt.datetime | None]
+    #: Why a ``broken`` sweep makes no more trials (the reaper could not fill it).
+    problem: Mapped[str | None] = mapped_column(Text)
+    #: The eager process running the sweep (FTQUEUE_EAGER=1) and its lease, renewed while it
+    #: lives; a lapsed lease means the process died and the sweep waits for ``--resume``.
+    holder: Mapped[str | None] = mapped_column(String(255))
+    lease_expires_at: Mapped[dt.datetime | None]
 
 
 class RungDecision(Base):
-    """One trial at one rung of its sweep: its validation accuracy there and the verdict.
+    """One trial at one rung of its sweep: its validation value there and the verdict.
 
-    Written once per (trial, rung) under the sweep row's lock; a later attempt of the same
-    job reaching the rung reads the verdict instead of deciding again.
+    The arrival is written once per (trial, rung) under the sweep row's lock; the verdict
+    (``keep``, ``rank``, ``out_of``, ``decided_at``) once, when ``eta`` trials have arrived
+    (ftqueue/sweeps/asha.py). A later attempt of the same job reads them instead.
     """
 
     __tablename__ = "sweep_rungs"
@@ -277,14 +300,19 @@ class RungDecision(Base):
         ForeignKey("sweeps.id", ondelete="CASCADE"), primary_key=True
     )
     job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
-    rung: Mapped[int] = mapped_column(Integer, primary_key=True)
+    #: Where: epochs (fractions allowed) or optimizer steps, the sweep's ``rung_unit``.
+    rung: Mapped[float] = mapped_column(Float, primary_key=True)
     attempt: Mapped[int] = mapped_column(Integer)
+    #: The sweep's validation metric at the rung.
     value: Mapped[float] = mapped_column(Float)
-    keep: Mapped[bool] = mapped_column()
-    #: The trial's rank among the ``out_of`` trials that had reached the rung when it decided.
-    rank: Mapped[int] = mapped_column(Integer)
-    out_of: Mapped[int] = mapped_column(Integer)
-    decided_at: Mapped[dt.datetime] = mapped_column(default=utcnow, server_default=func.now())
+    #: 1 for the first trial to reach the rung, 2 for the second, ...
+    arrival: Mapped[int] = mapped_column(Integer)
+    #: None while the verdict waits for ``eta`` arrivals.
+    keep: Mapped[bool | None] = mapped_column()
+    #: The trial's rank among the ``out_of`` trials that had reached the rung when it was judged.
+    rank: Mapped[int | None] = mapped_column(Integer)
+    out_of: Mapped[int | None] = mapped_column(Integer)
+    decided_at: Mapped[dt.datetime | None]
 
 
 class Worker(Base):
@@ -308,6 +336,8 @@ class Worker(Base):
     gpu_name: Mapped[str | None] = mapped_column(String(128))
     gpu_memory_mb: Mapped[int | None] = mapped_column(Integer)
     queues: Mapped[list[str]] = mapped_column(JSON)
+    #: The GPU class whose queues it consumes besides the shared ones (``h200``, ``cpu``).
+    gpu_class: Mapped[str | None] = mapped_column(String(32))
     ftqueue_version: Mapped[str | None] = mapped_column(String(32))
     torch_version: Mapped[str | None] = mapped_column(String(32))
     transformers_version: Mapped[str | None] = mapped_column(String(32))
@@ -360,3 +390,37 @@ class Notification(Base):
     claimed_at: Mapped[dt.datetime | None]
     #: Why sending failed, secrets redacted (None: sent, or not yet tried).
     error: Mapped[str | None] = mapped_column(Text)
+
+
+class ReportSummary(Base):
+    """Sums of the kept epoch's results of succeeded jobs, per model, dataset, kind, config and
+    split: what the default report reads instead of every result (``ftqueue.store.summary``).
+
+    ``adapter`` marks jobs whose spec names an adapter (``adapter_job``), whose ``config`` is
+    the adapter's. Counts, sums and sums of squares of accuracy and loss; their lowest and
+    highest; train seconds and trainable shares summed over the jobs that have one.
+    """
+
+    __tablename__ = "report_summary"
+
+    model: Mapped[str] = mapped_column(String(512), primary_key=True)
+    dataset: Mapped[str] = mapped_column(String(1024), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16), primary_key=True)
+    adapter: Mapped[bool] = mapped_column(primary_key=True)
+    config: Mapped[str] = mapped_column(String(64), primary_key=True)
+    split: Mapped[str] = mapped_column(String(32), primary_key=True)
+    n: Mapped[int] = mapped_column(Integer)
+    acc_sum: Mapped[float] = mapped_column(Float)
+    acc_squares: Mapped[float] = mapped_column(Float)
+    acc_min: Mapped[float] = mapped_column(Float)
+    acc_max: Mapped[float] = mapped_column(Float)
+    loss_sum: Mapped[float] = mapped_column(Float)
+    loss_squares: Mapped[float] = mapped_column(Float)
+    loss_min: Mapped[float] = mapped_column(Float)
+    loss_max: Mapped[float] = mapped_column(Float)
+    seconds_sum: Mapped[float] = mapped_column(Float)
+    seconds_n: Mapped[int] = mapped_column(Integer)
+    share_sum: Mapped[float] = mapped_column(Float)
+    share_n: Mapped[int] = mapped_column(Integer)
+    first_job: Mapped[int] = mapped_column(Integer)
+    examples_min: Mapped[int | None] = mapped_column(Integer)

@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 
 from sqlalchemy.orm import Session
 
+from ftqueue.errors import PublishInterrupted
 from ftqueue.kinds import registry
 from ftqueue.queue import eager
 from ftqueue.settings import get_settings
@@ -40,7 +41,8 @@ def jobs(new: NewJobs | Callable[[Session], NewJobs]) -> list[Job]:
     the same one. In eager mode the rows are
     held by this process, which runs them itself, and nothing is published. A PublishError
     (with the ids that were sent) leaves the committed rows queued, for the reaper's
-    lost-message scan to publish.
+    lost-message scan to publish; so does Ctrl-C, as PublishInterrupted (a
+    KeyboardInterrupt that says how far publishing got).
     """
     settings = get_settings()
     with db.session_scope(write=True) as session:
@@ -57,5 +59,14 @@ def jobs(new: NewJobs | Callable[[Session], NewJobs]) -> list[Job]:
     if created and not settings.eager:
         from ftqueue.queue import broker
 
-        broker.publish(created)
+        sent: list[int] = []
+        try:
+            broker.publish(created, progress=sent)
+        except KeyboardInterrupt:
+            ids = [job.id for job in created]
+            raise PublishInterrupted(
+                f"interrupted after publishing {len(sent):,} of {len(ids):,} messages",
+                created=ids,
+                sent=list(sent),
+            ) from None
     return created

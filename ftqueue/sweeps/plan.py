@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ftqueue import kinds
+from ftqueue.core.objective import Objective, RungPoints, stopping_text
 from ftqueue.specs import JobSpec
 
 
@@ -60,8 +61,32 @@ class SweepPlan:
     max_jobs: int
     max_parallel: int
     eta: int | None
-    rungs: tuple[int, ...]
+    #: Rung positions in ``rung_unit`` (``epoch``, fractions allowed, or ``step``).
+    rungs: tuple[float, ...]
     tags: tuple[str, ...] = ()
+    rung_unit: str = "epoch"
+    #: The validation metric the sweep optimises and its goal (ftqueue/core/objective.py).
+    metric: str = "accuracy"
+    goal: str = "max"
+    #: The GPU class its trials run on (None: any worker), and their priority's name.
+    gpu_class: str | None = None
+    priority: str = "normal"
+    #: Who started it: its trials are theirs, whichever worker creates them.
+    user: str | None = None
+
+    @property
+    def objective(self) -> Objective:
+        return Objective(self.metric, self.goal)
+
+    @property
+    def rung_points(self) -> RungPoints | None:
+        """Where trials are judged (None: no early stopping)."""
+        return RungPoints(self.rung_unit, self.rungs) if self.eta else None
+
+    @property
+    def stopping(self) -> str:
+        """Its early stopping in a few words (``ASHA eta=3 at epochs 1,2``)."""
+        return stopping_text(self.eta, self.rung_unit, self.rungs)
 
     def spec(self, values: dict[str, Any]) -> JobSpec:
         """The trial's spec: the base with the searched values put in."""

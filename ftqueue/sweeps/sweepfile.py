@@ -14,6 +14,29 @@ and the key, says what is allowed, and is raised before anything is written.
   the trials over the space more evenly than ``random``; best with a power of two of trials.
 
 Every method but ``grid`` needs ``budget.max_jobs``.
+
+``metric`` is the validation metric the sweep optimises: ``accuracy`` (the default),
+``macro_f1`` (scikit-learn's macro-averaged F1) or ``loss`` (mean cross-entropy). ``goal`` is
+``max`` or ``min`` and follows the metric when left out (max for accuracy and macro_f1, min
+for loss); a goal against the metric (``loss`` with ``max``) is refused, since no one wants
+the worst trials. The metric ranks trials at rungs (ASHA), is what Optuna is told (its
+study's direction is the goal), and picks the best trial in ``report --sweep``.
+
+``early_stopping`` (ASHA; ``sweeps/asha.py`` has the rule) takes ``eta`` (default 3) and
+``rungs``, where trials are compared:
+
+- ``rungs: [1, 2]``: epochs (the default: every epoch but the last); fractions of an epoch
+  too, ``[0.5, 1, 1.5]``, so a one-epoch trial can be stopped half-way. ``{epochs: [...]}``
+  is the same.
+- ``rungs: {every: 0.25}``: every quarter epoch, up to the end of the last epoch (excluded).
+- ``rungs: {steps: [20, 40, 80]}``: optimizer steps, counted over the whole run; steps at or
+  past a trial's last step are not used. With step rungs ``epochs`` may be searched.
+
+At a rung inside an epoch the trainer validates on the validation split there (kept in the
+job's stats as ``rung_validations``; results hold epochs) and asks for the verdict.
+
+``gpu_class`` (a class such as ``a100``) sends every trial to that class's workers, and
+``priority`` (``high``, ``normal``, ``low``) is each trial's, as `submit`'s flags do.
 """
 
 from __future__ import annotations
@@ -24,17 +47,20 @@ from pathlib import Path
 from typing import Any
 
 from ftqueue import kinds
+from ftqueue.core.objective import GOALS, METRICS
+from ftqueue.core.states import GPU_CLASS_PATTERN, Priority
 from ftqueue.core.text import clip, quote
 from ftqueue.errors import SpecError, SweepFileError
 from ftqueue.settings import get_settings
 from ftqueue.specs import DataSpec, Param, spec_params
+from ftqueue.specs.aliases import own_field
 from ftqueue.sweeps import methods
 from ftqueue.sweeps.plan import Dimension, SweepPlan, first_values, hashable
 from ftqueue.sweeps.reading import MAX_BYTES, read
 
 TOP_KEYS = (
     "kind", "name", "model", "dataset", "data", "fixed", "space", "method", "seed",
-    "budget", "early_stopping", "tags",
+    "budget", "early_stopping", "tags", "metric", "goal", "gpu_class", "priority",
 )  # fmt: skip
 #: Spec fields a sweep file may not set: they are pinned by ftqueue at submit.
 _PINNED = ("model_fingerprint",)
@@ -101,7 +127,8 @@ def parse(raw: Any, *, where: str = "sweep file") -> SweepPlan:
             raise _err(
                 where,
                 f"fixed.{key}",
-                f"not a {kind.name} setting; use: {', '.join(sorted(fields))}",
+                f"not a {kind.name} setting{_called(key, fields)}; use: "
+                f"{', '.join(sorted(fields))}",
             )
     if "model" in raw:
         fixed["model"] = raw["model"]
@@ -134,7 +161,10 @@ def parse(raw: Any, *, where: str = "sweep file") -> SweepPlan:
         key = f"space.{field_name}"
         if field_name not in searchable:
             raise _err(
-                where, key, f"not a searchable {kind.name} setting; use: {', '.join(searchable)}"
+                where,
+                key,
+                f"not a searchable {kind.name} setting{_called(field_name, searchable)}; use: "
+                f"{', '.join(searchable)}",
             )
         if field_name in fixed:
             raise _err(where, key, "also under fixed: keep one")
@@ -190,7 +220,8 @@ def parse(raw: Any, *, where: str = "sweep file") -> SweepPlan:
         epochs = int(params["epochs"].check("epochs", planned))
     except SpecError as exc:
         raise _err(where, "fixed.epochs", exc.message) from None
-    eta, rungs = _early_stopping(where, raw.get("early_stopping"), epochs, space)
+    metric, goal = _objective(where, raw.get("metric", "accuracy"), raw.get("goal"))
+    eta, rungs, unit = _early_stopping(where, raw.get("early_stopping"), epochs, space)
     tags = raw.get("tags") or []
     if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
         raise _err(where, "tags", "must be a list of labels")
@@ -198,6 +229,16 @@ def parse(raw: Any, *, where: str = "sweep file") -> SweepPlan:
     if name is not None and not isinstance(name, str):
         raise _err(where, "name", f"must be text; got {quote(name, 60)}")
     _check_labels(where, tags, name)
+    gpu_class = raw.get("gpu_class")
+    if gpu_class is not None and not (
+        isinstance(gpu_class, str) and GPU_CLASS_PATTERN.fullmatch(gpu_class)
+    ):
+        raise _err(
+            where, "gpu_class", f"{quote(gpu_class, 40)} is no GPU class: use one such as a100"
+        )
+    priority = raw.get("priority", "normal")
+    if priority not in tuple(Priority):
+        raise _err(where, "priority", f"must be high, normal or low; got {quote(priority, 40)}")
     plan = SweepPlan(
         kind.name,
         name,
@@ -210,9 +251,20 @@ def parse(raw: Any, *, where: str = "sweep file") -> SweepPlan:
         eta,
         rungs,
         tuple(tags),
+        rung_unit=unit,
+        metric=metric,
+        goal=goal,
+        gpu_class=gpu_class,
+        priority=str(priority),
     )
     _check_values(plan, where)
     return plan
+
+
+def _called(name: str, known: Any) -> str:
+    """``; ftqueue calls it lr`` for another tool's name of a setting (``learning_rate``)."""
+    ours = own_field(name, known) if isinstance(name, str) else None
+    return f"; ftqueue calls it {ours}" if ours else ""
 
 
 def _check_labels(where: str, tags: list[str], name: str | None) -> None:
@@ -288,11 +340,40 @@ def _plain(value: Any) -> bool:
     return value is None or isinstance(value, (str, int, float, bool))
 
 
+def _objective(where: str, metric: Any, goal: Any) -> tuple[str, str]:
+    """The validation metric and its goal; a goal against the metric's nature is refused."""
+    if not isinstance(metric, str) or metric not in METRICS:
+        raise _err(
+            where,
+            "metric",
+            f"must be a validation metric: {', '.join(METRICS)}; got {quote(metric, 60)}",
+        )
+    natural = METRICS[metric]
+    if goal is None:
+        return metric, natural
+    if not isinstance(goal, str) or goal not in GOALS:
+        raise _err(where, "goal", f"must be max or min; got {quote(goal, 60)}")
+    if goal != natural:
+        # No sweep wants the worst model; a swapped pair is a slip, not a request.
+        raise _err(
+            where,
+            "goal",
+            f"{goal} with metric {metric} would search for the worst trials: "
+            f"{metric} is better {'higher' if natural == 'max' else 'lower'}, so leave goal "
+            f"out or write goal: {natural}",
+        )
+    return metric, goal
+
+
+#: Rungs a sweep may name, at most.
+MAX_RUNGS = 100
+
+
 def _early_stopping(
     where: str, raw: Any, epochs: int, space: list[Dimension]
-) -> tuple[int | None, tuple[int, ...]]:
+) -> tuple[int | None, tuple[float, ...], str]:
     if raw is None or raw is False or raw == "none":
-        return None, ()
+        return None, (), "epoch"
     if raw == "asha":
         raw = {}
     es = _mapping(where, "early_stopping", raw)
@@ -302,21 +383,79 @@ def _early_stopping(
     if es.get("type", "asha") != "asha":
         raise _err(where, "early_stopping.type", f"must be asha; got {quote(es['type'], 60)}")
     eta = _int(where, "early_stopping.eta", es.get("eta", 3), 2, 100)
-    if epochs < 2:
-        raise _err(
-            where, "early_stopping", "needs at least 2 epochs: rungs are epochs before the last"
-        )
-    rungs_raw = es.get("rungs", list(range(1, epochs)))
+    key = "early_stopping.rungs"
+    if "rungs" not in es:
+        if epochs < 2:
+            raise _err(
+                where,
+                key,
+                "one epoch has no epoch before the last: give rungs within it, "
+                "e.g. rungs: {every: 0.25} or rungs: {steps: [20, 40]}",
+            )
+        rungs_raw: Any = list(range(1, epochs))
+    else:
+        rungs_raw = es["rungs"]
+    unit = "epoch"
+    if isinstance(rungs_raw, dict):
+        form = _mapping(where, key, rungs_raw)
+        if len(form) != 1 or next(iter(form)) not in ("every", "steps", "epochs"):
+            raise _err(where, key, "as a mapping, give one of every, epochs, steps")
+        [(form_key, value)] = form.items()
+        key = f"{key}.{form_key}"
+        if form_key == "every":
+            rungs_raw = _every(where, key, value, epochs)
+        elif form_key == "steps":
+            unit, rungs_raw = "step", value
+        else:
+            rungs_raw = value
     if not isinstance(rungs_raw, list) or not rungs_raw:
-        raise _err(where, "early_stopping.rungs", f"must be a list of epochs in 1..{epochs - 1}")
-    rungs = tuple(_int(where, "early_stopping.rungs", r, 1, epochs - 1) for r in rungs_raw)
+        raise _err(where, key, f"must be a list of {unit}s")
+    if len(rungs_raw) > MAX_RUNGS:
+        raise _err(where, key, f"{len(rungs_raw)} rungs, more than {MAX_RUNGS}: name fewer")
+    rungs: tuple[float, ...]
+    if unit == "step":
+        rungs = tuple(_int(where, key, r, 1, 10_000_000) for r in rungs_raw)
+    else:
+        rungs = tuple(_epoch_point(where, key, r, epochs) for r in rungs_raw)
     if list(rungs) != sorted(set(rungs)):
-        raise _err(where, "early_stopping.rungs", "must be increasing, each epoch once")
-    if any(d.name == "epochs" for d in space):
+        raise _err(where, key, f"must be increasing, each {unit} once")
+    if unit == "epoch" and any(d.name == "epochs" for d in space):
         raise _err(
-            where, "space.epochs", "cannot be searched with early stopping: rungs are epochs"
+            where,
+            "space.epochs",
+            "cannot be searched with rungs in epochs: fix epochs, or give rungs: {steps: [...]}",
         )
-    return eta, rungs
+    return eta, rungs, unit
+
+
+def _epoch_point(where: str, key: str, value: Any, epochs: int) -> float:
+    """A rung in epochs: above 0 and before the end of the last; whole ones stay whole."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not ok or not 0 < value < epochs or not math.isfinite(value):
+        raise _err(
+            where,
+            key,
+            f"each rung must be a number of epochs above 0 and below {epochs} (fractions "
+            f"allowed, e.g. 0.5); got {quote(value, 60)}",
+        )
+    return int(value) if float(value).is_integer() else float(value)
+
+
+def _every(where: str, key: str, value: Any, epochs: int) -> list[float]:
+    """``every: x``: x, 2x, ... epochs, each before the end of the last epoch."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not ok or not math.isfinite(value) or not 0 < value < epochs:
+        raise _err(
+            where,
+            key,
+            f"must be a number of epochs above 0 and below {epochs}, e.g. 0.5; "
+            f"got {quote(value, 60)}",
+        )
+    count = math.ceil(round(epochs / value, 9)) - 1
+    if count > MAX_RUNGS:
+        raise _err(where, key, f"{count} rungs, more than {MAX_RUNGS}: compare less often")
+    # Rounded: 3 x 0.1 is 0.30000000000000004, and a rung must have one spelling.
+    return [round(k * value, 9) for k in range(1, count + 1)]
 
 
 def _check_values(plan: SweepPlan, where: str) -> None:

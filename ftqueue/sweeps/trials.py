@@ -10,26 +10,33 @@ trials at once never make the same trial, nor more than the budget.
 
 from __future__ import annotations
 
+import contextlib
+import datetime as dt
 import logging
+import os
+import signal
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import func, or_, select, update
 
-from ftqueue.core.states import JobStatus
-from ftqueue.errors import SpecError
+from ftqueue.core.states import JobStatus, Priority
+from ftqueue.errors import BrokerError, DatabaseError, SpecError, first_line
 from ftqueue.queue import eager
-from ftqueue.store import db, insert, outbox
-from ftqueue.store.schema import Job, Result, Sweep, utcnow
+from ftqueue.settings import get_settings
+from ftqueue.store import db, insert, outbox, reads
+from ftqueue.store.schema import Job, Sweep, utcnow
 from ftqueue.submit import enqueue, submission
-from ftqueue.sweeps import methods
+from ftqueue.sweeps import mending, methods
 from ftqueue.sweeps.plan import SweepPlan
 
 log = logging.getLogger(__name__)
 
 ACTIVE = "active"
 CANCELLED = "cancelled"
+#: The reaper could not fill it (``problem`` says why); it makes no more trials.
+BROKEN = "broken"
 _PENDING = (JobStatus.QUEUED, JobStatus.RUNNING)
 
 
@@ -43,52 +50,94 @@ class StartedSweep:
     notes: list[str] = field(default_factory=list)
 
 
-def start_sweep(plan: SweepPlan) -> StartedSweep:
-    """Check a sweep's inputs, write the sweep row, and queue its first trials.
+def start_sweep(plan: SweepPlan, *, strict: bool = False) -> StartedSweep:
+    """Check a sweep's inputs, then write the sweep row with its first trials, all or nothing.
 
     The model and data are checked and pinned once, on the first trial; trials differ only in
     searched settings, so the pinned base holds for all. A grid's every trial is checked.
+    What the method keeps (an Optuna study) is made first and dropped again when the row
+    was not written; one left by a process killed in between is replaced by the next start
+    under the same name. The row and its first trials are one transaction. ``strict``: a
+    ``gpu_class`` that no live worker serves is refused before anything is written.
     """
     sweep_id = submission.check_label(plan.name or uuid.uuid4().hex[:8], "name")
     checker = submission.Checker()
-    first, *others = methods.lookup(plan.method).values_to_check(plan)
+    method = methods.lookup(plan.method)
+    first, *others = method.values_to_check(plan)
     pinned = checker(plan.spec(first))
     searched = {d.name for d in plan.space} | {"kind"}
     base = {k: v for k, v in pinned.to_dict().items() if k not in searched}
     for values in others:
         checker(plan.spec(values))
-    plan = SweepPlan.from_dict(plan.to_dict() | {"base": base})
+    # The trials are the starter's, whichever worker creates them later.
+    plan = SweepPlan.from_dict(plan.to_dict() | {"base": base, "user": get_settings().user})
     enqueue.ready()
-    create(sweep_id, plan)
-    return StartedSweep(sweep_id, plan, fill(sweep_id), checker.notes)
+    if strict and plan.gpu_class is not None and not get_settings().eager:
+        submission.require_class_worker(plan.gpu_class, {plan.kind})
+    with db.session_scope() as session:
+        _check_new(session, sweep_id)
+    method.start(sweep_id, plan)
+    crash_at("sweep-method-started")
+    try:
+        created = enqueue.jobs(lambda session: _create(session, sweep_id, plan))
+    except BaseException:
+        with contextlib.suppress(Exception):
+            if reads.sweep_row(sweep_id) is None:
+                method.forget(sweep_id)
+        raise
+    return StartedSweep(sweep_id, plan, created, checker.notes)
 
 
-def create(sweep_id: str, plan: SweepPlan) -> None:
-    """Write the sweep row (no trials yet); SpecError when the id is taken."""
-    with db.session_scope(write=True) as session:
-        if session.get(Sweep, sweep_id) is not None or session.scalar(
-            select(func.count()).select_from(Job).where(Job.sweep_id == sweep_id)
-        ):
-            raise SpecError(
-                f"sweep {sweep_id!r} already exists: give the sweep another name, or "
-                "leave name out for a new id",
-                param="name",
-            )
-        session.add(
-            Sweep(
-                id=sweep_id,
-                kind=plan.kind,
-                method=plan.method,
-                definition=plan.to_dict(),
-                max_jobs=plan.max_jobs,
-                max_parallel=plan.max_parallel,
-                created=0,
-                eta=plan.eta,
-                rungs=list(plan.rungs) if plan.eta else None,
-                status=ACTIVE,
-            )
+def crash_at(point: str) -> None:
+    """Fault injection for tests: FTQUEUE_TEST_KILL_AT=<point> kills this process there."""
+    if os.environ.get("FTQUEUE_TEST_KILL_AT") == point:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _check_new(session: Any, sweep_id: str) -> None:
+    """SpecError when the sweep id is taken (by a sweep row or by jobs of a submitted grid)."""
+    if session.get(Sweep, sweep_id) is not None or session.scalar(
+        select(func.count()).select_from(Job).where(Job.sweep_id == sweep_id)
+    ):
+        raise SpecError(
+            f"sweep {sweep_id!r} already exists: give the sweep another name, or leave name "
+            f"out for a new id (`ftqueue sweep --resume {sweep_id}` continues a stopped one)",
+            param="name",
         )
-    methods.lookup(plan.method).start(sweep_id, plan)
+
+
+def _create(session: Any, sweep_id: str, plan: SweepPlan) -> list[insert.NewJob]:
+    """In the transaction that inserts the first trials: the sweep row, counted as made."""
+    _check_new(session, sweep_id)
+    held = get_settings().eager
+    sweep = Sweep(
+        id=sweep_id,
+        kind=plan.kind,
+        method=plan.method,
+        definition=plan.to_dict(),
+        max_jobs=plan.max_jobs,
+        max_parallel=plan.max_parallel,
+        created=0,
+        eta=plan.eta,
+        rungs=list(plan.rungs) if plan.eta else None,
+        status=ACTIVE,
+        holder=eager.holder() if held else None,
+        lease_expires_at=lease_end() if held else None,
+    )
+    session.add(sweep)
+    session.flush()
+    crash_at("sweep-row-written")
+    offer = methods.lookup(plan.method).propose(sweep_id, plan, plan.max_parallel)
+    proposals = offer.take(0, min(plan.max_parallel, plan.max_jobs))
+    offer.release()
+    sweep.created = len(proposals)
+    crash_at("sweep-trials-proposed")
+    return [_new_job(sweep_id, plan, p) for p in proposals]
+
+
+def lease_end() -> dt.datetime:
+    """When the lease of an eager process taken now lapses."""
+    return utcnow() + dt.timedelta(seconds=get_settings().lease_seconds)
 
 
 def plan_of(sweep: Sweep) -> SweepPlan:
@@ -100,7 +149,7 @@ def fill(sweep_id: str) -> list[Job]:
 
     The new jobs are published, or, in eager mode, held by this process to run itself.
     """
-    sweep = get(sweep_id)
+    sweep = reads.sweep_row(sweep_id)
     if sweep is None or sweep.status != ACTIVE:
         return []
     # Read first: the reaper calls this for every active sweep on every pass, and most find
@@ -157,6 +206,9 @@ def _new_job(sweep_id: str, plan: SweepPlan, proposal: methods.Proposal) -> inse
         sweep_id=sweep_id,
         trial=proposal.number,
         output_dir=None,
+        gpu_class=plan.gpu_class,
+        priority=Priority(plan.priority).level,
+        submitted_by=plan.user,
     )
 
 
@@ -164,15 +216,21 @@ def after_trial(job_id: int) -> list[Job]:
     """A trial ended: tell the sweep's method how, then fill the free slots."""
     with db.session_scope() as session:
         row = session.execute(
-            select(Job.sweep_id, Job.trial, Job.status, Sweep.method)
+            select(Job.sweep_id, Job.trial, Job.status, Sweep.method, Sweep.status.label("state"))
             .join(Sweep, Sweep.id == Job.sweep_id)
             .where(Job.id == job_id)
         ).one_or_none()
     if row is None:
         return []
     if row.trial is not None and JobStatus(row.status).terminal:
-        method = methods.lookup(row.method)
-        method.tell(row.sweep_id, row.trial, row.status, validation_curve(job_id))
+        mending.tell(
+            methods.lookup(row.method),
+            row.sweep_id,
+            row.state == CANCELLED,
+            row.trial,
+            row.status,
+            job_id,
+        )
     created = fill(row.sweep_id)
     if not created:
         end_if_finished(row.sweep_id)
@@ -190,7 +248,7 @@ def end_if_finished(sweep_id: str) -> bool:
     ending = (
         Sweep.id == sweep_id,
         Sweep.ended_at.is_(None),
-        or_(Sweep.status == CANCELLED, Sweep.created >= Sweep.max_jobs),
+        or_(Sweep.status.in_((CANCELLED, BROKEN)), Sweep.created >= Sweep.max_jobs),
         ~pending,
     )
     with db.session_scope() as session:
@@ -208,28 +266,80 @@ def end_if_finished(sweep_id: str) -> bool:
         if status is None:
             return False
         outbox.sweep_ended(session, sweep_id, cancelled=status == CANCELLED)
-        return True
+    _reconcile_quietly(sweep_id)  # trials cancelled while queued were never told
+    return True
 
 
-def validation_curve(job_id: int) -> list[tuple[int, float]]:
-    """(epoch, validation accuracy) of a job, in epoch order."""
+def _reconcile_quietly(sweep_id: str) -> None:
+    try:
+        mending.reconcile(sweep_id)
+    except Exception as exc:  # said, not raised: the sweep's end stands either way
+        log.warning("sweep %s: its method's trials not reconciled: %s", sweep_id, first_line(exc))
+
+
+@dataclass
+class Filled:
+    """A reaper pass over the active sweeps: the trials it made, the sweeps it found broken."""
+
+    created: list[Job] = field(default_factory=list)
+    broken: list[str] = field(default_factory=list)
+
+
+def fill_all() -> Filled:
+    """Fill every active sweep's free slots and mend its method's trials (the reaper's pass).
+
+    One sweep that cannot be filled (its study gone, a trial it cannot write) is marked
+    broken, with the reason, and the others are filled all the same. The results database
+    away ends the pass; the broker or a study's storage away skips the sweep this pass. No
+    one of them makes a sweep broken. Sweeps held by an eager process are its own to fill.
+    """
     with db.session_scope() as session:
-        rows = session.execute(
-            select(Result.epoch, Result.accuracy)
-            .where(Result.job_id == job_id, Result.split == "validation")
-            .order_by(Result.epoch)
+        active = list(
+            session.scalars(
+                select(Sweep.id)
+                .where(Sweep.status == ACTIVE, Sweep.holder.is_(None))
+                .order_by(Sweep.created_at, Sweep.id)
+            )
         )
-        return [(int(e), float(a)) for e, a in rows]
-
-
-def fill_all() -> list[Job]:
-    """Fill every active sweep's free slots (the reaper's pass)."""
-    with db.session_scope() as session:
-        active = list(session.scalars(select(Sweep.id).where(Sweep.status == ACTIVE)))
-    created: list[Job] = []
+    done = Filled()
     for sweep_id in active:
-        created += fill(sweep_id)
-    return created
+        try:
+            done.created += fill(sweep_id)
+        except DatabaseError:
+            raise  # the results database is away: no sweep can be filled this pass
+        except Exception as exc:
+            problem = f"{type(exc).__name__}: {first_line(exc)}"
+            if _passing(exc):
+                log.warning("sweep %s not filled this pass: %s", sweep_id, problem)
+            else:
+                log.warning("sweep %s is broken: %s", sweep_id, problem)
+                if mark_broken(sweep_id, problem):
+                    done.broken.append(sweep_id)
+            continue
+        _reconcile_quietly(sweep_id)
+    return done
+
+
+def _passing(exc: BaseException) -> bool:
+    """A problem that may be gone on the next pass (the broker, a busy or unreachable study
+    storage), which does not make a sweep broken."""
+    from sqlalchemy import exc as sa_exc
+
+    if isinstance(exc, (BrokerError, sa_exc.OperationalError, sa_exc.InterfaceError)):
+        return True
+    return type(exc).__name__ == "StorageInternalError"  # optuna's, without importing it
+
+
+def mark_broken(sweep_id: str, problem: str) -> bool:
+    """Mark an active sweep broken, with why; False when it was not active any more."""
+    with db.session_scope(write=True) as session:
+        changed = session.execute(
+            update(Sweep)
+            .where(Sweep.id == sweep_id, Sweep.status == ACTIVE)
+            .values(status=BROKEN, problem=problem[:2000])
+            .execution_options(synchronize_session=False)
+        )
+        return bool(changed.rowcount)  # type: ignore[attr-defined]
 
 
 def end_all() -> list[str]:
@@ -239,7 +349,7 @@ def end_all() -> list[str]:
             session.scalars(
                 select(Sweep.id).where(
                     Sweep.ended_at.is_(None),
-                    or_(Sweep.status == CANCELLED, Sweep.created >= Sweep.max_jobs),
+                    or_(Sweep.status.in_((CANCELLED, BROKEN)), Sweep.created >= Sweep.max_jobs),
                 )
             )
         )
@@ -264,14 +374,6 @@ def stop(sweep_id: str) -> bool:
     return True
 
 
-def get(sweep_id: str) -> Sweep | None:
-    with db.session_scope() as session:
-        sweep = session.get(Sweep, sweep_id)
-        if sweep is not None:
-            session.expunge(sweep)
-        return sweep
-
-
 def job_statuses(sweep_id: str) -> dict[int, str]:
     """The status of every trial made so far, by job id."""
     with db.session_scope() as session:
@@ -281,7 +383,7 @@ def job_statuses(sweep_id: str) -> dict[int, str]:
 
 def finished(sweep_id: str) -> bool:
     """No trial pending and none still to make (out of budget, or stopped)."""
-    sweep = get(sweep_id)
+    sweep = reads.sweep_row(sweep_id)
     statuses = job_statuses(sweep_id)
     if any(JobStatus(s).pending for s in statuses.values()):
         return False

@@ -91,20 +91,36 @@ class FtqueueEnv:
         return child_env(**extra)
 
 
+#: The environment variables a test of ftqueue may change (ftqueue's settings, and those of the
+#: tracker a job talks to): ftqueue_home puts each back as it was before the test.
+RESTORED_PREFIXES = ("FTQUEUE_", "MLFLOW_")
+
+
+def _owned_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k.startswith(RESTORED_PREFIXES)}
+
+
 @pytest.fixture
-def ftqueue_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A new FTQUEUE_HOME with every other FTQUEUE_* setting unset.
+def ftqueue_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A new FTQUEUE_HOME, GPU claims made inside it, and every other FTQUEUE_* setting unset.
 
     Kept: FTQUEUE_TEST_*, and the variables that say where this machine keeps the offline
     model and data (a GPU box without their wheels): where assets are, not settings under test.
+    Afterwards every FTQUEUE_* and MLFLOW_* variable is as it was before, whoever changed it.
     """
+    before = _owned_env()
     home = tmp_path / "ftqueue-home"
     for name in list(os.environ):
         if name.startswith("FTQUEUE_") and not name.startswith(("FTQUEUE_TEST_", *ASSET_VARS)):
             monkeypatch.delenv(name)
     monkeypatch.setenv("FTQUEUE_HOME", str(home))
+    # GPU claims are host-wide by default: a test's workers must not meet the machine's.
+    monkeypatch.setenv("FTQUEUE_GPU_LOCK_DIR", str(home / "gpu-locks"))
     _reset()
-    return home
+    yield home
+    for name in set(_owned_env()) - set(before):
+        del os.environ[name]
+    os.environ.update(before)
 
 
 @pytest.hookimpl(wrapper=True)

@@ -9,6 +9,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from ftqueue import kinds
 
@@ -25,6 +26,7 @@ class WorkerProcess:
         processes: int = 1,
         queues: str | None = None,
         prefix: Sequence[str] = (),
+        gpu_class: str | None = None,
     ) -> None:
         self.name = name
         #: Runs the worker inside something, e.g. `ip netns exec HOST` for a test host.
@@ -33,6 +35,8 @@ class WorkerProcess:
         self.log_path = log_dir / f"worker-{name}.log"
         self.processes = processes
         self.queues = queues or ",".join(kinds.queues())
+        #: Its `--class` (None: the class its GPU's name gives, or cpu).
+        self.gpu_class = gpu_class
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> WorkerProcess:
@@ -52,6 +56,7 @@ class WorkerProcess:
                 self.queues,
                 "--loglevel",
                 "info",
+                *(["--class", self.gpu_class] if self.gpu_class else []),
             ],
             env=self.env,
             stdout=log,
@@ -82,13 +87,21 @@ class WorkerProcess:
             self.proc.wait(timeout=60)
 
     def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.kill()
+        if self.proc is not None:
+            end_group(self.proc)
+
+
+def end_group(proc: subprocess.Popen[Any], *, grace: float = 20) -> None:
+    """End a process started in a group of its own (``start_new_session``) and its children:
+    SIGTERM to the group, then SIGKILL to whatever is left after ``grace`` seconds."""
+    if proc.poll() is not None:
+        return
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
 
 
 def child_env(**extra: str) -> dict[str, str]:

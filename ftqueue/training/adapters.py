@@ -16,8 +16,10 @@ from typing import Any
 import torch
 from peft import PeftModel
 
+from ftqueue.artifacts.adapter_files import ADAPTER_CONFIG, read_json_object
 from ftqueue.artifacts.publishing import ADAPTER_METADATA, ADAPTER_WEIGHTS, check_adapter_dir
 from ftqueue.core.files import share_tree, write_json_atomic
+from ftqueue.core.text import clip, quote
 from ftqueue.errors import AdapterError, first_line
 from ftqueue.training.cards import write_adapter_card
 from ftqueue.training.modeling import (
@@ -28,6 +30,7 @@ from ftqueue.training.modeling import (
     hub_id,
     load_base,
     pick_device,
+    stock_class_name,
 )
 
 METADATA_FORMAT = 2
@@ -82,15 +85,54 @@ class LoadedAdapter:
         return int(self.metadata["num_labels"])
 
 
+def _check_base_model(directory: Path, metadata: dict[str, Any]) -> None:
+    """The base model in ftqueue's metadata is the one peft's config names (where both do)."""
+    config = read_json_object(directory, ADAPTER_CONFIG)
+    named = config.get("base_model_name_or_path")
+    model = str(metadata["model"])
+    if named and hub_id(model) not in (None, named):
+        raise AdapterError(
+            f"adapter {directory}: {ADAPTER_METADATA} names model {quote(model, 80)} but "
+            f"{ADAPTER_CONFIG} was trained on {quote(named, 80)}; re-run the job that trained it",
+            param="--adapter-job",
+        )
+
+
+def _check_against_base(directory: Path, metadata: dict[str, Any], base: Base) -> None:
+    """What format 2 metadata says of the base model holds for the one loaded."""
+    config = base.body.config
+    # Where PooledClassifier puts this body: peft's keys start there, and an adapter whose keys
+    # start elsewhere would load with its LoRA weights silently left out.
+    body_attr = getattr(base.body, "base_model_prefix", "") or "model"
+    if body_attr in ("encoder", "classifier", "dropout", "config", "pool"):
+        body_attr = LEGACY_BODY_ATTR
+    found = {
+        "model_type": config.model_type,
+        "stock_class": stock_class_name(config, str(metadata["pooling"])),
+        "body_attr": body_attr,
+    }
+    for key, value in found.items():
+        if key in metadata and metadata[key] != value:
+            raise AdapterError(
+                f"adapter {directory}: {ADAPTER_METADATA} has {key} = {quote(metadata[key], 80)} "
+                f"but model {quote(metadata['model'], 80)} gives {quote(value, 80)}; re-run the "
+                "job that trained it",
+                param="--adapter-job",
+            )
+
+
 def load_adapter(directory: Path, *, device: torch.device | None = None) -> LoadedAdapter:
     """Load a published adapter onto its (cached) base model, in eval mode.
 
     Refuses pickle weights and incomplete directories before anything is read.
     """
     metadata = check_adapter_dir(directory)
+    _check_base_model(directory, metadata)
     device = device or pick_device()
     base, _ = load_base(str(metadata["model"]), device)
     legacy = int(metadata.get("format", 1)) < 2
+    if not legacy:
+        _check_against_base(directory, metadata, base)
     classifier: PooledClassifier = build_classifier(
         base,
         int(metadata["num_labels"]),
@@ -102,9 +144,12 @@ def load_adapter(directory: Path, *, device: torch.device | None = None) -> Load
     )
     try:
         model = PeftModel.from_pretrained(classifier, str(directory), is_trainable=False)
-    except (OSError, ValueError, RuntimeError, KeyError) as exc:
+    except Exception as exc:
+        # The files passed check_adapter_dir; what peft still refuses (weights of the wrong
+        # shape, a config value it rejects) is one line, not its traceback.
         raise AdapterError(
-            f"adapter {directory} does not fit model {metadata['model']}: {first_line(exc)}",
+            f"adapter {directory} does not fit model {clip(metadata['model'], 80)}: "
+            f"{clip(first_line(exc), 300)}; re-run the job that trained it",
             param="--adapter-job",
         ) from None
     model.to(device).eval()

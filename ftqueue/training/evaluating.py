@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ftqueue.artifacts.publishing import check_adapter_dir
+from ftqueue.artifacts.publishing import check_adapter_dir, check_pairs
 from ftqueue.core.outcome import Outcome, ProgressCallback
 from ftqueue.core.states import Phase
+from ftqueue.core.text import clip
 from ftqueue.errors import AdapterError, SpecError
 from ftqueue.inputs.labelled import LoadedData, resolve_dataset
 from ftqueue.specs import resolve_model, validate_against_model
@@ -100,6 +101,16 @@ def _evaluate_adapter(
         raise AdapterError(
             f"adapter {adapter_dir} predicts {meta['num_labels']} classes but {data.source} has "
             f"{data.num_labels}: evaluate it on a dataset with the same number of classes",
+            param="--dataset",
+        )
+    check_pairs(meta, data.is_pairs, spec.adapter_job)
+    trained = [str(n) for n in meta["label_names"]]
+    numbered = [str(i) for i in range(data.num_labels)]
+    if numbered not in (trained, data.label_names) and trained != data.label_names:
+        raise AdapterError(
+            f"adapter {adapter_dir} predicts the classes {clip(', '.join(trained))}, but "
+            f"{clip(data.source)} has {clip(', '.join(data.label_names))}: evaluate it on data "
+            "with the same classes (or name them the same with --label-names)",
             param="--dataset",
         )
     if spec.pooling is not None and spec.pooling != meta["pooling"]:

@@ -19,8 +19,7 @@ from ftqueue.artifacts.publishing import (
     check_adapter_dir,
     check_exportable,
     check_new_dir,
-    publish_dir,
-    staging_dir,
+    publish_new_dir,
 )
 from ftqueue.core.files import share_tree
 from ftqueue.errors import AdapterError, FtqueueError
@@ -35,6 +34,7 @@ _PROBE = [
     "dull, far too long and never funny",
     "it is a movie",
 ]
+_PAIR_PROBE = ["the acting is superb", "nobody laughed once", "a film about a movie"]
 
 
 def _stock_model(classifier: Any, metadata: dict[str, Any], job_id: int) -> Any:
@@ -62,12 +62,24 @@ def _stock_model(classifier: Any, metadata: dict[str, Any], job_id: int) -> Any:
     return stock.eval()
 
 
-def _check_same_logits(classifier: Any, stock: Any, tokenizer: Any, max_length: int) -> None:
+def _check_same_logits(
+    classifier: Any, stock: Any, tokenizer: Any, max_length: int, pairs: bool
+) -> None:
     batch = tokenizer(
-        _PROBE, padding=True, truncation=True, max_length=max_length, return_tensors="pt"
+        _PROBE,
+        _PAIR_PROBE if pairs else None,
+        padding=True,
+        truncation="longest_first",
+        max_length=max_length,
+        return_tensors="pt",
     )
+    types = batch.get("token_type_ids") if pairs else None
     with torch.inference_mode():
-        ours = classifier(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        ours = classifier(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            token_type_ids=types,
+        )
         theirs = stock(**batch)
     gap = float((ours.logits - theirs.logits).abs().max())
     if gap > LOGITS_TOLERANCE:
@@ -88,10 +100,14 @@ def export_adapter(adapter_dir: Path, out_dir: Path, *, job_id: int) -> Path:
     classifier = classifier_of(loaded.model.merge_and_unload()).eval()
     stock = _stock_model(classifier, metadata, job_id)
     max_length = int(metadata["max_length"])
-    _check_same_logits(classifier, stock, loaded.base.tokenizer, max_length)
-    with staging_dir(out_dir.absolute()) as staging:
+    pairs = bool(metadata.get("text_pair"))
+    _check_same_logits(classifier, stock, loaded.base.tokenizer, max_length, pairs)
+
+    def write(staging: Path) -> None:
         stock.save_pretrained(str(staging), safe_serialization=True)
         save_tokenizer(loaded.base, staging, max_length)
         write_export_card(staging, metadata, hub_id(str(metadata["model"])))
         share_tree(staging)
-        return publish_dir(staging, out_dir.absolute())
+
+    # Written beside out_dir, then renamed to it only if no one else created it meanwhile.
+    return publish_new_dir(out_dir, write, param="DIR")

@@ -14,8 +14,10 @@ from sklearn.metrics import accuracy_score, f1_score
 from torch import nn
 from transformers import get_linear_schedule_with_warmup
 
+from ftqueue.core.objective import RungPoints
 from ftqueue.core.outcome import Measurement, Progress, ProgressCallback
 from ftqueue.core.states import TIMED_PHASES, Phase
+from ftqueue.training.shapes import StepRunner, fixed_batch
 from ftqueue.training.tokens import Batch, Tokens, batches, eval_batches, train_batches
 
 #: Steps between progress reports; each report costs a device sync for the loss.
@@ -30,8 +32,16 @@ class Tracker:
     on_progress: ProgressCallback | None
     seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(TIMED_PHASES, 0.0))
     peak_rss: int = 0
+    #: Optimizer steps taken (with gradient accumulation, fewer than batches).
+    optimizer_steps: int = 0
+    #: Fixed-shape training: the (batch, width) shapes it ran; compiled, the steps that built
+    #: a graph (a shape or model new to the process) and the seconds they took.
+    step_shapes: int = 0
+    compile_seconds: float = 0.0
+    compiles: int = 0
     _process: psutil.Process = field(default_factory=psutil.Process)
     _announced: tuple[str, int] | None = None
+    _inner: list[float] = field(default_factory=list)
 
     def sample_memory(self) -> None:
         self.peak_rss = max(self.peak_rss, self._process.memory_info().rss)
@@ -43,10 +53,17 @@ class Tracker:
             self._announced = (name, epoch)
             self.report(Progress(name, epoch, 0, total_steps, None))
         start = time.perf_counter()
+        self._inner.append(0.0)
         try:
             yield
         finally:
-            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+            # A phase inside another (validation at a rung inside an epoch) counts once: as
+            # itself, not also as the phase around it.
+            spent = time.perf_counter() - start
+            inner = self._inner.pop()
+            self.seconds[name] = self.seconds.get(name, 0.0) + spent - inner
+            if self._inner:
+                self._inner[-1] += spent
             self.sample_memory()
 
     def report(self, progress: Progress) -> None:
@@ -90,6 +107,13 @@ class FitPlan:
     pad_id: int
     device: torch.device
     amp_dtype: torch.dtype | None
+    #: Micro-batches of ``batch_size`` per optimizer step.
+    grad_accum: int = 1
+    #: Train on fixed shapes (training/shapes.py) up to this width (the tokenizer's max
+    #: length); 0: batches padded to their longest row.
+    fixed_width: int = 0
+    #: With fixed shapes: "off" or the torch.compile mode of the loss step.
+    compile_mode: str = "off"
 
 
 def fit(
@@ -98,42 +122,64 @@ def fit(
     optimizer: torch.optim.Optimizer,
     plan: FitPlan,
     tracker: Tracker,
-    after_epoch: Callable[[int], bool],
+    after_epoch: Callable[[int, float | None], bool],
+    rungs: RungPoints | None = None,
+    at_rung: Callable[[int, float], bool] | None = None,
 ) -> int:
-    """Train for ``plan.epochs``; calls ``after_epoch(epoch)`` outside the timed train phase,
-    and stops early when it returns False (the job's sweep pruned it).
+    """Train for ``plan.epochs``; stops early when a callback returns False (the job's sweep
+    pruned it).
 
+    With ``plan.grad_accum`` N the optimizer steps once per N micro-batches, each loss scaled
+    by 1/N so that the gradient is the group's mean; an epoch's last group, when shorter,
+    still steps, scaled by its own length.
+    ``after_epoch(epoch, rung)`` is called outside the timed train phase after each epoch,
+    with the rung's position when one falls on its last step (else None). ``at_rung(epoch,
+    position)`` is called at each of ``rungs`` that falls inside an epoch, after its step.
     Returns the number of training examples processed.
     """
     rng = np.random.default_rng(plan.seed)
-    steps_per_epoch = -(-len(train) // plan.batch_size)
+    accum = plan.grad_accum
+    micro_per_epoch = -(-len(train) // plan.batch_size)
+    steps_per_epoch = -(-micro_per_epoch // accum)
     total = steps_per_epoch * plan.epochs
+    checks = rungs.steps(steps_per_epoch, total) if rungs is not None else {}
     scheduler = get_linear_schedule_with_warmup(optimizer, int(plan.warmup_ratio * total), total)
     params = [p for group in optimizer.param_groups for p in group["params"]]
+    runner = None
+    if plan.fixed_width:
+        runner = StepRunner(plan.compile_mode, lambda: autocast(plan.device, plan.amp_dtype))
     step = seen = 0
     for epoch in range(1, plan.epochs + 1):
+        stopped = False
         with tracker.phase(Phase.TRAIN, epoch, total):
             model.train()
             running, count = torch.zeros((), device=plan.device), 0
-            for batch in batches(
-                train, train_batches(train, plan.batch_size, rng), plan.pad_id, plan.device
-            ):
-                with autocast(plan.device, plan.amp_dtype):
-                    loss = model(
-                        input_ids=batch.input_ids,
-                        attention_mask=batch.attention_mask,
-                        labels=batch.labels,
-                    ).loss
-                loss.backward()
+            order = train_batches(train, plan.batch_size, rng)
+            for i, batch in enumerate(_batches(train, order, plan)):
+                group = min(accum, len(order) - (i - i % accum))
+                if runner is not None:
+                    loss = runner(model, batch, group)
+                else:
+                    with autocast(plan.device, plan.amp_dtype):
+                        loss = model(
+                            input_ids=batch.input_ids,
+                            attention_mask=batch.attention_mask,
+                            labels=batch.labels,
+                            token_type_ids=batch.token_type_ids,
+                        ).loss
+                    (loss / group if group > 1 else loss).backward()
+                running += loss.detach()
+                count += 1
+                seen += len(batch.rows)
+                if (i + 1) % accum and i + 1 < len(order):
+                    continue
                 # foreach: a handful of ops for all parameters, not two per parameter.
                 torch.nn.utils.clip_grad_norm_(params, MAX_GRAD_NORM, foreach=True)
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
-                running += loss.detach()
-                count += 1
                 step += 1
-                seen += len(batch.rows)
+                tracker.optimizer_steps += 1
                 # The first step is reported too: it tells the queue training has started.
                 if step == 1 or step % PROGRESS_EVERY == 0 or step % steps_per_epoch == 0:
                     mean_loss = float(running) / count
@@ -141,9 +187,27 @@ def fit(
                     tracker.sample_memory()
                     running.zero_()
                     count = 0
-        if not after_epoch(epoch):
+                if step in checks and step % steps_per_epoch and at_rung is not None:
+                    # A rung inside the epoch: validate there (timed as evaluation), go on.
+                    stopped = not at_rung(epoch, checks[step])
+                    if stopped:
+                        break
+                    model.train()
+        if runner is not None:
+            tracker.step_shapes = len(runner.shapes)
+            tracker.compile_seconds = runner.compile_seconds
+            tracker.compiles = runner.compiles
+        if stopped or not after_epoch(epoch, checks.get(step)):
             break
     return seen
+
+
+def _batches(train: Tokens, order: list[np.ndarray], plan: FitPlan) -> Iterator[Batch]:
+    if not plan.fixed_width:
+        yield from batches(train, order, plan.pad_id, plan.device)
+        return
+    for rows in order:
+        yield fixed_batch(train, rows, plan.pad_id, plan.device, plan.batch_size, plan.fixed_width)
 
 
 def _in_row_order(
@@ -187,7 +251,13 @@ def predict(
     model.eval()
     with torch.inference_mode(), autocast(device, amp_dtype):
         return _in_row_order(
-            lambda b: model(input_ids=b.input_ids, attention_mask=b.attention_mask).logits,
+            lambda b: (
+                model(
+                    input_ids=b.input_ids,
+                    attention_mask=b.attention_mask,
+                    token_type_ids=b.token_type_ids,
+                ).logits
+            ),
             tokens,
             batch_size=batch_size,
             pad_id=pad_id,
@@ -223,11 +293,11 @@ def pooled_features(
 ) -> torch.Tensor:
     """Sentence vectors from the frozen body, computed once so head epochs cost almost nothing."""
     model.eval()
-    pool: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = model.pool  # type: ignore[assignment]
+    pool: Callable[..., torch.Tensor] = model.pool  # type: ignore[assignment]
     # no_grad, not inference_mode: these tensors are inputs to a trained head later.
     with torch.no_grad(), autocast(device, amp_dtype):
         return _in_row_order(
-            lambda b: pool(b.input_ids, b.attention_mask),
+            lambda b: pool(b.input_ids, b.attention_mask, b.token_type_ids),
             tokens,
             batch_size=batch_size,
             pad_id=pad_id,

@@ -11,12 +11,16 @@ from typing import TYPE_CHECKING
 import torch
 from peft import LoraConfig, PeftModel, TaskType, get_peft_model
 
+from ftqueue.core.confidence import keeps_later
+from ftqueue.core.objective import RungPoints
 from ftqueue.core.outcome import Measurement, Outcome, Progress, ProgressCallback
 from ftqueue.core.states import Phase
 from ftqueue.errors import FtqueueError, SpecError, first_line
 from ftqueue.inputs.labelled import resolve_dataset
+from ftqueue.settings import get_settings
 from ftqueue.specs import validate_against_model
 from ftqueue.training.adapters import save_adapter
+from ftqueue.training.cards import data_summary, hyperparameters
 from ftqueue.training.loop import FitPlan, Tracker, fit, make_optimizer, measure
 from ftqueue.training.modeling import build_classifier, classifier_of, stock_class_name
 from ftqueue.training.preparing import Prepared, job_stats, prepare, releases_memory, tokenize
@@ -56,6 +60,16 @@ def _lora_model(spec: LoraSpec, prep: Prepared) -> PeftModel:
         ) from None
 
 
+def step_shapes(device: torch.device, max_length: int) -> tuple[int, str]:
+    """FitPlan's ``fixed_width`` and ``compile_mode`` from the settings: fixed shapes by
+    default on a GPU, compiled only when FTQUEUE_COMPILE_MODE asks."""
+    settings = get_settings()
+    fixed = settings.fixed_shapes if settings.fixed_shapes is not None else device.type == "cuda"
+    if not fixed:
+        return 0, "off"
+    return max_length, settings.compile_mode
+
+
 @releases_memory
 def run_lora(
     spec: LoraSpec,
@@ -63,14 +77,20 @@ def run_lora(
     adapter_dir: Path,
     cache_dir: Path,
     on_progress: ProgressCallback | None = None,
-    keep_going: Callable[[int, float], bool] | None = None,
+    keep_going: Callable[[float | None, Measurement], bool] | None = None,
+    rungs: RungPoints | None = None,
 ) -> Outcome:
     """Train a LoRA adapter and write it, metadata last, into the new ``adapter_dir``.
 
-    After each epoch, validation accuracy goes to ``keep_going`` (a sweep's rung decision),
-    which may stop training there. The adapter kept is the best validation epoch's (or the
-    last's, with ``select_epoch: last``), and test accuracy is measured on it; a pruned run
-    keeps its adapter but is not tested.
+    After each epoch, and at each of ``rungs`` inside one (a sweep's rungs: fractions of an
+    epoch or steps), the validation measurement goes to ``keep_going`` (a sweep's rung
+    decision) with the rung's position (None at an epoch end that is no rung), which may stop
+    training there. Validation inside an epoch is kept in ``stats["rung_validations"]``;
+    results hold epochs. The adapter kept is the first epoch's, replaced by each later one
+    whose validation accuracy lies above the kept one's 95% interval (or the last's, with
+    ``select_epoch: last``; the weights of the moment when pruned before the first epoch
+    ended), and test accuracy is measured on it; a pruned run keeps its adapter but is not
+    tested.
 
     Inputs (spec, model, data, target modules) are checked before anything is written. The
     caller publishes ``adapter_dir``, or deletes it when this raises; nothing else is left
@@ -110,27 +130,65 @@ def run_lora(
         prep.pad_id,
         prep.device,
         prep.amp_dtype,
+        spec.grad_accum,
+        *step_shapes(prep.device, spec.max_length),
     )
     keeper = _EpochKeeper(model, best=spec.select_epoch != "last")
 
-    def after_epoch(epoch: int) -> bool:
+    def after_epoch(epoch: int, rung: float | None) -> bool:
         evaluate("validation", epoch)
         keeper.saw(epoch, measurements[-1])
-        if keep_going is None or keep_going(epoch, measurements[-1].accuracy):
+        # After the last epoch there is nothing left to save: a verdict would only cost the
+        # trial its test.
+        if keep_going is None or epoch == plan.epochs or keep_going(rung, measurements[-1]):
             return True
-        keeper.pruned_at = epoch
+        keeper.pruned_at = epoch if rung is None else rung
         return False
 
-    seen = fit(model, prep.tokens["train"], optimizer, plan, tracker, after_epoch)
+    inside: list[dict[str, float]] = []
+
+    def at_rung(epoch: int, rung: float) -> bool:
+        with tracker.phase(Phase.EVALUATE, epoch):
+            logits = prep.predict(model, "validation")
+            measured = measure("validation", epoch, logits, prep.tokens["validation"].labels)
+        inside.append({"rung": rung, **asdict(measured)})
+        if keep_going is None or keep_going(rung, measured):
+            return True
+        keeper.pruned_at = rung
+        return False
+
+    seen = fit(
+        model,
+        prep.tokens["train"],
+        optimizer,
+        plan,
+        tracker,
+        after_epoch,
+        rungs=rungs,
+        at_rung=at_rung,
+    )
     selected = keeper.restore_selected()
     if keeper.pruned_at is None:
         evaluate("test", selected)
     stats = job_stats(prep, tracker, model, seen, optimizer)
-    # The values the device chose, for reports and model cards of jobs that left them open.
-    stats["recipe"] = {k: getattr(spec, k) for k in ("batch_size", "lr", "head_lr", "epochs")}
+    # The values it trained with, the device's choices included: what reports and `show` use.
+    stats["recipe"] = spec.trained_with()
+    stats["optimizer_steps"] = tracker.optimizer_steps
     stats["selected_epoch"] = selected
+    # SDPA: fused attention kernels (flash or memory-efficient in bf16 on a GPU).
+    stats["attention"] = getattr(prep.base.body.config, "_attn_implementation", None)
+    stats["fixed_shapes"] = bool(plan.fixed_width)
+    if plan.fixed_width:
+        stats["compile_mode"] = plan.compile_mode
+        stats["step_shapes"] = tracker.step_shapes
+        stats["compile_seconds"] = round(tracker.compile_seconds, 3)
+        stats["compiles"] = tracker.compiles
+    # With train_examples: how much of its training a pruned run saved.
+    stats["planned_examples"] = len(prep.tokens["train"]) * spec.epochs
     if keeper.pruned_at is not None:
         stats["pruned_at"] = keeper.pruned_at
+    if inside:
+        stats["rung_validations"] = inside
     with tracker.phase(Phase.SAVE, spec.epochs):
         metadata = {
             "kind": spec.kind,
@@ -146,6 +204,9 @@ def run_lora(
             "model_type": prep.base.body.config.model_type,
             "stock_class": stock_class_name(prep.base.body.config, spec.pooling),
             "dataset_fingerprint": data.fingerprint,
+            "text_pair": data.is_pairs,
+            "data": data_summary(data, spec.data),
+            "hyperparameters": hyperparameters(spec),
             "metrics": [asdict(m) for m in measurements],
             "selected_epoch": selected,
             "started_at": started,
@@ -157,27 +218,30 @@ def run_lora(
 
 
 class _EpochKeeper:
-    """Keeps a copy of the trainable weights of the best validation epoch so far.
+    """Keeps a copy of the trainable weights of the epoch to keep (see ``keeps_later``).
 
     Only the adapter and the head train, a few MB: copied to the CPU, they cost little next
-    to an epoch. Best is the highest accuracy, then the lowest loss, then the earliest.
+    to an epoch. A later epoch replaces the kept one only if its validation accuracy lies
+    above the kept one's 95% interval: within it, the two are not told apart by this split,
+    and the earlier one trained less.
     """
 
     def __init__(self, model: torch.nn.Module, *, best: bool) -> None:
         self.model = model
         self.best = best
         self.last = 0
-        self.selected: tuple[int, float, float] | None = None
+        self.selected: Measurement | None = None
         self.weights: dict[str, torch.Tensor] = {}
-        self.pruned_at: int | None = None
+        #: Where a sweep stopped it: the rung's position, or the epoch (a verdict that waited).
+        self.pruned_at: float | None = None
 
     def saw(self, epoch: int, validation: Measurement) -> None:
         self.last = epoch
         if not self.best:
             return
-        key = (epoch, validation.accuracy, validation.loss)
-        if self.selected is None or (key[1], -key[2]) > (self.selected[1], -self.selected[2]):
-            self.selected = key
+        kept = self.selected
+        if kept is None or keeps_later(kept.accuracy, kept.n_examples, validation.accuracy):
+            self.selected = validation
             self.weights = {
                 name: p.detach().to("cpu", copy=True)
                 for name, p in self.model.named_parameters()
@@ -186,10 +250,10 @@ class _EpochKeeper:
 
     def restore_selected(self) -> int:
         """Put the selected epoch's weights back (when it is not the last); returns it."""
-        if self.selected is None or self.selected[0] == self.last:
+        if self.selected is None or self.selected.epoch == self.last:
             return self.last
         with torch.no_grad():
             for name, p in self.model.named_parameters():
                 if name in self.weights:
                     p.copy_(self.weights[name].to(p.device))
-        return self.selected[0]
+        return self.selected.epoch

@@ -223,8 +223,15 @@ class PooledClassifier(nn.Module):
         body: PreTrainedModel = getattr(self, self.body_attr)
         return body
 
-    def pool(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        out = self.encoder(input_ids=input_ids, attention_mask=attention_mask)
+    def pool(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        # Token types only when there are some (sentence pairs): not every encoder takes them.
+        types = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
+        out = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **types)
         if self.pooling == "pooler":
             pooled: torch.Tensor = out.pooler_output
             return pooled
@@ -240,11 +247,12 @@ class PooledClassifier(nn.Module):
         attention_mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         pooled: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
         **_: Any,  # peft passes generation-style keywords this head has no use for
     ) -> SequenceClassifierOutput:
         if pooled is None:
             assert input_ids is not None and attention_mask is not None
-            pooled = self.pool(input_ids, attention_mask)
+            pooled = self.pool(input_ids, attention_mask, token_type_ids)
         logits = self.classifier(self.dropout(pooled))
         loss = F.cross_entropy(logits.float(), labels) if labels is not None else None
         return SequenceClassifierOutput(loss=loss, logits=logits)

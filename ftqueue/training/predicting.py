@@ -15,11 +15,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from ftqueue.artifacts.publishing import PREDICTIONS_FILES, check_adapter_dir
+from ftqueue.artifacts.publishing import PREDICTIONS_FILES, check_adapter_dir, check_pairs
 from ftqueue.core.files import share_tree, write_json_atomic
 from ftqueue.core.outcome import Outcome, Progress, ProgressCallback
 from ftqueue.core.states import Phase
-from ftqueue.inputs.unlabelled import read_texts
+from ftqueue.inputs.unlabelled import read_inputs
 from ftqueue.training.adapters import library_versions, load_adapter
 from ftqueue.training.loop import Tracker, predict
 from ftqueue.training.modeling import autocast_dtype, configure_torch, pick_device
@@ -46,16 +46,24 @@ class Labelled:
     def labels(self) -> list[str]:
         return [self.label_names[i] for i in self.probabilities.argmax(1)]
 
+    @property
+    def scores(self) -> np.ndarray:
+        """The probability of each text's label."""
+        return self.probabilities.max(1)
+
 
 def label_texts(
     adapter_dir: Path,
     texts: list[str],
     *,
+    pairs: list[str] | None = None,
     max_length: int | None = None,
     batch_size: int | None = None,
     tracker: Tracker | None = None,
 ) -> Labelled:
-    """Class probabilities of ``texts`` under the adapter (its own max length by default)."""
+    """Class probabilities of ``texts`` (with ``pairs``: of each text and its second text)
+    under the adapter (its own max length by default)."""
+    check_pairs(check_adapter_dir(adapter_dir), pairs is not None, None)
     tracker = tracker or Tracker(None)
     device = pick_device()
     configure_torch(device)
@@ -65,7 +73,7 @@ def label_texts(
     tokenizer = adapter.base.tokenizer
     with tracker.phase(Phase.TOKENIZE):
         length = max_length or int(adapter.metadata["max_length"])
-        tokens = encode(texts, [0] * len(texts), tokenizer, length)
+        tokens = encode(texts, [0] * len(texts), tokenizer, length, pairs)
     size = batch_size or (512 if device.type == "cuda" else 64)
     total = -(-len(texts) // size)
 
@@ -91,8 +99,11 @@ def probability_columns(label_names: list[str]) -> list[str]:
     return [f"prob_{name}" for name in label_names]
 
 
-def write_predictions(directory: Path, labelled: Labelled) -> None:
-    """``predictions.parquet`` and ``predictions.csv``: row (from 0), label, prob_<class>..."""
+def write_predictions(
+    directory: Path, labelled: Labelled, texts: list[str], pairs: list[str] | None = None
+) -> list[str]:
+    """``predictions.parquet`` and ``predictions.csv``: row (from 0), text (and text_pair),
+    label (the class name), score (its probability), prob_<class>...; returns the columns."""
     import pyarrow as pa
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
@@ -100,14 +111,19 @@ def write_predictions(directory: Path, labelled: Labelled) -> None:
     probs = labelled.probabilities
     columns: dict[str, Any] = {
         "row": pa.array(np.arange(len(probs), dtype=np.int64)),
-        "label": pa.array(labelled.labels, type=pa.string()),
+        "text": pa.array(texts, type=pa.string()),
     }
+    if pairs is not None:
+        columns["text_pair"] = pa.array(pairs, type=pa.string())
+    columns["label"] = pa.array(labelled.labels, type=pa.string())
+    columns["score"] = pa.array(labelled.scores)
     for i, name in enumerate(probability_columns(labelled.label_names)):
         columns[name] = pa.array(probs[:, i])
     table = pa.table(columns)
     parquet, csv = PREDICTIONS_FILES
     pq.write_table(table, directory / parquet)
     pacsv.write_csv(table, directory / csv)
+    return list(columns)
 
 
 @releases_memory
@@ -123,19 +139,23 @@ def run_predict(
     The input is checked (and must be the file that was submitted) before the model loads.
     """
     metadata = check_adapter_dir(adapter_dir)
-    texts = read_texts(spec.input, spec.text_column, sha256=spec.input_sha256)
+    check_pairs(metadata, spec.text_pair_column is not None, spec.adapter_job)
+    texts, pairs = read_inputs(
+        spec.input, spec.text_column, sha256=spec.input_sha256, pair_column=spec.text_pair_column
+    )
     started = time.time()
     tracker = Tracker(on_progress)
     labelled = label_texts(
         adapter_dir,
         texts,
+        pairs=pairs,
         max_length=spec.max_length,
         batch_size=spec.eval_batch_size,
         tracker=tracker,
     )
     with tracker.phase(Phase.SAVE):
         out_dir.mkdir(parents=True, exist_ok=True)
-        write_predictions(out_dir, labelled)
+        columns = write_predictions(out_dir, labelled, texts, pairs)
     seconds = tracker.seconds
     # What labelling costs once the model is loaded: tokenizing, the model, writing the file.
     work = seconds[Phase.TOKENIZE] + seconds.get(Phase.PREDICT, 0.0) + seconds[Phase.SAVE]
@@ -165,7 +185,7 @@ def run_predict(
                     "spec_hash": metadata.get("spec_hash"),
                     "pooling": metadata["pooling"],
                 },
-                "columns": ["row", "label", *probability_columns(labelled.label_names)],
+                "columns": columns,
                 "started_at": started,
                 "versions": library_versions(),
                 "stats": stats,

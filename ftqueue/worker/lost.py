@@ -11,26 +11,41 @@ import logging
 
 from ftqueue.queue import broker
 from ftqueue.store import recovery
+from ftqueue.worker.crashes import Crash
 
 log = logging.getLogger(__name__)
 
 
 def release(
-    worker: str, *, why: str, job_id: int | None = None, redelivered: bool = False
+    worker: str,
+    *,
+    why: str,
+    job_id: int | None = None,
+    redelivered: bool = False,
+    crash: Crash | None = None,
 ) -> recovery.ReapReport:
     """Re-queue (or fail, or cancel) the running jobs of dead worker ``worker``.
 
     ``redelivered``: the broker hands the dead attempt's message back itself (Celery rejects
     it with requeue), so the job keeps its task id and nothing is published; otherwise each
-    re-queued job is published under a new task id.
+    re-queued job is published under a new task id. ``crash``: the job itself killed its
+    process (crashes.py), so it fails at once with the reason instead.
     """
-    report = recovery.release_lost(worker, lost=why, job_id=job_id, keep_task_id=redelivered)
+    report = recovery.release_lost(
+        worker,
+        lost=why,
+        job_id=job_id,
+        keep_task_id=redelivered,
+        crashed=(crash.error_type, crash.message) if crash else None,
+    )
     if report.requeued and not redelivered:
         broker.publish(report.requeued)
     if report.requeued:
         log.warning("re-queued %s: %s", [job.id for job in report.requeued], why)
     if report.failed:
-        log.warning("failed %s (out of attempts): %s", report.failed, why)
+        log.warning(
+            "failed %s (%s): %s", report.failed, crash.reason if crash else "out of attempts", why
+        )
         _tell_sweeps(report.failed)
         _clean_staging()
     return report

@@ -92,6 +92,8 @@ class NodeLease:
         self.lock = client.lock(self.key, timeout=lease_seconds, thread_local=False)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        #: The holder whose lease :meth:`acquire` cleared because its process was gone.
+        self.replaced: Holder | None = None
 
     def acquire(self) -> None:
         """Take the name, waiting at most one lease for a dead holder's lease to lapse.
@@ -112,6 +114,7 @@ class NodeLease:
             if holder is None or holder.gone():
                 with contextlib.suppress(LockError):  # someone else cleared it first
                     self.lock.do_release(raw)
+                self.replaced = holder
                 log.info("worker name %s: cleared the lease of a process that is gone", self.name)
                 continue
             renewed = last_ttl is not None and ttl > last_ttl + 100
@@ -150,9 +153,16 @@ class NodeLease:
             self.lock.release()
 
 
-def check_free(client: Any, names: list[str]) -> None:
-    """Raise NameTaken when a live worker already holds one of these names."""
+def check_free(client: Any, names: list[str]) -> dict[str, Holder]:
+    """Raise NameTaken when a live worker already holds one of these names.
+
+    Returns the names whose lease a process that is gone still held (cleared now), with it.
+    """
+    replaced = {}
     for name in names:
         lease = NodeLease(client, name)
         lease.acquire()
         lease.release()
+        if lease.replaced is not None:
+            replaced[name] = lease.replaced
+    return replaced

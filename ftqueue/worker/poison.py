@@ -39,9 +39,6 @@ KEEP_BYTES = 64 * 1024
 #: Characters of an entry quoted in a log line.
 QUOTE = 200
 
-#: The queue of a kombu priority list ("lora\x06\x163" is priority 3 of "lora").
-_PRIORITY_SEP = "\x06\x16"
-
 
 def quote(raw: bytes | str, limit: int = QUOTE) -> str:
     """A short, printable quotation of user data for a log line."""
@@ -155,7 +152,9 @@ class Channel(kombu_redis.Channel):
         problem = entry_problem(raw, self)
         if problem is None:
             return True
-        queue = key.rsplit(_PRIORITY_SEP, 1)[0] if key else "?"
+        from ftqueue.queue.broker import queue_of_key  # this module imports no ftqueue at load
+
+        queue = queue_of_key(key) if key else "?"
         with self.conn_or_acquire() as client:
             set_aside(client, queue=queue, reason=problem, raw=raw)
         return False

@@ -11,12 +11,12 @@ import datetime as dt
 import logging
 import threading
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from redis.exceptions import LockError
 
-from ftqueue.artifacts import publishing
-from ftqueue.errors import first_line
+from ftqueue.artifacts import objects, publishing
+from ftqueue.errors import FtqueueError, first_line
+from ftqueue.kinds import rows
 from ftqueue.notify import flush as notify
 from ftqueue.queue import broker
 from ftqueue.settings import get_settings
@@ -67,6 +67,8 @@ class ReapSummary:
     filled: list[int] = field(default_factory=list)
     #: Sweeps whose end no worker saw (it died just after their last trial ended).
     ended: list[str] = field(default_factory=list)
+    #: Sweeps this pass could not fill, marked broken (the others were filled all the same).
+    broken: list[str] = field(default_factory=list)
 
 
 def reap_once(*, lock_seconds: float = 10.0, grace_seconds: float | None = None) -> ReapSummary:
@@ -90,13 +92,13 @@ def reap_once(*, lock_seconds: float = 10.0, grace_seconds: float | None = None)
         if lost:
             broker.publish(lost)
             summary.republished = [job.id for job in lost]
-        summary.cleaned = [str(p) for p in clean_staging()]
-        summary.filled = _fill_sweeps(report.failed)
+        summary.cleaned = clean_staging()
+        summary.filled, summary.broken = _fill_sweeps(report.failed)
         summary.ended = _end_sweeps()
     finally:
         with contextlib.suppress(LockError):  # expired meanwhile: another reaper may hold it
             lock.release()
-    for what in ("requeued", "failed", "republished", "cleaned", "filled", "ended"):
+    for what in ("requeued", "failed", "republished", "cleaned", "filled", "ended", "broken"):
         if getattr(summary, what):
             log.warning("reaper %s: %s", what, getattr(summary, what))
     # Outside the lock: a slow receiver must not hold up the next pass. This also sends what
@@ -105,13 +107,18 @@ def reap_once(*, lock_seconds: float = 10.0, grace_seconds: float | None = None)
     return summary
 
 
-def _fill_sweeps(failed: list[int]) -> list[int]:
-    """Tell sweeps about the trials this pass failed, then fill every sweep's free slots."""
+def _fill_sweeps(failed: list[int]) -> tuple[list[int], list[str]]:
+    """Tell sweeps about the trials this pass failed, then fill every sweep's free slots;
+    returns the new trials' ids and the sweeps found broken."""
     from ftqueue.sweeps import trials
 
     for job_id in failed:
-        trials.after_trial(job_id)
-    return [job.id for job in trials.fill_all()]
+        try:
+            trials.after_trial(job_id)
+        except Exception as exc:  # a broken sweep must not stop the pass; fill_all marks it
+            log.warning("reaper: job %s's sweep not told: %s", job_id, first_line(exc))
+    filled = trials.fill_all()
+    return [job.id for job in filled.created], filled.broken
 
 
 def _end_sweeps() -> list[str]:
@@ -120,15 +127,31 @@ def _end_sweeps() -> list[str]:
     return trials.end_all()
 
 
-def clean_staging() -> list[Path]:
-    """Remove staging (and moved-aside) directories of jobs no attempt is writing to any more."""
+def clean_staging() -> list[str]:
+    """Remove staging (and moved-aside) directories, and temporary upload prefixes on an
+    object store, of jobs no attempt is writing to any more."""
     strays = publishing.stray_staging_by_job(get_settings().artifacts_dir)
-    if not strays:
+    root = rows.object_root()
+    uploads: dict[int, list[str]] = {}
+    if root is not None:
+        try:
+            uploads = objects.uploads_by_job(root)
+        except FtqueueError as exc:  # the store away must not stop the pass; the next one tries
+            log.warning("reaper: %s", exc.message)
+    if not strays and not uploads:
         return []
-    live = reads.unfinished(strays)
-    removed = []
+    live = reads.unfinished(set(strays) | set(uploads))
+    removed: list[str] = []
     for jid in set(strays) - live:
         for path in strays[jid]:
             publishing.discard(path)
-            removed.append(path)
+            removed.append(str(path))
+    if root is not None:
+        stale = [key for jid in set(uploads) - live for key in uploads[jid]]
+        try:
+            objects.remove_uploads(root, stale)
+        except FtqueueError as exc:
+            log.warning("reaper: %s", exc.message)
+            stale = []
+        removed += [f"{root.url.split('://')[0]}://{key}" for key in stale]
     return removed

@@ -20,7 +20,7 @@ from typing import Any
 from ftqueue.errors import first_line
 from ftqueue.settings import get_settings
 from ftqueue.store import workers
-from ftqueue.worker.supervisor import SUPERVISOR_ENV
+from ftqueue.worker.supervisor import CLASS_ENV, SUPERVISOR_ENV
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +67,16 @@ def gpu_info(device: str | None) -> tuple[str | None, int | None]:
             pynvml.nvmlShutdown()
 
 
+def class_of(queues: Sequence[str]) -> str | None:
+    """A worker's GPU class: as `ftqueue worker` set it, else what its queues say
+    (``lora.a100`` is class a100's), else none (a worker started by hand on shared queues)."""
+    named = os.environ.get(CLASS_ENV, "").strip()
+    if named:
+        return named
+    suffixes = sorted({q.split(".", 1)[1] for q in queues if "." in q})
+    return suffixes[0] if suffixes else None
+
+
 def describe(name: str, queues: Sequence[str]) -> dict[str, Any]:
     """This process's row: every column but the times."""
     visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").strip()
@@ -82,6 +92,7 @@ def describe(name: str, queues: Sequence[str]) -> dict[str, Any]:
         "gpu_name": gpu_name,
         "gpu_memory_mb": gpu_memory,
         "queues": sorted(queues),
+        "gpu_class": class_of(queues),
         "ftqueue_version": version_of("ftqueue"),
         "torch_version": version_of("torch"),
         "transformers_version": version_of("transformers"),

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -20,13 +19,17 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from ftqueue.core.states import gpu_class_from_name
 from ftqueue.worker import lost
+from ftqueue.worker.gpuclaim import nvidia_smi
 from ftqueue.worker.nodes import NAME_TAKEN_EXIT
 
 log = logging.getLogger(__name__)
 
 #: Set for the processes `ftqueue worker` starts, so that their rows in the workers table name it.
 SUPERVISOR_ENV = "FTQUEUE_SUPERVISOR_PID"
+#: The GPU class a worker process serves, for its row in the workers table.
+CLASS_ENV = "FTQUEUE_WORKER_CLASS"
 
 
 def detect_gpus() -> list[str]:
@@ -34,19 +37,23 @@ def detect_gpus() -> list[str]:
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if visible is not None:
         return [d.strip() for d in visible.split(",") if d.strip() and d.strip() != "-1"]
-    if shutil.which("nvidia-smi") is None:
-        return []
-    try:
-        out = subprocess.run(
-            ["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"],
-            capture_output=True,
-            text=True,
-            timeout=20,
-            check=True,
-        ).stdout
-    except (OSError, subprocess.SubprocessError):
-        return []
-    return [line.strip() for line in out.splitlines() if line.strip()]
+    return [index for (index,) in nvidia_smi("index")]
+
+
+def gpu_names() -> dict[str, str]:
+    """Each GPU's name by its index and by its UUID, without initialising CUDA here."""
+    names: dict[str, str] = {}
+    for index, uuid, name in nvidia_smi("index", "uuid", "name"):
+        names[index] = names[uuid] = name
+    return names
+
+
+def class_queues(queues: list[str], gpu_class: str | None) -> list[str]:
+    """What a worker of ``gpu_class`` consumes: its class's queue of each kind, then the
+    shared ones (asked of Redis in that order: see app.py's queue_order_strategy)."""
+    if not gpu_class:
+        return list(queues)
+    return [f"{q}.{gpu_class}" for q in queues] + list(queues)
 
 
 @dataclass
@@ -57,6 +64,8 @@ class Slot:
     gpu: str | None
     process: subprocess.Popen[bytes] | None = None
     restarts: list[float] = field(default_factory=list)
+    #: The GPU class whose queues it consumes as well as the shared ones.
+    gpu_class: str | None = None
 
     def command(self, queues: list[str], loglevel: str) -> list[str]:
         return [
@@ -71,7 +80,7 @@ class Slot:
             "--concurrency",
             "1",
             "--queues",
-            ",".join(queues),
+            ",".join(class_queues(queues, self.gpu_class)),
             "--hostname",
             self.name,
             "--loglevel",
@@ -88,18 +97,35 @@ class Slot:
         env["CUDA_VISIBLE_DEVICES"] = self.gpu if self.gpu is not None else ""
         # The process's row in the workers table names the supervisor that started it.
         env[SUPERVISOR_ENV] = str(os.getpid())
+        if self.gpu_class:
+            env[CLASS_ENV] = self.gpu_class
         if self.threads is not None and "OMP_NUM_THREADS" not in os.environ:
             # CPU workers share the cores: each taking all of them makes every one slower.
             env["OMP_NUM_THREADS"] = str(self.threads)
         return env
 
 
-def plan_slots(gpus: list[str], *, processes: int, prefix: str | None) -> list[Slot]:
+def plan_slots(
+    gpus: list[str], *, processes: int, prefix: str | None, gpu_class: str | None = None
+) -> list[Slot]:
+    """One slot per GPU, or ``processes`` CPU slots; each of ``gpu_class`` when given, else
+    of the class its GPU's name gives (``h200``), or ``cpu``."""
     host = socket.gethostname()
     if gpus:
-        return [Slot(f"{prefix or 'gpu'}{g}@{host}", g) for g in gpus]
+        names = gpu_names() if gpu_class is None else {}
+        return [
+            Slot(
+                f"{prefix or 'gpu'}{g}@{host}",
+                g,
+                gpu_class=gpu_class or gpu_class_from_name(names.get(g) or "GPU"),
+            )
+            for g in gpus
+        ]
     threads = max(1, (os.cpu_count() or 1) // processes)
-    return [Slot(f"{prefix or 'cpu'}{i}@{host}", None, threads=threads) for i in range(processes)]
+    return [
+        Slot(f"{prefix or 'cpu'}{i}@{host}", None, threads=threads, gpu_class=gpu_class or "cpu")
+        for i in range(processes)
+    ]
 
 
 def _release_jobs(slot: Slot, code: int) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import random
 import signal
 import socket
 import sys
@@ -40,7 +41,8 @@ from ftqueue.queue.app import app
 from ftqueue.settings import get_settings
 from ftqueue.store import db, lifecycle, reads
 from ftqueue.store.schema import Job
-from ftqueue.worker import lost, nodes, poison, roster
+from ftqueue.worker import crashes, lifeline, lost, nodes, poison, roster
+from ftqueue.worker.supervisor import SUPERVISOR_ENV
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +58,12 @@ class JobRequest(Request):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.time_limits = (None, None)
+        #: The kernel's OOM kill counts when the pool took the job (see crashes.py).
+        self._oom_before: tuple[int, ...] = ()
+
+    def on_accepted(self, pid: int, time_accepted: float) -> None:
+        self._oom_before = crashes.oom_kills()  # the pool shares this process's cgroup
+        super().on_accepted(pid, time_accepted)
 
     def on_timeout(self, soft: bool, timeout: float) -> None:
         super().on_timeout(soft, timeout)
@@ -79,11 +87,17 @@ class JobRequest(Request):
         # hands back just below (reject_on_worker_lost) runs it again on the next pool child.
         if self._pool_child_lost(exc_info.exception) and self.args:
             try:
+                crash = crashes.classify(
+                    crashes.signal_number(str(exc_info.exception)),
+                    oom_before=self._oom_before,
+                    oom_after=crashes.oom_kills() if self._oom_before else (),
+                )
                 lost.release(
                     str(self.hostname),
                     job_id=int(self.args[0]),
                     why=f"the pool process of {self.hostname} running it died",
                     redelivered=True,
+                    crash=crash,
                 )
             except Exception:  # the lease is the backstop: never take the main process down
                 log.exception("could not release job %s of a dead pool process", self.args[0])
@@ -143,6 +157,8 @@ def _task_for(kind: JobKind[Any]) -> Task:
             ended = attempt.run_job(job_id, worker=worker_name(request), task_id=request.id)
             if getattr(request, "is_eager", False):
                 return ended  # eager: the submitting process reads the row itself
+            if ended == AttemptEnd.DEFERRED:
+                _defer(self, job_id)
             return _celery_end(self, job_id, ended)
         except DatabaseReplaced as exc:
             if getattr(request, "is_eager", False):
@@ -156,6 +172,18 @@ def _task_for(kind: JobKind[Any]) -> Task:
     run.__name__ = run.__qualname__ = kind.name
     task: Task = app.task(name=kind.task_name, base=JobTask, bind=True)(run)
     return task
+
+
+def _defer(task: Task, job_id: int) -> None:
+    """Hand a job held back by the per-user cap back to its queue, to be looked at later.
+
+    Celery's retry publishes the message again (same task id, queue and priority, with a
+    countdown) before this one is acknowledged, so it is never lost; the job's row was not
+    touched, so no attempt is counted. The jitter keeps a user's held-back jobs from all
+    coming back at once.
+    """
+    delay = get_settings().cap_retry_seconds * random.uniform(0.75, 1.25)
+    raise task.retry(countdown=delay, max_retries=None)
 
 
 def _celery_end(task: Task, job_id: int, ended: AttemptEnd) -> str:
@@ -216,6 +244,8 @@ TASKS: dict[str, Task] = {kind.name: _task_for(kind) for kind in all_kinds()}
 
 @signals.worker_process_init.connect
 def _pool_process_started(**_: Any) -> None:
+    if _CELERY_MAIN:
+        lifeline.bind(_CELERY_MAIN[0])  # no orphan left to finish, or start, a job
     # Connections inherited through fork would be shared with the parent: start afresh.
     db.dispose_engines()
     # Import the training stack in the background so the first job does not wait for it;
@@ -238,10 +268,16 @@ def _warm_imports() -> None:
 
 _NODE_LEASE: list[nodes.NodeLease] = []
 _ROSTER: list[roster.Roster] = []
+#: The pid of this worker's Celery main process, which its pool processes end with.
+_CELERY_MAIN: list[int] = []
 
 
 @signals.celeryd_init.connect
 def _take_node_name(sender: Any = None, **_: Any) -> None:
+    supervisor = os.environ.get(SUPERVISOR_ENV, "")
+    if supervisor.isdigit():  # started by `ftqueue worker`: end with it, however it ends
+        lifeline.bind(int(supervisor))
+    _CELERY_MAIN[:] = [os.getpid()]
     # Before the pool starts or a message is taken: a second worker under a live worker's
     # name must not start at all.
     lease = nodes.NodeLease(broker.redis_client(), str(sender))
@@ -252,6 +288,17 @@ def _take_node_name(sender: Any = None, **_: Any) -> None:
         raise SystemExit(nodes.NAME_TAKEN_EXIT) from None
     lease.start_renewing()
     _NODE_LEASE.append(lease)
+    if lease.replaced is not None:
+        _release_jobs_of(lease)
+
+
+def _release_jobs_of(lease: nodes.NodeLease) -> None:
+    """Re-queue the jobs a dead process left running under this name, now that it is ours."""
+    holder = lease.replaced.describe() if lease.replaced else "?"
+    try:
+        lost.release(lease.name, why=f"the worker process before this one ({holder}) is gone")
+    except Exception:  # their leases are the backstop
+        log.exception("could not re-queue the jobs of the previous %s", lease.name)
 
 
 @signals.worker_shutdown.connect

@@ -15,7 +15,6 @@ from ftqueue.sweeps.methods import sobol  # noqa: F401
 
 # isort: on
 from ftqueue.sweeps.methods.registry import (
-    Asked,
     Numbered,
     Offer,
     Proposal,
@@ -27,7 +26,6 @@ from ftqueue.sweeps.methods.registry import (
 )
 
 __all__ = [
-    "Asked",
     "Numbered",
     "Offer",
     "Proposal",

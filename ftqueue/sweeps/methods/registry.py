@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from ftqueue.errors import SpecError
@@ -50,27 +50,6 @@ class Numbered(Offer):
         return [Proposal(n, self.values(n)) for n in range(first, first + count)]
 
 
-@dataclass
-class Asked(Offer):
-    """Trials a search proposed, numbered by it, before the lock (asking takes a while).
-
-    Proposals that find their slot taken meanwhile go back through ``discard``.
-    """
-
-    proposals: list[Proposal]
-    discard: Callable[[list[int]], None]
-    taken: int = field(default=0, init=False)
-
-    def take(self, first: int, count: int) -> list[Proposal]:
-        self.taken = min(count, len(self.proposals))
-        return self.proposals[: self.taken]
-
-    def release(self) -> None:
-        unused = [p.number for p in self.proposals[self.taken :]]
-        if unused:
-            self.discard(unused)
-
-
 class SweepMethod(ABC):
     """How a sweep chooses its trials: checked at parse, started at submit, asked and told."""
 
@@ -101,7 +80,27 @@ class SweepMethod(ABC):
     def tell(  # noqa: B027  (optional: a method that learns nothing is told nothing)
         self, sweep_id: str, trial: int, status: str, curve: list[tuple[int, float]]
     ) -> None:
-        """A trial ended with ``status`` and this (epoch, validation accuracy) curve."""
+        """A trial ended with ``status`` and this curve: (epoch, validation value of the
+        sweep's metric)."""
+
+    # What a method that keeps state (an Optuna study) does to keep it whole with the sweep's
+    # trials; a method whose trial n is a function of n keeps nothing to mend.
+
+    def forget(self, sweep_id: str) -> None:  # noqa: B027  (optional)
+        """Drop what ``start`` set up: the sweep row was never written."""
+
+    def open_trials(self, sweep_id: str) -> list[int]:
+        """Trials proposed and not yet told how they ended."""
+        return []
+
+    def give_back(self, sweep_id: str, trials: list[int]) -> None:  # noqa: B027  (optional)
+        """Proposed trials that never ran to an outcome (never queued, or cancelled with
+        their sweep): kept for a later proposal or ``reopen``, counted as neither run nor
+        failed."""
+
+    def reopen(self, sweep_id: str, trials: list[int]) -> dict[int, int]:
+        """Trials queued again (``ftqueue sweep --resume``): their numbers from now on."""
+        return {n: n for n in trials}
 
 
 _METHODS: dict[str, SweepMethod] = {}

@@ -11,13 +11,15 @@ A method here differs from another only in its sampler (``StudyMethod.sampler``)
 
 from __future__ import annotations
 
+import contextlib
 from abc import abstractmethod
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ftqueue.core.states import JobStatus
 from ftqueue.store.db import database_url
-from ftqueue.sweeps.methods.registry import Asked, Offer, Proposal, SweepMethod
+from ftqueue.sweeps.methods.registry import Offer, Proposal, SweepMethod
 from ftqueue.sweeps.plan import Dimension, SweepPlan
 
 if TYPE_CHECKING:
@@ -69,26 +71,39 @@ class StudyMethod(SweepMethod):
         """The sampler for one ask (a new one each time: asks come from any process)."""
 
     def start(self, sweep_id: str, plan: SweepPlan) -> None:
+        """Create the study; one of the same name left by a start killed before its sweep
+        row was written (there is none: the caller checked) is deleted first."""
         import optuna
 
         _quiet()
+        storage = _storage()
+        name = study_name(sweep_id)
+        with contextlib.suppress(KeyError):
+            optuna.delete_study(study_name=name, storage=storage)
         optuna.create_study(
-            study_name=study_name(sweep_id),
-            storage=_storage(),
-            direction="maximize",
-            load_if_exists=True,
+            study_name=name,
+            storage=storage,
+            # The sweep's goal: its validation metric is told as the trial's value.
+            direction="maximize" if plan.goal == "max" else "minimize",
         )
+
+    def forget(self, sweep_id: str) -> None:
+        import optuna
+
+        _quiet()
+        with contextlib.suppress(KeyError):
+            optuna.delete_study(study_name=study_name(sweep_id), storage=_storage())
 
     def propose(self, sweep_id: str, plan: SweepPlan, count: int) -> Offer:
-        # Asked before the sweep row is locked: an ask takes a while. A proposal that finds its
-        # slot taken meanwhile is told to Optuna as failed (discard).
-        return Asked(
-            [self.ask(sweep_id, plan) for _ in range(count)],
-            lambda numbers: discard(sweep_id, numbers),
-        )
+        # Asked under the sweep row's lock, for the slots still free then: a proposal that
+        # found no slot would stay in the study as a trial that never ran.
+        return AskedInLock(lambda: self.ask(sweep_id, plan))
 
     def ask(self, sweep_id: str, plan: SweepPlan) -> Proposal:
-        """The next trial the sampler proposes, under its Optuna trial number."""
+        """The next trial the sampler proposes, under its Optuna trial number.
+
+        A waiting trial (one given back, see ``give_back``) is taken first, with its values.
+        """
         import optuna
 
         _quiet()
@@ -99,45 +114,119 @@ class StudyMethod(SweepMethod):
         return Proposal(trial.number, values)
 
     def tell(self, sweep_id: str, trial: int, status: str, curve: list[tuple[int, float]]) -> None:
-        """Report a finished trial: its best validation accuracy, or pruned (with its curve),
-        or failed. A trial told before (a re-delivered message) is left as it is."""
+        """Report a finished trial: the best value of its sweep's validation metric (the
+        study's direction says which is best), or pruned (with its curve), or failed. A trial
+        told before (a re-delivered message) is left as it is."""
         import optuna
         from optuna.trial import TrialState
 
         _quiet()
-        storage = _storage()
-        study = optuna.load_study(study_name=study_name(sweep_id), storage=storage)
-        frozen = study.get_trials(deepcopy=False)
-        match = [t for t in frozen if t.number == trial]
-        if not match or match[0].state.is_finished():
+        study, storage, trial_id = _open(sweep_id, trial)
+        if trial_id is None:
             return
-        trial_id = storage.get_trial_id_from_study_id_trial_number(
-            storage.get_study_id_from_name(study_name(sweep_id)), trial
-        )
-        for epoch, value in curve:
-            storage.set_trial_intermediate_value(trial_id, epoch, value)
-        best = max((v for _, v in curve), default=None)
-        if status == JobStatus.SUCCEEDED and best is not None:
-            study.tell(trial, best, skip_if_finished=True)
-        elif status == JobStatus.PRUNED:
-            study.tell(trial, state=TrialState.PRUNED, skip_if_finished=True)
-        else:
-            study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+        from optuna.study import StudyDirection
+
+        # Told meanwhile by another process (the reaper mending, a re-delivered message):
+        # the first tell stands.
+        with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+            for epoch, value in curve:
+                storage.set_trial_intermediate_value(trial_id, epoch, value)
+            pick = max if study.direction == StudyDirection.MAXIMIZE else min
+            best = pick((v for _, v in curve), default=None)
+            if status == JobStatus.SUCCEEDED and best is not None:
+                study.tell(trial, best, skip_if_finished=True)
+            elif status == JobStatus.PRUNED:
+                study.tell(trial, state=TrialState.PRUNED, skip_if_finished=True)
+            else:
+                study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+
+    def open_trials(self, sweep_id: str) -> list[int]:
+        from optuna.trial import TrialState
+
+        _quiet()
+        study, _, _ = _open(sweep_id, None)
+        return [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))]
+
+    def give_back(self, sweep_id: str, trials: list[int]) -> None:
+        """Running trials that did not run to an outcome go back to waiting: the next ask
+        takes them (values kept), and the study shows no trial running for them."""
+        import optuna
+        from optuna.trial import TrialState
+
+        _quiet()
+        for number in trials:
+            _, storage, trial_id = _open(sweep_id, number)
+            if trial_id is not None:
+                with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+                    storage.set_trial_state_values(trial_id, TrialState.WAITING)
+
+    def reopen(self, sweep_id: str, trials: list[int]) -> dict[int, int]:
+        """Trials to run again: waiting ones run again under their number; one already told
+        becomes a new trial with the same values (a told trial cannot be reopened)."""
+        from optuna.trial import FrozenTrial, TrialState
+
+        _quiet()
+        numbers: dict[int, int] = {}
+        for number in trials:
+            _, storage, trial_id = _open(sweep_id, number, finished=True)
+            if trial_id is None:
+                continue
+            frozen = storage.get_trial(trial_id)
+            if not frozen.state.is_finished():
+                storage.set_trial_state_values(trial_id, TrialState.RUNNING)
+                numbers[number] = number
+                continue
+            template = FrozenTrial(
+                number=-1,
+                state=TrialState.RUNNING,
+                value=None,
+                datetime_start=None,
+                datetime_complete=None,
+                params=frozen.params,
+                distributions=frozen.distributions,
+                user_attrs={"ftqueue": f"run again after trial {number}"},
+                system_attrs={},
+                intermediate_values={},
+                trial_id=-1,
+            )
+            study_id = storage.get_study_id_from_name(study_name(sweep_id))
+            new_id = storage.create_new_trial(study_id, template_trial=template)
+            numbers[number] = storage.get_trial_number_from_id(new_id)
+        return numbers
 
 
-def discard(sweep_id: str, numbers: list[int]) -> None:
-    """Proposals that found no free slot: told as failed, marked so reports can leave them out."""
+def _open(sweep_id: str, number: int | None, *, finished: bool = False) -> tuple[Any, Any, Any]:
+    """The study, its storage, and trial ``number``'s id (None when it is missing or, unless
+    ``finished``, already told). KeyError when the study is missing."""
     import optuna
-    from optuna.trial import TrialState
 
-    _quiet()
     storage = _storage()
     study = optuna.load_study(study_name=study_name(sweep_id), storage=storage)
+    if number is None:
+        return study, storage, None
     study_id = storage.get_study_id_from_name(study_name(sweep_id))
-    for number in numbers:
+    try:
         trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, number)
-        storage.set_trial_user_attr(trial_id, "ftqueue", "no free slot; not run")
-        study.tell(number, state=TrialState.FAIL, skip_if_finished=True)
+    except KeyError:
+        return study, storage, None
+    if not finished and storage.get_trial(trial_id).state.is_finished():
+        return study, storage, None
+    return study, storage, trial_id
+
+
+class AskedInLock(Offer):
+    """Proposals asked when taken, under the sweep row's lock: exactly as many as are free.
+
+    Asking takes a while (tens of milliseconds), and holds the sweep's lock meanwhile; a
+    process killed before its trials commit leaves running trials with no job, which the
+    reaper gives back (``reconcile`` in ftqueue/sweeps/continuing.py).
+    """
+
+    def __init__(self, ask: Callable[[], Proposal]) -> None:
+        self.ask = ask
+
+    def take(self, first: int, count: int) -> list[Proposal]:
+        return [self.ask() for _ in range(count)]
 
 
 def _distribution(dim: Dimension) -> Any:

@@ -1,0 +1,130 @@
+"""The shortcuts a big submit takes give what the long ways gave: the head revision read from
+the revision files, grid specs made by replacing what differs, rows inserted as one JSON
+array, and a grid's sweep definition."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from sqlalchemy import select
+
+from ftqueue.cli.options import build_specs
+from ftqueue.errors import SpecError
+from ftqueue.kinds.lora import LoraSpec
+from ftqueue.specs import DataSpec, config_hash
+from ftqueue.store import db
+from ftqueue.store.schema import Job, JobEvent, JobTag, Sweep
+from ftqueue.submit.submission import submit
+
+
+def test_the_head_revision_is_alembics() -> None:
+    from alembic.script import ScriptDirectory
+
+    alembic_head = ScriptDirectory.from_config(db._alembic_config("sqlite://")).get_current_head()
+    assert db.head_revision() == alembic_head
+
+
+def test_grid_specs_made_by_replacing_equal_specs_made_whole() -> None:
+    data = DataSpec(dataset="movie-snippets")
+    rows = [
+        {"model": "synthetic:seconds=0", "data": data, "lr": lr, "r": r, "seed": seed,
+         "target_modules": modules, "epochs": None}
+        for lr in (1e-4, 3e-4, 0.1 + 0.2) for r in (4, 8.0) for seed in (0, 1)
+        for modules in ("query,value", ["query", "key"])
+    ]  # fmt: skip
+    made = list(build_specs(LoraSpec, rows))
+    whole = [LoraSpec(**{k: v for k, v in row.items() if v is not None}) for row in rows]
+    assert made == whole
+    assert [s.spec_hash() for s in made] == [s.spec_hash() for s in whole]
+    assert [s.to_dict() for s in made] == [s.to_dict() for s in whole]
+    assert isinstance(made[2].r, int) and made[2].target_modules == ("query", "value")
+
+
+def test_a_bad_value_in_a_later_grid_row_is_refused_as_before() -> None:
+    data = DataSpec(dataset="movie-snippets")
+    rows = [{"model": "synthetic:seconds=0", "data": data, "lr": lr} for lr in (1e-4, -1.0)]
+    with pytest.raises(SpecError) as made:
+        list(build_specs(LoraSpec, rows))
+    with pytest.raises(SpecError) as whole:
+        LoraSpec(model="synthetic:seconds=0", data=data, lr=-1.0)
+    assert made.value.message == whole.value.message
+
+
+def test_a_grids_repeats_share_the_configuration_hash_made_once(
+    sqlite_url: str, eager: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ftqueue.submit import submission as module
+
+    made: list[str] = []
+
+    def counted(spec: dict[str, object]) -> str:
+        made.append(config_hash(spec))
+        return made[-1]
+
+    monkeypatch.setattr(module, "config_hash", counted)
+    data = DataSpec(dataset="movie-snippets")
+    specs = [
+        LoraSpec(model="synthetic:seconds=0", data=data, lr=lr, seed=seed)
+        for lr in (1e-4, 1e-3)
+        for seed in range(3)
+    ]
+    submit(specs)
+    assert len(made) == 2  # one per learning rate, not one per seed
+    with db.session_scope() as session:
+        jobs = session.scalars(select(Job).order_by(Job.id)).all()
+        assert [j.config_hash for j in jobs] == [config_hash(s.to_dict()) for s in specs]
+        assert len({j.config_hash for j in jobs}) == 2
+
+
+def test_rows_inserted_in_one_statement_keep_every_value(sqlite_url: str, eager: str) -> None:
+    data = DataSpec(dataset="movie-snippets")
+    lrs = [0.1 + 0.2, 1 / 3, 2.5e-05, 0.012345678901234567]
+    specs = [LoraSpec(model="synthetic:seconds=0", data=data, lr=lr, seed=7) for lr in lrs]
+    sub = submit(specs, tags=["a", "b", "a"], name="n1")
+    assert len(sub.created) == 4 and sub.sweep_id
+    with db.session_scope() as session:
+        jobs = session.scalars(select(Job).order_by(Job.id)).all()
+        assert [j.spec["lr"] for j in jobs] == lrs  # every digit, none re-rendered
+        for job, spec in zip(jobs, specs, strict=True):
+            assert job.spec_hash == spec.spec_hash()
+            assert job.config_hash == config_hash(spec.to_dict())
+            assert (job.name, job.sweep_id, job.kind) == ("n1", sub.sweep_id, "lora")
+            assert job.created_at.tzinfo is not None
+        ids = [j.id for j in jobs]
+        assert [j.trial for j in jobs] == [0, 1, 2, 3]
+        tags = session.execute(select(JobTag.job_id, JobTag.tag)).all()
+        assert sorted(tags) == sorted((i, t) for i in ids for t in ("a", "b"))
+        events = session.scalars(select(JobEvent).order_by(JobEvent.job_id)).all()
+        assert [e.job_id for e in events] == ids and events[0].at.tzinfo is not None
+        sweep = session.get(Sweep, sub.sweep_id)
+        assert sweep is not None
+        (axis,) = sweep.definition["space"]
+        assert axis["name"] == "lr" and axis["values"] == lrs
+        assert not any(math.isnan(v) for v in axis["values"])
+    assert sorted(sub.created[0].tag_names) == ["a", "b"]
+    assert json.loads(json.dumps(sub.created[0].spec)) == specs[0].to_dict()
+
+
+def test_a_kinds_check_runs_once_per_value_of_what_it_reads(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """lora's check reads the model and the target modules: a grid over seeds and lr checks
+    them once per target list, and a bad list is still refused."""
+    from ftqueue.inputs import weights
+    from ftqueue.submit.submission import Checker
+
+    looked = []
+    real = weights.layer_names
+    monkeypatch.setattr(weights, "layer_names", lambda m: looked.append(m) or real(m))
+    data = DataSpec(dataset="movie-snippets")
+    checker = Checker()
+    for seed in range(20):
+        for modules in (("query", "value"), ("query", "key")):
+            checker(LoraSpec(model="minilm", data=data, seed=seed, target_modules=modules))
+    assert len(looked) == 2  # lora's check looks the model's layers up; once per target list
+    with pytest.raises(SpecError, match="qury"):
+        checker(LoraSpec(model="minilm", data=data, target_modules=("qury",)))
+    with pytest.raises(SpecError, match="qury"):  # refused each time, never remembered
+        checker(LoraSpec(model="minilm", data=data, seed=1, target_modules=("qury",)))
