@@ -6,6 +6,7 @@ import ast
 import contextlib
 import functools
 import importlib.resources
+import logging
 import os
 import re
 import threading
@@ -17,9 +18,12 @@ from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import ConnectionPoolEntry, NullPool
 
 from ftqueue.errors import DatabaseError, DatabaseReplaced, RevisionError, first_line
 from ftqueue.settings import get_settings
+
+log = logging.getLogger(__name__)
 
 SQLITE_BUSY_TIMEOUT_S = 60
 #: How long `db upgrade` waits for another one running on the same database.
@@ -134,9 +138,110 @@ def _tune_sqlite(engine: Engine, url: str) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
 
+class _ForkGate:
+    """Holds ``os.fork()`` back while a thread of this process has a SQLite connection open.
+
+    SQLite keeps each file's lock bookkeeping in process memory, shared by every connection
+    to the file, and that memory is copied by fork(). A child forked while a parent thread
+    held the write lock believes for ever that another connection of its own holds it: each
+    write it tries waits out the busy timeout and fails with "database is locked". A process
+    that forks with threads (a prefork worker's main process) therefore opens SQLite
+    connections one at a time through this gate (``_GatedPool``), and a fork waits here until
+    none is open, so that the child starts with no SQLite state at all.
+    """
+
+    #: A connection held longer than this does not hold a fork back for ever.
+    WAIT_S = 2 * SQLITE_BUSY_TIMEOUT_S
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._holders: dict[int, int] = {}
+        self._forking = False
+
+    def enter(self) -> None:
+        me = threading.get_ident()
+        with self._cond:
+            while self._forking and not self._holders.get(me):
+                self._cond.wait()
+            self._holders[me] = self._holders.get(me, 0) + 1
+
+    def leave(self) -> None:
+        me = threading.get_ident()
+        with self._cond:
+            left = self._holders.get(me, 0) - 1
+            if left > 0:
+                self._holders[me] = left
+            else:
+                self._holders.pop(me, None)
+            self._cond.notify_all()
+
+    def others_open(self) -> int:
+        me = threading.get_ident()
+        return sum(n for ident, n in self._holders.items() if ident != me)
+
+    def before_fork(self) -> None:
+        # Returns holding the condition's lock, so that no connection opens during the fork.
+        self._cond.acquire()
+        self._forking = True
+        if not self._cond.wait_for(lambda: self.others_open() == 0, timeout=self.WAIT_S):
+            log.warning(
+                "forking with %d SQLite connection(s) still open after %ds; the new process "
+                "may find the database locked",
+                self.others_open(),
+                self.WAIT_S,
+            )
+
+    def after_fork_in_parent(self) -> None:
+        self._forking = False
+        self._cond.notify_all()
+        self._cond.release()
+
+    def after_fork_in_child(self) -> None:
+        self.__init__()  # type: ignore[misc]  # the parent's threads do not exist here
+
+
+_FORK_GATE = _ForkGate()
+os.register_at_fork(
+    before=_FORK_GATE.before_fork,
+    after_in_parent=_FORK_GATE.after_fork_in_parent,
+    after_in_child=_FORK_GATE.after_fork_in_child,
+)
+
+
+class _GatedPool(NullPool):
+    """A new SQLite connection per checkout, closed at checkin, each open through the gate."""
+
+    def _do_get(self) -> ConnectionPoolEntry:
+        _FORK_GATE.enter()
+        try:
+            return super()._do_get()
+        except BaseException:
+            _FORK_GATE.leave()
+            raise
+
+    def _do_return_conn(self, record: ConnectionPoolEntry) -> None:
+        try:
+            super()._do_return_conn(record)
+        finally:
+            _FORK_GATE.leave()
+
+
 _ENGINES: dict[str, Engine] = {}
 _SESSIONMAKERS: dict[tuple[str, bool], sessionmaker[Session]] = {}
 _LOCK = threading.Lock()
+#: Whether this process forks while its threads use the database (see `_ForkGate`).
+_FORKING: list[bool] = [False]
+#: Pools a forked child inherited: kept, never closed, since their connections are the
+#: parent's (closing a PostgreSQL one would end the parent's session on the server).
+_INHERITED: list[Any] = []
+
+
+def _after_fork_in_child() -> None:
+    global _LOCK
+    _LOCK = threading.Lock()  # another parent thread may have held it at the fork
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _create_engine(url: str) -> Engine:
@@ -145,6 +250,8 @@ def _create_engine(url: str) -> Engine:
         kwargs: dict[str, Any] = {}
         if parsed.get_backend_name() == "sqlite":
             kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_S, "check_same_thread": False}
+            if _FORKING[0] and sqlite_path(url) is not None:
+                kwargs["poolclass"] = _GatedPool
         else:
             kwargs.update(pool_pre_ping=True, pool_size=5, max_overflow=10)
             if parsed.get_backend_name() == "postgresql":
@@ -171,14 +278,37 @@ def get_engine(url: str | None = None) -> Engine:
 
 
 def dispose_engines() -> None:
-    """Close every pooled connection and forget the engines (after a fork, between tests)."""
+    """Close every pooled connection and forget the engines (between tests)."""
     with _LOCK:
         for engine in _ENGINES.values():
             engine.dispose()
-        _ENGINES.clear()
-        _SESSIONMAKERS.clear()
-        _FILES.clear()
-        _REPLACED.clear()
+        _forget_engines()
+
+
+def _forget_engines() -> None:
+    _ENGINES.clear()
+    _SESSIONMAKERS.clear()
+    _FILES.clear()
+    _REPLACED.clear()
+
+
+def forking_with_threads(on: bool = True) -> None:
+    """Make this process safe to fork while its threads use SQLite (see `_ForkGate`).
+
+    Called by a prefork worker's main process before its pool starts: its engines are
+    rebuilt to open each SQLite connection through the gate, and only while it is used.
+    """
+    _FORKING[0] = on
+    dispose_engines()
+
+
+def after_fork() -> None:
+    """In a forked child: new engines, and the parent's pooled connections left untouched."""
+    with _LOCK:
+        for engine in _ENGINES.values():
+            _INHERITED.append(engine.pool)
+            engine.dispose(close=False)
+        _forget_engines()
 
 
 def _sessionmaker(url: str, write: bool) -> sessionmaker[Session]:

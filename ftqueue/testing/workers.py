@@ -13,6 +13,9 @@ from typing import Any
 
 from ftqueue import kinds
 
+#: Workers started and not yet stopped: a wait that times out shows the ends of their logs.
+_RUNNING: list[WorkerProcess] = []
+
 
 class WorkerProcess:
     """`ftqueue worker` in its own process group, so a kill reaches its Celery children too."""
@@ -63,6 +66,7 @@ class WorkerProcess:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+        _RUNNING.append(self)
         return self
 
     def wait_ready(self, timeout: float = 60.0) -> WorkerProcess:
@@ -89,6 +93,8 @@ class WorkerProcess:
     def stop(self) -> None:
         if self.proc is not None:
             end_group(self.proc)
+        if self in _RUNNING:
+            _RUNNING.remove(self)
 
 
 def end_group(proc: subprocess.Popen[Any], *, grace: float = 20) -> None:
@@ -120,4 +126,7 @@ def wait_for(
         if predicate():
             return
         time.sleep(poll)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+    logs = "".join(
+        f"\n--- the end of worker {w.name}'s log ---\n{w.log()[-2500:]}" for w in _RUNNING
+    )
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}{logs}")

@@ -246,8 +246,8 @@ TASKS: dict[str, Task] = {kind.name: _task_for(kind) for kind in all_kinds()}
 def _pool_process_started(**_: Any) -> None:
     if _CELERY_MAIN:
         lifeline.bind(_CELERY_MAIN[0])  # no orphan left to finish, or start, a job
-    # Connections inherited through fork would be shared with the parent: start afresh.
-    db.dispose_engines()
+    # Connections inherited through fork are the parent's: leave them, and open new ones.
+    db.after_fork()
     # Import the training stack in the background so the first job does not wait for it;
     # the pool gives a new process only a few seconds to report that it is alive.
     threading.Thread(target=_warm_imports, name="warm-imports", daemon=True).start()
@@ -278,6 +278,9 @@ def _take_node_name(sender: Any = None, **_: Any) -> None:
     if supervisor.isdigit():  # started by `ftqueue worker`: end with it, however it ends
         lifeline.bind(int(supervisor))
     _CELERY_MAIN[:] = [os.getpid()]
+    # This process forks pool processes while its threads (heartbeats, the reaper) use the
+    # database: no fork may copy a SQLite lock a thread holds.
+    db.forking_with_threads()
     # Before the pool starts or a message is taken: a second worker under a live worker's
     # name must not start at all.
     lease = nodes.NodeLease(broker.redis_client(), str(sender))
