@@ -51,21 +51,20 @@ def _pg_admin() -> object:
     return create_engine(f"{PG_SERVER}/postgres", isolation_level="AUTOCOMMIT")
 
 
-@pytest.fixture
-def pg_empty_url() -> Iterator[str]:
-    """A new, empty PostgreSQL database on the running server, dropped afterwards."""
+def _pg_database(template: str | None = None) -> Iterator[str]:
+    """A new PostgreSQL database on the running server (a copy of ``template``), dropped after."""
     from sqlalchemy import text
 
     admin = _pg_admin()
     name = f"ftqueue_test_{uuid.uuid4().hex[:12]}"
+    copy = f' TEMPLATE "{template}"' if template else ""
     try:
         with admin.connect() as conn:  # type: ignore[attr-defined]
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
+            conn.execute(text(f'CREATE DATABASE "{name}"{copy}'))
     except Exception as exc:
         admin.dispose()  # type: ignore[attr-defined]
         service_missing(f"PostgreSQL at {PG_SERVER}", exc)
-    url = f"{PG_SERVER}/{name}"
-    yield url
+    yield name
     db.dispose_engines()
     with admin.connect() as conn:  # type: ignore[attr-defined]
         conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
@@ -73,12 +72,30 @@ def pg_empty_url() -> Iterator[str]:
 
 
 @pytest.fixture
-def pg_url(pg_empty_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
-    """A migrated PostgreSQL database, set as FTQUEUE_DATABASE_URL."""
-    monkeypatch.setenv("FTQUEUE_DATABASE_URL", pg_empty_url)
-    reset_settings()
-    db.upgrade(pg_empty_url)
-    return pg_empty_url
+def pg_empty_url() -> Iterator[str]:
+    """A new, empty PostgreSQL database on the running server, dropped afterwards."""
+    for name in _pg_database():
+        yield f"{PG_SERVER}/{name}"
+
+
+@pytest.fixture(scope="session")
+def pg_migrated_template() -> Iterator[str]:
+    """A PostgreSQL database migrated once per session, which `pg_url` copies."""
+    for name in _pg_database():
+        db.upgrade(f"{PG_SERVER}/{name}")
+        db.dispose_engines()  # CREATE DATABASE ... TEMPLATE needs it unused
+        yield name
+
+
+@pytest.fixture
+def pg_url(pg_migrated_template: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A migrated PostgreSQL database (a copy of one migrated once), set as
+    FTQUEUE_DATABASE_URL."""
+    for name in _pg_database(template=pg_migrated_template):
+        url = f"{PG_SERVER}/{name}"
+        monkeypatch.setenv("FTQUEUE_DATABASE_URL", url)
+        reset_settings()
+        yield url
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
