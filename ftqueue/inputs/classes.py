@@ -10,11 +10,10 @@ the train split's classes.
 from __future__ import annotations
 
 import math
+import numbers
 import re
 from dataclasses import dataclass
 from typing import Any
-
-import numpy as np
 
 from ftqueue.core.text import clip, quote
 from ftqueue.errors import DatasetError
@@ -59,12 +58,14 @@ def label_of(value: Any, row: int, where: str) -> int | str:
     # At most 30 digits: int() of text past 4,300 digits raises, and no class number is near.
     if isinstance(value, str) and re.fullmatch(r"\s*-?\d{1,30}\s*", value):
         value = int(value)  # a column with one bad cell is read as text, the rest still count
+    # numbers' ABCs take numpy's scalars too, without importing numpy (a submit need not).
     if (
-        isinstance(value, (float, np.floating))
+        isinstance(value, numbers.Real)
+        and not isinstance(value, numbers.Integral)
         and math.isfinite(value)
         and float(value).is_integer()
     ):
-        value = int(value)
+        value = int(float(value))
     if isinstance(value, str) and value.strip():
         name = value.strip()
         if len(name) > MAX_NAME_CHARS or not name.isprintable():
@@ -74,7 +75,7 @@ def label_of(value: Any, row: int, where: str) -> int | str:
                 param="--label-column",
             )
         return name
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise DatasetError(
             f"{where} row {row}: label {quote(value, 60)} is not an integer or a class name; "
             "labels are class numbers 0..K-1 or class names (fill or drop the row)",

@@ -126,7 +126,7 @@ class Checker:
                 hub_id = pinning.hub_dataset(pinned)
                 note = hub.check(hub_id, "dataset") if hub_id else None
                 if note is None:
-                    check_dataset(pinned)
+                    check_dataset(pinned, cache=get_settings().cache_dir / "dataset-checks")
                 self._note(note)
                 self.data[data_key] = pinned
             # Specs that differ only in a name for people share the checks, not the name.
