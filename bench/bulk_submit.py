@@ -14,6 +14,7 @@ start alone (`ftqueue --version`), so the table shows what each job costs beyond
 from __future__ import annotations
 
 import argparse
+import compileall
 import os
 import subprocess
 import sys
@@ -37,6 +38,8 @@ REDIS = (
     + f"/{os.environ.get('FTQUEUE_TEST_REDIS_DB', '12')}"
 )
 TARGET_S = 5.0
+#: The CPU goal of the plain grid submit (the table a person sees).
+TARGET_CPU_S = 1.5
 
 
 def timed(args: list[str], *, first_seed: int) -> tuple[float, float]:
@@ -98,6 +101,10 @@ def main() -> int:
     parser.add_argument("--jobs", type=int, default=10_000)
     parser.add_argument("--no-postgres", action="store_true")
     args = parser.parse_args()
+    # An installed package starts from its bytecode. A checkout whose environment sets
+    # PYTHONDONTWRITEBYTECODE would compile every ftqueue module at each start instead, a
+    # cost users do not pay: write the bytecode first.
+    compileall.compile_dir(Path(__file__).resolve().parents[1] / "ftqueue", quiet=1)
     work = Path(tempfile.mkdtemp(prefix="ftqueue-bulk-"))
     use({"FTQUEUE_HOME": str(work), "FTQUEUE_BROKER_URL": REDIS, "FTQUEUE_EAGER": "0",
          "FTQUEUE_MAX_GRID": str(max(10_000, args.jobs))})  # fmt: skip
@@ -113,7 +120,7 @@ def main() -> int:
     print(f"\none `ftqueue submit` grid, process start included; {os.cpu_count()} CPUs, load "
           f"average {load} (other work on the machine slows the wall time)\n")  # fmt: skip
     print(f"{'database':<12}{'command':<28}{'wall s':>8}{'cpu s':>8}{'ms/job':>8}"
-          f"{'goal':>10}  result")  # fmt: skip
+          f"{'goal':>18}  result")  # fmt: skip
     ok = True
     for label, what, wall, cpu, jobs in rows:
         start = next(w for lb, wh, w, _, _ in rows if lb == label and wh.startswith("process"))
@@ -121,10 +128,15 @@ def main() -> int:
         goal, verdict = "", ""
         if jobs == args.jobs:
             goal = f"<= {TARGET_S:.0f} s"
-            verdict = "pass" if wall <= TARGET_S else "MISSED"
-            ok &= wall <= TARGET_S
-        print(f"{label:<12}{what:<28}{wall:>8.2f}{cpu:>8.2f}{per_job:>8}{goal:>10}  {verdict}")
-    print("\nms/job: (wall - process start) / jobs; cpu: the submitting process's CPU time")
+            met = wall <= TARGET_S
+            if what.endswith("(table)") and "minilm" not in what:
+                goal += f", {TARGET_CPU_S} cpu"
+                met &= cpu <= TARGET_CPU_S
+            verdict = "pass" if met else "MISSED"
+            ok &= met
+        print(f"{label:<12}{what:<28}{wall:>8.2f}{cpu:>8.2f}{per_job:>8}{goal:>18}  {verdict}")
+    print("\nms/job: (wall - process start) / jobs; cpu: the submitting process's CPU time;")
+    print("ftqueue's bytecode written first, as an installed package has it")
     return 0 if ok else 1
 
 

@@ -290,10 +290,10 @@ def submission_table(
 
 
 def _varying(specs: list[dict[str, Any]]) -> list[str]:
+    from ftqueue.specs.base import varying_keys
+
     keys = [k for k in specs[0] if k != "data"] if specs else []
-    first = specs[0] if specs else {}
-    # Compared with the first spec's value, which stops at the first difference.
-    return [k for k in keys if any(s.get(k) != first.get(k) for s in specs)] or keys[:1]
+    return varying_keys(specs, skip=("data",)) or keys[:1]
 
 
 def _fmt(value: Any) -> str:

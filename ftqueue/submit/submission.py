@@ -29,6 +29,7 @@ from ftqueue.specs import (
     config_hash,
     is_local_model,
 )
+from ftqueue.specs.base import varying_keys
 from ftqueue.store import insert, reads
 from ftqueue.store.schema import Job, Sweep
 from ftqueue.submit import enqueue
@@ -357,7 +358,7 @@ def _add_grid_sweep(
     """The row of the grid sweep whose trials a grid's jobs are, written with them, so that
     `report --sweep`, `--follow` and `--resume` work on it."""
     specs = [job.spec for job in new]
-    keys = [k for k in specs[0] if k != "kind" and any(s.get(k) != specs[0][k] for s in specs)]
+    keys = varying_keys(specs, skip=("kind",))
     space = []
     for key in keys:
         # Distinct values in first-seen order, told apart by their JSON (values may be lists
