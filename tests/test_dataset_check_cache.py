@@ -37,15 +37,19 @@ def _refuse_loading(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(labelled, "resolve_dataset", loaded)
 
 
-def test_a_passed_check_is_read_back_and_a_changed_file_is_checked_again(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.fixture
+def checked(tmp_path: Path) -> tuple[Path, DataSpec, dict[str, object]]:
+    """A cache directory, a pinned CSV of two classes, and the summary its check kept."""
     cache = tmp_path / "checks"
-    path = _csv(tmp_path / "data.csv", ["0", "1"] * 40)
-    spec = pin_data(DataSpec(dataset=str(path)))
-    first = labelled.check_dataset(spec, cache=cache)
-    assert first["rows"] == {"train": 64, "validation": 8, "test": 8}
+    spec = pin_data(DataSpec(dataset=str(_csv(tmp_path / "data.csv", ["0", "1"] * 40))))
+    return cache, spec, labelled.check_dataset(spec, cache=cache)
 
+
+def test_a_passed_check_is_read_back_and_a_changed_file_is_checked_again(
+    checked: tuple[Path, DataSpec, dict[str, object]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache, spec, first = checked
+    assert first["rows"] == {"train": 64, "validation": 8, "test": 8}
     with monkeypatch.context() as patched:
         _refuse_loading(patched)
         assert labelled.check_dataset(spec, cache=cache) == first
@@ -54,30 +58,26 @@ def test_a_passed_check_is_read_back_and_a_changed_file_is_checked_again(
             labelled.check_dataset(spec.replace(split_seed=7), cache=cache)
 
     # The same path with one class only: its new fingerprint is checked, and refused.
+    path = Path(spec.dataset)
     _csv(path, ["0"] * 80)
     with pytest.raises(DatasetError, match="class"):
         labelled.check_dataset(pin_data(DataSpec(dataset=str(path))), cache=cache)
 
 
 def test_a_damaged_verdict_is_checked_again_and_hub_datasets_are_never_kept(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    checked: tuple[Path, DataSpec, dict[str, object]],
 ) -> None:
-    cache = tmp_path / "checks"
-    path = _csv(tmp_path / "data.csv", ["0", "1"] * 40)
-    spec = pin_data(DataSpec(dataset=str(path)))
-    labelled.check_dataset(spec, cache=cache)
+    cache, spec, first = checked
     (kept,) = cache.iterdir()
     kept.write_text('{"key": "')
-    assert labelled.check_dataset(spec, cache=cache)["rows"]["train"] == 64
+    assert labelled.check_dataset(spec, cache=cache) == first
     assert labelled._verdict_key(DataSpec(dataset="someone/reviews")) is None
 
 
 def test_a_change_to_the_checking_code_checks_again(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    checked: tuple[Path, DataSpec, dict[str, object]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    cache = tmp_path / "checks"
-    spec = pin_data(DataSpec(dataset=str(_csv(tmp_path / "data.csv", ["0", "1"] * 40))))
-    labelled.check_dataset(spec, cache=cache)
+    cache, spec, _ = checked
     monkeypatch.setattr(labelled, "_checking_code", lambda: "another version of the rules")
     _refuse_loading(monkeypatch)
     with pytest.raises(AssertionError, match="loaded again"):
