@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from ftqueue.kinds.lora import LoraSpec
 from ftqueue.queue import broker
@@ -199,3 +201,17 @@ def test_task_ids_are_read_from_every_form_of_message(sqlite_url: str, redis_url
         assert _message_task_id(raw) == job.task_id, raw[:80]
     assert _message_task_id(b'{"headers": {"id": "\\u0041"}}') == "A"
     assert _message_task_id(b"[1, 2, 3]") is None and _message_task_id(b"\xff") is None
+
+
+@given(label=st.text(max_size=80), task_id=st.text(min_size=1, max_size=70))
+def test_a_rendered_message_is_the_json_of_its_parts_for_any_label_and_id(
+    label: str, task_id: str
+) -> None:
+    # The template writes plain text between quotes itself and leaves the rest to json.dumps.
+    raw = broker.MessageTemplate("ftqueue.lora", "lora", priority=3).render(
+        job_id=7, task_id=task_id, argsrepr=label, delivery_tag="tag"
+    )
+    message = json.loads(raw)
+    assert message["headers"]["argsrepr"] == label
+    assert message["headers"]["id"] == task_id
+    assert message["properties"]["correlation_id"] == task_id

@@ -43,6 +43,8 @@ _SLOTS = {
 
 
 _PLAIN_ID = re.compile(r"[0-9A-Za-z-]{1,64}")
+#: Text that JSON writes as it is, between quotes (json.dumps escapes the rest).
+_PLAIN_TEXT = re.compile(r"[ !#-\[\]-~]*")
 
 
 def queue_key(queue: str, priority: int | None = None) -> str:
@@ -136,7 +138,9 @@ class MessageTemplate:
         values = {
             # Celery's task ids are UUIDs, which need no escaping; anything else is encoded.
             "task_id": f'"{task_id}"' if _PLAIN_ID.fullmatch(task_id) else json.dumps(task_id),
-            "argsrepr": json.dumps(argsrepr),
+            "argsrepr": f'"{argsrepr}"'
+            if _PLAIN_TEXT.fullmatch(argsrepr)
+            else json.dumps(argsrepr),
             "body": f'"{body}"',
             "delivery_tag": f'"{delivery_tag}"',
         }

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import operator
 import re
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -331,7 +332,7 @@ def _config_hash(
     """``config_hash(as_dict)``, made once for the specs of a grid that differ only in their
     seed or split. ``made`` is keyed by the spec's type and every other field: equal specs
     have equal dicts (their fields are normalised when set), so equal keys, equal hashes."""
-    key = (type(spec), *(v for k, v in spec.__dict__.items() if k not in NOT_CONFIG))
+    key = (type(spec), *_config_fields(spec)(spec.__dict__))
     try:
         return made[key]
     except KeyError:
@@ -339,6 +340,21 @@ def _config_hash(
         return found
     except TypeError:  # a field that cannot be a key
         return config_hash(as_dict)
+
+
+_CONFIG_FIELDS: dict[type, Callable[[dict[str, Any]], tuple[Any, ...]]] = {}
+
+
+def _config_fields(spec: JobSpec) -> Callable[[dict[str, Any]], tuple[Any, ...]]:
+    """Reads a spec's fields other than seed and split from its ``__dict__``, as a tuple, in
+    one C call a spec."""
+    getter = _CONFIG_FIELDS.get(type(spec))
+    if getter is None:
+        kept = [name for name in spec.__dict__ if name not in NOT_CONFIG]
+        one = operator.itemgetter(*kept)
+        getter = (lambda d: (one(d),)) if len(kept) == 1 else one
+        _CONFIG_FIELDS[type(spec)] = getter
+    return getter
 
 
 def _new_sweep(session: Session, sweep_id: str) -> bool:
