@@ -148,9 +148,12 @@ def test_worker_stops_claiming_while_the_database_is_away_and_recovers(
     log = worker.log()
     assert "exited with" not in log  # the worker processes lived through it
     assert log.count("not claiming until the database is back") == 1  # once, not per try
-    # Each outage is logged once per process, not once per try (a reaper in each of the two
-    # worker processes: when it starts, maybe when its error changes, when it is over).
-    assert log.count("heartbeat failed") <= 1 and log.count("database unavailable") <= 1
+    # Each outage is logged once per action waiting on it, not once per try (a reaper in
+    # each of the two worker processes: when it starts, maybe when its error changes, when
+    # it is over). Ending the sessions can break a query in flight, which a new connection
+    # then finishes at once: that action's line, and the read-only refusal of the job's next
+    # write its own; trying again every 0.5-4 s would have logged four or more.
+    assert log.count("heartbeat failed") <= 1 and log.count("database unavailable") <= 2
     assert log.count("reaper: ") <= 6 and log.count("reaper: working again") <= 2
     print(f"{outage}: running job ended on attempt {jobs[running.id].attempts}")
 
