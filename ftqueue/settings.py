@@ -33,7 +33,8 @@ class Settings:
     #: object store URL (``s3://bucket/prefix``) it is the local staging directory
     #: (FTQUEUE_HOME/staging) and ``artifacts_url`` is the root.
     artifacts_dir: Path
-    #: FTQUEUE_CACHE_DIR: tokenized datasets, reused across jobs.
+    #: FTQUEUE_CACHE_DIR: tokenized datasets, reused across jobs, and the datasets submit
+    #: has checked (dataset-checks/), so that the same data is not checked again.
     cache_dir: Path
     #: FTQUEUE_EAGER: run jobs in-process at submit time, with no broker.
     eager: bool
