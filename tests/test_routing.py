@@ -120,7 +120,7 @@ def test_submit_routes_by_class_and_priority_and_records_the_submitter(
 
 
 def test_a_queued_jobs_place_and_depth_are_its_class_queues_higher_priorities_first(
-    sqlite_url: str, redis_url: str
+    sqlite_url: str, redis_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     normal = [j.id for j in api.submit([spec(1), spec(2)]).created]
     [high] = [j.id for j in api.submit([spec(3)], priority="high").created]
@@ -145,6 +145,11 @@ def test_a_queued_jobs_place_and_depth_are_its_class_queues_higher_priorities_fi
     code, out = run("status", str(urgent))
     assert code == 0 and "lora.a100: 1st of 4 queued" in out, out
     assert "start one with `ftqueue worker --class a100`" in out, out
+    # `list` names a class queue in its progress column; a shared queue is the kind's own.
+    monkeypatch.setenv("COLUMNS", "160")
+    code, listed = run("list")
+    assert code == 0 and "1st of 4 in lora.a100, no live worker" in listed, listed
+    assert "1st of 3, no live worker" in listed, listed
 
 
 def test_following_warns_of_a_class_queue_no_live_worker_consumes(

@@ -79,7 +79,9 @@ def queue_text(job: Job, *, short: bool = False) -> str:
         return ""
     place = f"{ordinal(q['position'])} of {q['depth']}" if q["position"] else f"{q['depth']} queued"
     if short:
-        return f"{place}, {workers_text(q['live_workers'])}"
+        # A class queue is named: the kind column says only which shared queue it would be.
+        where = f" in {q['name']}" if job.get("gpu_class") else ""
+        return f"{place}{where}, {workers_text(q['live_workers'])}"
     count = q["live_workers"]
     if not count:
         who = f"no live worker consumes it: start one with `{worker_command(job.get('gpu_class'))}`"
