@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import Iterator
@@ -51,6 +52,7 @@ def _pg_admin() -> object:
     return create_engine(f"{PG_SERVER}/postgres", isolation_level="AUTOCOMMIT")
 
 
+@contextlib.contextmanager
 def _pg_database(template: str | None = None) -> Iterator[str]:
     """A new PostgreSQL database on the running server (a copy of ``template``), dropped after."""
     from sqlalchemy import text
@@ -64,24 +66,26 @@ def _pg_database(template: str | None = None) -> Iterator[str]:
     except Exception as exc:
         admin.dispose()  # type: ignore[attr-defined]
         service_missing(f"PostgreSQL at {PG_SERVER}", exc)
-    yield name
-    db.dispose_engines()
-    with admin.connect() as conn:  # type: ignore[attr-defined]
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()  # type: ignore[attr-defined]
+    try:
+        yield name
+    finally:  # also when what the caller did with it failed (a migration, say)
+        db.dispose_engines()
+        with admin.connect() as conn:  # type: ignore[attr-defined]
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()  # type: ignore[attr-defined]
 
 
 @pytest.fixture
 def pg_empty_url() -> Iterator[str]:
     """A new, empty PostgreSQL database on the running server, dropped afterwards."""
-    for name in _pg_database():
+    with _pg_database() as name:
         yield f"{PG_SERVER}/{name}"
 
 
 @pytest.fixture(scope="session")
 def pg_migrated_template() -> Iterator[str]:
     """A PostgreSQL database migrated once per session, which `pg_url` copies."""
-    for name in _pg_database():
+    with _pg_database() as name:
         db.upgrade(f"{PG_SERVER}/{name}")
         db.dispose_engines()  # CREATE DATABASE ... TEMPLATE needs it unused
         yield name
@@ -91,7 +95,7 @@ def pg_migrated_template() -> Iterator[str]:
 def pg_url(pg_migrated_template: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """A migrated PostgreSQL database (a copy of one migrated once), set as
     FTQUEUE_DATABASE_URL."""
-    for name in _pg_database(template=pg_migrated_template):
+    with _pg_database(template=pg_migrated_template) as name:
         url = f"{PG_SERVER}/{name}"
         monkeypatch.setenv("FTQUEUE_DATABASE_URL", url)
         reset_settings()
