@@ -128,3 +128,57 @@ def test_a_kinds_check_runs_once_per_value_of_what_it_reads(
         checker(LoraSpec(model="minilm", data=data, target_modules=("qury",)))
     with pytest.raises(SpecError, match="qury"):  # refused each time, never remembered
         checker(LoraSpec(model="minilm", data=data, seed=1, target_modules=("qury",)))
+
+
+def test_the_collector_pause_nests_and_leaves_the_collector_as_it_found_it() -> None:
+    import gc
+
+    from ftqueue.core import gcpause
+
+    assert gc.isenabled()
+    with gcpause.paused():
+        assert not gc.isenabled()
+        with gcpause.paused():
+            assert not gc.isenabled()
+        assert not gc.isenabled()  # the outer pause still holds
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with gcpause.paused():
+            pass
+        assert not gc.isenabled()  # off before, off after
+    finally:
+        gc.enable()
+    with pytest.raises(ValueError), gcpause.paused():
+        raise ValueError("an error inside the pause")
+    assert gc.isenabled()
+
+
+def test_submit_collects_garbage_again_before_it_runs_or_follows_jobs(
+    eager: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`ftqueue submit` pauses the collector while it builds and writes a grid; running the
+    jobs (eager) or following them (--wait) may take hours, with the collector on."""
+    import gc
+
+    from ftqueue import api
+    from tests.conftest import run
+
+    seen: dict[str, bool] = {}
+    real_submit, real_run = api.submit, api.run_eager
+
+    def submit(*args: object, **kwargs: object) -> object:
+        seen["submit"] = gc.isenabled()
+        return real_submit(*args, **kwargs)  # type: ignore[arg-type]
+
+    def run_eager(*args: object, **kwargs: object) -> object:
+        seen["run"] = gc.isenabled()
+        return real_run(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(api, "submit", submit)
+    monkeypatch.setattr(api, "run_eager", run_eager)
+    code, out = run("submit", "lora", "--model", "synthetic:seconds=0", "--dataset",
+                    "movie-snippets", "--seed", "0,1")  # fmt: skip
+    assert code == 0, out
+    assert seen == {"submit": False, "run": True}
+    assert gc.isenabled()  # the command's end leaves the collector on

@@ -17,6 +17,7 @@ from ftqueue.cli.options import (
     split_grid,
 )
 from ftqueue.cli.submitting import submit_specs
+from ftqueue.core import gcpause
 from ftqueue.core.text import clip
 from ftqueue.kinds.evaluate import EvaluateSpec
 from ftqueue.kinds.lora import LoraSpec
@@ -39,7 +40,8 @@ class KindFirst(click.Group):
 
 
 @click.group("submit", cls=KindFirst)
-def submit_group() -> None:
+@click.pass_context
+def submit_group(ctx: click.Context) -> None:
     """Queue LoRA training, evaluation or prediction jobs.
 
     Flags shown as INTS or LIST take comma lists (and INTS ranges such as 0..4), which expand
@@ -47,6 +49,9 @@ def submit_group() -> None:
     (10,000) jobs. Identical jobs that already succeeded are reported, not run again; a local
     data file or model directory is identified by its absolute path and its content.
     """
+    # Building, checking and writing a grid makes millions of objects and no cycles worth a
+    # collection; the garbage collector is back on before any job is followed or run.
+    ctx.with_resource(gcpause.paused())
 
 
 @submit_group.command("lora")

@@ -6,6 +6,7 @@ Every `submit` command builds its specs and hands them here.
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import signal
 import sys
@@ -80,6 +81,10 @@ def submit_specs(
     # With --json, progress goes nowhere: stdout is for the JSON document alone.
     progress_out = console(quiet=True) if as_json else out
     statuses: dict[int, str] = {}
+    if (eager and sub.created) or (wait and sub.to_follow):
+        # `ftqueue submit` pauses the garbage collector while it builds, writes and prints
+        # the jobs (core/gcpause.py); following them, or running them here, may take hours.
+        gc.enable()
     if eager and sub.created:
         statuses = _run_eager(sub, progress_out)
     elif wait and sub.to_follow:

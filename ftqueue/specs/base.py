@@ -102,8 +102,8 @@ class Spec:
         across fields: the others were checked when this spec was made. (A 10,000-job grid
         pins each spec this way; checking all its fields again cost half a second.)"""
         params = _params_by_name(type(self))
-        unknown = set(changes) - {name for name, *_ in _dict_fields(type(self))}
-        if unknown:
+        if not _field_names(type(self)).issuperset(changes):
+            unknown = set(changes) - _field_names(type(self))
             raise TypeError(f"{type(self).__name__} has no field(s) {', '.join(sorted(unknown))}")
         new = object.__new__(type(self))
         new.__dict__.update(self.__dict__)
@@ -189,6 +189,16 @@ def _params_by_name(cls: type) -> dict[str, Param]:
     found = _PARAMS_BY_NAME.get(cls)
     if found is None:
         found = _PARAMS_BY_NAME[cls] = {f.name: p for f, p in spec_params(cls)}
+    return found
+
+
+_FIELD_NAMES: dict[type, frozenset[str]] = {}
+
+
+def _field_names(cls: type) -> frozenset[str]:
+    found = _FIELD_NAMES.get(cls)
+    if found is None:
+        found = _FIELD_NAMES[cls] = frozenset(name for name, *_ in _dict_fields(cls))
     return found
 
 

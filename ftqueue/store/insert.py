@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import operator
 import os
 import uuid
 from collections.abc import Iterable, Sequence
@@ -78,14 +79,25 @@ def create_jobs(
     now = utcnow()
     lease = now + dt.timedelta(seconds=lease_seconds or 0) if held_by else None
     wanted = list(jobs)
+    if not wanted:
+        return []
+    # What every row of one submit shares, sent once (_SAME), and what differs (_VARYING).
+    same: dict[str, Any] = {
+        "status": JobStatus.QUEUED.value,
+        "attempts": 0,
+        "max_attempts": max_attempts,
+        "cancel_requested": False,
+        "created_at": now,
+        "queued_at": now,
+        "worker": held_by,
+        "lease_expires_at": lease,
+    }
     rows: list[dict[str, Any]] = []
     task_ids = new_task_ids(len(wanted))
-    queued = JobStatus.QUEUED.value  # an enum member's value is a property: read it once
     for new, task_id in zip(wanted, task_ids, strict=True):
         rows.append(
             {
                 "kind": new.kind,
-                "status": queued,
                 "spec": new.spec,
                 "spec_hash": new.spec_hash,
                 "config_hash": new.config_hash or config_hash(new.spec),
@@ -95,23 +107,15 @@ def create_jobs(
                 "trial": new.trial,
                 "name": new.name,
                 "output_dir": new.output_dir,
+                "task_id": task_id,
                 "gpu_class": new.gpu_class,
                 "priority": new.priority,
                 "submitted_by": new.submitted_by,
-                "attempts": 0,
-                "max_attempts": max_attempts,
-                "cancel_requested": False,
-                "task_id": task_id,
-                "created_at": now,
-                "queued_at": now,
-                "worker": held_by,
-                "lease_expires_at": lease,
             }
         )
-    if not rows:
-        return []
     postgres = session.get_bind().dialect.name == "postgresql"
-    id_of = _insert_unnest(session, rows) if postgres else _insert_sqlite(session, rows)
+    insert_rows = _insert_unnest if postgres else _insert_sqlite
+    id_of = insert_rows(session, rows, same)
     configure_mappers()  # what the constructor would have done on the first Job of a process
     created = []
     tag_rows = []
@@ -119,7 +123,8 @@ def create_jobs(
         job_id = id_of[row["task_id"]]
         names = list(dict.fromkeys(new.tags))
         tag_rows += [{"job_id": job_id, "tag": t} for t in names]
-        created.append(_detached_job(job_id, row, [JobTag(job_id=job_id, tag=t) for t in names]))
+        tags = [JobTag(job_id=job_id, tag=t) for t in names]
+        created.append(_detached_job(job_id, same, row, tags))
     ids = [job.id for job in created]
     events = {"status": JobStatus.QUEUED.value, "detail": "submitted", "at": now}
     if postgres:
@@ -158,7 +163,9 @@ def create_jobs(
     return created
 
 
-def _insert_sqlite(session: Session, rows: list[dict[str, Any]]) -> dict[str, int]:
+def _insert_sqlite(
+    session: Session, rows: list[dict[str, Any]], same: dict[str, Any]
+) -> dict[str, int]:
     """Insert job rows on SQLite with the driver's ``executemany`` of one prepared INSERT.
 
     Returns each row's id by its task id. The write transaction holds SQLite's only write
@@ -169,20 +176,18 @@ def _insert_sqlite(session: Session, rows: list[dict[str, Any]]) -> dict[str, in
     (the array encoded, then each value of each row parsed out of it again). Each spec is
     stored as its own JSON text.
     """
-    _check_same(rows)
-    first = rows[0]
     dialect = session.get_bind().dialect
     constants = []
     for c in _SAME:
-        value = first[c]
+        value = same[c]
         if c in _TIME_COLUMNS:
             value = _bind_time(value, dialect)
         constants.append(value)
-    values = [
-        (*[json.dumps(row["spec"]) if c == "spec" else row[c] for c in _VARYING], *constants)
-        for row in rows
-    ]
-    columns = _VARYING + _SAME
+    others = [c for c in _VARYING if c != "spec"]
+    pick = operator.itemgetter(*others)  # a row's other varying values, as a tuple, in C
+    dumps = json.dumps
+    values = [(dumps(row["spec"]), *pick(row), *constants) for row in rows]
+    columns = ("spec", *others, *_SAME)
     connection = session.connection()
     before = connection.exec_driver_sql("SELECT coalesce(max(id), 0) FROM jobs").scalar_one()
     connection.exec_driver_sql(
@@ -217,21 +222,15 @@ _TIME_COLUMNS = ("created_at", "queued_at", "lease_expires_at")
 _TIMES = tuple(bindparam(c, type_=UTCDateTime()) for c in _TIME_COLUMNS)
 
 
-def _check_same(rows: list[dict[str, Any]]) -> None:
-    first = rows[0]
-    for c in _SAME:
-        assert all(row[c] == first[c] for row in rows), c
-
-
-def _insert_unnest(session: Session, rows: list[dict[str, Any]]) -> dict[str, int]:
+def _insert_unnest(
+    session: Session, rows: list[dict[str, Any]], same: dict[str, Any]
+) -> dict[str, int]:
     """The same on PostgreSQL, as one INSERT ... SELECT FROM unnest(arrays): a short statement.
 
     A multi-row VALUES list of 10,000 rows has 180,000 placeholders, which psycopg parses in
     Python page by page (3 s of a 10,000-job submit); an array per column is one parameter.
     """
-    _check_same(rows)
-    first = rows[0]
-    params: dict[str, Any] = {c: first[c] for c in _SAME}
+    params: dict[str, Any] = {c: same[c] for c in _SAME}
     params.update({c: [row[c] for row in rows] for c in _VARYING})
     params["spec"] = [json.dumps(spec) for spec in params["spec"]]
     arrays = ", ".join(f"CAST(:{c} AS {_ARRAY_TYPES.get(c, 'varchar')}[])" for c in _VARYING)
@@ -243,7 +242,9 @@ def _insert_unnest(session: Session, rows: list[dict[str, Any]]) -> dict[str, in
     return {task_id: job_id for task_id, job_id in session.execute(statement, params)}
 
 
-def _detached_job(job_id: int, row: dict[str, Any], tags: list[JobTag]) -> Job:
+def _detached_job(
+    job_id: int, same: dict[str, Any], row: dict[str, Any], tags: list[JobTag]
+) -> Job:
     """A Job holding what was just inserted, outside any session, its tags loaded.
 
     Built without the ORM's attribute events: through the constructor they cost more than
@@ -252,5 +253,6 @@ def _detached_job(job_id: int, row: dict[str, Any], tags: list[JobTag]) -> Job:
     """
     job: Job = manager_of_class(Job).new_instance()
     set_committed_value(job, "tags", tags)
+    job.__dict__.update(same)
     job.__dict__.update(row, id=job_id)
     return job
