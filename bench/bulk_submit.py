@@ -38,7 +38,8 @@ REDIS = (
     + f"/{os.environ.get('FTQUEUE_TEST_REDIS_DB', '12')}"
 )
 TARGET_S = 5.0
-#: The CPU goal of the plain grid submit (the table a person sees).
+#: The CPU goal of the plain grid submit (the table a person sees) on the embedded default,
+#: SQLite; PostgreSQL's figure is shown beside it.
 TARGET_CPU_S = 1.5
 
 
@@ -129,7 +130,7 @@ def main() -> int:
         if jobs == args.jobs:
             goal = f"<= {TARGET_S:.0f} s"
             met = wall <= TARGET_S
-            if what.endswith("(table)") and "minilm" not in what:
+            if label == "SQLite" and what.endswith("(table)") and "minilm" not in what:
                 goal += f", {TARGET_CPU_S} cpu"
                 met &= cpu <= TARGET_CPU_S
             verdict = "pass" if met else "MISSED"

@@ -1,6 +1,7 @@
 """The shortcuts a big submit takes give what the long ways gave: the head revision read from
-the revision files, grid specs made by replacing what differs, rows inserted as one JSON
-array, and a grid's sweep definition."""
+the revision files, grid specs made by replacing what differs, each spec's hash and stored
+JSON spliced into a template, rows inserted as one JSON array, and a grid's sweep
+definition."""
 
 from __future__ import annotations
 
@@ -8,12 +9,15 @@ import json
 import math
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sqlalchemy import select
 
 from ftqueue.cli.options import build_specs
 from ftqueue.errors import SpecError
 from ftqueue.kinds.lora import LoraSpec
 from ftqueue.specs import DataSpec, config_hash
+from ftqueue.specs.texts import SpecTexts
 from ftqueue.store import db
 from ftqueue.store.schema import Job, JobEvent, JobTag, Sweep
 from ftqueue.submit.submission import submit
@@ -40,6 +44,57 @@ def test_grid_specs_made_by_replacing_equal_specs_made_whole() -> None:
     assert [s.spec_hash() for s in made] == [s.spec_hash() for s in whole]
     assert [s.to_dict() for s in made] == [s.to_dict() for s in whole]
     assert isinstance(made[2].r, int) and made[2].target_modules == ("query", "value")
+
+
+#: A grid axis: a spec field and the values it takes (None: the spec's default).
+_AXES = {
+    "seed": st.lists(st.integers(0, 2**32 - 1), min_size=1, max_size=4),
+    "r": st.lists(st.sampled_from([4, 8, 16, 8.0]), min_size=1, max_size=3),
+    "lr": st.lists(st.sampled_from([None, 1e-4, 3e-4, 0.1 + 0.2, 1e-05]), min_size=1, max_size=3),
+    "alpha": st.lists(st.sampled_from([32.0, 16, 0.5]), min_size=1, max_size=2),
+    "epochs": st.lists(st.sampled_from([None, 1, 3]), min_size=1, max_size=2),
+    "target_modules": st.lists(
+        st.sampled_from(["query,value", ("query", "key"), "dense"]), min_size=1, max_size=2
+    ),
+    "data": st.lists(
+        st.builds(
+            DataSpec,
+            dataset=st.just("movie-snippets"),
+            split_seed=st.integers(0, 3),
+            dataset_name=st.sampled_from([None, "films", "Kritiken über Filme"]),
+        ),
+        min_size=1,
+        max_size=2,
+    ),
+}
+
+
+@settings(max_examples=150, deadline=None, derandomize=True, database=None)
+@given(
+    axes=st.dictionaries(
+        st.sampled_from(sorted(_AXES)), st.just(None), min_size=1, max_size=4
+    ).flatmap(lambda keys: st.fixed_dictionaries({k: _AXES[k] for k in keys})),
+    whole_every=st.sampled_from([0, 3]),
+)
+def test_spliced_hashes_and_texts_are_those_of_each_spec_encoded_whole(
+    axes: dict[str, list[object]], whole_every: int
+) -> None:
+    """Any grid, in the order the command makes it, some specs made whole rather than by
+    replacing (fresh objects in every field): each spec's spliced hash and stored text are
+    its own, encoded whole."""
+    from ftqueue.cli.options import expand
+
+    fixed = {"model": "synthetic:seconds=0", "data": DataSpec(dataset="movie-snippets")}
+    made = list(build_specs(LoraSpec, expand(fixed, axes)))
+    if whole_every:
+        made = [
+            LoraSpec.from_dict(s.to_dict()) if i % whole_every == 0 else s
+            for i, s in enumerate(made)
+        ]
+    texts = SpecTexts()
+    for spec in made:
+        as_dict = spec.to_dict()
+        assert texts(spec, as_dict) == (spec.spec_hash(), json.dumps(as_dict))
 
 
 def test_a_bad_value_in_a_later_grid_row_is_refused_as_before() -> None:
@@ -78,8 +133,10 @@ def test_a_grids_repeats_share_the_configuration_hash_made_once(
         assert len({j.config_hash for j in jobs}) == 2
 
 
-def test_rows_inserted_in_one_statement_keep_every_value(sqlite_url: str, eager: str) -> None:
-    data = DataSpec(dataset="movie-snippets")
+def test_rows_inserted_in_one_statement_keep_every_value(any_db_url: str, eager: str) -> None:
+    # A name for people with quotes, a backslash, braces and non-ASCII: every row goes in
+    # inside one JSON text (PostgreSQL) or one prepared statement (SQLite).
+    data = DataSpec(dataset="movie-snippets", dataset_name='Kritik "über" {a\\b}, ok')
     lrs = [0.1 + 0.2, 1 / 3, 2.5e-05, 0.012345678901234567]
     specs = [LoraSpec(model="synthetic:seconds=0", data=data, lr=lr, seed=7) for lr in lrs]
     sub = submit(specs, tags=["a", "b", "a"], name="n1")
@@ -88,6 +145,7 @@ def test_rows_inserted_in_one_statement_keep_every_value(sqlite_url: str, eager:
         jobs = session.scalars(select(Job).order_by(Job.id)).all()
         assert [j.spec["lr"] for j in jobs] == lrs  # every digit, none re-rendered
         for job, spec in zip(jobs, specs, strict=True):
+            assert job.spec == spec.to_dict()
             assert job.spec_hash == spec.spec_hash()
             assert job.config_hash == config_hash(spec.to_dict())
             assert (job.name, job.sweep_id, job.kind) == ("n1", sub.sweep_id, "lora")

@@ -15,6 +15,7 @@ from typing import Any
 
 from ftqueue import kinds
 from ftqueue.core.states import PRIORITY_LEVELS, PRIORITY_STEPS, Priority
+from ftqueue.core.templates import cut_at_marks
 from ftqueue.errors import BrokerError, PublishError, first_line
 from ftqueue.settings import get_settings
 from ftqueue.store.insert import new_task_ids
@@ -115,19 +116,9 @@ class MessageTemplate:
         }
         encoded = json.dumps(message)
         # Cut the encoded text at each slot: the parts between stay as they are.
-        self._parts: list[str] = []
-        self._order: list[str] = []
-        marks = {json.dumps(v): k for k, v in slot.items()}
-        rest = encoded
-        while True:
-            found = [(rest.find(m), m) for m in marks if m in rest]
-            if not found:
-                break
-            at, mark = min(found)
-            self._parts.append(rest[:at])
-            self._order.append(marks[mark])
-            rest = rest[at + len(mark) :]
-        self._parts.append(rest)
+        self._parts, self._order = cut_at_marks(
+            encoded, {json.dumps(v): k for k, v in slot.items()}
+        )
 
     def render(self, *, job_id: int, task_id: str, argsrepr: str, delivery_tag: str) -> bytes:
         """One job's message, as the bytes kombu's Redis transport would have pushed.

@@ -43,6 +43,8 @@ class NewJob:
     priority: int = 3
     #: Who submitted it.
     submitted_by: str | None = None
+    #: ``spec`` as the JSON text to store, when the caller has made it already.
+    spec_text: str | None = None
 
 
 def new_task_id() -> str:
@@ -114,8 +116,10 @@ def create_jobs(
             }
         )
     postgres = session.get_bind().dialect.name == "postgresql"
-    insert_rows = _insert_unnest if postgres else _insert_sqlite
-    id_of = insert_rows(session, rows, same)
+    insert_rows = _insert_json if postgres else _insert_sqlite
+    dumps = json.dumps
+    texts = [dumps(new.spec) if new.spec_text is None else new.spec_text for new in wanted]
+    id_of = insert_rows(session, rows, texts, same)
     configure_mappers()  # what the constructor would have done on the first Job of a process
     created = []
     tag_rows = []
@@ -164,7 +168,7 @@ def create_jobs(
 
 
 def _insert_sqlite(
-    session: Session, rows: list[dict[str, Any]], same: dict[str, Any]
+    session: Session, rows: list[dict[str, Any]], texts: list[str], same: dict[str, Any]
 ) -> dict[str, int]:
     """Insert job rows on SQLite with the driver's ``executemany`` of one prepared INSERT.
 
@@ -185,8 +189,7 @@ def _insert_sqlite(
         constants.append(value)
     others = [c for c in _VARYING if c != "spec"]
     pick = operator.itemgetter(*others)  # a row's other varying values, as a tuple, in C
-    dumps = json.dumps
-    values = [(dumps(row["spec"]), *pick(row), *constants) for row in rows]
+    values = [(text, *pick(row), *constants) for row, text in zip(rows, texts, strict=True)]
     columns = ("spec", *others, *_SAME)
     connection = session.connection()
     before = connection.exec_driver_sql("SELECT coalesce(max(id), 0) FROM jobs").scalar_one()
@@ -207,11 +210,11 @@ def _bind_time(value: dt.datetime | None, dialect: Any) -> Any:
     return process(value) if process is not None else value
 
 
-#: The columns of new job rows that differ from row to row, sent as one array each ...
+#: The columns of new job rows that differ from row to row, sent for each row ...
 _VARYING = ("kind", "spec", "spec_hash", "config_hash", "model", "dataset", "sweep_id", "trial",
             "name", "output_dir", "task_id", "gpu_class", "priority", "submitted_by")  # fmt: skip
-#: The array type of each varying column that is not text.
-_ARRAY_TYPES = {"spec": "json", "trial": "integer", "priority": "integer"}
+#: The SQL type of each varying column that is not text.
+_COLUMN_TYPES = {"spec": "jsonb", "trial": "integer", "priority": "integer"}
 #: ... and those every row of one submit shares, sent once.
 _SAME = ("status", "attempts", "max_attempts", "cancel_requested", "created_at", "queued_at",
          "worker", "lease_expires_at")  # fmt: skip
@@ -222,23 +225,30 @@ _TIME_COLUMNS = ("created_at", "queued_at", "lease_expires_at")
 _TIMES = tuple(bindparam(c, type_=UTCDateTime()) for c in _TIME_COLUMNS)
 
 
-def _insert_unnest(
-    session: Session, rows: list[dict[str, Any]], same: dict[str, Any]
+def _insert_json(
+    session: Session, rows: list[dict[str, Any]], texts: list[str], same: dict[str, Any]
 ) -> dict[str, int]:
-    """The same on PostgreSQL, as one INSERT ... SELECT FROM unnest(arrays): a short statement.
+    """The same on PostgreSQL, as one INSERT ... SELECT over the elements of one JSON array of
+    rows: a short statement with one text parameter, encoded in C.
 
     A multi-row VALUES list of 10,000 rows has 180,000 placeholders, which psycopg parses in
-    Python page by page (3 s of a 10,000-job submit); an array per column is one parameter.
+    Python page by page (3 s of a 10,000-job submit). An array parameter per column
+    (``unnest``) was one parameter each, but psycopg writes array literals in Python and
+    escapes each string with a regular expression: 0.3 s of CPU for 10,000 jobs.
     """
-    params: dict[str, Any] = {c: same[c] for c in _SAME}
-    params.update({c: [row[c] for row in rows] for c in _VARYING})
-    params["spec"] = [json.dumps(spec) for spec in params["spec"]]
-    arrays = ", ".join(f"CAST(:{c} AS {_ARRAY_TYPES.get(c, 'varchar')}[])" for c in _VARYING)
+    others = [c for c in _VARYING if c != "spec"]
+    pick = operator.itemgetter(*others)
+    document = json.dumps([(text, *pick(row)) for row, text in zip(rows, texts, strict=True)])
+    columns = ("spec", *others)
+    fields = ", ".join(
+        f"CAST(e ->> {i} AS {_COLUMN_TYPES.get(c, 'varchar')})" for i, c in enumerate(columns)
+    )
     constants = ", ".join(f":{c}" for c in _SAME)
     statement = text(
-        f"INSERT INTO jobs ({', '.join(_VARYING + _SAME)}) "
-        f"SELECT u.*, {constants} FROM unnest({arrays}) AS u RETURNING task_id, id"
+        f"INSERT INTO jobs ({', '.join(columns + _SAME)}) SELECT {fields}, {constants} "
+        "FROM json_array_elements(CAST(:rows AS json)) AS e RETURNING task_id, id"
     ).bindparams(*_TIMES)
+    params = {c: same[c] for c in _SAME} | {"rows": document}
     return {task_id: job_id for task_id, job_id in session.execute(statement, params)}
 
 

@@ -32,6 +32,7 @@ from ftqueue.specs import (
     is_local_model,
 )
 from ftqueue.specs.base import varying_keys
+from ftqueue.specs.texts import SpecTexts
 from ftqueue.store import insert, reads
 from ftqueue.store.schema import Job, Sweep
 from ftqueue.submit import enqueue
@@ -260,7 +261,9 @@ def submit(
     unique: dict[str, JobSpec] = {}
     # Each spec's dict and configuration hash, made once: a 10,000-job grid spent a second
     # making them again for the hash, the row and the pruned-trial lookup.
-    as_dicts: dict[str, tuple[dict[str, Any], str]] = {}
+    as_dicts: dict[str, tuple[dict[str, Any], str, str]] = {}
+    # Each spec's hash and stored JSON, spliced into a template of the grid's first spec.
+    texts = SpecTexts()
     configs: dict[tuple[object, ...], str] = {}
     count = 0
     for spec in specs:
@@ -272,10 +275,10 @@ def submit(
             )
         pinned = checker(spec)
         as_dict = pinned.to_dict()
-        spec_hash = pinned.spec_hash(as_dict)
+        spec_hash, stored = texts(pinned, as_dict)
         if spec_hash not in unique:
             unique[spec_hash] = pinned
-            as_dicts[spec_hash] = (as_dict, _config_hash(pinned, as_dict, configs))
+            as_dicts[spec_hash] = (as_dict, _config_hash(pinned, as_dict, configs), stored)
     enqueue.ready()
     if strict and gpu_class is not None and not settings.eager:
         require_class_worker(gpu_class, {spec.kind for spec in unique.values()})
@@ -297,7 +300,7 @@ def submit(
                 job = earlier[spec_hash]
                 submission.duplicates.append(Duplicate(spec, job.id, job.status))
                 continue
-            as_dict, config = as_dicts[spec_hash]
+            as_dict, config, stored = as_dicts[spec_hash]
             if (was := pruned.get(config)) is not None:
                 detail = f"pruned in sweep {was.sweep_id} at rung {was.rung}"
                 submission.duplicates.append(Duplicate(spec, was.job_id, "pruned", detail))
@@ -306,6 +309,7 @@ def submit(
                 insert.NewJob(
                     kind=spec.kind,
                     spec=as_dict,
+                    spec_text=stored,
                     spec_hash=spec_hash,
                     config_hash=config,
                     model=spec.model,
