@@ -200,6 +200,10 @@ def test_the_collector_pause_nests_and_leaves_the_collector_as_it_found_it() -> 
             assert not gc.isenabled()
         assert not gc.isenabled()  # the outer pause still holds
     assert gc.isenabled()
+    with gcpause.paused(), gcpause.paused():
+        gcpause.resume()  # before long work inside the pauses
+        assert gc.isenabled()
+    assert gc.isenabled()
     gc.disable()
     try:
         with gcpause.paused():

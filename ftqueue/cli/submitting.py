@@ -6,7 +6,6 @@ Every `submit` command builds its specs and hands them here.
 from __future__ import annotations
 
 import contextlib
-import gc
 import os
 import signal
 import sys
@@ -17,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from ftqueue.cli.common import console, echo_json
+from ftqueue.core import gcpause
 from ftqueue.core.text import literal, printable
 from ftqueue.specs import JobSpec
 
@@ -83,8 +83,8 @@ def submit_specs(
     statuses: dict[int, str] = {}
     if (eager and sub.created) or (wait and sub.to_follow):
         # `ftqueue submit` pauses the garbage collector while it builds, writes and prints
-        # the jobs (core/gcpause.py); following them, or running them here, may take hours.
-        gc.enable()
+        # the jobs; following them, or running them here, may take hours.
+        gcpause.resume()
     if eager and sub.created:
         statuses = _run_eager(sub, progress_out)
     elif wait and sub.to_follow:

@@ -62,7 +62,7 @@ class _Shape:
         if not holes <= self.holes:
             self._cut(self.holes | holes)
         canonical = _fill(self.canonical_parts, self.canonical_order, spec, as_dict, _canonical)
-        stored = _fill(self.stored_parts, self.stored_order, spec, as_dict, None)
+        stored = _fill(self.stored_parts, self.stored_order, spec, as_dict, _stored)
         return canonical, stored
 
     def _cut(self, holes: frozenset[str]) -> None:
@@ -90,15 +90,20 @@ def _canonical(spec: Spec, name: str, value: Any) -> str:
     return canonical_json(value)
 
 
+def _stored(spec: Spec, name: str, value: Any) -> str:
+    """A hole's value as the stored text has it."""
+    return json.dumps(value)
+
+
 def _fill(
     parts: list[str],
     order: list[str],
     spec: Spec,
     as_dict: dict[str, Any],
-    nested: Callable[[Spec, str, Any], str] | None,
+    encode: Callable[[Spec, str, Any], str],
 ) -> str:
-    """The parts with each hole's value encoded between them (``nested``: how a dict or list
-    is encoded; None: ``json.dumps``)."""
+    """The parts with each hole's value encoded between them. Integers and strings, most
+    holes of a grid, are written as JSON writes them, without a call into the encoder."""
     pieces = [parts[0]]
     for name, part in zip(order, parts[1:], strict=True):
         value = as_dict[name]
@@ -107,10 +112,8 @@ def _fill(
             text = int.__repr__(value)
         elif kind is str:
             text = encode_basestring_ascii(value)
-        elif nested is not None:
-            text = nested(spec, name, value)
         else:
-            text = json.dumps(value)
+            text = encode(spec, name, value)
         pieces.append(text)
         pieces.append(part)
     return "".join(pieces)

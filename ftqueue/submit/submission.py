@@ -7,7 +7,7 @@ import re
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -258,10 +258,9 @@ def submit(
     gpu_class = check_gpu_class(gpu_class, "--gpu-class")
     level = check_priority(priority, "--priority").level
     checker = Checker()
-    unique: dict[str, JobSpec] = {}
-    # Each spec's dict and configuration hash, made once: a 10,000-job grid spent a second
-    # making them again for the hash, the row and the pruned-trial lookup.
-    as_dicts: dict[str, tuple[dict[str, Any], str, str]] = {}
+    # The distinct specs by hash, each with its dict, configuration hash and stored JSON made
+    # once: a 10,000-job grid spent a second making them again for the row and the lookups.
+    unique: dict[str, _Unique] = {}
     # Each spec's hash and stored JSON, spliced into a template of the grid's first spec.
     texts = SpecTexts()
     configs: dict[tuple[object, ...], str] = {}
@@ -277,11 +276,11 @@ def submit(
         as_dict = pinned.to_dict()
         spec_hash, stored = texts(pinned, as_dict)
         if spec_hash not in unique:
-            unique[spec_hash] = pinned
-            as_dicts[spec_hash] = (as_dict, _config_hash(pinned, as_dict, configs), stored)
+            config = _config_hash(pinned, as_dict, configs)
+            unique[spec_hash] = _Unique(pinned, as_dict, config, stored)
     enqueue.ready()
     if strict and gpu_class is not None and not settings.eager:
-        require_class_worker(gpu_class, {spec.kind for spec in unique.values()})
+        require_class_worker(gpu_class, {made.spec.kind for made in unique.values()})
 
     sweep_id = sweep or (uuid.uuid4().hex[:8] if count > 1 else None)
     submission = Submission(sweep_id=sweep_id, notes=checker.notes)
@@ -290,17 +289,16 @@ def submit(
 
     def new_jobs(session: Session) -> list[insert.NewJob]:
         earlier = {} if force else reads.find_same_spec(session, unique)
-        fresh = {h: spec for h, spec in unique.items() if h not in earlier}
-        pruned = {} if force else reads.find_pruned(session, (as_dicts[h][1] for h in fresh))
+        configs_left = [made.config for h, made in unique.items() if h not in earlier]
+        pruned = {} if force else reads.find_pruned(session, configs_left)
         new: list[insert.NewJob] = []
         # A grid's jobs are the trials of a new grid sweep, numbered in order (see below).
         grid = submission.sweep_id is not None and _new_sweep(session, submission.sweep_id)
-        for spec_hash, spec in unique.items():
+        for spec_hash, (spec, as_dict, config, stored) in unique.items():
             if spec_hash in earlier:
                 job = earlier[spec_hash]
                 submission.duplicates.append(Duplicate(spec, job.id, job.status))
                 continue
-            as_dict, config, stored = as_dicts[spec_hash]
             if (was := pruned.get(config)) is not None:
                 detail = f"pruned in sweep {was.sweep_id} at rung {was.rung}"
                 submission.duplicates.append(Duplicate(spec, was.job_id, "pruned", detail))
@@ -335,6 +333,15 @@ def submit(
     except PublishInterrupted as exc:
         raise _interrupted(exc) from None
     return submission
+
+
+class _Unique(NamedTuple):
+    """A distinct spec of a submit, with what its row needs, each made once."""
+
+    spec: JobSpec
+    as_dict: dict[str, Any]
+    config: str
+    stored: str
 
 
 def _config_hash(
